@@ -1,0 +1,252 @@
+//! Starting and stopping the services: connect, bind, serve, drain.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use portcullis_core::redis_keys::RedisKeys;
+
+use crate::config::{Config, Validated};
+use crate::health::{self, Dependencies};
+use crate::http;
+
+/// Which services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Control plane and gateway, on two listeners.
+    Both,
+    /// The dashboard and API only.
+    ControlPlane,
+    /// The gateway only.
+    Gateway,
+}
+
+impl Role {
+    fn runs_control_plane(self) -> bool {
+        matches!(self, Role::Both | Role::ControlPlane)
+    }
+
+    fn runs_gateway(self) -> bool {
+        matches!(self, Role::Both | Role::Gateway)
+    }
+}
+
+/// Connections shared by the services of one process.
+#[derive(Clone)]
+pub struct Connections {
+    /// Postgres pool; connects lazily so the process starts (and says it is not ready) while
+    /// Postgres is down.
+    pub db: PgPool,
+    /// Redis; reconnects by itself after an outage.
+    pub redis: ConnectionManager,
+    /// Key and channel names.
+    pub keys: RedisKeys,
+}
+
+impl Connections {
+    /// Opens lazy connections from validated settings.
+    pub fn open(config: &Config, validated: &Validated) -> anyhow::Result<Self> {
+        let db = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(validated.database.clone());
+        let redis_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = ConnectionManager::new_lazy_with_config(validated.redis.clone(), redis_config)
+            .context("cannot set up the Redis client")?;
+        Ok(Self {
+            db,
+            redis,
+            keys: RedisKeys::new(config.redis_prefix.clone()),
+        })
+    }
+}
+
+/// A running process: its bound addresses and the handle to stop it.
+pub struct Running {
+    /// Where the control plane listens, if it runs.
+    pub control_plane: Option<SocketAddr>,
+    /// Where the gateway listens, if it runs.
+    pub gateway: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Starts a graceful shutdown: stop accepting, drain in-flight requests.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A token that is cancelled when shutdown starts.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every listener has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task failed")?
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+/// Binds the listeners of `role` and serves until [`Running::shutdown`].
+pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
+    let validated = config.validate()?;
+    let conns = Connections::open(config, &validated)?;
+    start_with(config, role, conns).await
+}
+
+/// Like [`start`], with connections the caller opened (tests share theirs).
+pub async fn start_with(
+    config: &Config,
+    role: Role,
+    conns: Connections,
+) -> anyhow::Result<Running> {
+    let deps = Dependencies {
+        db: conns.db.clone(),
+        redis: conns.redis.clone(),
+        timeout: config.probe_timeout,
+    };
+    let shutdown = CancellationToken::new();
+    let mut servers = Vec::new();
+    let mut control_plane = None;
+    let mut gateway = None;
+
+    if role.runs_control_plane() {
+        let router = portcullis_control_plane::ControlPlane {
+            db: conns.db.clone(),
+            redis: conns.redis.clone(),
+            keys: conns.keys.clone(),
+        }
+        .router();
+        let (addr, server) = bind(
+            config.control_plane_addr,
+            "control-plane",
+            router,
+            &deps,
+            &shutdown,
+        )
+        .await?;
+        control_plane = Some(addr);
+        servers.push(server);
+    }
+    if role.runs_gateway() {
+        let router = portcullis_gateway::Gateway {
+            db: conns.db.clone(),
+            redis: conns.redis.clone(),
+            keys: conns.keys.clone(),
+        }
+        .router();
+        let (addr, server) = bind(config.gateway_addr, "gateway", router, &deps, &shutdown).await?;
+        gateway = Some(addr);
+        servers.push(server);
+    }
+
+    let grace = config.shutdown_grace;
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let all = join_servers(servers);
+        tokio::pin!(all);
+        tokio::select! {
+            result = &mut all => return result,
+            () = token.cancelled() => {}
+        }
+        // Draining: the listeners stopped accepting; give open requests the grace period.
+        match tokio::time::timeout(grace, &mut all).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "requests still open after the shutdown grace period; closing them"
+                );
+                Ok(())
+            }
+        }
+    });
+    Ok(Running {
+        control_plane,
+        gateway,
+        shutdown,
+        task,
+    })
+}
+
+type Server = JoinHandle<std::io::Result<()>>;
+
+async fn bind(
+    addr: SocketAddr,
+    service: &'static str,
+    router: Router,
+    deps: &Dependencies,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, Server)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {service}"))?;
+    let local = listener.local_addr()?;
+    let app = http::layers(router.merge(health::router(deps.clone())), service);
+    let token = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+    });
+    tracing::info!(service, %local, "listening");
+    Ok((local, server))
+}
+
+async fn join_servers(servers: Vec<Server>) -> anyhow::Result<()> {
+    for server in servers {
+        server.await.context("listener task failed")??;
+    }
+    Ok(())
+}
+
+/// Runs the migrations, creating the database first if it does not exist.
+pub async fn migrate(config: &Config) -> anyhow::Result<usize> {
+    use sqlx::migrate::MigrateDatabase as _;
+    config.validate()?;
+    if !sqlx::Postgres::database_exists(&config.database_url)
+        .await
+        .context("cannot reach Postgres")?
+    {
+        sqlx::Postgres::create_database(&config.database_url)
+            .await
+            .context("cannot create the database")?;
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&config.database_url)
+        .await
+        .context("cannot connect to Postgres")?;
+    let migrator = sqlx::migrate!("../../migrations");
+    let before: i64 = applied(&pool).await;
+    migrator.run(&pool).await.context("migration failed")?;
+    let after: i64 = applied(&pool).await;
+    pool.close().await;
+    Ok(usize::try_from(after - before).unwrap_or(0))
+}
+
+async fn applied(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}

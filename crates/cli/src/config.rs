@@ -1,0 +1,229 @@
+//! The one configuration struct: every field is a flag and an environment variable, read once
+//! at start-up and validated before anything listens.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+
+/// Settings shared by `serve`, `control-plane`, `gateway` and `migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Postgres connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/portcullis",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Redis connection URL.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel, so several installations can share one Redis.
+    #[arg(long, env = "PORTCULLIS_REDIS_PREFIX", default_value = "pc")]
+    pub redis_prefix: String,
+
+    /// Address the control plane (dashboard and API) listens on.
+    #[arg(
+        long,
+        env = "PORTCULLIS_CONTROL_PLANE_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub control_plane_addr: SocketAddr,
+
+    /// Address the gateway listens on.
+    #[arg(
+        long,
+        env = "PORTCULLIS_GATEWAY_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub gateway_addr: SocketAddr,
+
+    /// Log format: `json` (one object a line) or `pretty`.
+    #[arg(long, env = "PORTCULLIS_LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `tracing` directive syntax.
+    #[arg(long, env = "PORTCULLIS_LOG", default_value = "info")]
+    pub log: String,
+
+    /// How long a shutdown waits for in-flight requests before it closes them, e.g. `30s`.
+    #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How long a readiness probe waits for Postgres or Redis before calling it down.
+    #[arg(long, env = "PORTCULLIS_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub probe_timeout: Duration,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object a line, for machines.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Pretty,
+}
+
+/// A setting that cannot work. The message names the setting and never echoes a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `DATABASE_URL` does not parse.
+    #[error("invalid DATABASE_URL: {0}")]
+    DatabaseUrl(String),
+    /// `REDIS_URL` does not parse.
+    #[error("invalid REDIS_URL: {0}")]
+    RedisUrl(String),
+    /// `PORTCULLIS_REDIS_PREFIX` is unusable.
+    #[error("invalid PORTCULLIS_REDIS_PREFIX: {0}")]
+    RedisPrefix(&'static str),
+    /// `PORTCULLIS_LOG` does not parse.
+    #[error("invalid PORTCULLIS_LOG: {0}")]
+    Log(String),
+}
+
+/// The settings alone, as a command line of their own.
+#[derive(clap::Parser)]
+struct Standalone {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// Parses settings from flags (and the environment, as the binary does). Tests use it.
+    pub fn from_flags<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser as _;
+        let argv = std::iter::once(std::ffi::OsString::from("portcullis"))
+            .chain(args.into_iter().map(Into::into));
+        Standalone::try_parse_from(argv).map(|s| s.config)
+    }
+
+    /// Checks every setting and returns the parsed connection options.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let database = parse_database_url(&self.database_url)?;
+        let redis = parse_redis_url(&self.redis_url)?;
+        if self.redis_prefix.is_empty()
+            || !self
+                .redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ConfigError::RedisPrefix(
+                "use letters, digits, '-', '_' or '.', at least one",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log)
+            .map_err(|e| ConfigError::Log(e.to_string()))?;
+        Ok(Validated { database, redis })
+    }
+}
+
+/// Connection settings that passed validation.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// Postgres connection options.
+    pub database: PgConnectOptions,
+    /// Redis connection info.
+    pub redis: redis::Client,
+}
+
+fn parse_database_url(url: &str) -> Result<PgConnectOptions, ConfigError> {
+    // Check the scheme ourselves: the driver's message for a wrong one is not helpful.
+    let parsed = url::Url::parse(url).map_err(|e| ConfigError::DatabaseUrl(e.to_string()))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(ConfigError::DatabaseUrl(format!(
+            "scheme must be postgres:// or postgresql://, not {}://",
+            parsed.scheme()
+        )));
+    }
+    PgConnectOptions::from_str(url).map_err(|e| ConfigError::DatabaseUrl(e.to_string()))
+}
+
+fn parse_redis_url(url: &str) -> Result<redis::Client, ConfigError> {
+    let parsed = url::Url::parse(url).map_err(|e| ConfigError::RedisUrl(e.to_string()))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+        return Err(ConfigError::RedisUrl(format!(
+            "scheme must be redis:// or rediss://, not {}://",
+            parsed.scheme()
+        )));
+    }
+    redis::Client::open(url).map_err(|e| ConfigError::RedisUrl(e.to_string()))
+}
+
+/// Parses `250ms`, `30s`, `15m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 15m or 2h"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => {
+            return Err(format!(
+                "{s:?} has unknown unit {unit:?}; use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        Config::from_flags(args).unwrap()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        config(&[]).validate().unwrap();
+    }
+
+    #[test]
+    fn malformed_urls_are_named() {
+        let err = config(&["--database-url", "not a url"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid DATABASE_URL:"),
+            "{err}"
+        );
+        let err = config(&["--database-url", "mysql://x/y"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("scheme must be postgres"), "{err}");
+        let err = config(&["--redis-url", "http://x"]).validate().unwrap_err();
+        assert!(err.to_string().starts_with("invalid REDIS_URL:"), "{err}");
+        let err = config(&["--redis-prefix", "a b"]).validate().unwrap_err();
+        assert!(err.to_string().contains("PORTCULLIS_REDIS_PREFIX"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

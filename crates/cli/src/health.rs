@@ -1,0 +1,88 @@
+//! `/healthz` (the process is alive) and `/readyz` (its dependencies answer), on every listener.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use sqlx::PgPool;
+
+/// The dependencies a readiness probe checks.
+#[derive(Clone)]
+pub struct Dependencies {
+    /// Postgres.
+    pub db: PgPool,
+    /// Redis.
+    pub redis: ConnectionManager,
+    /// How long each check may take.
+    pub timeout: Duration,
+}
+
+/// The health routes, to merge into a service's router.
+pub fn router(deps: Dependencies) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(deps)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(deps): State<Dependencies>) -> Response {
+    let (postgres, redis) = tokio::join!(check_postgres(&deps), check_redis(&deps));
+    let mut failed = Vec::new();
+    let mut checks = serde_json::Map::new();
+    for (name, result) in [("postgres", postgres), ("redis", redis)] {
+        match result {
+            Ok(()) => {
+                checks.insert(name.into(), json!("ok"));
+            }
+            Err(cause) => {
+                tracing::warn!(dependency = name, %cause, "readiness check failed");
+                checks.insert(name.into(), json!(cause));
+                failed.push(name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "checks": checks })),
+        )
+            .into_response()
+    } else {
+        let body = json!({
+            "status": "unavailable",
+            "message": format!("not ready: {} unreachable", failed.join(" and ")),
+            "failed": failed,
+            "checks": checks,
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn check_postgres(deps: &Dependencies) -> Result<(), String> {
+    let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&deps.db);
+    match tokio::time::timeout(deps.timeout, probe).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("error: {e}")),
+        Err(_) => Err(format!("no answer within {:?}", deps.timeout)),
+    }
+}
+
+async fn check_redis(deps: &Dependencies) -> Result<(), String> {
+    let mut conn = deps.redis.clone();
+    let ping = redis::cmd("PING");
+    let probe = ping.query_async::<String>(&mut conn);
+    match tokio::time::timeout(deps.timeout, probe).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("error: {e}")),
+        Err(_) => Err(format!("no answer within {:?}", deps.timeout)),
+    }
+}

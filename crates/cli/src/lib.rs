@@ -1,0 +1,10 @@
+//! The `portcullis` command as a library, so tests start the very services the binary runs.
+
+pub mod app;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod telemetry;
+
+pub use app::{Connections, Role, Running, migrate, start, start_with};
+pub use config::Config;

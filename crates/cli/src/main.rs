@@ -1,0 +1,96 @@
+//! `portcullis`: the policy gateway for AI agents' MCP tool calls.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::{Config, Role};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A policy gateway for AI agents' MCP tool calls"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane and the gateway in one process, on two listeners.
+    Serve(#[command(flatten)] Config),
+    /// Run the control plane (dashboard and API) only.
+    ControlPlane(#[command(flatten)] Config),
+    /// Run the gateway only.
+    Gateway(#[command(flatten)] Config),
+    /// Apply the database migrations (creating the database if needed) and exit.
+    Migrate(#[command(flatten)] Config),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(config) => serve(config, Role::Both).await,
+            Command::ControlPlane(config) => serve(config, Role::ControlPlane).await,
+            Command::Gateway(config) => serve(config, Role::Gateway).await,
+            Command::Migrate(config) => {
+                portcullis::telemetry::init(&config);
+                let applied = portcullis::migrate(&config).await?;
+                println!("migrations: {applied} applied, database up to date");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// One clear line on standard error, the causes joined, never a backtrace.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    config.validate()?;
+    portcullis::telemetry::init(&config);
+    let running = portcullis::start(&config, role).await?;
+    if let Some(addr) = running.control_plane {
+        println!("dashboard: http://{addr}/");
+    }
+    if let Some(addr) = running.gateway {
+        println!("gateway:   http://{addr}/");
+    }
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; draining");
+        token.cancel();
+    });
+    running.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

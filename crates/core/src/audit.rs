@@ -1,0 +1,130 @@
+//! The audit record a gateway emits for each JSON-RPC request, as it travels through Redis.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{GrantId, PolicyId, ServerId, TenantId};
+
+/// What the gateway decided about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditDecision {
+    /// Forwarded to the upstream.
+    Allow,
+    /// Refused by a policy rule.
+    Deny,
+    /// The tool is hidden from this grant.
+    Hidden,
+    /// A limit was exhausted.
+    RateLimited,
+    /// The call waits for a human approval.
+    ApprovalRequired,
+    /// The gateway could not decide or forward (limiter down, upstream unreachable, bad message).
+    Error,
+}
+
+impl AuditDecision {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Hidden => "hidden",
+            Self::RateLimited => "rate_limited",
+            Self::ApprovalRequired => "approval_required",
+            Self::Error => "error",
+        }
+    }
+
+    /// Every decision, in display order.
+    pub const ALL: [Self; 6] = [
+        Self::Allow,
+        Self::Deny,
+        Self::Hidden,
+        Self::RateLimited,
+        Self::ApprovalRequired,
+        Self::Error,
+    ];
+}
+
+impl std::str::FromStr for AuditDecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("unknown decision {s:?}"))
+    }
+}
+
+/// One audit event. The gateway writes the decision part before contacting the upstream and
+/// the outcome part afterwards, as two stream entries sharing `id`; the ingester merges them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Event id (UUID v7); the ingester's idempotency key.
+    pub id: Uuid,
+    /// When the request arrived.
+    pub ts: DateTime<Utc>,
+    /// Owner of the grant.
+    pub tenant_id: TenantId,
+    /// The grant the request came through.
+    pub grant_id: GrantId,
+    /// The grant's identity label.
+    pub identity: String,
+    /// The upstream server.
+    pub server_id: ServerId,
+    /// The JSON-RPC method.
+    pub method: String,
+    /// The tool name, for `tools/call`.
+    pub tool: Option<String>,
+    /// The decision.
+    pub decision: AuditDecision,
+    /// The deciding rule: a JSON pointer or `(hidden)`, `(default deny)`, `(no policy)`.
+    pub rule: Option<String>,
+    /// The message shown to the agent, if any.
+    pub message: Option<String>,
+    /// The policy and version in force.
+    pub policy_id: Option<PolicyId>,
+    /// The policy version in force.
+    pub policy_version: Option<i32>,
+    /// `2025-11-25`, `2026-07-28`, …
+    pub protocol: Option<String>,
+    /// The session id the client sees (never the upstream's).
+    pub session: Option<String>,
+    /// The request id of the HTTP request.
+    pub request_id: Option<String>,
+    /// Top-level argument names.
+    pub arg_keys: Vec<String>,
+    /// SHA-256 of the canonical arguments.
+    pub arg_digest: Option<String>,
+    /// Redacted argument values, only when the policy opts in.
+    pub arguments: Option<serde_json::Value>,
+    /// The outcome, once known.
+    #[serde(default)]
+    pub outcome: Option<AuditOutcome>,
+}
+
+/// What happened upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditOutcome {
+    /// HTTP status of the upstream reply, if one came.
+    pub upstream_status: Option<u16>,
+    /// Whether the tool result was an error (`isError` or a JSON-RPC error).
+    pub is_error: Option<bool>,
+    /// Milliseconds from arrival to the end of the reply.
+    pub latency_ms: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_round_trip_by_name() {
+        for d in AuditDecision::ALL {
+            assert_eq!(d.as_str().parse::<AuditDecision>().unwrap(), d);
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+        }
+    }
+}

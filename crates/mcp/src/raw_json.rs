@@ -1,0 +1,268 @@
+//! Reading and rewriting raw JSON objects without building `Value` trees.
+//!
+//! Every reader here rejects an object that repeats a member name: JSON parsers disagree on
+//! which duplicate wins, and a gateway that reads a different `name` than the upstream
+//! executes would enforce policy on the wrong tool.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Number, Value};
+
+/// A string that borrows from the input when it has no escapes (serde's own `Cow` impl
+/// always allocates).
+pub(crate) struct CowStr<'de>(pub(crate) Cow<'de, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = CowStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// Finds one member of a raw JSON object; `Ok(None)` when absent or when `obj` is not an object.
+pub(crate) fn find_member<'a>(
+    obj: &'a RawValue,
+    key: &str,
+) -> Result<Option<&'a RawValue>, serde_json::Error> {
+    if !obj.get().starts_with('{') {
+        return Ok(None);
+    }
+    let mut de = serde_json::Deserializer::from_str(obj.get());
+    FindMember { key }.deserialize(&mut de)
+}
+
+struct FindMember<'k> {
+    key: &'k str,
+}
+
+impl<'de> DeserializeSeed<'de> for FindMember<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FindMember<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(CowStr(k)) = map.next_key()? {
+            if k == self.key {
+                if found.is_some() {
+                    return Err(de::Error::custom(format_args!("duplicate member {k:?}")));
+                }
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Reads a raw member as a string; `Ok(None)` when absent, an error when not a string.
+pub(crate) fn member_str<'a>(
+    obj: &'a RawValue,
+    key: &str,
+) -> Result<Option<Cow<'a, str>>, serde_json::Error> {
+    match find_member(obj, key)? {
+        None => Ok(None),
+        Some(raw) => CowStr::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+            .map(|s| Some(s.0)),
+    }
+}
+
+/// The members of a raw JSON object, in document order.
+pub(crate) type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// Splits a raw JSON object into its members, keeping each value's bytes.
+pub(crate) fn object_members(obj: &RawValue) -> Result<Members<'_>, serde_json::Error> {
+    struct MembersVisitor;
+    impl<'de> Visitor<'de> for MembersVisitor {
+        type Value = Members<'de>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out: Members<'de> = Vec::new();
+            while let Some(CowStr(k)) = map.next_key()? {
+                if out.iter().any(|(seen, _)| *seen == k) {
+                    return Err(de::Error::custom(format_args!("duplicate member {k:?}")));
+                }
+                let v = map.next_value::<&'de RawValue>()?;
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+    }
+    serde_json::Deserializer::from_str(obj.get()).deserialize_map(MembersVisitor)
+}
+
+/// Writes members back as a compact JSON object; values are copied verbatim.
+pub(crate) fn write_object<'v>(
+    members: impl IntoIterator<Item = (&'v str, &'v str)>,
+) -> Result<Box<RawValue>, serde_json::Error> {
+    let mut out = String::from("{");
+    for (i, (k, v)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, k);
+        out.push(':');
+        out.push_str(v);
+    }
+    out.push('}');
+    RawValue::from_string(out)
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
+    out.push_str(&Value::String(s.to_owned()).to_string());
+}
+
+/// Parses a JSON value, rejecting any object (at any depth) that repeats a member name.
+pub(crate) fn parse_strict(raw: &str) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let value = StrictValue::deserialize(&mut de)?.0;
+    de.end()?;
+    Ok(value)
+}
+
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let StrictValue(v) = map.next_value()?;
+            if out.contains_key(&k) {
+                return Err(de::Error::custom(format_args!("duplicate member {k:?}")));
+            }
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn finds_members() {
+        let obj = raw(r#"{"a":1,"_meta":{"k":"v"},"s":"x\"y"}"#);
+        assert_eq!(
+            find_member(&obj, "_meta").unwrap().unwrap().get(),
+            r#"{"k":"v"}"#
+        );
+        assert!(find_member(&obj, "missing").unwrap().is_none());
+        assert_eq!(member_str(&obj, "s").unwrap().unwrap(), "x\"y");
+        assert!(member_str(&obj, "a").is_err());
+        assert!(find_member(&raw("[1]"), "a").unwrap().is_none());
+        assert!(find_member(&raw(r#"{"a":1,"a":2}"#), "a").is_err());
+        // Escaped member names are matched by their decoded text.
+        assert_eq!(
+            find_member(&raw(r#"{"n\u0061me":"t"}"#), "name")
+                .unwrap()
+                .unwrap()
+                .get(),
+            r#""t""#
+        );
+    }
+
+    #[test]
+    fn splits_and_rewrites_objects() {
+        let obj = raw(r#"{ "z" : [1, 2], "a\n": {"x": 1.50} }"#);
+        let members = object_members(&obj).unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].0, "z");
+        assert_eq!(members[1].1.get(), r#"{"x": 1.50}"#);
+        let back = write_object(members.iter().map(|(k, v)| (k.as_ref(), v.get()))).unwrap();
+        assert_eq!(back.get(), r#"{"z":[1, 2],"a\n":{"x": 1.50}}"#);
+        assert!(object_members(&raw(r#"{"a":1,"a":1}"#)).is_err());
+        assert!(object_members(&raw("[]")).is_err());
+    }
+
+    #[test]
+    fn strict_parse_rejects_duplicates_at_any_depth() {
+        assert_eq!(
+            parse_strict(r#"{"a":[{"b":1}],"c":null}"#).unwrap(),
+            json!({"a":[{"b":1}],"c":null})
+        );
+        assert!(parse_strict(r#"{"a":1,"a":1}"#).is_err());
+        assert!(parse_strict(r#"{"x":[{"b":1,"b":2}]}"#).is_err());
+        assert!(parse_strict(r#"{"x":{"y":{"z":1,"z":1}}}"#).is_err());
+        assert!(parse_strict(r#"{"a":1} x"#).is_err());
+    }
+}

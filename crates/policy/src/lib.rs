@@ -1,0 +1,1 @@
+//! Portcullis policy language: parse, validate, evaluate, classify.

@@ -1,0 +1,27 @@
+//! The test harness every Portcullis test shares: a fresh Postgres database per test (cloned
+//! from a template migrated once), a unique Redis key prefix per test, and a chaos proxy that
+//! cuts a connection on demand. Everything a harness object starts stops when it is dropped.
+//!
+//! Postgres and Redis are found through `DATABASE_URL` and `REDIS_URL` (any database name in
+//! `DATABASE_URL` is ignored: the harness makes its own), defaulting to the local servers.
+
+#![allow(clippy::unwrap_used)]
+
+mod chaos;
+mod postgres;
+mod redis_prefix;
+
+pub use chaos::ChaosProxy;
+pub use postgres::TestDatabase;
+pub use redis_prefix::TestRedis;
+
+/// The Postgres server URL the tests use.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The Redis URL the tests use.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}

@@ -1,0 +1,232 @@
+//! The foundation: the harness itself, readiness on both listeners, and behaviour when a
+//! dependency dies.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use portcullis::{Config, Role, Running};
+use portcullis_tests::{ChaosProxy, TestDatabase, TestRedis};
+use redis::AsyncCommands as _;
+use serde_json::Value;
+
+/// Starts both services on port 0 against the given Postgres and Redis URLs.
+async fn start(db_url: &str, redis_url: &str, prefix: &str) -> Running {
+    let config = Config::from_flags([
+        "--database-url",
+        db_url,
+        "--redis-url",
+        redis_url,
+        "--redis-prefix",
+        prefix,
+        "--control-plane-addr",
+        "127.0.0.1:0",
+        "--gateway-addr",
+        "127.0.0.1:0",
+        "--probe-timeout",
+        "500ms",
+        "--shutdown-grace",
+        "2s",
+    ])
+    .unwrap();
+    portcullis::start(&config, Role::Both).await.unwrap()
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+    let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, resp.json().await.unwrap(), headers)
+}
+
+fn listeners(app: &Running) -> [SocketAddr; 2] {
+    [app.control_plane.unwrap(), app.gateway.unwrap()]
+}
+
+#[tokio::test]
+async fn every_test_gets_its_own_migrated_database() {
+    let a = TestDatabase::new().await;
+    let b = TestDatabase::new().await;
+    assert_ne!(a.name(), b.name());
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'Acme')")
+        .bind(uuid::Uuid::now_v7())
+        .execute(a.pool())
+        .await
+        .unwrap();
+    let count = |db: &TestDatabase| {
+        let pool = db.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tenants")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(&a).await, 1);
+    assert_eq!(count(&b).await, 0);
+    // The audit log is partitioned and has a partition for today.
+    let partitions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_events'::regclass",
+    )
+    .fetch_one(a.pool())
+    .await
+    .unwrap();
+    assert!(partitions >= 2, "{partitions} partitions");
+
+    let name = a.name().to_owned();
+    drop(a);
+    let gone: bool =
+        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(b.pool())
+            .await
+            .unwrap();
+    assert!(gone, "the dropped test database {name} still exists");
+}
+
+#[tokio::test]
+async fn every_test_gets_its_own_redis_prefix_and_leaves_nothing() {
+    let a = TestRedis::new().await;
+    let b = TestRedis::new().await;
+    assert_ne!(a.prefix(), b.prefix());
+    let mut conn = a.conn();
+    let _: () = conn.set(format!("{}:k", a.prefix()), "v").await.unwrap();
+    assert_eq!(a.keys().await.len(), 1);
+    assert!(b.keys().await.is_empty());
+    let key = format!("{}:k", a.prefix());
+    drop(a);
+    let mut conn = b.conn();
+    let exists: bool = conn.exists(&key).await.unwrap();
+    assert!(!exists, "the prefix's keys outlived the test");
+}
+
+#[tokio::test]
+async fn both_listeners_answer_health_and_readiness() {
+    let db = TestDatabase::new().await;
+    let redis = TestRedis::new().await;
+    let app = start(&db.url(), &portcullis_tests::redis_url(), redis.prefix()).await;
+    for addr in listeners(&app) {
+        let (status, body, headers) = get(addr, "/healthz").await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "ok");
+        assert!(headers.contains_key("x-request-id"), "no request id");
+        let (status, body, _) = get(addr, "/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["checks"]["postgres"], "ok");
+        assert_eq!(body["checks"]["redis"], "ok");
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn readiness_names_redis_when_it_is_down_and_recovers() {
+    let db = TestDatabase::new().await;
+    let redis = TestRedis::new().await;
+    let real: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    let target = redis_addr().unwrap_or(real);
+    let proxy = ChaosProxy::start(target).await;
+    let app = start(
+        &db.url(),
+        &format!("redis://{}", proxy.addr()),
+        redis.prefix(),
+    )
+    .await;
+    for addr in listeners(&app) {
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+    }
+
+    proxy.cut();
+    for addr in listeners(&app) {
+        let (status, body, _) = get(addr, "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["failed"], serde_json::json!(["redis"]));
+        assert!(
+            body["message"].as_str().unwrap().contains("redis"),
+            "{body}"
+        );
+        assert_eq!(body["checks"]["postgres"], "ok");
+        assert_eq!(
+            get(addr, "/healthz").await.0,
+            200,
+            "healthz must not depend on Redis"
+        );
+    }
+
+    proxy.restore();
+    for addr in listeners(&app) {
+        eventually_ready(addr).await;
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn readiness_names_postgres_when_it_is_down() {
+    let db = TestDatabase::new().await;
+    let redis = TestRedis::new().await;
+    let mut url = url_parts(&db.url());
+    let target: SocketAddr = format!("{}:{}", url.0, url.1).parse().unwrap();
+    let proxy = ChaosProxy::start(target).await;
+    url.0 = "127.0.0.1".into();
+    url.1 = proxy.addr().port();
+    let db_url = format!("postgres://postgres@{}:{}/{}", url.0, url.1, db.name());
+    let app = start(&db_url, &portcullis_tests::redis_url(), redis.prefix()).await;
+    let addr = app.gateway.unwrap();
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+
+    proxy.cut();
+    let (status, body, _) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["failed"], serde_json::json!(["postgres"]));
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+
+    proxy.restore();
+    eventually_ready(addr).await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_drains_and_frees_the_ports() {
+    let db = TestDatabase::new().await;
+    let redis = TestRedis::new().await;
+    let app = start(&db.url(), &portcullis_tests::redis_url(), redis.prefix()).await;
+    let [cp, gw] = listeners(&app);
+    app.stop().await.unwrap();
+    for addr in [cp, gw] {
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "{addr} still accepts connections after shutdown"
+        );
+    }
+}
+
+async fn eventually_ready(addr: SocketAddr) {
+    for _ in 0..50 {
+        if get(addr, "/readyz").await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{addr} did not become ready again");
+}
+
+fn redis_addr() -> Option<SocketAddr> {
+    let url = portcullis_tests::redis_url();
+    let rest = url.strip_prefix("redis://")?;
+    let hostport = rest.rsplit('@').next()?.split('/').next()?;
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    hostport.parse().ok()
+}
+
+/// Host and port of a Postgres URL.
+fn url_parts(url: &str) -> (String, u16) {
+    let after = url.split("://").nth(1).unwrap();
+    let hostport = after.rsplit('@').next().unwrap().split('/').next().unwrap();
+    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    (host.to_owned(), port.parse().unwrap())
+}
