@@ -98,3 +98,29 @@ ensure_redis() {
 ensure_rust() {
   command -v cargo >/dev/null || die "cargo is not installed; install Rust (https://rustup.rs) and run this again"
 }
+
+# The real MCP peers the end-to-end tests talk to: the Python SDK in a venv, and the npm packages
+# of tests/peers/package.json. Reinstalled only when their pinned lists change.
+ensure_test_peers() {
+  local dir="$ROOT/tests/peers"
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  if [ ! -x "$dir/.venv/bin/python" ] || ! cmp -s "$dir/requirements.txt" "$dir/.venv/requirements.txt"; then
+    log "test peers: Python venv ($(tr '\n' ' ' <"$dir/requirements.txt"))"
+    python3 -m venv "$dir/.venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$dir/.venv"; }
+    "$dir/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$dir/requirements.txt"
+    cp "$dir/requirements.txt" "$dir/.venv/requirements.txt"
+  fi
+  if [ ! -d "$dir/node_modules" ] || ! cmp -s "$dir/package.json" "$dir/node_modules/.package.json"; then
+    log "test peers: npm packages"
+    (cd "$dir" && npm install --silent --no-audit --no-fund --no-package-lock >/dev/null 2>&1)
+    cp "$dir/package.json" "$dir/node_modules/.package.json"
+  fi
+}
+
+# Debian's Chromium and its WebDriver, for the browser tests.
+ensure_chromium() {
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install chromium chromium-driver
+  fi
+}

@@ -21,6 +21,11 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// A fresh credential key ring spec for a service under test.
+pub fn encryption_keys() -> String {
+    portcullis_core::Keyring::generate(1).1
+}
+
 /// The Redis URL the tests use.
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())

@@ -28,6 +28,8 @@ async fn start(db_url: &str, redis_url: &str, prefix: &str) -> Running {
         "500ms",
         "--shutdown-grace",
         "2s",
+        "--encryption-keys",
+        &portcullis_tests::encryption_keys(),
     ])
     .unwrap();
     portcullis::start(&config, Role::Both).await.unwrap()
@@ -115,6 +117,16 @@ async fn both_listeners_answer_health_and_readiness() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["checks"]["postgres"], "ok");
         assert_eq!(body["checks"]["redis"], "ok");
+        let metrics = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), 200);
+        assert!(
+            metrics.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
     }
     app.stop().await.unwrap();
 }

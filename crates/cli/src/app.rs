@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use portcullis_core::Keyring;
 use portcullis_core::redis_keys::RedisKeys;
 
 use crate::config::{Config, Validated};
@@ -47,8 +48,12 @@ pub struct Connections {
     pub db: PgPool,
     /// Redis; reconnects by itself after an outage.
     pub redis: ConnectionManager,
+    /// The Redis client, for dedicated connections (pub/sub).
+    pub redis_client: redis::Client,
     /// Key and channel names.
     pub keys: RedisKeys,
+    /// Seals and opens upstream credentials.
+    pub credentials: Keyring,
 }
 
 impl Connections {
@@ -68,7 +73,9 @@ impl Connections {
         Ok(Self {
             db,
             redis,
+            redis_client: validated.redis.clone(),
             keys: RedisKeys::new(config.redis_prefix.clone()),
+            credentials: validated.credentials.clone(),
         })
     }
 }
@@ -119,6 +126,7 @@ pub async fn start_with(
     role: Role,
     conns: Connections,
 ) -> anyhow::Result<Running> {
+    crate::metrics::handle();
     let deps = Dependencies {
         db: conns.db.clone(),
         redis: conns.redis.clone(),
@@ -130,12 +138,16 @@ pub async fn start_with(
     let mut gateway = None;
 
     if role.runs_control_plane() {
-        let router = portcullis_control_plane::ControlPlane {
+        let shared = portcullis_control_plane::Shared {
             db: conns.db.clone(),
             redis: conns.redis.clone(),
+            redis_client: conns.redis_client.clone(),
             keys: conns.keys.clone(),
-        }
-        .router();
+            credentials: conns.credentials.clone(),
+        };
+        let router =
+            portcullis_control_plane::build(shared, config.control_plane.clone(), shutdown.clone())
+                .await?;
         let (addr, server) = bind(
             config.control_plane_addr,
             "control-plane",
@@ -148,12 +160,15 @@ pub async fn start_with(
         servers.push(server);
     }
     if role.runs_gateway() {
-        let router = portcullis_gateway::Gateway {
+        let shared = portcullis_gateway::Shared {
             db: conns.db.clone(),
             redis: conns.redis.clone(),
+            redis_client: conns.redis_client.clone(),
             keys: conns.keys.clone(),
-        }
-        .router();
+            credentials: conns.credentials.clone(),
+        };
+        let router =
+            portcullis_gateway::build(shared, config.gateway.clone(), shutdown.clone()).await?;
         let (addr, server) = bind(config.gateway_addr, "gateway", router, &deps, &shutdown).await?;
         gateway = Some(addr);
         servers.push(server);
@@ -201,12 +216,21 @@ async fn bind(
         .await
         .with_context(|| format!("cannot listen on {addr} for the {service}"))?;
     let local = listener.local_addr()?;
-    let app = http::layers(router.merge(health::router(deps.clone())), service);
+    let app = http::layers(
+        router
+            .merge(health::router(deps.clone()))
+            .merge(crate::metrics::router()),
+        service,
+    );
     let token = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
+        // Connection info gives the control plane the client address for login throttling.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await
     });
     tracing::info!(service, %local, "listening");
     Ok((local, server))
@@ -222,7 +246,7 @@ async fn join_servers(servers: Vec<Server>) -> anyhow::Result<()> {
 /// Runs the migrations, creating the database first if it does not exist.
 pub async fn migrate(config: &Config) -> anyhow::Result<usize> {
     use sqlx::migrate::MigrateDatabase as _;
-    config.validate()?;
+    config.database_options()?;
     if !sqlx::Postgres::database_exists(&config.database_url)
         .await
         .context("cannot reach Postgres")?

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use portcullis_core::Keyring;
 use sqlx::postgres::PgConnectOptions;
 
 /// Settings shared by `serve`, `control-plane`, `gateway` and `migrate`.
@@ -60,9 +61,22 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Keys that seal upstream credentials at rest: `ID:BASE64[,ID:BASE64…]`, 32-byte keys, the
+    /// first one sealing. Make one with `portcullis keygen`.
+    #[arg(long, env = "PORTCULLIS_ENCRYPTION_KEYS", hide_env_values = true)]
+    pub encryption_keys: Option<String>,
+
     /// How long a readiness probe waits for Postgres or Redis before calling it down.
     #[arg(long, env = "PORTCULLIS_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub probe_timeout: Duration,
+
+    /// Gateway settings.
+    #[command(flatten)]
+    pub gateway: portcullis_gateway::Settings,
+
+    /// Control-plane settings.
+    #[command(flatten)]
+    pub control_plane: portcullis_control_plane::Settings,
 }
 
 /// How log lines are written.
@@ -86,6 +100,9 @@ pub enum ConfigError {
     /// `PORTCULLIS_REDIS_PREFIX` is unusable.
     #[error("invalid PORTCULLIS_REDIS_PREFIX: {0}")]
     RedisPrefix(&'static str),
+    /// `PORTCULLIS_ENCRYPTION_KEYS` is missing or malformed.
+    #[error("invalid PORTCULLIS_ENCRYPTION_KEYS: {0}")]
+    EncryptionKeys(String),
     /// `PORTCULLIS_LOG` does not parse.
     #[error("invalid PORTCULLIS_LOG: {0}")]
     Log(String),
@@ -111,6 +128,11 @@ impl Config {
         Standalone::try_parse_from(argv).map(|s| s.config)
     }
 
+    /// The Postgres options alone (all `migrate` needs).
+    pub fn database_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        parse_database_url(&self.database_url)
+    }
+
     /// Checks every setting and returns the parsed connection options.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         let database = parse_database_url(&self.database_url)?;
@@ -127,7 +149,21 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| ConfigError::Log(e.to_string()))?;
-        Ok(Validated { database, redis })
+        let credentials = match &self.encryption_keys {
+            Some(spec) => {
+                Keyring::parse(spec).map_err(|e| ConfigError::EncryptionKeys(e.to_string()))?
+            }
+            None => {
+                return Err(ConfigError::EncryptionKeys(
+                    "not set; generate a key with `portcullis keygen`".into(),
+                ));
+            }
+        };
+        Ok(Validated {
+            database,
+            redis,
+            credentials,
+        })
     }
 }
 
@@ -138,6 +174,8 @@ pub struct Validated {
     pub database: PgConnectOptions,
     /// Redis connection info.
     pub redis: redis::Client,
+    /// Credential keys.
+    pub credentials: Keyring,
 }
 
 fn parse_database_url(url: &str) -> Result<PgConnectOptions, ConfigError> {
@@ -190,7 +228,10 @@ mod tests {
     use super::*;
 
     fn config(args: &[&str]) -> Config {
-        Config::from_flags(args).unwrap()
+        let (_, key) = Keyring::generate(1);
+        let mut argv = vec!["--encryption-keys".to_owned(), key];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        Config::from_flags(argv).unwrap()
     }
 
     #[test]
@@ -213,6 +254,14 @@ mod tests {
         assert!(err.to_string().contains("scheme must be postgres"), "{err}");
         let err = config(&["--redis-url", "http://x"]).validate().unwrap_err();
         assert!(err.to_string().starts_with("invalid REDIS_URL:"), "{err}");
+        let err = Config::from_flags(["--encryption-keys", "1:short"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("PORTCULLIS_ENCRYPTION_KEYS"),
+            "{err}"
+        );
         let err = config(&["--redis-prefix", "a b"]).validate().unwrap_err();
         assert!(err.to_string().contains("PORTCULLIS_REDIS_PREFIX"), "{err}");
     }

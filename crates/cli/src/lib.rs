@@ -4,6 +4,8 @@ pub mod app;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod metrics;
+pub mod policy_cmd;
 pub mod telemetry;
 
 pub use app::{Connections, Role, Running, migrate, start, start_with};

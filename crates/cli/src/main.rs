@@ -26,10 +26,26 @@ enum Command {
     Gateway(#[command(flatten)] Config),
     /// Apply the database migrations (creating the database if needed) and exit.
     Migrate(#[command(flatten)] Config),
+    /// Check, evaluate and recommend policies, offline.
+    Policy {
+        #[command(subcommand)]
+        command: portcullis::policy_cmd::PolicyCommand,
+    },
+    /// Print a new random encryption key (`ID:BASE64`) for PORTCULLIS_ENCRYPTION_KEYS.
+    Keygen {
+        /// The key's id; give each key of a ring its own.
+        #[arg(long, default_value_t = 1)]
+        id: u32,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Offline commands need no runtime.
+    let cli = match cli.command {
+        Command::Policy { command } => return portcullis::policy_cmd::run(command),
+        command => Cli { command },
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
@@ -39,6 +55,11 @@ fn main() -> ExitCode {
             Command::Serve(config) => serve(config, Role::Both).await,
             Command::ControlPlane(config) => serve(config, Role::ControlPlane).await,
             Command::Gateway(config) => serve(config, Role::Gateway).await,
+            Command::Policy { .. } => unreachable!("handled above"),
+            Command::Keygen { id } => {
+                println!("{}", portcullis_core::Keyring::generate(id).1);
+                Ok(())
+            }
             Command::Migrate(config) => {
                 portcullis::telemetry::init(&config);
                 let applied = portcullis::migrate(&config).await?;

@@ -39,6 +39,30 @@ fn malformed_database_url_exits_with_one_clear_line() {
 }
 
 #[test]
+fn missing_encryption_keys_are_named() {
+    let out = portcullis()
+        .arg("gateway")
+        .env_remove("PORTCULLIS_ENCRYPTION_KEYS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: invalid PORTCULLIS_ENCRYPTION_KEYS: not set"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn keygen_prints_a_usable_key() {
+    let out = portcullis().args(["keygen", "--id", "7"]).output().unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap();
+    let ring = portcullis_core::Keyring::parse(key.trim()).unwrap();
+    assert_eq!(ring.active_id(), 7);
+}
+
+#[test]
 fn malformed_database_url_from_the_environment_too() {
     let out = portcullis()
         .arg("gateway")
@@ -96,6 +120,8 @@ async fn serve_prints_both_urls_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--gateway-addr",
             "127.0.0.1:0",
+            "--encryption-keys",
+            &portcullis_tests::encryption_keys(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

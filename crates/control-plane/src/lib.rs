@@ -1,24 +1,40 @@
 //! The Portcullis control plane: accounts, servers, policies, grants, approvals, audit, dashboard and API.
 
 use axum::Router;
+use portcullis_core::Keyring;
 use portcullis_core::redis_keys::RedisKeys;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
-/// Everything the service needs, built once at start-up.
+/// Settings of this service alone; the `portcullis` command flattens them into its one
+/// configuration, so each is a flag and a `PORTCULLIS_*` environment variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[group(id = "control_plane")]
+pub struct Settings {}
+
+/// What the process shares with this service.
 #[derive(Clone)]
-pub struct ControlPlane {
+pub struct Shared {
     /// Postgres.
     pub db: PgPool,
-    /// Redis.
+    /// Redis, multiplexed and reconnecting.
     pub redis: ConnectionManager,
+    /// The Redis client, for connections of their own (pub/sub).
+    pub redis_client: redis::Client,
     /// Key and channel names.
     pub keys: RedisKeys,
+    /// Seals and opens upstream credentials at rest.
+    pub credentials: Keyring,
 }
 
-impl ControlPlane {
-    /// The service's routes.
-    pub fn router(self) -> Router {
-        Router::new()
-    }
+/// Builds the service: its routes, and its background tasks, which stop when `shutdown` is
+/// cancelled.
+pub async fn build(
+    shared: Shared,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Router> {
+    let _ = (shared, settings, shutdown);
+    Ok(Router::new())
 }

@@ -128,3 +128,66 @@ mod tests {
         }
     }
 }
+
+/// How audit events travel on the Redis stream (`RedisKeys::audit_stream`).
+///
+/// Each entry has one field, [`stream::FIELD`], holding the event as JSON. The gateway adds an
+/// entry with `outcome: null` before it contacts the upstream (so the decision is durable even if
+/// the gateway dies mid-call) and a second entry for the same `id` and `ts` with the outcome set.
+/// The ingester upserts by `(ts, id)`: the first entry inserts, the second completes the row, and
+/// a redelivered entry changes nothing.
+pub mod stream {
+    use super::AuditEvent;
+
+    /// The entry field that holds the event JSON.
+    pub const FIELD: &str = "event";
+
+    /// The consumer group the control plane's ingesters share.
+    pub const GROUP: &str = "ingest";
+
+    /// Approximate cap on the stream's length, so a stopped ingester cannot fill Redis.
+    pub const MAX_LEN: usize = 1_000_000;
+
+    /// The JSON written under [`FIELD`].
+    pub fn encode(event: &AuditEvent) -> String {
+        serde_json::to_string(event).unwrap_or_else(|_| unreachable!("audit events serialise"))
+    }
+
+    /// Reads an entry's JSON.
+    pub fn decode(json: &[u8]) -> Result<AuditEvent, serde_json::Error> {
+        serde_json::from_slice(json)
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    #[test]
+    fn stream_entries_round_trip() {
+        let event = AuditEvent {
+            id: Uuid::now_v7(),
+            ts: Utc::now(),
+            tenant_id: TenantId::new(),
+            grant_id: GrantId::new(),
+            identity: "agent-1".into(),
+            server_id: ServerId::new(),
+            method: "tools/call".into(),
+            tool: Some("send_message".into()),
+            decision: AuditDecision::Deny,
+            rule: Some("/tools/send_message/deny_if/0".into()),
+            message: Some("no".into()),
+            policy_id: None,
+            policy_version: Some(3),
+            protocol: Some("2025-11-25".into()),
+            session: None,
+            request_id: None,
+            arg_keys: vec!["To".into()],
+            arg_digest: None,
+            arguments: None,
+            outcome: None,
+        };
+        let json = stream::encode(&event);
+        assert_eq!(stream::decode(json.as_bytes()).unwrap(), event);
+    }
+}

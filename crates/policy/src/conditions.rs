@@ -1,0 +1,734 @@
+//! Conditions on a call's arguments: argument paths and the eleven operators.
+//!
+//! A condition whose path does not resolve is false, except `exists: false`, which is true.
+//! That keeps every operator fail-safe inside `require` (a missing argument fails the
+//! requirement, so the call is denied) and explicit inside `deny_if` (write `exists` to catch a
+//! missing argument).
+
+use std::cmp::Ordering;
+use std::fmt::{self, Write as _};
+
+use regex::{Regex, RegexBuilder};
+use serde_json::{Number, Value};
+
+/// Deeper argument paths than this are refused: no tool schema nests that far.
+const MAX_SEGMENTS: usize = 32;
+/// Compiled-size cap per regex, so a hostile policy cannot make the gateway build a huge automaton.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A parsed argument path: `args`, `args.to`, `args.media.0.url`.
+///
+/// Resolution walks objects by key and arrays by index. MCP tools generated from OpenAPI often
+/// have argument names that contain dots (`Configuration.Url`), so when a segment is not a key
+/// the next segments are tried joined by dots, shortest first: `args.Configuration.Url` finds
+/// `{"Configuration": {"Url": …}}` and `{"Configuration.Url": …}` alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgPath {
+    text: Box<str>,
+    segments: Box<[Segment]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    start: usize,
+    end: usize,
+    index: Option<usize>,
+}
+
+impl ArgPath {
+    /// Parses `args` or `args.<segment>(.<segment>)*`, segments non-empty.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        const PREFIX: &str = "args.";
+        let mut segments = Vec::new();
+        if text != "args" {
+            let Some(rest) = text.strip_prefix(PREFIX) else {
+                return Err(format!(
+                    "path {text:?} must be \"args\" or start with \"args.\" (for example \"args.to\")"
+                ));
+            };
+            let mut start = PREFIX.len();
+            for part in rest.split('.') {
+                if part.is_empty() {
+                    return Err(format!("path {text:?} has an empty segment"));
+                }
+                let end = start + part.len();
+                let index = if part.bytes().all(|b| b.is_ascii_digit()) {
+                    part.parse().ok()
+                } else {
+                    None
+                };
+                segments.push(Segment { start, end, index });
+                start = end + 1;
+            }
+        }
+        if segments.len() > MAX_SEGMENTS {
+            return Err(format!(
+                "path {text:?} is deeper than {MAX_SEGMENTS} segments"
+            ));
+        }
+        Ok(Self {
+            text: text.into(),
+            segments: segments.into(),
+        })
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The value at this path in a call's arguments, if there is one. Never allocates.
+    pub fn resolve<'v>(&self, args: &'v Value) -> Option<&'v Value> {
+        let mut current = args;
+        let mut i = 0;
+        while let Some(segment) = self.segments.get(i) {
+            match current {
+                Value::Object(map) => {
+                    let (value, last) = self.segments.get(i..)?.iter().enumerate().find_map(
+                        |(offset, until)| {
+                            let key = self.text.get(segment.start..until.end)?;
+                            map.get(key).map(|v| (v, i + offset))
+                        },
+                    )?;
+                    current = value;
+                    i = last + 1;
+                }
+                Value::Array(items) => {
+                    current = items.get(segment.index?)?;
+                    i += 1;
+                }
+                _ => return None,
+            }
+        }
+        Some(current)
+    }
+}
+
+impl fmt::Display for ArgPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl serde::Serialize for ArgPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ArgPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        ArgPath::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A condition operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Equal, with numeric coercion between numbers and numeric strings.
+    Eq,
+    /// Present and not equal (same coercion as `eq`).
+    Neq,
+    /// Numerically less than.
+    Lt,
+    /// Numerically less than or equal.
+    Lte,
+    /// Numerically greater than.
+    Gt,
+    /// Numerically greater than or equal.
+    Gte,
+    /// Equal to one of a list.
+    In,
+    /// Present and equal to none of a list.
+    NotIn,
+    /// Present (`true`) or absent (`false`).
+    Exists,
+    /// Matches an RE2-syntax regular expression (unanchored unless the pattern anchors).
+    Regex,
+    /// Substring of a string argument, or element of an array argument.
+    Contains,
+}
+
+impl Op {
+    /// Every operator, in documentation order.
+    pub const ALL: [Op; 11] = [
+        Op::Eq,
+        Op::Neq,
+        Op::Lt,
+        Op::Lte,
+        Op::Gt,
+        Op::Gte,
+        Op::In,
+        Op::NotIn,
+        Op::Exists,
+        Op::Regex,
+        Op::Contains,
+    ];
+
+    /// The operator's name in a policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Eq => "eq",
+            Op::Neq => "neq",
+            Op::Lt => "lt",
+            Op::Lte => "lte",
+            Op::Gt => "gt",
+            Op::Gte => "gte",
+            Op::In => "in",
+            Op::NotIn => "not_in",
+            Op::Exists => "exists",
+            Op::Regex => "regex",
+            Op::Contains => "contains",
+        }
+    }
+
+    /// The operator called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A number taken from an argument: exact for integers, `f64` otherwise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Numeric {
+    Int(i128),
+    Float(f64),
+}
+
+impl Numeric {
+    /// A number, or a string that is a finite number (`"150"`, `"12.5"`); nothing else.
+    fn of(value: &Value) -> Option<Numeric> {
+        match value {
+            Value::Number(n) => Self::from_number(n),
+            Value::String(s) => Self::parse(s),
+            _ => None,
+        }
+    }
+
+    fn from_number(n: &Number) -> Option<Numeric> {
+        if let Some(i) = n.as_i64() {
+            Some(Numeric::Int(i128::from(i)))
+        } else if let Some(u) = n.as_u64() {
+            Some(Numeric::Int(i128::from(u)))
+        } else {
+            n.as_f64().filter(|f| f.is_finite()).map(Numeric::Float)
+        }
+    }
+
+    fn parse(s: &str) -> Option<Numeric> {
+        if let Ok(i) = s.parse::<i128>() {
+            return Some(Numeric::Int(i));
+        }
+        // `f64::from_str` also accepts "inf" and "NaN", which are not numbers an argument means.
+        s.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Numeric::Float)
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            // Precision loss only beyond 2^53, where any ordering answer is as good as the input.
+            #[allow(clippy::cast_precision_loss)]
+            Numeric::Int(i) => i as f64,
+            Numeric::Float(f) => f,
+        }
+    }
+
+    fn compare(self, other: Numeric) -> Option<Ordering> {
+        match (self, other) {
+            (Numeric::Int(a), Numeric::Int(b)) => Some(a.cmp(&b)),
+            _ => self.as_f64().partial_cmp(&other.as_f64()),
+        }
+    }
+}
+
+/// The cost of a call taken from an argument: a non-negative number (or numeric string),
+/// rounded up so a fractional amount is never under-charged.
+pub(crate) fn cost_of(value: &Value) -> Option<u64> {
+    match Numeric::of(value)? {
+        Numeric::Int(i) => u64::try_from(i).ok(),
+        Numeric::Float(f) if f >= 0.0 => {
+            let up = f.ceil();
+            // u64::MAX as f64 rounds up to 2^64, so `<` keeps the cast in range.
+            #[allow(clippy::cast_precision_loss)]
+            let limit = u64::MAX as f64;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            (up < limit).then_some(up as u64)
+        }
+        Numeric::Float(_) => None,
+    }
+}
+
+/// A value a condition compares against, with its numeric reading computed once at load time.
+#[derive(Debug, Clone)]
+struct Expected {
+    value: Value,
+    numeric: Option<Numeric>,
+}
+
+impl Expected {
+    fn new(value: &Value) -> Self {
+        let numeric = match value {
+            Value::Number(_) | Value::String(_) => Numeric::of(value),
+            _ => None,
+        };
+        Self {
+            value: value.clone(),
+            numeric,
+        }
+    }
+
+    /// Equality with numeric coercion: a number equals a string that parses to the same number.
+    /// Two strings compare as text ("5.0" is not "5"); arrays and objects compare structurally.
+    fn equals(&self, arg: &Value) -> bool {
+        match (arg, &self.value) {
+            (Value::Number(a), Value::Number(_) | Value::String(_)) => {
+                same_number(Numeric::from_number(a), self.numeric)
+            }
+            (Value::String(a), Value::Number(_)) => same_number(Numeric::parse(a), self.numeric),
+            (arg, expected) => arg == expected,
+        }
+    }
+}
+
+fn same_number(a: Option<Numeric>, b: Option<Numeric>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.compare(b) == Some(Ordering::Equal),
+        _ => false,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Comparison {
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+}
+
+impl Comparison {
+    fn accepts(self, ordering: Ordering) -> bool {
+        match self {
+            Comparison::Lt => ordering == Ordering::Less,
+            Comparison::Lte => ordering != Ordering::Greater,
+            Comparison::Gt => ordering == Ordering::Greater,
+            Comparison::Gte => ordering != Ordering::Less,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Test {
+    Eq(Expected),
+    Neq(Expected),
+    Compare(Comparison, Numeric),
+    In(Box<[Expected]>),
+    NotIn(Box<[Expected]>),
+    Exists(bool),
+    Regex(Regex),
+    Contains {
+        needle: Option<Box<str>>,
+        element: Expected,
+    },
+}
+
+/// Why a condition's `value` was refused; `Missing` means the key itself is absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ValueProblem {
+    Missing,
+    Invalid(String),
+}
+
+impl Test {
+    fn compile(op: Op, value: Option<&Value>) -> Result<Test, ValueProblem> {
+        let required = || value.ok_or(ValueProblem::Missing);
+        let number = |op: Op| -> Result<Numeric, ValueProblem> {
+            let v = required()?;
+            match v {
+                Value::Number(n) => Numeric::from_number(n)
+                    .ok_or_else(|| ValueProblem::Invalid(format!("op {op} needs a finite number"))),
+                other => Err(ValueProblem::Invalid(format!(
+                    "op {op} compares numbers; expected a number, found {}",
+                    kind(other)
+                ))),
+            }
+        };
+        let list = |op: Op| -> Result<Box<[Expected]>, ValueProblem> {
+            match required()? {
+                Value::Array(items) => Ok(items.iter().map(Expected::new).collect()),
+                other => Err(ValueProblem::Invalid(format!(
+                    "op {op} needs an array of values, found {}",
+                    kind(other)
+                ))),
+            }
+        };
+        Ok(match op {
+            Op::Eq => Test::Eq(Expected::new(required()?)),
+            Op::Neq => Test::Neq(Expected::new(required()?)),
+            Op::Lt => Test::Compare(Comparison::Lt, number(op)?),
+            Op::Lte => Test::Compare(Comparison::Lte, number(op)?),
+            Op::Gt => Test::Compare(Comparison::Gt, number(op)?),
+            Op::Gte => Test::Compare(Comparison::Gte, number(op)?),
+            Op::In => Test::In(list(op)?),
+            Op::NotIn => Test::NotIn(list(op)?),
+            Op::Exists => match value {
+                None => Test::Exists(true),
+                Some(Value::Bool(b)) => Test::Exists(*b),
+                Some(other) => {
+                    return Err(ValueProblem::Invalid(format!(
+                        "op exists takes true or false, found {}",
+                        kind(other)
+                    )));
+                }
+            },
+            Op::Regex => match required()? {
+                Value::String(pattern) => {
+                    Test::Regex(compile_regex(pattern).map_err(ValueProblem::Invalid)?)
+                }
+                other => {
+                    return Err(ValueProblem::Invalid(format!(
+                        "op regex needs a pattern string, found {}",
+                        kind(other)
+                    )));
+                }
+            },
+            Op::Contains => {
+                let v = required()?;
+                Test::Contains {
+                    needle: v.as_str().map(Box::from),
+                    element: Expected::new(v),
+                }
+            }
+        })
+    }
+}
+
+/// Checks a condition's operand without keeping the compiled test.
+pub(crate) fn check_operand(op: Op, value: Option<&Value>) -> Result<(), ValueProblem> {
+    Test::compile(op, value).map(drop)
+}
+
+/// Compiles an RE2-syntax pattern with a size cap; the error is one plain line.
+pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, String> {
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::Syntax(text) => {
+                let reason = text
+                    .lines()
+                    .find_map(|line| line.trim().strip_prefix("error: "))
+                    .unwrap_or("syntax error");
+                format!("invalid regex {pattern:?}: {reason}")
+            }
+            regex::Error::CompiledTooBig(_) => {
+                format!("regex {pattern:?} is too large once compiled; simplify it")
+            }
+            other => format!("invalid regex {pattern:?}: {other}"),
+        })
+}
+
+/// "a string", "an array", … for messages.
+pub(crate) fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A compiled condition: a path and a test that cannot fail at evaluation.
+#[derive(Debug, Clone)]
+pub(crate) struct Condition {
+    path: ArgPath,
+    test: Test,
+}
+
+impl Condition {
+    /// Compiles `path op value`; the error says what is wrong with `value`.
+    pub(crate) fn compile(
+        path: &ArgPath,
+        op: Op,
+        value: Option<&Value>,
+    ) -> Result<Self, ValueProblem> {
+        Ok(Self {
+            path: path.clone(),
+            test: Test::compile(op, value)?,
+        })
+    }
+
+    /// Whether the condition holds for these arguments. Never allocates, never panics.
+    pub(crate) fn holds(&self, args: &Value) -> bool {
+        let found = self.path.resolve(args);
+        let Some(arg) = found else {
+            return matches!(self.test, Test::Exists(false));
+        };
+        match &self.test {
+            Test::Exists(want) => *want,
+            Test::Eq(expected) => expected.equals(arg),
+            Test::Neq(expected) => !expected.equals(arg),
+            Test::Compare(comparison, bound) => Numeric::of(arg)
+                .and_then(|n| n.compare(*bound))
+                .is_some_and(|ordering| comparison.accepts(ordering)),
+            Test::In(list) => list.iter().any(|e| e.equals(arg)),
+            Test::NotIn(list) => !list.iter().any(|e| e.equals(arg)),
+            Test::Regex(re) => match arg {
+                Value::String(s) => re.is_match(s),
+                // A number or boolean is matched as its JSON text, so sending `5` instead of
+                // `"5"` cannot slip past a pattern.
+                Value::Number(n) => {
+                    let mut text = StackText::default();
+                    write!(text, "{n}").is_ok() && re.is_match(text.as_str())
+                }
+                Value::Bool(b) => re.is_match(if *b { "true" } else { "false" }),
+                _ => false,
+            },
+            Test::Contains { needle, element } => match arg {
+                Value::String(s) => needle.as_deref().is_some_and(|n| s.contains(n)),
+                Value::Array(items) => items.iter().any(|item| element.equals(item)),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// A fixed buffer for the text of a JSON number, so matching a number never allocates.
+struct StackText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        Self {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        self.buf
+            .get(..self.len)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .unwrap_or("")
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn holds(path: &str, op: &str, value: Option<Value>, args: &Value) -> bool {
+        let path = ArgPath::parse(path).unwrap();
+        let op = Op::from_name(op).unwrap();
+        Condition::compile(&path, op, value.as_ref())
+            .unwrap()
+            .holds(args)
+    }
+
+    #[test]
+    fn paths_parse_and_reject() {
+        assert!(ArgPath::parse("args").is_ok());
+        assert!(ArgPath::parse("args.a.b.0.c").is_ok());
+        for bad in [
+            "", "arg", "args.", "args..a", "args.a.", "input.a", "a.b", "argsx.a",
+        ] {
+            assert!(ArgPath::parse(bad).is_err(), "{bad:?}");
+        }
+        let deep = format!("args{}", ".a".repeat(33));
+        assert!(ArgPath::parse(&deep).is_err());
+    }
+
+    #[test]
+    fn paths_resolve_objects_arrays_and_dotted_keys() {
+        let args = json!({
+            "to": "+44",
+            "media": [{"url": "https://a"}, {"url": "https://b"}],
+            "nested": {"deep": {"x": 1}},
+            "Configuration.Url": "https://c",
+            "0": "zero-key",
+            "a": {"b.c": {"d": true}},
+        });
+        let at = |p: &str| ArgPath::parse(p).unwrap().resolve(&args).cloned();
+        assert_eq!(at("args.to"), Some(json!("+44")));
+        assert_eq!(at("args.media.1.url"), Some(json!("https://b")));
+        assert_eq!(at("args.media.2.url"), None);
+        assert_eq!(at("args.media.x"), None);
+        assert_eq!(at("args.nested.deep.x"), Some(json!(1)));
+        assert_eq!(at("args.Configuration.Url"), Some(json!("https://c")));
+        assert_eq!(at("args.0"), Some(json!("zero-key")));
+        assert_eq!(at("args.a.b.c.d"), Some(json!(true)));
+        assert_eq!(at("args.to.length"), None);
+        assert_eq!(at("args.missing"), None);
+        assert_eq!(at("args"), Some(args.clone()));
+        assert_eq!(
+            ArgPath::parse("args.a").unwrap().resolve(&json!(null)),
+            None
+        );
+        assert_eq!(
+            ArgPath::parse("args.0").unwrap().resolve(&json!(["first"])),
+            Some(&json!("first"))
+        );
+    }
+
+    #[test]
+    fn operator_table() {
+        let args = json!({
+            "n": 5, "f": 2.5, "s": "5", "word": "hello world", "neg": -3,
+            "big": u64::MAX, "t": true, "nul": null,
+            "list": ["a", 1, "2"], "obj": {"k": "v"}, "nan": "NaN", "inf": "inf",
+        });
+        let cases: Vec<(&str, &str, Option<Value>, bool)> = vec![
+            // eq / neq with numeric coercion
+            ("args.n", "eq", Some(json!(5)), true),
+            ("args.n", "eq", Some(json!(5.0)), true),
+            ("args.n", "eq", Some(json!("5")), true),
+            ("args.s", "eq", Some(json!(5)), true),
+            ("args.s", "eq", Some(json!("5")), true),
+            ("args.s", "eq", Some(json!("5.0")), false),
+            ("args.n", "eq", Some(json!(6)), false),
+            ("args.t", "eq", Some(json!(true)), true),
+            ("args.t", "eq", Some(json!("true")), false),
+            ("args.nul", "eq", Some(json!(null)), true),
+            ("args.obj", "eq", Some(json!({"k": "v"})), true),
+            ("args.missing", "eq", Some(json!(null)), false),
+            ("args.n", "neq", Some(json!(6)), true),
+            ("args.n", "neq", Some(json!("5")), false),
+            ("args.missing", "neq", Some(json!(1)), false),
+            // numeric-only comparisons
+            ("args.n", "lt", Some(json!(6)), true),
+            ("args.n", "lt", Some(json!(5)), false),
+            ("args.n", "lte", Some(json!(5)), true),
+            ("args.n", "gt", Some(json!(4.5)), true),
+            ("args.n", "gte", Some(json!(5)), true),
+            ("args.f", "gt", Some(json!(2)), true),
+            ("args.s", "gt", Some(json!(4)), true),
+            ("args.neg", "lt", Some(json!(0)), true),
+            ("args.big", "gt", Some(json!(i64::MAX)), true),
+            ("args.word", "gt", Some(json!(0)), false),
+            ("args.word", "lt", Some(json!(0)), false),
+            ("args.t", "gt", Some(json!(0)), false),
+            ("args.nul", "lt", Some(json!(1)), false),
+            ("args.nan", "lt", Some(json!(1)), false),
+            ("args.inf", "gt", Some(json!(1)), false),
+            ("args.list", "gt", Some(json!(0)), false),
+            ("args.missing", "lt", Some(json!(1)), false),
+            // in / not_in
+            ("args.n", "in", Some(json!([1, "5"])), true),
+            ("args.word", "in", Some(json!(["hello world"])), true),
+            ("args.word", "in", Some(json!([])), false),
+            ("args.n", "not_in", Some(json!([1, 2])), true),
+            ("args.n", "not_in", Some(json!([5])), false),
+            ("args.missing", "in", Some(json!([null])), false),
+            ("args.missing", "not_in", Some(json!([1])), false),
+            // exists
+            ("args.n", "exists", Some(json!(true)), true),
+            ("args.n", "exists", None, true),
+            ("args.nul", "exists", Some(json!(true)), true),
+            ("args.missing", "exists", Some(json!(true)), false),
+            ("args.missing", "exists", Some(json!(false)), true),
+            ("args.n", "exists", Some(json!(false)), false),
+            // regex (RE2 syntax, unanchored unless anchored)
+            ("args.word", "regex", Some(json!("wor")), true),
+            ("args.word", "regex", Some(json!("^wor")), false),
+            ("args.word", "regex", Some(json!("(?i)^HELLO")), true),
+            ("args.n", "regex", Some(json!("^5$")), true),
+            ("args.t", "regex", Some(json!("^true$")), true),
+            ("args.obj", "regex", Some(json!(".*")), false),
+            ("args.missing", "regex", Some(json!(".*")), false),
+            // contains
+            ("args.word", "contains", Some(json!("lo wo")), true),
+            ("args.word", "contains", Some(json!("LO")), false),
+            ("args.list", "contains", Some(json!("a")), true),
+            ("args.list", "contains", Some(json!(2)), true),
+            ("args.list", "contains", Some(json!("1")), true),
+            ("args.list", "contains", Some(json!("b")), false),
+            ("args.n", "contains", Some(json!(5)), false),
+            ("args.obj", "contains", Some(json!("k")), false),
+            ("args.missing", "contains", Some(json!("a")), false),
+        ];
+        for (path, op, value, want) in cases {
+            assert_eq!(
+                holds(path, op, value.clone(), &args),
+                want,
+                "{path} {op} {value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_are_checked_per_operator() {
+        let path = ArgPath::parse("args.x").unwrap();
+        let bad: Vec<(Op, Option<Value>)> = vec![
+            (Op::Eq, None),
+            (Op::Lt, Some(json!("5"))),
+            (Op::Gte, None),
+            (Op::In, Some(json!("a"))),
+            (Op::NotIn, None),
+            (Op::Exists, Some(json!("yes"))),
+            (Op::Regex, Some(json!("("))),
+            (Op::Regex, Some(json!(5))),
+            (Op::Contains, None),
+        ];
+        for (op, value) in bad {
+            assert!(
+                Condition::compile(&path, op, value.as_ref()).is_err(),
+                "{op} {value:?}"
+            );
+        }
+        let err = compile_regex("(abc").unwrap_err();
+        assert_eq!(err, "invalid regex \"(abc\": unclosed group");
+        assert!(
+            compile_regex("a{1000}{1000}")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn costs_are_non_negative_and_rounded_up() {
+        assert_eq!(cost_of(&json!(5)), Some(5));
+        assert_eq!(cost_of(&json!("7")), Some(7));
+        assert_eq!(cost_of(&json!(2.1)), Some(3));
+        assert_eq!(cost_of(&json!(0)), Some(0));
+        assert_eq!(cost_of(&json!(-1)), None);
+        assert_eq!(cost_of(&json!(-0.5)), None);
+        assert_eq!(cost_of(&json!("abc")), None);
+        assert_eq!(cost_of(&json!(true)), None);
+        assert_eq!(cost_of(&json!(1e30)), None);
+        assert_eq!(cost_of(&json!(u64::MAX)), Some(u64::MAX));
+    }
+
+    #[test]
+    fn op_names_round_trip() {
+        for op in Op::ALL {
+            assert_eq!(Op::from_name(op.as_str()), Some(op));
+        }
+        assert_eq!(Op::from_name("equals"), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! Evaluation of one call, in the order of DESIGN §4:
+//!
+//! 1. no policy → deny `(no policy)`;
+//! 2. hidden by `hide` (exact or glob; `hide` wins over `tools`) → hidden `(hidden)`;
+//! 3. the rule: the exact `tools` key, else the most specific matching glob, else the rule of
+//!    the call's risk category (`"hide"` → hidden, `"deny"` → deny);
+//! 4. no rule: `default: deny` → deny `(default deny)`; `default: allow` → allow `(default allow)`;
+//! 5. `require` — the first entry that does not hold denies;
+//! 6. `deny_if` — the first entry whose conditions all hold denies;
+//! 7. charges — a limit whose `cost` argument is missing or not a non-negative number denies;
+//! 8. `approval` — when all of `when` holds (or there is no `when`) → approval required;
+//! 9. allow, charging the rule's limits then the `all_tools` limits.
+//!
+//! Lookups never allocate: names are hashed as `&str`, globs are precompiled, rule ids and
+//! messages are shared strings. The only allocations are a decision's charges (one vector, one
+//! key string per charge).
+
+use serde_json::Value;
+
+use crate::classify::RiskCategory;
+use crate::compile::{CategoryEntry, CompiledLimit, CompiledPolicy, CompiledRule};
+use crate::conditions::cost_of;
+use crate::decision::{Charge, DEFAULT_ALLOW, DEFAULT_DENY, Decision, HIDDEN, Outcome, SharedStr};
+use crate::document::{DefaultAction, Mode, Scope};
+
+const HIDDEN_MESSAGE: SharedStr = SharedStr::from_static("this tool is hidden by policy");
+const DEFAULT_DENY_MESSAGE: SharedStr =
+    SharedStr::from_static("no rule of the policy allows this tool (default deny)");
+const DEFAULT_ALLOW_MESSAGE: SharedStr =
+    SharedStr::from_static("no rule matches this tool; allowed by default");
+const ALLOWED_MESSAGE: SharedStr = SharedStr::from_static("allowed by policy");
+
+/// One `tools/call` as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The tool name as the client sent it.
+    pub tool: &'a str,
+    /// The call's `arguments` (any JSON; paths resolve against it).
+    pub arguments: &'a Value,
+    /// The grant's id: the subject of `grant`-scoped counters.
+    pub grant: &'a str,
+    /// The grant's identity: the subject of `identity`-scoped counters.
+    pub identity: &'a str,
+    /// The upstream server's id: the subject of `server`-scoped counters.
+    pub server: &'a str,
+    /// The tenant's id: the subject of `tenant`-scoped counters.
+    pub tenant: &'a str,
+    /// The tool's risk category from discovery, for `categories` rules; `None` if unknown.
+    pub category: Option<RiskCategory>,
+}
+
+/// Decides one call. Without a policy every call is denied with rule `(no policy)`.
+pub fn evaluate(policy: Option<&CompiledPolicy>, call: &Call<'_>) -> Decision {
+    match policy {
+        Some(policy) => policy.evaluate(call),
+        None => Decision::no_policy(),
+    }
+}
+
+/// Whether a tool belongs in a filtered `tools/list`: hidden tools and tools denied by default
+/// are left out (as is everything when there is no policy); tools with a rule stay visible even
+/// if some calls will be denied, so the agent learns why.
+pub fn is_visible(
+    policy: Option<&CompiledPolicy>,
+    tool: &str,
+    category: Option<RiskCategory>,
+) -> bool {
+    policy.is_some_and(|policy| policy.is_visible(tool, category))
+}
+
+/// The rule a tool name resolves to.
+enum Resolved<'p> {
+    Hidden,
+    Rule(&'p CompiledRule),
+    CategoryDeny {
+        rule: &'p SharedStr,
+        message: &'p SharedStr,
+    },
+    Unmatched,
+}
+
+impl CompiledPolicy {
+    /// Decides one call against this policy.
+    pub fn evaluate(&self, call: &Call<'_>) -> Decision {
+        match self.resolve(call.tool, call.category) {
+            Resolved::Hidden => self.decision(
+                Outcome::Hidden,
+                &SharedStr::from_static(HIDDEN),
+                &HIDDEN_MESSAGE,
+            ),
+            Resolved::CategoryDeny { rule, message } => self.decision(Outcome::Deny, rule, message),
+            Resolved::Unmatched => match self.default {
+                DefaultAction::Deny => self.decision(
+                    Outcome::Deny,
+                    &SharedStr::from_static(DEFAULT_DENY),
+                    &DEFAULT_DENY_MESSAGE,
+                ),
+                DefaultAction::Allow => match self.charges(&[], call) {
+                    Ok(charges) => Decision {
+                        charges,
+                        ..self.decision(
+                            Outcome::Allow,
+                            &SharedStr::from_static(DEFAULT_ALLOW),
+                            &DEFAULT_ALLOW_MESSAGE,
+                        )
+                    },
+                    Err(limit) => self.decision(Outcome::Deny, &limit.rule, &limit.cost_message),
+                },
+            },
+            Resolved::Rule(rule) => self.apply(rule, call),
+        }
+    }
+
+    /// Whether `tool` belongs in a filtered `tools/list`; see [`is_visible`].
+    pub fn is_visible(&self, tool: &str, category: Option<RiskCategory>) -> bool {
+        match self.resolve(tool, category) {
+            Resolved::Hidden => false,
+            Resolved::Rule(_) | Resolved::CategoryDeny { .. } => true,
+            Resolved::Unmatched => self.default == DefaultAction::Allow,
+        }
+    }
+
+    fn is_hidden(&self, tool: &str) -> bool {
+        self.hidden_names.contains(tool) || self.hidden_globs.iter().any(|g| g.matches(tool))
+    }
+
+    fn resolve(&self, tool: &str, category: Option<RiskCategory>) -> Resolved<'_> {
+        if self.is_hidden(tool) {
+            return Resolved::Hidden;
+        }
+        let by_name = self.exact.get(tool).copied().or_else(|| {
+            self.globs
+                .iter()
+                .find(|(glob, _)| glob.matches(tool))
+                .map(|(_, rule)| *rule)
+        });
+        if let Some(rule) = by_name.and_then(|i| self.rules.get(i)) {
+            return Resolved::Rule(rule);
+        }
+        match category.and_then(|c| self.categories.get(c.index())) {
+            Some(CategoryEntry::Hide) => Resolved::Hidden,
+            Some(CategoryEntry::Deny { rule, message }) => Resolved::CategoryDeny { rule, message },
+            Some(CategoryEntry::Rule(i)) => self
+                .rules
+                .get(*i)
+                .map_or(Resolved::Unmatched, Resolved::Rule),
+            Some(CategoryEntry::None) | None => Resolved::Unmatched,
+        }
+    }
+
+    fn apply(&self, rule: &CompiledRule, call: &Call<'_>) -> Decision {
+        let args = call.arguments;
+        if let Some(failed) = rule.require.iter().find(|r| !r.condition.holds(args)) {
+            return self.decision(Outcome::Deny, &failed.rule, &failed.message);
+        }
+        if let Some(entry) = rule
+            .deny_if
+            .iter()
+            .find(|entry| entry.conditions.iter().all(|c| c.holds(args)))
+        {
+            return self.decision(Outcome::Deny, &entry.rule, &entry.message);
+        }
+        let charges = match self.charges(&rule.limits, call) {
+            Ok(charges) => charges,
+            Err(limit) => return self.decision(Outcome::Deny, &limit.rule, &limit.cost_message),
+        };
+        if let Some(approval) = &rule.approval
+            && approval
+                .when
+                .as_ref()
+                .is_none_or(|when| when.iter().all(|c| c.holds(args)))
+        {
+            return Decision {
+                charges,
+                validate: rule.validate,
+                ..self.decision(
+                    Outcome::ApprovalRequired {
+                        timeout: approval.timeout,
+                    },
+                    &approval.rule,
+                    &approval.message,
+                )
+            };
+        }
+        Decision {
+            charges,
+            validate: rule.validate,
+            ..self.decision(Outcome::Allow, &rule.id, &ALLOWED_MESSAGE)
+        }
+    }
+
+    /// The charges of `limits` then `all_tools`, or the limit whose cost cannot be read.
+    fn charges<'p>(
+        &'p self,
+        limits: &'p [CompiledLimit],
+        call: &Call<'_>,
+    ) -> Result<Vec<Charge>, &'p CompiledLimit> {
+        let mut charges = Vec::with_capacity(limits.len() + self.all_tools.len());
+        for limit in limits.iter().chain(self.all_tools.iter()) {
+            let cost = match &limit.cost {
+                None => 1,
+                Some(path) => path
+                    .resolve(call.arguments)
+                    .and_then(cost_of)
+                    .ok_or(limit)?,
+            };
+            charges.push(Charge {
+                key: charge_key(limit, call),
+                window: limit.window,
+                max: limit.max,
+                cost,
+                rule: limit.rule.clone(),
+            });
+        }
+        Ok(charges)
+    }
+
+    fn decision(&self, outcome: Outcome, rule: &SharedStr, message: &SharedStr) -> Decision {
+        Decision {
+            outcome,
+            rule: rule.clone(),
+            message: message.clone(),
+            charges: Vec::new(),
+            monitor: self.mode == Mode::Monitor,
+            validate: false,
+        }
+    }
+}
+
+/// `<scope>:<subject>:<counter>` in one exactly-sized allocation. Counter names cannot contain
+/// `:`, so the key splits unambiguously from the right whatever the subject holds.
+fn charge_key(limit: &CompiledLimit, call: &Call<'_>) -> String {
+    let subject = match limit.scope {
+        Scope::Grant => call.grant,
+        Scope::Identity => call.identity,
+        Scope::Server => call.server,
+        Scope::Tenant => call.tenant,
+    };
+    let scope = limit.scope.as_str();
+    let mut key = String::with_capacity(scope.len() + subject.len() + limit.counter.len() + 2);
+    key.push_str(scope);
+    key.push(':');
+    key.push_str(subject);
+    key.push(':');
+    key.push_str(&limit.counter);
+    key
+}
