@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod chaos;
+pub mod peers;
 mod postgres;
 mod redis_prefix;
 

@@ -30,6 +30,8 @@ async fn start(db_url: &str, redis_url: &str, prefix: &str) -> Running {
         "2s",
         "--encryption-keys",
         &portcullis_tests::encryption_keys(),
+        "--session-keys",
+        &portcullis_tests::encryption_keys(),
     ])
     .unwrap();
     portcullis::start(&config, Role::Both).await.unwrap()

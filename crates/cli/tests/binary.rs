@@ -122,6 +122,8 @@ async fn serve_prints_both_urls_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--encryption-keys",
             &portcullis_tests::encryption_keys(),
+            "--session-keys",
+            &portcullis_tests::encryption_keys(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,4 +1,12 @@
 //! The Portcullis control plane: accounts, servers, policies, grants, approvals, audit, dashboard and API.
+//!
+//! Every handler reaches data through an authenticated [`auth::Tenant`], and every repository
+//! function takes the tenant's id as a required argument, so a query without a tenant cannot be
+//! written by accident. Another tenant's object is indistinguishable from a missing one (404).
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use portcullis_core::Keyring;
@@ -7,11 +15,147 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+mod accounts;
+mod admin_audit;
+mod approvals;
+pub mod audit;
+mod auth;
+mod dashboard;
+pub mod discovery;
+mod error;
+mod grants;
+mod input;
+mod members;
+mod openapi;
+mod overview;
+mod passwords;
+mod policies;
+pub mod routes;
+mod servers;
+mod throttle;
+mod tools;
+mod webhooks;
+
+pub use error::Error;
+
 /// Settings of this service alone; the `portcullis` command flattens them into its one
 /// configuration, so each is a flag and a `PORTCULLIS_*` environment variable.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[group(id = "control_plane")]
-pub struct Settings {}
+pub struct Settings {
+    /// The dashboard's external URL; cookies are marked Secure when it is https.
+    #[arg(
+        long,
+        env = "PORTCULLIS_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_url: String,
+
+    /// The gateway's external URL, used in grant URLs (`{url}/g/{token}/mcp`).
+    #[arg(
+        long,
+        env = "PORTCULLIS_PUBLIC_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub public_gateway_url: String,
+
+    /// Secret that signs session cookies (any text of 32+ characters). Every replica needs the
+    /// same one; without it each process makes its own and sessions end at restart.
+    #[arg(long, env = "PORTCULLIS_COOKIE_KEY", hide_env_values = true)]
+    pub cookie_key: Option<String>,
+
+    /// How long a dashboard session lasts, e.g. `12h`.
+    #[arg(long, env = "PORTCULLIS_SESSION_TTL", default_value = "12h", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+
+    /// Failed logins allowed per account within the throttle window.
+    #[arg(long, env = "PORTCULLIS_LOGIN_MAX_PER_ACCOUNT", default_value_t = 10)]
+    pub login_max_per_account: u32,
+
+    /// Failed logins allowed per client address within the throttle window.
+    #[arg(long, env = "PORTCULLIS_LOGIN_MAX_PER_IP", default_value_t = 50)]
+    pub login_max_per_ip: u32,
+
+    /// The login throttle window, e.g. `15m`.
+    #[arg(long, env = "PORTCULLIS_LOGIN_WINDOW", default_value = "15m", value_parser = parse_duration)]
+    pub login_window: Duration,
+
+    /// Take the client address from the first `X-Forwarded-For` entry (behind a trusted proxy).
+    #[arg(long, env = "PORTCULLIS_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
+
+    /// Audit retention in days for new tenants (each tenant can change its own).
+    #[arg(long, env = "PORTCULLIS_AUDIT_RETENTION_DAYS", default_value_t = 30)]
+    pub audit_retention_days: i32,
+
+    /// Run the audit ingester in this process.
+    #[arg(long, env = "PORTCULLIS_AUDIT_INGEST", default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit_ingest: bool,
+
+    /// Most stream entries the ingester writes in one transaction.
+    #[arg(long, env = "PORTCULLIS_AUDIT_BATCH", default_value_t = 500)]
+    pub audit_batch: usize,
+
+    /// How long an entry may sit unacknowledged with a consumer before another ingester claims it.
+    #[arg(long, env = "PORTCULLIS_AUDIT_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration)]
+    pub audit_claim_idle: Duration,
+
+    /// How often partitions are created ahead and old audit rows dropped.
+    #[arg(long, env = "PORTCULLIS_AUDIT_MAINTENANCE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub audit_maintenance_interval: Duration,
+
+    /// How often pending approvals past their expiry are closed and webhooks are sent.
+    #[arg(long, env = "PORTCULLIS_APPROVAL_SWEEP_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub approval_sweep_interval: Duration,
+
+    /// Time limit of a discovery or connection test against an upstream.
+    #[arg(long, env = "PORTCULLIS_DISCOVERY_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub discovery_timeout: Duration,
+
+    /// Time limit of one webhook delivery.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        Only::parse_from(["portcullis"]).settings
+    }
+}
+
+/// Parses `250ms`, `30s`, `15m`, `2h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 15m or 2h"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        _ => {
+            return Err(format!(
+                "{s:?} has unknown unit {unit:?}; use ms, s, m, h or d"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// SQL assembled from constant fragments (column lists); never from user input.
+pub(crate) fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(text)
+}
 
 /// What the process shares with this service.
 #[derive(Clone)]
@@ -28,6 +172,52 @@ pub struct Shared {
     pub credentials: Keyring,
 }
 
+/// Everything a handler can reach, cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub shared: Shared,
+    pub settings: Settings,
+    pub cookie_key: Vec<u8>,
+    pub secure_cookies: bool,
+    pub gateway_url: String,
+    pub http: reqwest::Client,
+    /// Cancelled at shutdown, so long-lived answers (the live tail) end and let the drain finish.
+    pub shutdown: CancellationToken,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub(crate) fn db(&self) -> &PgPool {
+        &self.shared.db
+    }
+
+    /// Announces a change to every gateway. A failed publish is logged, not fatal: gateways
+    /// also expire their caches on a short timer, so the change still lands, only later.
+    pub(crate) async fn publish(&self, message: portcullis_core::Invalidation) {
+        let mut redis = self.shared.redis.clone();
+        let result: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(self.shared.keys.invalidation_channel())
+            .arg(message.to_json())
+            .query_async(&mut redis)
+            .await;
+        match result {
+            Ok(_) => metrics::counter!("portcullis_invalidations_published_total").increment(1),
+            Err(e) => {
+                metrics::counter!("portcullis_invalidations_failed_total").increment(1);
+                tracing::error!(error = %e, ?message, "cannot publish an invalidation");
+            }
+        }
+    }
+}
+
 /// Builds the service: its routes, and its background tasks, which stop when `shutdown` is
 /// cancelled.
 pub async fn build(
@@ -35,6 +225,38 @@ pub async fn build(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Router> {
-    let _ = (shared, settings, shutdown);
-    Ok(Router::new())
+    let cookie_key = match &settings.cookie_key {
+        Some(key) if key.len() >= 32 => key.as_bytes().to_vec(),
+        Some(_) => anyhow::bail!("invalid PORTCULLIS_COOKIE_KEY: use at least 32 characters"),
+        None => {
+            tracing::warn!(
+                "PORTCULLIS_COOKIE_KEY is not set: sessions will not survive a restart or move between replicas"
+            );
+            portcullis_core::token::random_secret("ck_").into_bytes()
+        }
+    };
+    let public = url::Url::parse(&settings.public_url)
+        .map_err(|e| anyhow::anyhow!("invalid PORTCULLIS_PUBLIC_URL: {e}"))?;
+    url::Url::parse(&settings.public_gateway_url)
+        .map_err(|e| anyhow::anyhow!("invalid PORTCULLIS_PUBLIC_GATEWAY_URL: {e}"))?;
+    if !(1..=3650).contains(&settings.audit_retention_days) {
+        anyhow::bail!("invalid PORTCULLIS_AUDIT_RETENTION_DAYS: use 1 to 3650");
+    }
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let state = AppState(Arc::new(Inner {
+        secure_cookies: public.scheme() == "https",
+        gateway_url: settings.public_gateway_url.trim_end_matches('/').to_owned(),
+        shared,
+        settings,
+        cookie_key,
+        http,
+        shutdown: shutdown.clone(),
+    }));
+    audit::spawn_background(&state, &shutdown);
+    approvals::spawn_background(&state, &shutdown);
+    webhooks::spawn_background(&state, &shutdown);
+    Ok(routes::router(state))
 }

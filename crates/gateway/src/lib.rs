@@ -1,17 +1,86 @@
 //! The Portcullis gateway: resolves grants, enforces policy, proxies to upstream MCP servers.
+//!
+//! A request goes through, in order (DESIGN §2): grant resolution ([`grants`]), parsing and
+//! protocol-era checks (`portcullis-mcp`), the policy decision ([`enforce`]), the limiter
+//! ([`limiter`]), the decision's audit entry ([`audit`]), the upstream call ([`upstream`],
+//! [`legacy`]) with the answer streamed back ([`relay`]), and the outcome's audit entry. See
+//! `docs/gateway.md`.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::routing::post;
 use portcullis_core::Keyring;
 use portcullis_core::redis_keys::RedisKeys;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+pub mod approvals;
+pub mod audit;
+pub mod catalogue;
+pub mod enforce;
+pub mod error;
+pub mod grants;
+pub mod invalidation;
+pub mod legacy;
+pub mod limiter;
+pub mod proxy;
+pub mod relay;
+pub mod sessions;
+pub mod settings;
+pub mod upstream;
+
+pub use error::GatewayError;
+
 /// Settings of this service alone; the `portcullis` command flattens them into its one
 /// configuration, so each is a flag and a `PORTCULLIS_*` environment variable.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[group(id = "gateway")]
-pub struct Settings {}
+pub struct Settings {
+    /// Keys that seal the session ids clients see: `ID:BASE64[,ID:BASE64…]`, 32-byte keys, the
+    /// first one sealing, all opening (add a new key first to rotate). Every replica needs the
+    /// same ring. Required by the gateway; make one with `portcullis keygen`.
+    #[arg(long, env = "PORTCULLIS_SESSION_KEYS", hide_env_values = true)]
+    pub session_keys: Option<String>,
+
+    /// Largest request body the gateway accepts (e.g. `4MiB`); larger ones get 413.
+    #[arg(long, env = "PORTCULLIS_GATEWAY_MAX_BODY", default_value = "4MiB", value_parser = settings::parse_size)]
+    pub gateway_max_body: usize,
+
+    /// How long connecting to an upstream may take.
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_CONNECT_TIMEOUT", default_value = "3s", value_parser = settings::parse_duration)]
+    pub upstream_connect_timeout: Duration,
+
+    /// How long an upstream may take to start answering (and to finish a JSON answer); SSE
+    /// streams may then run as long as they like.
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = settings::parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// How long a resolved grant, its policy and its server's tools stay cached without an
+    /// invalidation (changes announced by the control plane apply at once).
+    #[arg(long, env = "PORTCULLIS_GRANT_CACHE_TTL", default_value = "5s", value_parser = settings::parse_duration)]
+    pub grant_cache_ttl: Duration,
+
+    /// How long the limiter (and the audit write before forwarding) may take before Redis is
+    /// considered unreachable and the policy's `on_limiter_error` decides.
+    #[arg(long, env = "PORTCULLIS_LIMITER_TIMEOUT", default_value = "250ms", value_parser = settings::parse_duration)]
+    pub limiter_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            session_keys: None,
+            gateway_max_body: 4 * 1024 * 1024,
+            upstream_connect_timeout: Duration::from_secs(3),
+            upstream_timeout: Duration::from_secs(60),
+            grant_cache_ttl: Duration::from_secs(5),
+            limiter_timeout: Duration::from_millis(250),
+        }
+    }
+}
 
 /// What the process shares with this service.
 #[derive(Clone)]
@@ -28,6 +97,26 @@ pub struct Shared {
     pub credentials: Keyring,
 }
 
+/// The gateway's state, shared by every request.
+pub struct Gateway {
+    /// Postgres (approvals; grant and tool lookups go through the caches).
+    pub db: PgPool,
+    /// Grant resolution cache.
+    pub grants: Arc<grants::Grants>,
+    /// Tool catalogues.
+    pub catalogue: Arc<catalogue::Catalogue>,
+    /// Rate limiter.
+    pub limiter: limiter::Limiter,
+    /// Audit stream writer.
+    pub audit: audit::AuditSink,
+    /// Upstream HTTP client.
+    pub upstream: upstream::Upstream,
+    /// Session id sealing.
+    pub sessions: sessions::SessionKeys,
+    /// Request body limit.
+    pub max_body: usize,
+}
+
 /// Builds the service: its routes, and its background tasks, which stop when `shutdown` is
 /// cancelled.
 pub async fn build(
@@ -35,6 +124,69 @@ pub async fn build(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Router> {
-    let _ = (shared, settings, shutdown);
-    Ok(Router::new())
+    let session_keys = match settings.session_keys.as_deref() {
+        Some(spec) => Keyring::parse(spec)
+            .map_err(|e| anyhow::anyhow!("invalid PORTCULLIS_SESSION_KEYS: {e}"))?,
+        None => anyhow::bail!(
+            "invalid PORTCULLIS_SESSION_KEYS: not set; the gateway needs it to seal session ids \
+             (generate a key with `portcullis keygen`; every replica needs the same)"
+        ),
+    };
+    let grants = Arc::new(grants::Grants::new(
+        shared.db.clone(),
+        shared.credentials.clone(),
+        settings.grant_cache_ttl,
+    ));
+    let catalogue = Arc::new(catalogue::Catalogue::new(
+        shared.db.clone(),
+        settings.grant_cache_ttl,
+    ));
+    tokio::spawn(invalidation::run(
+        shared.redis_client.clone(),
+        shared.keys.invalidation_channel(),
+        grants.clone(),
+        catalogue.clone(),
+        shutdown.clone(),
+    ));
+    let gateway = Gateway {
+        db: shared.db.clone(),
+        grants,
+        catalogue,
+        limiter: limiter::Limiter::new(
+            shared.redis.clone(),
+            shared.keys.clone(),
+            settings.limiter_timeout,
+        ),
+        audit: audit::AuditSink::start(
+            shared.redis.clone(),
+            shared.keys.audit_stream(),
+            settings.limiter_timeout,
+            shutdown,
+        ),
+        upstream: upstream::Upstream::new(
+            settings.upstream_connect_timeout,
+            settings.upstream_timeout,
+        )?,
+        sessions: sessions::SessionKeys::new(session_keys),
+        max_body: settings.gateway_max_body,
+    };
+    Ok(router(Arc::new(gateway)))
+}
+
+/// The gateway's routes: the per-grant URL and the per-server URL with a bearer token.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route(
+            "/g/{token}/mcp",
+            post(proxy::post_by_grant)
+                .get(proxy::get_by_grant)
+                .delete(proxy::delete_by_grant),
+        )
+        .route(
+            "/mcp/{server_id}",
+            post(proxy::post_by_server)
+                .get(proxy::get_by_server)
+                .delete(proxy::delete_by_server),
+        )
+        .with_state(gateway)
 }

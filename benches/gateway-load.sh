@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Load benchmark of the gateway (docs/performance.md). Runs side by side, in one go, the same
+# `tools/call` against a fast upstream (nginx returning a static JSON-RPC answer):
+#   direct      straight to the upstream
+#   portcullis  through the gateway: a policy with a condition and two limits, audit on
+#   nginx       through nginx as a plain reverse proxy (keep-alive to the upstream)
+# and prints throughput, p50/p99 latency and the ratios; then the p99 each adds at half of
+# Portcullis's peak rate; then the gateway's RSS with 1,000 open sessions (their GET streams
+# held open, upstream: the Python SDK's server). Everything listens on 127.0.0.1.
+#
+# Idempotent: installs nginx (apt) and oha (cargo) when missing. Not part of the test suite.
+# Usage: benches/gateway-load.sh [seconds per run, default 10] [connections, default 64]
+set -euo pipefail
+. "$(dirname "$0")/../deploy/local/lib.sh"
+cd "$ROOT"
+
+DURATION=${1:-10}
+CONNS=${2:-64}
+SESSIONS=1000
+UP_PORT=18911 PROXY_PORT=18912 GW_PORT=18913 PY_PORT=18914
+
+ensure_rust
+ensure_postgres
+ensure_redis
+ensure_test_peers
+apt_install nginx-light jq
+command -v oha >/dev/null || { log "installing oha (cargo)"; cargo install --locked oha@1.16.0 >/dev/null; }
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+log "building portcullis (release)"
+cargo build --release --locked -p portcullis >/dev/null
+BIN="$CARGO_TARGET_DIR/release/portcullis"
+
+WORK=$(mktemp -d)
+PIDS=()
+DB=portcullis_bench_$$
+DB_BASE=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+DB_URL="${DB_BASE%/*}/$DB"
+PREFIX=bench-$$
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  psql -q "$DB_BASE" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" --scan --pattern "$PREFIX:*" 2>/dev/null \
+    | xargs -r redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" DEL >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ANSWER='{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"isError":false}}'
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
+  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
+  keepalive_requests 1000000;
+  upstream fast { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$UP_PORT;
+    location / { default_type application/json; return 200 '$ANSWER'; }
+  }
+  server {
+    listen 127.0.0.1:$PROXY_PORT;
+    location / { proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+log "starting nginx (upstream :$UP_PORT, reverse proxy :$PROXY_PORT)"
+nginx -c "$WORK/nginx.conf" -p "$WORK"
+wait_port "$UP_PORT" nginx
+wait_port "$PROXY_PORT" nginx
+
+log "database $DB and fixtures"
+psql -q "$DB_BASE" -c "CREATE DATABASE $DB" >/dev/null
+DATABASE_URL=$DB_URL "$BIN" migrate >/dev/null
+TOKEN="pcg_$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 43)"
+HASH=$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)
+T=$(cat /proc/sys/kernel/random/uuid) S=$(cat /proc/sys/kernel/random/uuid)
+S2=$(cat /proc/sys/kernel/random/uuid) P=$(cat /proc/sys/kernel/random/uuid)
+P2=$(cat /proc/sys/kernel/random/uuid) G=$(cat /proc/sys/kernel/random/uuid)
+G2=$(cat /proc/sys/kernel/random/uuid)
+TOKEN2="pcg_$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 43)"
+HASH2=$(printf '%s' "$TOKEN2" | sha256sum | cut -d' ' -f1)
+POLICY='{"version":"1","default":"deny","audit":{"arguments":"keys"},"tools":{"echo":{
+  "require":[{"path":"args.text","op":"regex","value":"^[a-z]+$"}],
+  "limits":[{"counter":"calls","window":"minute","max":1000000000,"scope":"grant"},
+            {"counter":"all","window":"hour","max":1000000000,"scope":"tenant"}]}}}'
+psql -q -v ON_ERROR_STOP=1 "$DB_URL" >/dev/null <<SQL
+INSERT INTO tenants (id, name) VALUES ('$T', 'bench');
+INSERT INTO servers (id, tenant_id, name, url) VALUES ('$S', '$T', 'fast', 'http://127.0.0.1:$UP_PORT/mcp');
+INSERT INTO servers (id, tenant_id, name, url) VALUES ('$S2', '$T', 'python', 'http://127.0.0.1:$PY_PORT/mcp');
+INSERT INTO policies (id, tenant_id, server_id, name) VALUES ('$P', '$T', '$S', 'bench');
+INSERT INTO policies (id, tenant_id, server_id, name) VALUES ('$P2', '$T', '$S2', 'bench');
+INSERT INTO policy_versions (tenant_id, policy_id, version, document) VALUES ('$T', '$P', 1, '$POLICY');
+INSERT INTO policy_versions (tenant_id, policy_id, version, document) VALUES ('$T', '$P2', 1, '$POLICY');
+INSERT INTO grants (id, tenant_id, server_id, policy_id, identity, token_hash, token_hint)
+  VALUES ('$G', '$T', '$S', '$P', 'bench', decode('$HASH', 'hex'), 'pcg_…');
+INSERT INTO grants (id, tenant_id, server_id, policy_id, identity, token_hash, token_hint)
+  VALUES ('$G2', '$T', '$S2', '$P2', 'bench', decode('$HASH2', 'hex'), 'pcg_…');
+SQL
+
+log "starting the gateway (:$GW_PORT)"
+DATABASE_URL=$DB_URL PORTCULLIS_REDIS_PREFIX=$PREFIX PORTCULLIS_GATEWAY_ADDR=127.0.0.1:$GW_PORT \
+  PORTCULLIS_ENCRYPTION_KEYS=$("$BIN" keygen) PORTCULLIS_SESSION_KEYS=$("$BIN" keygen) \
+  PORTCULLIS_LOG=warn "$BIN" gateway >"$WORK/gateway.log" 2>&1 &
+GW_PID=$!
+PIDS+=("$GW_PID")
+wait_port "$GW_PORT" portcullis
+
+BODY='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}'
+printf '%s' "$BODY" >"$WORK/body.json"
+check=$(curl -s -X POST -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
+  --data-binary @"$WORK/body.json" "http://127.0.0.1:$GW_PORT/g/$TOKEN/mcp")
+[ "$check" = "$ANSWER" ] || die "the gateway answered: $check"
+
+declare -A URL=(
+  [direct]="http://127.0.0.1:$UP_PORT/mcp"
+  [portcullis]="http://127.0.0.1:$GW_PORT/g/$TOKEN/mcp"
+  [nginx]="http://127.0.0.1:$PROXY_PORT/mcp"
+)
+# oha: $1 target, $2 extra args; prints "rps p50_ms p99_ms".
+load() {
+  oha --no-tui --output-format json -z "${DURATION}s" -c "$CONNS" $2 -m POST \
+    -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
+    -D "$WORK/body.json" "${URL[$1]}" >"$WORK/$1.json"
+  jq -r '[.summary.requestsPerSec, (.latencyPercentiles.p50 * 1000), (.latencyPercentiles.p99 * 1000),
+          (.statusCodeDistribution["200"] // 0), .summary.successRate] | @tsv' "$WORK/$1.json"
+}
+
+declare -A RPS P50 P99
+log "peak: $DURATION s each, $CONNS connections"
+for t in direct portcullis nginx; do
+  oha --no-tui -z 2s -c "$CONNS" -m POST -H 'content-type: application/json' \
+    -D "$WORK/body.json" "${URL[$t]}" >/dev/null  # warm-up
+  # PERF_RECORD=file: profile the gateway during its peak run (perf record -g).
+  if [ "$t" = portcullis ] && [ -n "${PERF_RECORD:-}" ]; then
+    perf record -F 999 -g -p "$GW_PID" -o "$PERF_RECORD" -- sleep $((DURATION / 2)) >/dev/null 2>&1 &
+  fi
+  read -r rps p50 p99 ok rate < <(load "$t" "")
+  RPS[$t]=$rps P50[$t]=$p50 P99[$t]=$p99
+  [ "$rate" = "1" ] || log "warning: $t success rate $rate"
+done
+HALF=$(awk -v r="${RPS[portcullis]}" 'BEGIN { printf "%d", r / 2 }')
+declare -A H99
+log "half of Portcullis's peak: $HALF requests/s"
+for t in direct portcullis nginx; do
+  read -r _ _ p99 _ _ < <(load "$t" "-q $HALF")
+  H99[$t]=$p99
+done
+
+log "opening $SESSIONS sessions through the gateway (upstream: the Python SDK's server)"
+"$ROOT/tests/peers/.venv/bin/python" "$ROOT/tests/peers/mcp_server.py" --port "$PY_PORT" >/dev/null 2>&1 &
+PIDS+=("$!")
+wait_port "$PY_PORT" "the Python MCP server"
+RSS_BEFORE=$(awk '/VmRSS/ { print $2 }' "/proc/$GW_PID/status")
+mkfifo "$WORK/hold"
+"$ROOT/tests/peers/.venv/bin/python" "$ROOT/benches/open_sessions.py" \
+  "http://127.0.0.1:$GW_PORT/g/$TOKEN2/mcp" "$SESSIONS" <"$WORK/hold" >"$WORK/sessions.out" 2>&1 &
+HOLDER=$!
+PIDS+=("$HOLDER")
+exec 7>"$WORK/hold"
+for _ in $(seq 1 600); do grep -q '^open' "$WORK/sessions.out" 2>/dev/null && break; sleep 0.2; done
+grep -q '^open' "$WORK/sessions.out" || die "sessions did not open: $(cat "$WORK/sessions.out")"
+sleep 1
+RSS_SESSIONS=$(awk '/VmRSS/ { print $2 }' "/proc/$GW_PID/status")
+exec 7>&-
+
+printf '\n%-11s %12s %9s %9s %16s\n' target "requests/s" "p50 ms" "p99 ms" "p99 ms @ $HALF/s"
+for t in direct portcullis nginx; do
+  printf '%-11s %12.0f %9.3f %9.3f %16.3f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${H99[$t]}"
+done
+awk -v p="${RPS[portcullis]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" \
+    -v hp="${H99[portcullis]}" -v hd="${H99[direct]}" -v hn="${H99[nginx]}" 'BEGIN {
+  printf "\nthroughput portcullis/nginx: %.2f   portcullis/direct: %.2f   nginx/direct: %.2f\n", p / n, p / d, n / d
+  printf "p99 added at half peak: portcullis %.3f ms   nginx %.3f ms\n", hp - hd, hn - hd
+}'
+printf 'gateway RSS: %d MB idle after load, %d MB with %s open sessions\n' \
+  $((RSS_BEFORE / 1024)) $((RSS_SESSIONS / 1024)) "$SESSIONS"

@@ -1,0 +1,646 @@
+//! Accounts: sign up, sign in, sign out, accept an invitation.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use portcullis_core::{TenantId, TokenHash, UserId};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::{self, ClientIp, Role, Tenant};
+use crate::dashboard::{Layout, Problems, safe_next, see_other};
+use crate::error::{Error, FieldError, Result};
+use crate::input::{FormBody, JsonBody, QueryParams};
+use crate::members;
+use crate::passwords::{self, Password};
+use crate::throttle;
+
+/// What a sign-up needs.
+#[derive(Debug, Deserialize)]
+pub struct SignupForm {
+    /// The first admin's email.
+    #[serde(default)]
+    pub email: String,
+    /// Their password.
+    #[serde(default)]
+    pub password: String,
+    /// The organisation (tenant) name.
+    #[serde(default)]
+    pub organization: String,
+}
+
+struct Signed {
+    tenant: TenantId,
+    user: UserId,
+}
+
+/// Creates a tenant with its first admin. An existing user signing up again (with their
+/// password) gets a new organisation of their own.
+async fn signup(state: &AppState, form: &SignupForm) -> Result<Signed> {
+    let mut errors = Vec::new();
+    let email = crate::input::email("/email", &form.email).map_err(|e| collect(&mut errors, e));
+    let organization = crate::input::text("/organization", &form.organization, 200)
+        .map_err(|e| collect(&mut errors, e));
+    let password =
+        Password::parse("/password", &form.password).map_err(|e| collect(&mut errors, e));
+    let (Ok(email), Ok(organization), Ok(password)) = (email, organization, password) else {
+        return Err(Error::Validation(errors));
+    };
+    let existing: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
+            .bind(&email)
+            .fetch_optional(state.db())
+            .await?;
+    let user = match existing {
+        Some((id, stored)) => {
+            if !passwords::verify(form.password.clone(), Some(stored)).await? {
+                return Err(Error::Conflict(
+                    "an account with this email exists; sign in, or sign up with its password to add an organisation".into(),
+                ));
+            }
+            UserId(id)
+        }
+        None => {
+            let hash = passwords::hash(password).await?;
+            let id = UserId::new();
+            let inserted = sqlx::query(
+                "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(id.0)
+            .bind(&email)
+            .bind(hash)
+            .execute(state.db())
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Err(Error::Conflict(
+                    "an account with this email exists; sign in".into(),
+                ));
+            }
+            id
+        }
+    };
+    let tenant = TenantId::new();
+    let mut tx = state.db().begin().await?;
+    sqlx::query("INSERT INTO tenants (id, name, audit_retention_days) VALUES ($1, $2, $3)")
+        .bind(tenant.0)
+        .bind(&organization)
+        .bind(state.settings.audit_retention_days)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, 'admin')")
+        .bind(tenant.0)
+        .bind(user.0)
+        .execute(&mut *tx)
+        .await?;
+    let who = Tenant {
+        id: tenant,
+        role: Role::Admin,
+        actor: auth::Actor {
+            user_id: Some(user),
+            token_id: None,
+            label: email.clone(),
+        },
+        session: None,
+    };
+    crate::admin_audit::record(
+        &mut tx,
+        &who,
+        "tenant.create",
+        "tenant",
+        &tenant.to_string(),
+        None,
+        Some(json!({ "name": organization, "admin": email })),
+    )
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("portcullis_signups_total").increment(1);
+    Ok(Signed { tenant, user })
+}
+
+fn collect(errors: &mut Vec<FieldError>, e: Error) {
+    match e {
+        Error::Validation(mut more) => errors.append(&mut more),
+        other => errors.push(FieldError::new("", other.to_string())),
+    }
+}
+
+async fn api_signup(
+    State(state): State<AppState>,
+    JsonBody(form): JsonBody<SignupForm>,
+) -> Result<Response> {
+    let signed = signup(&state, &form).await?;
+    let who = Tenant {
+        id: signed.tenant,
+        role: Role::Admin,
+        actor: auth::Actor {
+            user_id: Some(signed.user),
+            token_id: None,
+            label: form.email.trim().to_owned(),
+        },
+        session: None,
+    };
+    let token = members::create_api_token(&state, &who, "signup", Role::Admin, None).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "tenant_id": signed.tenant,
+            "user_id": signed.user,
+            "api_token": token.token,
+        })),
+    )
+        .into_response())
+}
+
+/// What a sign-in needs.
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    /// Email.
+    #[serde(default)]
+    pub email: String,
+    /// Password.
+    #[serde(default)]
+    pub password: String,
+    /// Which organisation, when the user belongs to several.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Where to go afterwards.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+struct LoggedIn {
+    tenant: TenantId,
+    user: UserId,
+    secret: String,
+}
+
+async fn login(
+    state: &AppState,
+    form: &LoginForm,
+    ip: ClientIp,
+    user_agent: Option<&str>,
+) -> Result<LoggedIn> {
+    let email = form.email.trim();
+    throttle::check(state, email, ip.0).await?;
+    let found: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
+            .bind(email)
+            .fetch_optional(state.db())
+            .await?;
+    let (user, stored) = match found {
+        Some((id, hash)) => (Some(UserId(id)), Some(hash)),
+        None => (None, None),
+    };
+    let ok = passwords::verify(form.password.clone(), stored).await?;
+    let Some(user) = user.filter(|_| ok) else {
+        throttle::failed(state, email, ip.0).await;
+        metrics::counter!("portcullis_logins_total", "result" => "failed").increment(1);
+        return Err(Error::BadRequest("wrong email or password".into()));
+    };
+    let wanted: Option<Uuid> = form
+        .tenant_id
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .and_then(|t| t.parse().ok());
+    let tenant: Option<Uuid> = sqlx::query_scalar(
+        "SELECT tenant_id FROM memberships WHERE user_id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+          ORDER BY created_at LIMIT 1",
+    )
+    .bind(user.0)
+    .bind(wanted)
+    .fetch_optional(state.db())
+    .await?;
+    let Some(tenant) = tenant.map(TenantId) else {
+        return Err(Error::BadRequest(
+            "this account belongs to no organisation".into(),
+        ));
+    };
+    throttle::succeeded(state, email).await;
+    let secret = auth::open_session(state, tenant, user, ip.0, user_agent).await?;
+    metrics::counter!("portcullis_logins_total", "result" => "ok").increment(1);
+    Ok(LoggedIn {
+        tenant,
+        user,
+        secret,
+    })
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn api_login(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    JsonBody(form): JsonBody<LoginForm>,
+) -> Result<Response> {
+    let logged = login(&state, &form, ip, user_agent(&headers)).await?;
+    let csrf: String = sqlx::query_scalar("SELECT csrf_token FROM sessions WHERE token_hash = $1")
+        .bind(TokenHash::of(&logged.secret).as_bytes())
+        .fetch_one(state.db())
+        .await?;
+    Ok((
+        [(
+            header::SET_COOKIE,
+            auth::session_cookie(&state, &logged.secret),
+        )],
+        axum::Json(json!({
+            "tenant_id": logged.tenant,
+            "user_id": logged.user,
+            "csrf_token": csrf,
+        })),
+    )
+        .into_response())
+}
+
+async fn api_logout(State(state): State<AppState>, tenant: Tenant) -> Result<Response> {
+    if let Some(session) = &tenant.session {
+        auth::revoke_session(&state, tenant.id, session.id).await?;
+    }
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, auth::clear_session_cookie(&state))],
+    )
+        .into_response())
+}
+
+async fn api_me(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<axum::Json<serde_json::Value>> {
+    let name: String = sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
+        .bind(tenant.id.0)
+        .fetch_one(state.db())
+        .await?;
+    Ok(axum::Json(json!({
+        "tenant_id": tenant.id,
+        "tenant_name": name,
+        "user_id": tenant.actor.user_id,
+        "actor": tenant.actor.label,
+        "role": tenant.role,
+        "csrf_token": tenant.session.as_ref().map(|s| s.csrf.clone()),
+    })))
+}
+
+/// What accepting an invitation needs.
+#[derive(Debug, Deserialize)]
+pub struct AcceptForm {
+    /// The invitation secret (`pci_…`).
+    #[serde(default)]
+    pub token: String,
+    /// A new password, or the existing account's password.
+    #[serde(default)]
+    pub password: String,
+}
+
+/// Joins the invitation's tenant with its role, creating the user if needed.
+async fn accept(state: &AppState, form: &AcceptForm) -> Result<(TenantId, UserId)> {
+    let row: Option<(Uuid, Uuid, String, String)> = sqlx::query_as(
+        "SELECT id, tenant_id, email, role FROM invitations
+          WHERE token_hash = $1 AND accepted_at IS NULL AND expires_at > now()",
+    )
+    .bind(TokenHash::of(form.token.trim()).as_bytes())
+    .fetch_optional(state.db())
+    .await?;
+    let Some((invitation, tenant, email, role)) = row else {
+        return Err(Error::NotFound);
+    };
+    let existing: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
+            .bind(&email)
+            .fetch_optional(state.db())
+            .await?;
+    let user = match existing {
+        Some((id, stored)) => {
+            if !passwords::verify(form.password.clone(), Some(stored)).await? {
+                return Err(Error::field(
+                    "/password",
+                    "this is not the password of the existing account",
+                ));
+            }
+            UserId(id)
+        }
+        None => {
+            let password = Password::parse("/password", &form.password)?;
+            let id = UserId::new();
+            sqlx::query("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3)")
+                .bind(id.0)
+                .bind(&email)
+                .bind(passwords::hash(password).await?)
+                .execute(state.db())
+                .await?;
+            id
+        }
+    };
+    let mut tx = state.db().begin().await?;
+    let claimed = sqlx::query(
+        "UPDATE invitations SET accepted_at = now() WHERE id = $1 AND accepted_at IS NULL",
+    )
+    .bind(invitation)
+    .execute(&mut *tx)
+    .await?;
+    if claimed.rows_affected() == 0 {
+        return Err(Error::NotFound);
+    }
+    sqlx::query(
+        "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id, user_id) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(user.0)
+    .bind(&role)
+    .execute(&mut *tx)
+    .await?;
+    let who = Tenant {
+        id: TenantId(tenant),
+        role: Role::Viewer,
+        actor: auth::Actor {
+            user_id: Some(user),
+            token_id: None,
+            label: email.clone(),
+        },
+        session: None,
+    };
+    crate::admin_audit::record(
+        &mut tx,
+        &who,
+        "member.join",
+        "member",
+        &user.to_string(),
+        None,
+        Some(json!({ "email": email, "role": role })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((TenantId(tenant), user))
+}
+
+async fn api_accept(
+    State(state): State<AppState>,
+    JsonBody(form): JsonBody<AcceptForm>,
+) -> Result<axum::Json<serde_json::Value>> {
+    let (tenant, user) = accept(&state, &form).await?;
+    Ok(axum::Json(json!({ "tenant_id": tenant, "user_id": user })))
+}
+
+// ---- pages ----
+
+#[derive(Template, WebTemplate)]
+#[template(path = "signup.html")]
+struct SignupPage {
+    layout: Layout,
+    email: String,
+    organization: String,
+    problems: Problems,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "login.html")]
+struct LoginPage {
+    layout: Layout,
+    email: String,
+    next: String,
+    message: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "invite.html")]
+struct InvitePage {
+    layout: Layout,
+    token: String,
+    email: String,
+    role: String,
+    exists: bool,
+    problems: Problems,
+}
+
+async fn signup_page() -> SignupPage {
+    SignupPage {
+        layout: Layout::public("Sign up"),
+        email: String::new(),
+        organization: String::new(),
+        problems: Problems::default(),
+    }
+}
+
+async fn signup_submit(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    FormBody(form): FormBody<SignupForm>,
+) -> Result<Response> {
+    match signup(&state, &form).await {
+        Ok(signed) => {
+            let secret = auth::open_session(
+                &state,
+                signed.tenant,
+                signed.user,
+                ip.0,
+                user_agent(&headers),
+            )
+            .await?;
+            Ok((
+                [(header::SET_COOKIE, auth::session_cookie(&state, &secret))],
+                see_other("/servers"),
+            )
+                .into_response())
+        }
+        Err(Error::Validation(errors)) => Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            SignupPage {
+                layout: Layout::public("Sign up"),
+                email: form.email,
+                organization: form.organization,
+                problems: Problems(errors),
+            },
+        )
+            .into_response()),
+        Err(Error::Conflict(message)) => Ok((
+            StatusCode::CONFLICT,
+            SignupPage {
+                layout: Layout::public("Sign up"),
+                email: form.email,
+                organization: form.organization,
+                problems: Problems(vec![FieldError::new("/email", message)]),
+            },
+        )
+            .into_response()),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+async fn login_page(QueryParams(q): QueryParams<NextQuery>) -> LoginPage {
+    LoginPage {
+        layout: Layout::public("Sign in"),
+        email: String::new(),
+        next: safe_next(q.next.as_deref()),
+        message: String::new(),
+    }
+}
+
+async fn login_submit(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    FormBody(form): FormBody<LoginForm>,
+) -> Result<Response> {
+    match login(&state, &form, ip, user_agent(&headers)).await {
+        Ok(logged) => Ok((
+            [(
+                header::SET_COOKIE,
+                auth::session_cookie(&state, &logged.secret),
+            )],
+            see_other(&safe_next(form.next.as_deref())),
+        )
+            .into_response()),
+        Err(Error::BadRequest(message)) => Ok((
+            StatusCode::UNAUTHORIZED,
+            LoginPage {
+                layout: Layout::public("Sign in"),
+                email: form.email,
+                next: safe_next(form.next.as_deref()),
+                message,
+            },
+        )
+            .into_response()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn logout_submit(State(state): State<AppState>, tenant: Option<Tenant>) -> Result<Response> {
+    if let Some(tenant) = tenant
+        && let Some(session) = &tenant.session
+    {
+        auth::revoke_session(&state, tenant.id, session.id).await?;
+    }
+    Ok((
+        [(header::SET_COOKIE, auth::clear_session_cookie(&state))],
+        see_other("/login"),
+    )
+        .into_response())
+}
+
+async fn invitation_details(state: &AppState, token: &str) -> Result<(String, String, bool)> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT email, role FROM invitations
+          WHERE token_hash = $1 AND accepted_at IS NULL AND expires_at > now()",
+    )
+    .bind(TokenHash::of(token).as_bytes())
+    .fetch_optional(state.db())
+    .await?;
+    let (email, role) = row.ok_or(Error::NotFound)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))")
+            .bind(&email)
+            .fetch_one(state.db())
+            .await?;
+    Ok((email, role, exists))
+}
+
+/// `?token=`: the secret travels in the query string, which request logs never record.
+#[derive(Debug, Default, Deserialize)]
+struct TokenQuery {
+    #[serde(default)]
+    token: String,
+}
+
+async fn invite_page(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<TokenQuery>,
+) -> Result<InvitePage> {
+    let token = q.token;
+    let (email, role, exists) = invitation_details(&state, &token).await?;
+    Ok(InvitePage {
+        layout: Layout::public("Join"),
+        token,
+        email,
+        role,
+        exists,
+        problems: Problems::default(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct InviteForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    password: String,
+}
+
+async fn invite_submit(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    FormBody(form): FormBody<InviteForm>,
+) -> Result<Response> {
+    let token = form.token.clone();
+    let accepted = accept(
+        &state,
+        &AcceptForm {
+            token: token.clone(),
+            password: form.password,
+        },
+    )
+    .await;
+    match accepted {
+        Ok((tenant, user)) => {
+            let secret =
+                auth::open_session(&state, tenant, user, ip.0, user_agent(&headers)).await?;
+            Ok((
+                [(header::SET_COOKIE, auth::session_cookie(&state, &secret))],
+                see_other("/servers"),
+            )
+                .into_response())
+        }
+        Err(Error::Validation(errors)) => {
+            let (email, role, exists) = invitation_details(&state, &token).await?;
+            Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                InvitePage {
+                    layout: Layout::public("Join"),
+                    token,
+                    email,
+                    role,
+                    exists,
+                    problems: Problems(errors),
+                },
+            )
+                .into_response())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Public API routes (no session needed) and the signed-in `me`.
+pub fn api() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/signup", post(api_signup))
+        .route("/api/v1/login", post(api_login))
+        .route("/api/v1/logout", post(api_logout))
+        .route("/api/v1/me", get(api_me))
+        .route("/api/v1/invitations/accept", post(api_accept))
+}
+
+/// Sign-up, sign-in, sign-out and invitation pages.
+pub fn pages() -> Router<AppState> {
+    Router::new()
+        .route("/signup", get(signup_page).post(signup_submit))
+        .route("/login", get(login_page).post(login_submit))
+        .route("/logout", post(logout_submit))
+        .route("/invite", get(invite_page).post(invite_submit))
+}

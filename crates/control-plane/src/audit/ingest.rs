@@ -1,0 +1,397 @@
+//! The audit ingester: gateways' stream → Postgres, in batches, idempotently.
+//!
+//! Each ingester is a consumer of the group `ingest` on the audit stream. It reads a batch with
+//! `XREADGROUP`, merges the decision and outcome entries of the same event, upserts the batch
+//! into `audit_events` keyed by `(ts, id)` in one statement, and only after the commit
+//! acknowledges (and deletes) the entries. A crash between commit and acknowledgement leaves
+//! the entries pending; another ingester claims them with `XAUTOCLAIM` once they have been idle
+//! for `claim_idle`, and the upsert makes the replay harmless: every event lands exactly once.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use portcullis_core::audit::{AuditEvent, stream};
+use portcullis_core::redis_keys::RedisKeys;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// How an ingester runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Most entries per batch (and per transaction).
+    pub batch: usize,
+    /// Entries pending this long with another consumer are claimed.
+    pub claim_idle: Duration,
+    /// The consumer name; a fresh one per process when `None`.
+    pub consumer: Option<String>,
+}
+
+/// How long one `XREADGROUP` waits for new entries.
+const BLOCK: Duration = Duration::from_millis(500);
+
+/// Runs until `shutdown`; reconnects to Redis and Postgres by itself after failures.
+pub async fn run(
+    db: PgPool,
+    redis: redis::Client,
+    keys: RedisKeys,
+    config: Config,
+    shutdown: CancellationToken,
+) {
+    let consumer = config
+        .consumer
+        .clone()
+        .unwrap_or_else(|| format!("cp-{}", uuid::Uuid::now_v7().simple()));
+    tracing::info!(consumer, "audit ingester started");
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let result = tokio::select! {
+            r = session(&db, &redis, &keys, &config, &consumer, &shutdown) => r,
+            () = shutdown.cancelled() => Ok(()),
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                metrics::counter!("portcullis_audit_ingest_errors_total").increment(1);
+                tracing::warn!(error = %e, "audit ingester failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::info!(consumer, "audit ingester stopped");
+}
+
+async fn connect(redis: &redis::Client) -> anyhow::Result<MultiplexedConnection> {
+    // A connection of its own: a blocking read must not hold up the shared connection's users.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
+    Ok(redis
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
+}
+
+async fn ensure_group(conn: &mut MultiplexedConnection, stream_key: &str) -> anyhow::Result<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream_key)
+        .arg(stream::GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn session(
+    db: &PgPool,
+    redis: &redis::Client,
+    keys: &RedisKeys,
+    config: &Config,
+    consumer: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut conn = connect(redis).await?;
+    let stream_key = keys.audit_stream();
+    ensure_group(&mut conn, &stream_key).await?;
+    // After a failure (Postgres down mid-batch) this consumer's own entries are still pending:
+    // take them up again first rather than waiting for the idle claim.
+    loop {
+        let own: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(stream::GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(config.batch)
+            .arg("STREAMS")
+            .arg(&stream_key)
+            .arg("0")
+            .query_async(&mut conn)
+            .await?;
+        let entries: Vec<StreamId> = own
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default();
+        if entries.is_empty() {
+            break;
+        }
+        ingest(db, &mut conn, &stream_key, entries).await?;
+    }
+    let mut last_claim: Option<Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if last_claim.is_none_or(|t| t.elapsed() >= config.claim_idle / 2) {
+            claim_stale(db, &mut conn, &stream_key, config, consumer).await?;
+            last_claim = Some(Instant::now());
+        }
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(stream::GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(config.batch)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&stream_key)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .or_else(|e| {
+                // The stream or group vanished (e.g. Redis restarted empty): recreate them.
+                if e.code() == Some("NOGROUP") {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            })?;
+        let entries: Vec<StreamId> = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default();
+        if entries.is_empty() {
+            ensure_group(&mut conn, &stream_key).await?;
+            continue;
+        }
+        ingest(db, &mut conn, &stream_key, entries).await?;
+    }
+}
+
+/// Takes over entries that a dead (or stuck) consumer left unacknowledged.
+async fn claim_stale(
+    db: &PgPool,
+    conn: &mut MultiplexedConnection,
+    stream_key: &str,
+    config: &Config,
+    consumer: &str,
+) -> anyhow::Result<()> {
+    let mut start = "0-0".to_owned();
+    loop {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(stream_key)
+            .arg(stream::GROUP)
+            .arg(consumer)
+            .arg(config.claim_idle.as_millis() as u64)
+            .arg(&start)
+            .arg("COUNT")
+            .arg(config.batch)
+            .query_async(conn)
+            .await?;
+        if !reply.deleted_ids.is_empty() {
+            // Trimmed away before anyone ingested them: nothing to do but stop tracking them.
+            let _: () = redis::cmd("XACK")
+                .arg(stream_key)
+                .arg(stream::GROUP)
+                .arg(&reply.deleted_ids)
+                .query_async(conn)
+                .await?;
+        }
+        if !reply.claimed.is_empty() {
+            metrics::counter!("portcullis_audit_claimed_total")
+                .increment(reply.claimed.len() as u64);
+            tracing::info!(
+                entries = reply.claimed.len(),
+                "claimed audit entries of another consumer"
+            );
+            ingest(db, conn, stream_key, reply.claimed).await?;
+        }
+        if reply.next_stream_id == "0-0" {
+            return Ok(());
+        }
+        start = reply.next_stream_id;
+    }
+}
+
+/// Merges the entries of one batch by event id: the decision entry and the outcome entry
+/// become one row, so the upsert touches each row once.
+fn merge(events: Vec<AuditEvent>) -> Vec<AuditEvent> {
+    let mut by_id: HashMap<uuid::Uuid, AuditEvent> = HashMap::with_capacity(events.len());
+    let mut order = Vec::with_capacity(events.len());
+    for event in events {
+        match by_id.get_mut(&event.id) {
+            Some(existing) => {
+                if existing.outcome.is_none() {
+                    existing.outcome = event.outcome;
+                }
+            }
+            None => {
+                order.push(event.id);
+                by_id.insert(event.id, event);
+            }
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|id| by_id.remove(&id))
+        .collect()
+}
+
+fn row(event: &AuditEvent) -> Value {
+    let outcome = event.outcome.as_ref();
+    json!({
+        "id": event.id,
+        "ts": event.ts,
+        "tenant_id": event.tenant_id,
+        "grant_id": event.grant_id,
+        "identity": event.identity,
+        "server_id": event.server_id,
+        "method": event.method,
+        "tool": event.tool,
+        "decision": event.decision.as_str(),
+        "rule": event.rule,
+        "message": event.message,
+        "policy_id": event.policy_id,
+        "policy_version": event.policy_version,
+        "protocol": event.protocol,
+        "session": event.session,
+        "request_id": event.request_id,
+        "arg_keys": event.arg_keys,
+        "arg_digest": event.arg_digest,
+        "arguments": event.arguments,
+        "upstream_status": outcome.and_then(|o| o.upstream_status),
+        "is_error": outcome.and_then(|o| o.is_error),
+        "latency_ms": outcome.map(|o| o.latency_ms),
+    })
+}
+
+/// Upserts a batch of events; the outcome fills in what the decision entry left empty.
+pub async fn write_batch(db: &PgPool, events: &[AuditEvent]) -> anyhow::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows = Value::Array(events.iter().map(row).collect());
+    sqlx::query(
+        "INSERT INTO audit_events (id, ts, tenant_id, grant_id, identity, server_id, method, tool, decision, rule,
+                                   message, policy_id, policy_version, protocol, session, request_id, arg_keys,
+                                   arg_digest, arguments, upstream_status, is_error, latency_ms)
+         SELECT r.id, r.ts, r.tenant_id, r.grant_id, r.identity, r.server_id, r.method, r.tool, r.decision, r.rule,
+                r.message, r.policy_id, r.policy_version, r.protocol, r.session, r.request_id,
+                ARRAY(SELECT jsonb_array_elements_text(coalesce(r.arg_keys, '[]'::jsonb))),
+                r.arg_digest, r.arguments, r.upstream_status, r.is_error, r.latency_ms
+           FROM jsonb_to_recordset($1::jsonb) AS r(
+                id uuid, ts timestamptz, tenant_id uuid, grant_id uuid, identity text, server_id uuid, method text,
+                tool text, decision text, rule text, message text, policy_id uuid, policy_version integer,
+                protocol text, session text, request_id text, arg_keys jsonb, arg_digest text, arguments jsonb,
+                upstream_status integer, is_error boolean, latency_ms double precision)
+         ON CONFLICT (ts, id) DO UPDATE SET
+                upstream_status = coalesce(EXCLUDED.upstream_status, audit_events.upstream_status),
+                is_error = coalesce(EXCLUDED.is_error, audit_events.is_error),
+                latency_ms = coalesce(EXCLUDED.latency_ms, audit_events.latency_ms)",
+    )
+    .bind(rows)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+async fn ingest(
+    db: &PgPool,
+    conn: &mut MultiplexedConnection,
+    stream_key: &str,
+    entries: Vec<StreamId>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    let mut events = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let decoded = entry
+            .map
+            .get(stream::FIELD)
+            .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
+            .map(|bytes| stream::decode(&bytes));
+        match decoded {
+            Some(Ok(event)) => events.push(event),
+            // A malformed entry would fail forever: log it and let it go.
+            Some(Err(e)) => {
+                metrics::counter!("portcullis_audit_malformed_total").increment(1);
+                tracing::error!(entry = %entry.id, error = %e, "dropping a malformed audit entry");
+            }
+            None => {
+                metrics::counter!("portcullis_audit_malformed_total").increment(1);
+                tracing::error!(entry = %entry.id, "dropping an audit entry without an event field");
+            }
+        }
+    }
+    let events = merge(events);
+    write_batch(db, &events).await?;
+    // Acknowledge only after the commit: a crash before this line means redelivery, not loss.
+    let _: () = redis::pipe()
+        .cmd("XACK")
+        .arg(stream_key)
+        .arg(stream::GROUP)
+        .arg(&ids)
+        .ignore()
+        .cmd("XDEL")
+        .arg(stream_key)
+        .arg(&ids)
+        .ignore()
+        .query_async(conn)
+        .await?;
+    metrics::counter!("portcullis_audit_ingested_total").increment(events.len() as u64);
+    metrics::histogram!("portcullis_audit_ingest_batch_seconds")
+        .record(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use portcullis_core::audit::{AuditDecision, AuditOutcome};
+    use portcullis_core::{GrantId, ServerId, TenantId};
+
+    fn event(id: uuid::Uuid, outcome: Option<AuditOutcome>) -> AuditEvent {
+        AuditEvent {
+            id,
+            ts: Utc::now(),
+            tenant_id: TenantId::new(),
+            grant_id: GrantId::new(),
+            identity: "a".into(),
+            server_id: ServerId::new(),
+            method: "tools/call".into(),
+            tool: Some("t".into()),
+            decision: AuditDecision::Allow,
+            rule: None,
+            message: None,
+            policy_id: None,
+            policy_version: None,
+            protocol: None,
+            session: None,
+            request_id: None,
+            arg_keys: vec![],
+            arg_digest: None,
+            arguments: None,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn decision_and_outcome_entries_merge() {
+        let id = uuid::Uuid::now_v7();
+        let other = uuid::Uuid::now_v7();
+        let outcome = AuditOutcome {
+            upstream_status: Some(200),
+            is_error: Some(false),
+            latency_ms: 3.5,
+        };
+        let merged = merge(vec![
+            event(id, None),
+            event(other, None),
+            event(id, Some(outcome.clone())),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].id, id);
+        assert_eq!(merged[0].outcome, Some(outcome));
+        assert!(merged[1].outcome.is_none());
+    }
+}

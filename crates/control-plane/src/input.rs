@@ -1,0 +1,107 @@
+//! Parsing what callers send: JSON bodies, forms and ids, with errors in the crate's shape.
+
+use std::str::FromStr;
+
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// A JSON body; a malformed one answers 400 with the crate's error shape.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(Error::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// A form body (dashboard); a malformed one answers 400.
+pub struct FormBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for FormBody<T> {
+    type Rejection = Error;
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        match axum::Form::<T>::from_request(req, state).await {
+            Ok(axum::Form(value)) => Ok(Self(value)),
+            Err(rejection) => Err(Error::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// Query parameters; malformed ones answer 400.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for QueryParams<T> {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(Error::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// An id from a path; one that does not parse names nothing, so it is a 404 like any unknown id.
+pub fn id<T: FromStr>(text: &str) -> Result<T> {
+    text.parse().map_err(|_| Error::NotFound)
+}
+
+/// A required, trimmed text field of bounded length.
+pub fn text(pointer: &str, value: &str, max: usize) -> Result<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Error::field(pointer, "must not be empty"));
+    }
+    if value.chars().count() > max {
+        return Err(Error::field(
+            pointer,
+            format!("use at most {max} characters"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// An email address: one `@` with text on both sides, no spaces, at most 320 characters.
+pub fn email(pointer: &str, value: &str) -> Result<String> {
+    let value = value.trim();
+    let ok = value.len() <= 320
+        && !value.chars().any(char::is_whitespace)
+        && value.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+        });
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(Error::field(pointer, "is not an email address"))
+    }
+}
+
+/// An absolute http(s) URL.
+pub fn http_url(pointer: &str, value: &str) -> Result<url::Url> {
+    let url = url::Url::parse(value.trim())
+        .map_err(|e| Error::field(pointer, format!("is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(Error::field(pointer, "must be an http:// or https:// URL"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_and_urls_parse_strictly() {
+        assert!(email("/e", "a@b.co").is_ok());
+        assert!(email("/e", "a b@c.d").is_err());
+        assert!(email("/e", "@b.c").is_err());
+        assert!(http_url("/u", "http://127.0.0.1:9/mcp").is_ok());
+        assert!(http_url("/u", "ftp://x/y").is_err());
+        assert!(id::<uuid::Uuid>("nope").is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! Human approvals: a call that needs one opens a pending approval bound to the grant and a
+//! fingerprint of the tool and its canonical arguments; once an approver approves it (in the
+//! control plane), the identical call passes exactly once.
+//!
+//! "Exactly once" is the database's: consuming is one `UPDATE … WHERE status = 'approved'`,
+//! so two replicas racing for the same approval cannot both win. The partial unique index on
+//! `(grant_id, fingerprint)` over open approvals makes opening idempotent: a retried call finds
+//! its pending approval instead of creating another.
+
+use std::time::Duration;
+
+use portcullis_core::{ApprovalId, TenantId};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::grants::Grant;
+
+/// Takes the approved approval of this call, if there is one; returns its id.
+pub async fn consume(
+    db: &PgPool,
+    grant: &Grant,
+    fingerprint: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE approvals SET status = 'consumed', consumed_at = now()
+          WHERE id = (SELECT id FROM approvals
+                       WHERE tenant_id = $1 AND grant_id = $2 AND fingerprint = $3
+                         AND status = 'approved' AND expires_at > now()
+                       LIMIT 1 FOR UPDATE SKIP LOCKED)
+            AND status = 'approved'
+      RETURNING id",
+    )
+    .bind(grant.tenant.0)
+    .bind(grant.id.0)
+    .bind(fingerprint)
+    .fetch_optional(db)
+    .await
+}
+
+/// Gives a consumed approval back (the call it was consumed for was then rate limited).
+pub async fn restore(db: &PgPool, tenant: TenantId, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE approvals SET status = 'approved', consumed_at = NULL
+          WHERE tenant_id = $1 AND id = $2 AND status = 'consumed'",
+    )
+    .bind(tenant.0)
+    .bind(id)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// The pending approval of this call: the open one if it exists, else a new one.
+pub async fn open(
+    db: &PgPool,
+    grant: &Grant,
+    tool: &str,
+    fingerprint: &str,
+    arguments: &Value,
+    timeout: Duration,
+) -> Result<String, sqlx::Error> {
+    // An open approval past its deadline no longer counts; retire it so a new one can open.
+    sqlx::query(
+        "UPDATE approvals SET status = 'expired'
+          WHERE tenant_id = $1 AND grant_id = $2 AND fingerprint = $3
+            AND status IN ('pending', 'approved') AND expires_at <= now()",
+    )
+    .bind(grant.tenant.0)
+    .bind(grant.id.0)
+    .bind(fingerprint)
+    .execute(db)
+    .await?;
+    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
+    for _ in 0..3 {
+        let created: Option<String> = sqlx::query_scalar(
+            "INSERT INTO approvals (id, tenant_id, grant_id, server_id, identity, tool, fingerprint,
+                                    arguments, status, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending',
+                     now() + make_interval(secs => $9::double precision / 1000))
+             ON CONFLICT (grant_id, fingerprint) WHERE status IN ('pending', 'approved') DO NOTHING
+             RETURNING id",
+        )
+        .bind(ApprovalId::new().as_str())
+        .bind(grant.tenant.0)
+        .bind(grant.id.0)
+        .bind(grant.server.id.0)
+        .bind(&grant.identity)
+        .bind(tool)
+        .bind(fingerprint)
+        .bind(arguments)
+        .bind(timeout_ms)
+        .fetch_optional(db)
+        .await?;
+        if let Some(id) = created {
+            return Ok(id);
+        }
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM approvals
+              WHERE tenant_id = $1 AND grant_id = $2 AND fingerprint = $3
+                AND status IN ('pending', 'approved')",
+        )
+        .bind(grant.tenant.0)
+        .bind(grant.id.0)
+        .bind(fingerprint)
+        .fetch_optional(db)
+        .await?;
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+        // The open approval changed state between the two statements; try again.
+    }
+    Err(sqlx::Error::Protocol(
+        "approval kept changing state while being opened".into(),
+    ))
+}

@@ -1,0 +1,289 @@
+//! Enforcement of one `tools/call`: the policy decision, changed-tool blocking, argument
+//! validation, approvals, and the limiter, in that order. The result is either "forward" (with
+//! the charges taken, to refund if the call fails) or a JSON-RPC answer given by the gateway.
+//!
+//! `mode: monitor` runs every step and audits what would have happened, but always forwards
+//! (and opens no approvals: nobody is waiting on them).
+
+use bytes::Bytes;
+use portcullis_core::audit::{AuditDecision, AuditEvent};
+use portcullis_mcp::tools::{ToolCall, tool_error_response, unknown_tool_response};
+use portcullis_mcp::{ProtocolEra, RequestId};
+use portcullis_policy::{AuditArguments, Call, Decision, OnLimiterError, Outcome, SharedStr};
+use serde_json::{Map, Value, json};
+
+use crate::Gateway;
+use crate::error::GatewayError;
+use crate::grants::Grant;
+use crate::limiter::{Charged, Reservation};
+
+/// The `_meta` key under which answers carry the gateway's decision.
+pub const META_KEY: &str = "portcullis/decision";
+
+/// Rule id of a call refused because the tool's definition changed since approval.
+pub const TOOL_CHANGED: &str = "(tool changed)";
+/// Rule id of a call refused because the limiter could not be reached.
+pub const LIMITER_UNAVAILABLE: &str = "(limiter unavailable)";
+
+/// What to do with a call.
+pub enum Verdict {
+    /// Forward it, holding these charges.
+    Forward(Option<Reservation>),
+    /// Answer it with this JSON-RPC message (HTTP 200).
+    Answer(Bytes),
+}
+
+/// Decides a `tools/call`, filling the audit event's decision fields.
+pub async fn tools_call(
+    gw: &Gateway,
+    grant: &Grant,
+    id: &RequestId,
+    call: &ToolCall<'_>,
+    era: ProtocolEra,
+    event: &mut AuditEvent,
+) -> Result<Verdict, GatewayError> {
+    let name: &str = &call.name;
+    let policy = grant.policy.compiled.as_deref();
+    event.tool = Some(name.to_owned());
+    if let Value::Object(args) = &call.arguments {
+        event.arg_keys = args.keys().cloned().collect();
+    }
+    event.arg_digest = Some(portcullis_core::canonical::digest(&call.arguments));
+    if policy.is_some_and(|p| p.audit_arguments() == AuditArguments::Values) {
+        event.arguments = Some(crate::audit::redact_arguments(&call.arguments));
+    }
+
+    let tools = gw.catalogue.tools(grant.tenant, grant.server.id).await?;
+    let known = tools.get(name);
+    let mut decision = portcullis_policy::evaluate(
+        policy,
+        &Call {
+            tool: name,
+            arguments: &call.arguments,
+            grant: &grant.id_text,
+            identity: &grant.identity,
+            server: &grant.server_text,
+            tenant: &grant.tenant_text,
+            category: known.and_then(|t| t.category),
+        },
+    );
+    let would_run = matches!(
+        decision.outcome,
+        Outcome::Allow | Outcome::ApprovalRequired { .. }
+    );
+    if would_run && grant.server.block_changed_tools && known.is_some_and(|t| t.changed) {
+        decision = refuse(
+            &decision,
+            TOOL_CHANGED.into(),
+            "this tool's definition changed since it was approved; an administrator must review it",
+        );
+    } else if would_run && decision.validate {
+        let problem = match known {
+            None => Some(
+                "the tool's input schema is unknown (the server's tools were not discovered)"
+                    .to_owned(),
+            ),
+            Some(tool) => gw.catalogue.validate(tool, &call.arguments).err(),
+        };
+        if let Some(problem) = problem {
+            let rule = format!("{}/validate", decision.rule);
+            decision = refuse(
+                &decision,
+                rule.into(),
+                &format!("invalid arguments: {problem}"),
+            );
+        }
+    }
+
+    let monitor = decision.monitor;
+    event.rule = Some(decision.rule.to_string());
+    event.message = Some(decision.message.to_string());
+    let mut approved: Option<String> = None;
+    match decision.outcome {
+        Outcome::Hidden => {
+            event.decision = AuditDecision::Hidden;
+            if !monitor {
+                return Ok(Verdict::Answer(unknown_tool_response(id, name)));
+            }
+        }
+        Outcome::Deny => {
+            event.decision = AuditDecision::Deny;
+            if !monitor {
+                let text = format!("[POLICY DENIED] {}", decision.message);
+                return Ok(Verdict::Answer(tool_error_response(
+                    id,
+                    &text,
+                    Some(meta(event, None)),
+                    era,
+                )));
+            }
+        }
+        Outcome::ApprovalRequired { timeout } => {
+            event.decision = AuditDecision::ApprovalRequired;
+            if !monitor {
+                let fingerprint =
+                    portcullis_core::canonical::call_fingerprint(name, &call.arguments);
+                match crate::approvals::consume(&gw.db, grant, &fingerprint).await? {
+                    Some(approval) => {
+                        event.decision = AuditDecision::Allow;
+                        event.message = Some(format!("approved ({approval})"));
+                        approved = Some(approval);
+                    }
+                    None => {
+                        let redacted = crate::audit::redact_arguments(&call.arguments);
+                        let approval = crate::approvals::open(
+                            &gw.db,
+                            grant,
+                            name,
+                            &fingerprint,
+                            &redacted,
+                            timeout,
+                        )
+                        .await?;
+                        let text = format!(
+                            "[APPROVAL REQUIRED] {} Approval {approval} is pending: ask an approver \
+                             to approve it, then retry the same call with the same arguments.",
+                            with_period(&decision.message)
+                        );
+                        let meta = meta(event, Some(("approval_id", json!(approval))));
+                        return Ok(Verdict::Answer(tool_error_response(
+                            id,
+                            &text,
+                            Some(meta),
+                            era,
+                        )));
+                    }
+                }
+            }
+        }
+        Outcome::Allow => event.decision = AuditDecision::Allow,
+    }
+
+    if decision.charges.is_empty() {
+        return Ok(Verdict::Forward(None));
+    }
+    let charge_id = event.id.to_string();
+    match gw
+        .limiter
+        .charge(grant.tenant, &charge_id, &decision.charges)
+        .await
+    {
+        Ok(Charged::Ok(reservation)) => Ok(Verdict::Forward(Some(reservation))),
+        Ok(Charged::Exceeded { index, retry_after }) => {
+            let charge = &decision.charges[index.min(decision.charges.len() - 1)];
+            let retry_secs = retry_after.as_millis().div_ceil(1000).max(1);
+            let message = format!(
+                "rate limit {} reached: at most {} per {}; retry after {retry_secs} s",
+                charge.rule,
+                charge.max,
+                window_text(charge.window),
+            );
+            if event.decision == AuditDecision::Allow {
+                event.decision = AuditDecision::RateLimited;
+                event.rule = Some(charge.rule.to_string());
+                event.message = Some(message.clone());
+            }
+            if monitor {
+                return Ok(Verdict::Forward(None));
+            }
+            if let Some(approval) = approved {
+                // The approval was not used: give it back for the retry.
+                crate::approvals::restore(&gw.db, grant.tenant, &approval).await?;
+            }
+            let text = format!("[RATE LIMITED] {message}.");
+            let meta = meta(
+                event,
+                Some((
+                    "retry_after_ms",
+                    json!(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)),
+                )),
+            );
+            Ok(Verdict::Answer(tool_error_response(
+                id,
+                &text,
+                Some(meta),
+                era,
+            )))
+        }
+        Err(e) => {
+            metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "charge")
+                .increment(1);
+            let fail_open = policy.is_some_and(|p| p.on_limiter_error() == OnLimiterError::Allow);
+            tracing::warn!(error = %e, fail_open, "limiter unavailable");
+            if fail_open || monitor {
+                event.message = Some(format!(
+                    "{} (limits not charged: limiter unavailable; on_limiter_error: allow)",
+                    decision.message
+                ));
+                return Ok(Verdict::Forward(None));
+            }
+            if let Some(approval) = approved {
+                crate::approvals::restore(&gw.db, grant.tenant, &approval).await?;
+            }
+            event.decision = AuditDecision::Error;
+            event.rule = Some(LIMITER_UNAVAILABLE.to_owned());
+            event.message = Some(
+                "the rate limiter is unavailable, so calls with limits are refused (on_limiter_error: deny)"
+                    .to_owned(),
+            );
+            let text = format!(
+                "[POLICY DENIED] {}.",
+                event.message.as_deref().unwrap_or("")
+            );
+            Ok(Verdict::Answer(tool_error_response(
+                id,
+                &text,
+                Some(meta(event, None)),
+                era,
+            )))
+        }
+    }
+}
+
+fn refuse(decision: &Decision, rule: SharedStr, message: &str) -> Decision {
+    Decision {
+        outcome: Outcome::Deny,
+        rule,
+        message: SharedStr::from(message),
+        charges: Vec::new(),
+        monitor: decision.monitor,
+        validate: false,
+    }
+}
+
+fn with_period(text: &str) -> String {
+    if text.ends_with(['.', '!', '?']) {
+        text.to_owned()
+    } else {
+        format!("{text}.")
+    }
+}
+
+/// The decision as an answer's `_meta` carries it.
+fn meta(event: &AuditEvent, extra: Option<(&str, Value)>) -> Map<String, Value> {
+    let mut decision = json!({
+        "decision": event.decision.as_str(),
+        "rule": event.rule,
+        "message": event.message,
+        "event_id": event.id.to_string(),
+    });
+    if let (Some((key, value)), Value::Object(obj)) = (extra, &mut decision) {
+        obj.insert(key.to_owned(), value);
+    }
+    let mut meta = Map::new();
+    meta.insert(META_KEY.to_owned(), decision);
+    meta
+}
+
+fn window_text(window: std::time::Duration) -> String {
+    let secs = window.as_secs();
+    match secs {
+        60 => "minute".into(),
+        3600 => "hour".into(),
+        86_400 => "day".into(),
+        s if s % 3600 == 0 && s > 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{} min", s / 60),
+        s if s > 0 => format!("{s} s"),
+        _ => format!("{} ms", window.as_millis()),
+    }
+}

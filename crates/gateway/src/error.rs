@@ -1,0 +1,160 @@
+//! The gateway's one error type, and the one place it becomes an HTTP response.
+//!
+//! Clients get a JSON-RPC error body with a clear message; the cause stays in the logs.
+//! Policy outcomes (deny, hidden, rate limited, approval) are not errors: they are ordinary
+//! JSON-RPC answers built by the enforcement code.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use portcullis_mcp::{RequestId, error_response};
+
+/// JSON-RPC code of a refused grant (the range -32000..-32099 is for implementations).
+pub const UNAUTHORIZED_CODE: i64 = -32001;
+/// JSON-RPC code of an unknown or foreign session.
+pub const SESSION_NOT_FOUND_CODE: i64 = -32002;
+/// JSON-RPC code of an upstream failure or of the gateway's own.
+pub const INTERNAL_CODE: i64 = -32603;
+
+/// Everything that stops the gateway from proxying a request.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No grant token in the path or the `Authorization` header.
+    #[error("a grant token is required")]
+    MissingToken,
+    /// The token is unknown, revoked, expired, or belongs to another server. One message for
+    /// all, so a caller cannot probe which; the log line says which.
+    #[error("the grant token is invalid, revoked or expired")]
+    InvalidToken,
+    /// The message does not follow JSON-RPC or MCP.
+    #[error(transparent)]
+    Mcp(#[from] portcullis_mcp::Error),
+    /// The body is larger than the configured limit.
+    #[error("request body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The body is not `application/json`.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// The session id does not open under this grant (unknown, tampered, or another grant's).
+    #[error("session not found")]
+    SessionNotFound,
+    /// The method is not available on this endpoint.
+    #[error("{0}")]
+    MethodNotAllowed(&'static str),
+    /// The upstream could not be reached or did not answer in time.
+    #[error("the upstream MCP server did not answer: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    /// Postgres could not be reached or answered with an error.
+    #[error("the gateway cannot reach its database")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A [`GatewayError`] with the id of the request it answers, when one was read.
+#[derive(Debug)]
+pub struct Rejection {
+    /// What went wrong.
+    pub error: GatewayError,
+    /// The JSON-RPC id to echo.
+    pub id: Option<RequestId>,
+}
+
+impl<E: Into<GatewayError>> From<E> for Rejection {
+    fn from(error: E) -> Self {
+        Self {
+            error: error.into(),
+            id: None,
+        }
+    }
+}
+
+impl GatewayError {
+    /// Attaches the request id the error answers.
+    pub fn at(self, id: Option<&RequestId>) -> Rejection {
+        Rejection {
+            error: self,
+            id: id.cloned(),
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingToken | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::Mcp(e) => {
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::SessionNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The JSON-RPC error code of this error.
+    pub fn code(&self) -> i64 {
+        match self {
+            Self::MissingToken | Self::InvalidToken => UNAUTHORIZED_CODE,
+            Self::Mcp(e) => e.code(),
+            Self::PayloadTooLarge(_) | Self::UnsupportedMediaType => {
+                portcullis_mcp::codes::INVALID_REQUEST
+            }
+            Self::SessionNotFound => SESSION_NOT_FOUND_CODE,
+            Self::MethodNotAllowed(_) => portcullis_mcp::codes::METHOD_NOT_FOUND,
+            Self::Upstream(_) | Self::Database(_) => INTERNAL_CODE,
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        Rejection {
+            error: self,
+            id: None,
+        }
+        .into_response()
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let Rejection { error, id } = self;
+        let status = error.status();
+        match &error {
+            GatewayError::Upstream(_) | GatewayError::Database(_) => {
+                tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "request failed");
+            }
+            _ => tracing::debug!(error = %error, "request refused"),
+        }
+        let body = match &error {
+            GatewayError::Mcp(e) => e.to_response(id.as_ref()),
+            other => error_response(id.as_ref(), other.code(), &other.to_string(), None),
+        };
+        let mut response = (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
+        match error {
+            GatewayError::MissingToken => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="portcullis""#),
+                );
+            }
+            GatewayError::InvalidToken => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="portcullis", error="invalid_token""#),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}

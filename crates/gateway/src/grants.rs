@@ -1,0 +1,316 @@
+//! Grant resolution: the SHA-256 of a bearer token → grant, server, tenant and policy.
+//!
+//! Resolutions are cached in memory for a few seconds. The control plane announces changes on
+//! Redis pub/sub ([`crate::invalidation`]), which drops the matching entries at once; the TTL
+//! bounds staleness when an announcement is lost. A generation counter, bumped by every
+//! invalidation, stops a lookup that started before an invalidation from caching what it read.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use chrono::{DateTime, Utc};
+use portcullis_core::{
+    GrantId, GrantToken, Invalidation, Keyring, PolicyId, ServerId, TenantId, TokenHash,
+};
+use portcullis_policy::CompiledPolicy;
+use sqlx::{PgPool, Row as _};
+
+/// How an upstream speaks MCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Streamable HTTP (either protocol era).
+    StreamableHttp,
+    /// The 2024-11-05 HTTP+SSE transport: GET the SSE stream, POST to its `endpoint`.
+    Sse,
+}
+
+/// An upstream MCP server as the gateway needs it.
+#[derive(Debug)]
+pub struct Server {
+    /// The server.
+    pub id: ServerId,
+    /// Its owner.
+    pub tenant: TenantId,
+    /// The MCP endpoint (Streamable HTTP) or the SSE endpoint (HTTP+SSE).
+    pub url: url::Url,
+    /// How to talk to it.
+    pub transport: Transport,
+    /// Decrypted static headers (credentials) to inject into every upstream request.
+    pub headers: HeaderMap,
+    /// Tools whose definition changed since a human approved it are refused.
+    pub block_changed_tools: bool,
+}
+
+/// The policy in force for a grant.
+#[derive(Debug)]
+pub struct PolicyRef {
+    /// The policy.
+    pub id: PolicyId,
+    /// Its current version.
+    pub version: i32,
+    /// The compiled document; `None` when the stored document does not compile (every call is
+    /// then denied, as without a policy).
+    pub compiled: Option<Arc<CompiledPolicy>>,
+}
+
+/// A resolved grant: everything a request needs to be decided and forwarded.
+#[derive(Debug)]
+pub struct Grant {
+    /// The grant.
+    pub id: GrantId,
+    /// Its owner; every lookup below it is scoped by this.
+    pub tenant: TenantId,
+    /// The identity label (who the agent acts for).
+    pub identity: String,
+    /// The upstream it is bound to.
+    pub server: Arc<Server>,
+    /// Its policy.
+    pub policy: Arc<PolicyRef>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Whether it was revoked.
+    pub revoked: bool,
+    /// `id` as text, for policy charge keys (formatted once).
+    pub id_text: String,
+    /// `tenant` as text.
+    pub tenant_text: String,
+    /// `server.id` as text.
+    pub server_text: String,
+}
+
+impl Grant {
+    /// Usable now: not revoked, not expired.
+    pub fn is_usable(&self, now: DateTime<Utc>) -> bool {
+        !self.revoked && self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+struct Entry {
+    grant: Arc<Grant>,
+    loaded: Instant,
+}
+
+/// The in-memory cache of grant resolutions and compiled policies.
+pub struct Grants {
+    db: PgPool,
+    credentials: Keyring,
+    ttl: Duration,
+    entries: RwLock<HashMap<TokenHash, Entry>>,
+    policies: RwLock<HashMap<(PolicyId, i32), Arc<CompiledPolicy>>>,
+    generation: AtomicU64,
+}
+
+/// Past this many cached entries the cache is cleared rather than grown (a crude bound that
+/// only a flood of distinct valid tokens reaches).
+const MAX_ENTRIES: usize = 100_000;
+const MAX_POLICIES: usize = 10_000;
+
+impl Grants {
+    /// An empty cache in front of `db`.
+    pub fn new(db: PgPool, credentials: Keyring, ttl: Duration) -> Self {
+        Self {
+            db,
+            credentials,
+            ttl,
+            entries: RwLock::new(HashMap::new()),
+            policies: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The grant of `token`, from the cache or Postgres; `None` when no grant has this token.
+    /// Revocation and expiry are the caller's to check ([`Grant::is_usable`]).
+    pub async fn resolve(&self, token: &GrantToken) -> Result<Option<Arc<Grant>>, sqlx::Error> {
+        let hash = token.hash();
+        if let Some(grant) = self.cached(&hash) {
+            metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "hit")
+                .increment(1);
+            return Ok(Some(grant));
+        }
+        metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "miss").increment(1);
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some(grant) = self.load(&hash).await? else {
+            return Ok(None);
+        };
+        let grant = Arc::new(grant);
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        // An invalidation that arrived while we read may concern what we read: serve it once,
+        // but do not cache it.
+        if self.generation.load(Ordering::Acquire) == generation {
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(
+                hash,
+                Entry {
+                    grant: grant.clone(),
+                    loaded: Instant::now(),
+                },
+            );
+        }
+        Ok(Some(grant))
+    }
+
+    fn cached(&self, hash: &TokenHash) -> Option<Arc<Grant>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(hash)
+            .filter(|e| e.loaded.elapsed() < self.ttl)
+            .map(|e| e.grant.clone())
+    }
+
+    async fn load(&self, hash: &TokenHash) -> Result<Option<Grant>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT g.id, g.tenant_id, g.identity, g.expires_at, g.revoked_at IS NOT NULL AS revoked,
+                    p.id AS policy_id, p.current_version, v.document,
+                    s.id AS server_id, s.url, s.transport, s.headers_enc, s.block_changed_tools
+               FROM grants g
+               JOIN servers s ON s.tenant_id = g.tenant_id AND s.id = g.server_id
+               JOIN policies p ON p.tenant_id = g.tenant_id AND p.id = g.policy_id
+               LEFT JOIN policy_versions v
+                      ON v.tenant_id = p.tenant_id AND v.policy_id = p.id AND v.version = p.current_version
+              WHERE g.token_hash = $1",
+        )
+        .bind(hash.as_bytes())
+        .fetch_optional(&self.db)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id = GrantId(row.try_get("id")?);
+        let tenant = TenantId(row.try_get("tenant_id")?);
+        let server_id = ServerId(row.try_get("server_id")?);
+        let policy_id = PolicyId(row.try_get("policy_id")?);
+        let version: i32 = row.try_get("current_version")?;
+        let document: Option<serde_json::Value> = row.try_get("document")?;
+        let url_text: String = row.try_get("url")?;
+        let transport = match row.try_get::<String, _>("transport")?.as_str() {
+            "sse" => Transport::Sse,
+            _ => Transport::StreamableHttp,
+        };
+        let sealed: Option<Vec<u8>> = row.try_get("headers_enc")?;
+        let url = url::Url::parse(&url_text)
+            .map_err(|e| sqlx::Error::Decode(format!("server {server_id} url: {e}").into()))?;
+        let headers = self.open_headers(tenant, server_id, sealed.as_deref());
+        let server = Server {
+            id: server_id,
+            tenant,
+            url,
+            transport,
+            headers,
+            block_changed_tools: row.try_get("block_changed_tools")?,
+        };
+        let compiled = self.compile(policy_id, version, document.as_ref());
+        Ok(Some(Grant {
+            id,
+            tenant,
+            identity: row.try_get("identity")?,
+            id_text: id.to_string(),
+            tenant_text: tenant.to_string(),
+            server_text: server_id.to_string(),
+            server: Arc::new(server),
+            policy: Arc::new(PolicyRef {
+                id: policy_id,
+                version,
+                compiled,
+            }),
+            expires_at: row.try_get("expires_at")?,
+            revoked: row.try_get("revoked")?,
+        }))
+    }
+
+    /// Opens a server's sealed static headers. A value that cannot be opened (a key dropped
+    /// from the ring too early) is logged and treated as no headers: the upstream then refuses
+    /// the call itself, which is visible, rather than the gateway guessing.
+    fn open_headers(&self, tenant: TenantId, server: ServerId, sealed: Option<&[u8]>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let Some(sealed) = sealed else { return headers };
+        let context = portcullis_core::crypto::server_headers_context(tenant, server);
+        let plain = match self.credentials.open(sealed, &context) {
+            Ok(plain) => plain,
+            Err(e) => {
+                tracing::error!(%tenant, %server, error = %e, "cannot open the server's stored headers");
+                return headers;
+            }
+        };
+        let Ok(map) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&plain)
+        else {
+            tracing::error!(%tenant, %server, "the server's stored headers are not a JSON object");
+            return headers;
+        };
+        for (name, value) in map {
+            let (Ok(name), Some(Ok(value))) = (
+                HeaderName::try_from(name.as_str()),
+                value.as_str().map(HeaderValue::from_str),
+            ) else {
+                tracing::error!(%tenant, %server, header = %name, "skipping an unusable stored header");
+                continue;
+            };
+            headers.insert(name, value);
+        }
+        headers
+    }
+
+    fn compile(
+        &self,
+        policy: PolicyId,
+        version: i32,
+        document: Option<&serde_json::Value>,
+    ) -> Option<Arc<CompiledPolicy>> {
+        if let Some(hit) = self
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(policy, version))
+        {
+            return Some(hit.clone());
+        }
+        let compiled = match CompiledPolicy::from_json(document?) {
+            Ok(compiled) => Arc::new(compiled),
+            Err(errors) => {
+                tracing::error!(%policy, version, errors = errors.len(), "stored policy does not compile; denying every call");
+                return None;
+            }
+        };
+        let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
+        if policies.len() >= MAX_POLICIES {
+            policies.clear();
+        }
+        policies.insert((policy, version), compiled.clone());
+        Some(compiled)
+    }
+
+    /// Drops the entries an invalidation concerns.
+    pub fn invalidate(&self, message: &Invalidation) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, e| {
+            let g = &e.grant;
+            match message {
+                Invalidation::Grant {
+                    tenant_id,
+                    grant_id,
+                } => !(g.tenant == *tenant_id && g.id == *grant_id),
+                Invalidation::Policy {
+                    tenant_id,
+                    policy_id,
+                } => !(g.tenant == *tenant_id && g.policy.id == *policy_id),
+                Invalidation::Server {
+                    tenant_id,
+                    server_id,
+                } => !(g.tenant == *tenant_id && g.server.id == *server_id),
+                Invalidation::Tenant { tenant_id } => g.tenant != *tenant_id,
+            }
+        });
+    }
+
+    /// Drops everything (the invalidation feed was interrupted, so anything may be stale).
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}

@@ -1,0 +1,220 @@
+//! Upstreams on the 2024-11-05 HTTP+SSE transport: GET the SSE stream, read its `endpoint`
+//! event, POST messages there, read the answers on the stream.
+//!
+//! That transport ties a session to one open stream, which a stateless gateway cannot hold
+//! across replicas. So each client request opens its own upstream stream, replays the client's
+//! `initialize` (kept, sealed, in the session id the client holds), sends the request, relays
+//! what the upstream sends until the request's answer, and closes. Server→client requests
+//! (sampling, elicitation) cannot be answered on this transport through the gateway, and
+//! client notifications are acknowledged without being forwarded.
+
+use std::collections::VecDeque;
+
+use axum::http::{HeaderValue, Method, header};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use portcullis_mcp::sse::{ENDPOINT_EVENT, SseDecoder, SseEvent, SseFrame};
+use portcullis_mcp::{Message, RequestId};
+use serde_json::json;
+
+use crate::grants::Server;
+use crate::relay::{ByteStream, boxed};
+use crate::upstream::{Upstream, UpstreamError, is_event_stream, request_headers};
+
+/// The id of the replayed `initialize`; a client cannot collide with it on this connection,
+/// which carries nothing else before the handshake ends.
+const INIT_ID: &str = "portcullis-initialize";
+
+/// `initialize` params for clients that never sent one (stateless-era clients).
+pub fn default_init_params() -> String {
+    json!({
+        "protocolVersion": "2024-11-05",
+        "capabilities": {},
+        "clientInfo": { "name": "portcullis-gateway", "version": env!("CARGO_PKG_VERSION") },
+    })
+    .to_string()
+}
+
+/// One open upstream SSE stream.
+pub struct Connection {
+    stream: ByteStream,
+    decoder: SseDecoder,
+    queue: VecDeque<SseEvent>,
+    endpoint: url::Url,
+}
+
+impl Connection {
+    /// Opens the stream and waits for the `endpoint` event.
+    pub async fn open(upstream: &Upstream, server: &Server) -> Result<Self, UpstreamError> {
+        let mut headers = request_headers(&Default::default(), server, false);
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let response = upstream
+            .send(Method::GET, &server.url, headers, None)
+            .await?;
+        if !response.status().is_success() || !is_event_stream(response.headers()) {
+            return Err(UpstreamError::Protocol(format!(
+                "the SSE endpoint answered {} without an event stream",
+                response.status()
+            )));
+        }
+        let mut connection = Self {
+            stream: boxed(response.bytes_stream()),
+            decoder: SseDecoder::new(),
+            queue: VecDeque::new(),
+            endpoint: server.url.clone(),
+        };
+        let timeout = upstream.timeout();
+        let endpoint = tokio::time::timeout(timeout, async {
+            loop {
+                let Some(event) = connection.next_event().await? else {
+                    return Err(UpstreamError::Protocol(
+                        "the SSE stream ended before its endpoint event".into(),
+                    ));
+                };
+                if event.event.as_deref() == Some(ENDPOINT_EVENT) {
+                    return Ok(event.data.unwrap_or_default());
+                }
+            }
+        })
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout))??;
+        connection.endpoint = server
+            .url
+            .join(endpoint.trim())
+            .map_err(|e| UpstreamError::Protocol(format!("unusable endpoint {endpoint:?}: {e}")))?;
+        // The message endpoint must stay on the registered server: a malicious upstream must
+        // not point the gateway (and the server's credentials) elsewhere.
+        if connection.endpoint.origin() != server.url.origin() {
+            return Err(UpstreamError::Protocol(
+                "the endpoint event points to another origin".into(),
+            ));
+        }
+        Ok(connection)
+    }
+
+    async fn next_event(&mut self) -> Result<Option<SseEvent>, UpstreamError> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Ok(Some(event));
+            }
+            let Some(chunk) = self.stream.next().await else {
+                return Ok(None);
+            };
+            let chunk = chunk.map_err(|e| UpstreamError::Protocol(format!("SSE stream: {e}")))?;
+            let frames = self
+                .decoder
+                .push(&chunk)
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            for frame in frames {
+                if let SseFrame::Event(event) = frame {
+                    self.queue.push_back(event);
+                }
+            }
+        }
+    }
+
+    /// POSTs one message to the endpoint. (`&mut`: the connection's stream is `Send` but not
+    /// `Sync`, so a shared borrow could not cross an await.)
+    pub async fn post(
+        &mut self,
+        upstream: &Upstream,
+        server: &Server,
+        body: Bytes,
+    ) -> Result<(), UpstreamError> {
+        let headers = request_headers(&Default::default(), server, true);
+        let response = upstream
+            .send(Method::POST, &self.endpoint, headers, Some(body))
+            .await?;
+        if !response.status().is_success() {
+            return Err(UpstreamError::Protocol(format!(
+                "the message endpoint answered {}",
+                response.status()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits (up to the response timeout) for the answer to `id`, skipping anything before it.
+    pub async fn answer_to(
+        &mut self,
+        upstream: &Upstream,
+        id: &RequestId,
+    ) -> Result<SseEvent, UpstreamError> {
+        let timeout = upstream.timeout();
+        tokio::time::timeout(timeout, async {
+            loop {
+                let Some(event) = self.next_event().await? else {
+                    return Err(UpstreamError::Protocol(
+                        "the SSE stream ended before the answer".into(),
+                    ));
+                };
+                if let Some(Ok(message)) = event.json_rpc()
+                    && message.is_response()
+                    && message.id() == Some(id)
+                {
+                    return Ok(event);
+                }
+            }
+        })
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+
+    /// Replays the session's `initialize` and completes the handshake.
+    pub async fn handshake(
+        &mut self,
+        upstream: &Upstream,
+        server: &Server,
+        init_params: &str,
+    ) -> Result<(), UpstreamError> {
+        let params: serde_json::Value = serde_json::from_str(init_params)
+            .map_err(|e| UpstreamError::Protocol(format!("stored initialize params: {e}")))?;
+        let init =
+            json!({"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": params});
+        self.post(upstream, server, Bytes::from(init.to_string()))
+            .await?;
+        self.answer_to(upstream, &RequestId::from(INIT_ID)).await?;
+        let done = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        self.post(upstream, server, Bytes::from(done.to_string()))
+            .await
+    }
+
+    /// The upstream's messages as an SSE stream for the client, ending after the answer to
+    /// `id` (the upstream stream is closed with it).
+    pub fn relay_until(self, id: RequestId) -> ByteStream {
+        futures::stream::unfold(Some(self), move |connection| {
+            let id = id.clone();
+            async move {
+                let mut connection = connection?;
+                loop {
+                    match connection.next_event().await {
+                        Ok(Some(event)) => {
+                            if !event.is_message() {
+                                continue;
+                            }
+                            let last = matches!(
+                                event.json_rpc(),
+                                Some(Ok(ref m)) if m.is_response() && m.id() == Some(&id)
+                            );
+                            let bytes = event.encode();
+                            return Some((Ok(bytes), (!last).then_some(connection)));
+                        }
+                        Ok(None) => return None,
+                        Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+/// The `initialize` params of a message, as stored in a legacy session.
+pub fn init_params(message: &Message) -> String {
+    message
+        .params()
+        .map_or_else(default_init_params, |p| p.get().to_owned())
+}

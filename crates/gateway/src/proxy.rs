@@ -1,0 +1,663 @@
+//! The HTTP endpoints: `POST|GET|DELETE /g/{token}/mcp` and `/mcp/{server_id}` (bearer token).
+//!
+//! POST carries one JSON-RPC message. Requests are audited and, for `tools/call`, enforced
+//! ([`crate::enforce`]); notifications and responses (a client answering a sampling or
+//! elicitation request) go straight to the upstream session. GET opens the session's
+//! server→client stream, DELETE ends the session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use portcullis_core::GrantToken;
+use portcullis_core::audit::{AuditDecision, AuditEvent, AuditOutcome};
+use portcullis_mcp::headers::names as mcp;
+use portcullis_mcp::{Message, MethodKind, MirroredHeaders, ProtocolEra, RequestId};
+
+use crate::Gateway;
+use crate::enforce::Verdict;
+use crate::error::{GatewayError, Rejection};
+use crate::grants::{Grant, Transport};
+use crate::legacy::{self, Connection};
+use crate::relay::{self, Pending, ToolFilter, Watch, boxed};
+use crate::sessions::Session;
+use crate::upstream::{is_event_stream, request_headers, response_headers};
+
+type Gw = State<Arc<Gateway>>;
+
+const SESSION_HEADER: HeaderName = HeaderName::from_static(mcp::MCP_SESSION_ID);
+
+/// How the caller presented its grant.
+#[derive(Clone, Copy)]
+enum Credential<'a> {
+    /// In the path: `/g/{token}/mcp`.
+    Path(&'a str),
+    /// As a bearer token, for the server in the path: `/mcp/{server_id}`.
+    Bearer { server: &'a str },
+}
+
+fn finish(result: Result<Response, Rejection>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /g/{token}/mcp`.
+pub async fn post_by_grant(
+    State(gw): Gw,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    finish(gw.post(Credential::Path(&token), headers, body).await)
+}
+
+/// `GET /g/{token}/mcp`.
+pub async fn get_by_grant(
+    State(gw): Gw,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    finish(
+        gw.stream(Credential::Path(&token), headers, Method::GET)
+            .await,
+    )
+}
+
+/// `DELETE /g/{token}/mcp`.
+pub async fn delete_by_grant(
+    State(gw): Gw,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    finish(
+        gw.stream(Credential::Path(&token), headers, Method::DELETE)
+            .await,
+    )
+}
+
+/// `POST /mcp/{server_id}`.
+pub async fn post_by_server(
+    State(gw): Gw,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    finish(
+        gw.post(Credential::Bearer { server: &server }, headers, body)
+            .await,
+    )
+}
+
+/// `GET /mcp/{server_id}`.
+pub async fn get_by_server(
+    State(gw): Gw,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    finish(
+        gw.stream(Credential::Bearer { server: &server }, headers, Method::GET)
+            .await,
+    )
+}
+
+/// `DELETE /mcp/{server_id}`.
+pub async fn delete_by_server(
+    State(gw): Gw,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    finish(
+        gw.stream(
+            Credential::Bearer { server: &server },
+            headers,
+            Method::DELETE,
+        )
+        .await,
+    )
+}
+
+/// One POST, once its message is read and checked.
+struct Inbound {
+    grant: Arc<Grant>,
+    headers: HeaderMap,
+    era: ProtocolEra,
+    version: String,
+    session: Option<Session>,
+    client_session: Option<String>,
+    arrived: Instant,
+    ts: DateTime<Utc>,
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    header_str(headers, header::CONTENT_TYPE.as_str()).is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+    })
+}
+
+fn json_response(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response {
+    let mut response = (status, body).into_response();
+    *response.headers_mut() = headers;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn method_label(kind: MethodKind) -> &'static str {
+    match kind {
+        MethodKind::ToolsCall => "tools/call",
+        MethodKind::ToolsList => "tools/list",
+        MethodKind::Initialize => "initialize",
+        MethodKind::ServerDiscover => "server/discover",
+        MethodKind::SubscriptionsListen => "subscriptions/listen",
+        MethodKind::Other => "other",
+    }
+}
+
+impl Gateway {
+    /// Resolves and checks the caller's grant.
+    async fn authenticate(
+        &self,
+        credential: Credential<'_>,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Grant>, GatewayError> {
+        let (text, server) = match credential {
+            Credential::Path(token) => (token, None),
+            Credential::Bearer { server } => {
+                let token = header_str(headers, header::AUTHORIZATION.as_str())
+                    .and_then(|v| {
+                        v.split_once(' ')
+                            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    })
+                    .map(|(_, token)| token.trim())
+                    .ok_or(GatewayError::MissingToken)?;
+                (token, Some(server))
+            }
+        };
+        let token = GrantToken::parse(text).ok_or(GatewayError::InvalidToken)?;
+        let Some(grant) = self.grants.resolve(&token).await? else {
+            tracing::info!("refused: unknown grant token");
+            return Err(GatewayError::InvalidToken);
+        };
+        if !grant.is_usable(Utc::now()) {
+            tracing::info!(grant = %grant.id, tenant = %grant.tenant, revoked = grant.revoked, "refused: grant revoked or expired");
+            return Err(GatewayError::InvalidToken);
+        }
+        if let Some(server) = server
+            && server != grant.server_text
+        {
+            tracing::info!(grant = %grant.id, tenant = %grant.tenant, "refused: grant belongs to another server");
+            return Err(GatewayError::InvalidToken);
+        }
+        Ok(grant)
+    }
+
+    async fn post(
+        &self,
+        credential: Credential<'_>,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<Response, Rejection> {
+        let arrived = Instant::now();
+        let ts = Utc::now();
+        let grant = self.authenticate(credential, &headers).await?;
+        if !is_json(&headers) {
+            return Err(GatewayError::UnsupportedMediaType.into());
+        }
+        let declared = header_str(&headers, header::CONTENT_LENGTH.as_str())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(GatewayError::PayloadTooLarge(self.max_body).into());
+        }
+        let bytes = axum::body::to_bytes(body, self.max_body)
+            .await
+            .map_err(|_| GatewayError::PayloadTooLarge(self.max_body))?;
+        let message = Message::parse(&bytes)?;
+        let id = message.id().cloned();
+        let at = |e: portcullis_mcp::Error| GatewayError::from(e).at(id.as_ref());
+        let version_header = header_str(&headers, mcp::MCP_PROTOCOL_VERSION);
+        let detected = portcullis_mcp::era::detect(version_header, &message).map_err(at)?;
+        let (era, version) = (detected.era, detected.version.into_owned());
+        if era == ProtocolEra::Stateless {
+            let mirrored = MirroredHeaders {
+                protocol_version: version_header,
+                method: header_str(&headers, mcp::MCP_METHOD),
+                name: header_str(&headers, mcp::MCP_NAME),
+            };
+            portcullis_mcp::check_mirrored_headers(&mirrored, &message).map_err(at)?;
+        }
+        if era == ProtocolEra::Stateless && grant.server.transport == Transport::Sse {
+            // An HTTP+SSE server only speaks the handshake era; saying so lets a client that
+            // negotiates (e.g. "auto" modes) fall back to `initialize`.
+            return Err(at(portcullis_mcp::Error::UnsupportedProtocolVersion {
+                requested: version,
+            }));
+        }
+        let client_session = header_str(&headers, mcp::MCP_SESSION_ID).map(str::to_owned);
+        let session = match &client_session {
+            Some(s) => Some(
+                self.sessions
+                    .unwrap(grant.id, s)
+                    .ok_or_else(|| GatewayError::SessionNotFound.at(id.as_ref()))?,
+            ),
+            None => None,
+        };
+        let inbound = Inbound {
+            grant,
+            headers,
+            era,
+            version,
+            session,
+            client_session,
+            arrived,
+            ts,
+        };
+        if message.is_request() {
+            self.request(inbound, message, bytes).await
+        } else {
+            self.pass_message(inbound, bytes).await
+        }
+    }
+
+    async fn request(
+        &self,
+        inbound: Inbound,
+        message: Message,
+        body: Bytes,
+    ) -> Result<Response, Rejection> {
+        let id = message.id().cloned();
+        let kind = message.method_kind().unwrap_or(MethodKind::Other);
+        let label = method_label(kind);
+        let grant = inbound.grant.clone();
+        let mut event = AuditEvent {
+            id: uuid::Uuid::now_v7(),
+            ts: inbound.ts,
+            tenant_id: grant.tenant,
+            grant_id: grant.id,
+            identity: grant.identity.clone(),
+            server_id: grant.server.id,
+            method: message.method().unwrap_or_default().to_owned(),
+            tool: None,
+            decision: AuditDecision::Allow,
+            rule: None,
+            message: None,
+            policy_id: Some(grant.policy.id),
+            policy_version: Some(grant.policy.version),
+            protocol: Some(inbound.version.clone()),
+            session: inbound.client_session.clone(),
+            request_id: header_str(&inbound.headers, "x-request-id").map(str::to_owned),
+            arg_keys: Vec::new(),
+            arg_digest: None,
+            arguments: None,
+            outcome: None,
+        };
+        let mut reservation = None;
+        let watch = match kind {
+            MethodKind::ToolsCall => {
+                let verdict = {
+                    let call = match message.tool_call() {
+                        Some(Ok(call)) => call,
+                        Some(Err(e)) => return Err(GatewayError::from(e).at(id.as_ref())),
+                        None => {
+                            return Err(GatewayError::from(portcullis_mcp::Error::InvalidParams(
+                                "tools/call needs params".into(),
+                            ))
+                            .at(id.as_ref()));
+                        }
+                    };
+                    let Some(request_id) = id.as_ref() else {
+                        return Err(GatewayError::from(portcullis_mcp::Error::InvalidParams(
+                            "tools/call needs an id".into(),
+                        ))
+                        .into());
+                    };
+                    crate::enforce::tools_call(
+                        self,
+                        &grant,
+                        request_id,
+                        &call,
+                        inbound.era,
+                        &mut event,
+                    )
+                    .await
+                    .map_err(|e| e.at(id.as_ref()))?
+                };
+                match verdict {
+                    Verdict::Answer(answer) => {
+                        self.answered_locally(event, inbound.arrived, label);
+                        return Ok(json_response(StatusCode::OK, HeaderMap::new(), answer));
+                    }
+                    Verdict::Forward(held) => {
+                        reservation = held;
+                        Watch::ToolsCall
+                    }
+                }
+            }
+            MethodKind::ToolsList => {
+                let tools = self
+                    .catalogue
+                    .tools(grant.tenant, grant.server.id)
+                    .await
+                    .map_err(|e| GatewayError::from(e).at(id.as_ref()))?;
+                Watch::ToolsList(ToolFilter {
+                    policy: grant.policy.compiled.clone(),
+                    tools,
+                    block_changed: grant.server.block_changed_tools,
+                    era: inbound.era,
+                })
+            }
+            _ => Watch::Nothing,
+        };
+        self.audit.write_now(&event).await;
+        let pending = Pending::new(
+            self.audit.clone(),
+            self.limiter.clone(),
+            event,
+            reservation,
+            inbound.arrived,
+            label,
+        );
+        metrics::histogram!("portcullis_gateway_overhead_seconds")
+            .record(inbound.arrived.elapsed());
+        match grant.server.transport {
+            Transport::StreamableHttp => self.forward(inbound, id, body, watch, pending).await,
+            Transport::Sse => {
+                self.forward_legacy(inbound, &message, id, body, watch, pending)
+                    .await
+            }
+        }
+    }
+
+    /// Records a call the gateway answered itself.
+    fn answered_locally(&self, mut event: AuditEvent, arrived: Instant, label: &'static str) {
+        let elapsed = arrived.elapsed();
+        event.outcome = Some(AuditOutcome {
+            upstream_status: None,
+            is_error: None,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+        });
+        metrics::histogram!("portcullis_gateway_request_seconds", "method" => label)
+            .record(elapsed);
+        metrics::histogram!("portcullis_gateway_overhead_seconds").record(elapsed);
+        metrics::counter!(
+            "portcullis_gateway_requests_total",
+            "method" => label,
+            "decision" => event.decision.as_str()
+        )
+        .increment(1);
+        self.audit.enqueue(&event);
+    }
+
+    fn upstream_session(
+        &self,
+        session: Option<&Session>,
+        headers: &mut HeaderMap,
+    ) -> Result<(), GatewayError> {
+        match session {
+            Some(Session::Upstream(id)) => {
+                let value = HeaderValue::from_str(id).map_err(|_| GatewayError::SessionNotFound)?;
+                headers.insert(SESSION_HEADER, value);
+                Ok(())
+            }
+            Some(Session::Legacy(_)) => Err(GatewayError::SessionNotFound),
+            None => Ok(()),
+        }
+    }
+
+    async fn forward(
+        &self,
+        inbound: Inbound,
+        id: Option<RequestId>,
+        body: Bytes,
+        watch: Watch,
+        mut pending: Pending,
+    ) -> Result<Response, Rejection> {
+        let server = &inbound.grant.server;
+        let mut headers = request_headers(&inbound.headers, server, true);
+        if let Err(e) = self.upstream_session(inbound.session.as_ref(), &mut headers) {
+            pending.finish(None);
+            return Err(e.at(id.as_ref()));
+        }
+        let response = match self
+            .upstream
+            .send(Method::POST, &server.url, headers, Some(body))
+            .await
+        {
+            Ok(response) => response,
+            Err(e) => {
+                pending.finish(None);
+                return Err(GatewayError::from(e).at(id.as_ref()));
+            }
+        };
+        self.answer(&inbound.grant, response, watch, id, pending)
+            .await
+    }
+
+    /// Streams an upstream answer back, filtering or inspecting what `watch` asks for.
+    async fn answer(
+        &self,
+        grant: &Grant,
+        response: reqwest::Response,
+        watch: Watch,
+        id: Option<RequestId>,
+        mut pending: Pending,
+    ) -> Result<Response, Rejection> {
+        let status = response.status();
+        pending.status = Some(status.as_u16());
+        let mut headers = response_headers(response.headers());
+        self.wrap_session(grant, response.headers(), &mut headers);
+        let body = if matches!(watch, Watch::Nothing) {
+            // Nothing to look for: JSON or SSE, the bytes pass through untouched.
+            relay::raw(boxed(response.bytes_stream()), Some(pending))
+        } else if is_event_stream(response.headers()) {
+            relay::sse(boxed(response.bytes_stream()), watch, id, Some(pending))
+        } else {
+            let bytes = match self.upstream.read_body(response).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    pending.finish(None);
+                    return Err(GatewayError::from(e).at(id.as_ref()));
+                }
+            };
+            let parsed = if bytes.is_empty() {
+                None
+            } else {
+                Message::parse(&bytes).ok()
+            };
+            let (bytes, is_error) = match (&watch, parsed) {
+                (Watch::ToolsList(filter), Some(message)) => {
+                    match filter.rewrite(&message, id.as_ref()) {
+                        Some(rewritten) => (rewritten, Some(false)),
+                        None => (bytes, Some(matches!(message, Message::Error { .. }))),
+                    }
+                }
+                (Watch::ToolsList(_), None) if status.is_success() => {
+                    // An answer the gateway cannot read cannot be filtered: never pass it on.
+                    pending.finish(Some(true));
+                    return Err(
+                        GatewayError::Upstream(crate::upstream::UpstreamError::Protocol(
+                            "unreadable tools/list answer".into(),
+                        ))
+                        .at(id.as_ref()),
+                    );
+                }
+                (_, Some(message)) => (
+                    bytes,
+                    Some(relay::answer_is_error(&message) || !status.is_success()),
+                ),
+                (_, None) => (bytes, (!status.is_success()).then_some(true)),
+            };
+            pending.finish(is_error);
+            Body::from(bytes)
+        };
+        let mut out = Response::new(body);
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+
+    fn wrap_session(&self, grant: &Grant, upstream: &HeaderMap, out: &mut HeaderMap) {
+        if let Some(id) = upstream.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+            let wrapped = self
+                .sessions
+                .wrap(grant.id, &Session::Upstream(id.to_owned()));
+            if let Ok(value) = HeaderValue::from_str(&wrapped) {
+                out.insert(SESSION_HEADER, value);
+            }
+        }
+    }
+
+    async fn forward_legacy(
+        &self,
+        inbound: Inbound,
+        message: &Message,
+        id: Option<RequestId>,
+        body: Bytes,
+        watch: Watch,
+        mut pending: Pending,
+    ) -> Result<Response, Rejection> {
+        let server = &inbound.grant.server;
+        let Some(request_id) = id.clone() else {
+            pending.finish(None);
+            return Err(GatewayError::SessionNotFound.into());
+        };
+        let init = match (&inbound.session, message.method_kind()) {
+            (_, Some(MethodKind::Initialize)) => None,
+            (Some(Session::Legacy(params)), _) => Some(params.clone()),
+            (None, _) => Some(legacy::default_init_params()),
+            (Some(Session::Upstream(_)), _) => {
+                pending.finish(None);
+                return Err(GatewayError::SessionNotFound.at(id.as_ref()));
+            }
+        };
+        let opened = async {
+            let mut connection = Connection::open(&self.upstream, server).await?;
+            if let Some(params) = &init {
+                connection.handshake(&self.upstream, server, params).await?;
+            }
+            connection.post(&self.upstream, server, body).await?;
+            Ok::<_, crate::upstream::UpstreamError>(connection)
+        };
+        let mut connection = match opened.await {
+            Ok(connection) => connection,
+            Err(e) => {
+                pending.finish(None);
+                return Err(GatewayError::from(e).at(id.as_ref()));
+            }
+        };
+        pending.status = Some(200);
+        if init.is_none() {
+            // `initialize`: answer with JSON and a session that replays it from now on.
+            let event = match connection.answer_to(&self.upstream, &request_id).await {
+                Ok(event) => event,
+                Err(e) => {
+                    pending.finish(None);
+                    return Err(GatewayError::from(e).at(id.as_ref()));
+                }
+            };
+            pending.finish(Some(false));
+            let session = Session::Legacy(legacy::init_params(message));
+            let mut headers = HeaderMap::new();
+            if let Ok(value) =
+                HeaderValue::from_str(&self.sessions.wrap(inbound.grant.id, &session))
+            {
+                headers.insert(SESSION_HEADER, value);
+            }
+            let data = Bytes::from(event.data.unwrap_or_default());
+            return Ok(json_response(StatusCode::OK, headers, data));
+        }
+        let stream = connection.relay_until(request_id);
+        let body = relay::sse(stream, watch, id, Some(pending));
+        let mut out = Response::new(body);
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        out.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(out)
+    }
+
+    /// Notifications and responses from the client: to the upstream session, unaudited.
+    async fn pass_message(&self, inbound: Inbound, body: Bytes) -> Result<Response, Rejection> {
+        let server = &inbound.grant.server;
+        if server.transport == Transport::Sse {
+            // The legacy transport has no stream to deliver them on (see `legacy`).
+            return Ok(StatusCode::ACCEPTED.into_response());
+        }
+        let mut headers = request_headers(&inbound.headers, server, true);
+        self.upstream_session(inbound.session.as_ref(), &mut headers)?;
+        let response = self
+            .upstream
+            .send(Method::POST, &server.url, headers, Some(body))
+            .await?;
+        self.relay_plain(&inbound.grant, response)
+    }
+
+    fn relay_plain(
+        &self,
+        grant: &Grant,
+        response: reqwest::Response,
+    ) -> Result<Response, Rejection> {
+        let status = response.status();
+        let mut headers = response_headers(response.headers());
+        self.wrap_session(grant, response.headers(), &mut headers);
+        let mut out = Response::new(relay::raw(boxed(response.bytes_stream()), None));
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+
+    /// GET (the session's server→client stream, resumable with `Last-Event-ID`) and DELETE
+    /// (end the session).
+    async fn stream(
+        &self,
+        credential: Credential<'_>,
+        headers: HeaderMap,
+        method: Method,
+    ) -> Result<Response, Rejection> {
+        let grant = self.authenticate(credential, &headers).await?;
+        let session = match header_str(&headers, mcp::MCP_SESSION_ID) {
+            Some(s) => Some(
+                self.sessions
+                    .unwrap(grant.id, s)
+                    .ok_or(GatewayError::SessionNotFound)?,
+            ),
+            None => None,
+        };
+        if grant.server.transport == Transport::Sse {
+            return if method == Method::DELETE {
+                Ok(StatusCode::OK.into_response())
+            } else {
+                Err(GatewayError::MethodNotAllowed(
+                    "this server's transport has no standalone stream",
+                )
+                .into())
+            };
+        }
+        let mut upstream_headers = request_headers(&headers, &grant.server, false);
+        if method == Method::GET && !headers.contains_key(header::ACCEPT) {
+            upstream_headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
+        }
+        self.upstream_session(session.as_ref(), &mut upstream_headers)?;
+        let response = self
+            .upstream
+            .send(method, &grant.server.url, upstream_headers, None)
+            .await?;
+        self.relay_plain(&grant, response)
+    }
+}

@@ -1,0 +1,306 @@
+//! Streaming upstream answers back to the client, and recording how each call ended.
+//!
+//! SSE streams are decoded incrementally only when the gateway must look inside them (the
+//! answer to a `tools/list`, to filter it; the answer to a `tools/call`, to learn `isError`);
+//! every other event, comment and server→client request is re-encoded as it arrives, never
+//! buffered beyond the event in hand. Other streams pass through as bytes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt as _};
+use portcullis_core::audit::{AuditEvent, AuditOutcome};
+use portcullis_mcp::sse::{SseDecoder, SseFrame};
+use portcullis_mcp::{Message, ProtocolEra, RequestId};
+use portcullis_policy::CompiledPolicy;
+use serde_json::Value;
+
+use crate::audit::AuditSink;
+use crate::catalogue::ServerTools;
+use crate::limiter::{Limiter, Reservation};
+
+/// Decides which tools of a `tools/list` a grant may see.
+pub struct ToolFilter {
+    /// The grant's policy (`None`: nothing is visible).
+    pub policy: Option<Arc<CompiledPolicy>>,
+    /// The server's discovered tools (categories, changed definitions).
+    pub tools: Arc<ServerTools>,
+    /// Hide tools whose definition changed since approval.
+    pub block_changed: bool,
+    /// The era of the request (a stateless list is marked private).
+    pub era: ProtocolEra,
+}
+
+impl ToolFilter {
+    /// Whether the grant sees `tool` (a tool definition).
+    pub fn keep(&self, tool: &Value) -> bool {
+        let Some(name) = portcullis_mcp::tools::tool_name(tool) else {
+            return false;
+        };
+        let known = self.tools.get(name);
+        if self.block_changed && known.is_some_and(|t| t.changed) {
+            return false;
+        }
+        portcullis_policy::is_visible(self.policy.as_deref(), name, known.and_then(|t| t.category))
+    }
+
+    /// Rewrites a `tools/list` answer (a whole JSON-RPC message) if it answers `id`.
+    pub fn rewrite(&self, message: &Message, id: Option<&RequestId>) -> Option<Bytes> {
+        let Message::Response { id: got, result } = message else {
+            return None;
+        };
+        if Some(got) != id {
+            return None;
+        }
+        match portcullis_mcp::filter_tools_list(result, |t| self.keep(t), self.era) {
+            Ok(filtered) => Some(portcullis_mcp::message::result_response_raw(
+                got,
+                &filtered.result,
+            )),
+            Err(e) => {
+                // Never let an unfiltered list out: answer with an error instead.
+                tracing::warn!(error = %e, "upstream tools/list answer cannot be filtered");
+                Some(e.to_response(Some(got)))
+            }
+        }
+    }
+}
+
+/// What the gateway looks for in an answer.
+pub enum Watch {
+    /// Nothing: pass it through.
+    Nothing,
+    /// The answer to a `tools/list`: filter it.
+    ToolsList(ToolFilter),
+    /// The answer to a `tools/call`: learn whether it failed.
+    ToolsCall,
+}
+
+/// A request whose outcome is not yet known. Records it (audit entry, metrics, refund) once,
+/// when told or when dropped (a client that went away mid-stream).
+pub struct Pending {
+    audit: AuditSink,
+    limiter: Limiter,
+    event: Option<AuditEvent>,
+    reservation: Option<Reservation>,
+    arrived: Instant,
+    /// HTTP status of the upstream answer, once known.
+    pub status: Option<u16>,
+    method: &'static str,
+}
+
+impl Pending {
+    /// A request forwarded upstream.
+    pub fn new(
+        audit: AuditSink,
+        limiter: Limiter,
+        event: AuditEvent,
+        reservation: Option<Reservation>,
+        arrived: Instant,
+        method: &'static str,
+    ) -> Self {
+        Self {
+            audit,
+            limiter,
+            event: Some(event),
+            reservation,
+            arrived,
+            status: None,
+            method,
+        }
+    }
+
+    /// Records the outcome. `is_error`: the tool result or JSON-RPC answer reported a failure
+    /// (`None`: unknown). Charges are refunded when the upstream failed or reported an error.
+    pub fn finish(&mut self, is_error: Option<bool>) {
+        let Some(mut event) = self.event.take() else {
+            return;
+        };
+        let elapsed = self.arrived.elapsed();
+        let failed_upstream = self.status.is_none_or(|s| s >= 400);
+        event.outcome = Some(AuditOutcome {
+            upstream_status: self.status,
+            is_error,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+        });
+        metrics::histogram!("portcullis_gateway_request_seconds", "method" => self.method)
+            .record(elapsed);
+        metrics::counter!(
+            "portcullis_gateway_requests_total",
+            "method" => self.method,
+            "decision" => event.decision.as_str()
+        )
+        .increment(1);
+        self.audit.enqueue(&event);
+        if let Some(reservation) = self.reservation.take()
+            && (is_error == Some(true) || (failed_upstream && is_error.is_none()))
+        {
+            let limiter = self.limiter.clone();
+            tokio::spawn(async move {
+                if let Err(e) = limiter.refund(&reservation).await {
+                    metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "refund")
+                        .increment(1);
+                    tracing::warn!(error = %e, "limiter refund failed");
+                }
+            });
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.event.is_some() {
+            // The stream ended before the answer was seen (client gone, upstream closed): the
+            // call may have run, so nothing is refunded.
+            let reservation = self.reservation.take();
+            self.finish(None);
+            drop(reservation);
+        }
+    }
+}
+
+/// An answer body in flight.
+pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// Passes a stream through as bytes; the outcome is recorded when it ends.
+pub fn raw(upstream: ByteStream, pending: Option<Pending>) -> Body {
+    let stream = futures::stream::unfold(
+        (upstream, pending),
+        |(mut upstream, mut pending)| async move {
+            match upstream.next().await {
+                Some(item) => Some((item, (upstream, pending))),
+                None => {
+                    if let Some(p) = pending.as_mut() {
+                        p.finish(None);
+                    }
+                    None
+                }
+            }
+        },
+    );
+    Body::from_stream(stream)
+}
+
+struct SseRelay {
+    upstream: ByteStream,
+    decoder: SseDecoder,
+    watch: Watch,
+    id: Option<RequestId>,
+    pending: Option<Pending>,
+}
+
+impl SseRelay {
+    fn frame(&mut self, frame: SseFrame, out: &mut BytesMut) {
+        if let (SseFrame::Event(event), Watch::ToolsList(_)) = (&frame, &self.watch)
+            && matches!(event.json_rpc(), Some(Err(_)))
+        {
+            // A message the gateway cannot read might be a tools list it cannot filter.
+            tracing::warn!("dropping an unreadable message from a tools/list stream");
+            return;
+        }
+        if let SseFrame::Event(event) = &frame
+            && !matches!(self.watch, Watch::Nothing)
+            && let Some(Ok(message)) = event.json_rpc()
+            && message.is_response()
+            && message.id() == self.id.as_ref()
+        {
+            match &self.watch {
+                Watch::ToolsList(filter) => {
+                    if let Some(rewritten) = filter.rewrite(&message, self.id.as_ref()) {
+                        let mut event = event.clone();
+                        event.data = Some(String::from_utf8_lossy(&rewritten).into_owned());
+                        event.encode_into(out);
+                        self.finish(Some(false));
+                        return;
+                    }
+                    self.finish(Some(matches!(message, Message::Error { .. })));
+                }
+                Watch::ToolsCall => self.finish(Some(answer_is_error(&message))),
+                Watch::Nothing => {}
+            }
+        }
+        frame.encode_into(out);
+    }
+
+    fn finish(&mut self, is_error: Option<bool>) {
+        if let Some(pending) = self.pending.as_mut() {
+            pending.finish(is_error);
+        }
+    }
+}
+
+/// Relays an SSE stream, rewriting the one answer `watch` is about.
+pub fn sse(
+    upstream: ByteStream,
+    watch: Watch,
+    id: Option<RequestId>,
+    pending: Option<Pending>,
+) -> Body {
+    let relay = SseRelay {
+        upstream,
+        decoder: SseDecoder::new(),
+        watch,
+        id,
+        pending,
+    };
+    let stream = futures::stream::unfold(relay, |mut relay| async move {
+        loop {
+            match relay.upstream.next().await {
+                Some(Ok(chunk)) => {
+                    let pushed = relay
+                        .decoder
+                        .push(&chunk)
+                        .map(|frames| frames.collect::<Vec<SseFrame>>());
+                    let frames = match pushed {
+                        Ok(frames) => frames,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "upstream SSE stream unusable; closing it");
+                            relay.finish(None);
+                            return Some((Err(std::io::Error::other(e.to_string())), relay));
+                        }
+                    };
+                    let mut out = BytesMut::new();
+                    for frame in frames {
+                        relay.frame(frame, &mut out);
+                    }
+                    if !out.is_empty() {
+                        return Some((Ok(out.freeze()), relay));
+                    }
+                }
+                Some(Err(e)) => {
+                    relay.finish(None);
+                    return Some((Err(e), relay));
+                }
+                None => {
+                    relay.finish(None);
+                    return None;
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// Whether a `tools/call` answer reports a failure: a JSON-RPC error or `isError: true`.
+pub fn answer_is_error(message: &Message) -> bool {
+    match message {
+        Message::Error { .. } => true,
+        Message::Response { result, .. } => {
+            portcullis_mcp::tools::call_result_is_error(result).unwrap_or(false)
+        }
+        _ => false,
+    }
+}
+
+/// Adapts an upstream body to the relay's input.
+pub fn boxed<S, E>(stream: S) -> ByteStream
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    stream
+        .map(|item| item.map_err(std::io::Error::other))
+        .boxed()
+}

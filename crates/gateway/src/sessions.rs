@@ -1,0 +1,89 @@
+//! Client-facing session ids: the upstream's session id sealed (AES-256-GCM) and bound to the
+//! grant, so any replica can continue a session and an id presented under another grant does
+//! not open.
+//!
+//! The client sees `base64url(seal(payload, "session:<grant>"))`. The payload is the upstream's
+//! id (Streamable HTTP), or, for HTTP+SSE upstreams, the client's `initialize` params, which
+//! every request replays on a fresh upstream connection (the legacy transport ties a session
+//! to one open stream, which a stateless gateway cannot keep).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use portcullis_core::{GrantId, Keyring};
+
+const UPSTREAM: u8 = b'U';
+const LEGACY: u8 = b'L';
+
+/// What a client's session id stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Session {
+    /// The upstream's own session id (Streamable HTTP, session era).
+    Upstream(String),
+    /// The `initialize` params to replay on each request (HTTP+SSE upstreams).
+    Legacy(String),
+}
+
+/// Seals and opens session ids.
+#[derive(Clone)]
+pub struct SessionKeys {
+    keys: Keyring,
+}
+
+impl SessionKeys {
+    /// Session ids sealed with `keys` (the first seals; all open, so keys rotate).
+    pub fn new(keys: Keyring) -> Self {
+        Self { keys }
+    }
+
+    /// The id the client sees for `session` under `grant`.
+    pub fn wrap(&self, grant: GrantId, session: &Session) -> String {
+        let (tag, body) = match session {
+            Session::Upstream(id) => (UPSTREAM, id.as_bytes()),
+            Session::Legacy(init) => (LEGACY, init.as_bytes()),
+        };
+        let mut plain = Vec::with_capacity(body.len() + 1);
+        plain.push(tag);
+        plain.extend_from_slice(body);
+        let sealed = self
+            .keys
+            .seal(&plain, &portcullis_core::crypto::session_context(grant));
+        URL_SAFE_NO_PAD.encode(sealed)
+    }
+
+    /// Opens a client's session id; `None` when it was not issued under `grant` by a key of
+    /// the ring (or was altered).
+    pub fn unwrap(&self, grant: GrantId, client_id: &str) -> Option<Session> {
+        let sealed = URL_SAFE_NO_PAD.decode(client_id.trim()).ok()?;
+        let plain = self
+            .keys
+            .open(&sealed, &portcullis_core::crypto::session_context(grant))
+            .ok()?;
+        let (tag, body) = plain.split_first()?;
+        let body = String::from_utf8(body.to_vec()).ok()?;
+        match *tag {
+            UPSTREAM => Some(Session::Upstream(body)),
+            LEGACY => Some(Session::Legacy(body)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_open_only_under_their_grant() {
+        let keys = SessionKeys::new(Keyring::generate(1).0);
+        let grant = GrantId::new();
+        let session = Session::Upstream("abc-123".into());
+        let wrapped = keys.wrap(grant, &session);
+        assert!(!wrapped.contains("abc-123"));
+        assert!(wrapped.bytes().all(|b| b.is_ascii_graphic()));
+        assert_eq!(keys.unwrap(grant, &wrapped), Some(session));
+        assert_eq!(keys.unwrap(GrantId::new(), &wrapped), None);
+        assert_eq!(keys.unwrap(grant, "not-a-session"), None);
+        let other = SessionKeys::new(Keyring::generate(1).0);
+        assert_eq!(other.unwrap(grant, &wrapped), None);
+    }
+}

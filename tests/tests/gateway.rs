@@ -1,0 +1,927 @@
+//! The gateway end to end: real Postgres and Redis, real MCP clients and servers (rmcp, the
+//! Python SDK, server-everything), fixtures written straight into Postgres.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+mod gateway {
+    pub mod support;
+    pub mod toolbox;
+}
+
+use std::time::{Duration, Instant};
+
+use gateway::support::{self, Stack, call, message, open_session, post, post_stateless, text};
+use gateway::toolbox::RmcpServer;
+use portcullis_core::Invalidation;
+use rmcp::model::{CallToolRequestParams, ProtocolVersion};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientLifecycleMode, ClientServiceExt as _, RoleClient, ServiceExt as _};
+use serde_json::{Value, json};
+
+/// The policy most tests use.
+fn policy() -> Value {
+    json!({
+        "version": "1",
+        "default": "deny",
+        "hide": ["delete_*"],
+        "tools": {
+            "echo": {},
+            "add": {},
+            "whoami": {},
+            "fail": { "limits": [{ "counter": "fails", "window": "minute", "max": 1 }] },
+            "get_secret": { "deny_if": [{ "conditions": [], "on_deny": "Secrets stay secret." }] },
+            "send_money": { "approval": { "when": [{ "path": "args.amount", "op": "gt", "value": 100 }] } },
+            "trigger-*": {}
+        }
+    })
+}
+
+async fn rmcp_session(url: &str) -> RunningService<RoleClient, ()> {
+    ().serve(StreamableHttpClientTransport::from_uri(url.to_owned()))
+        .await
+        .unwrap()
+}
+
+async fn rmcp_stateless(url: &str) -> RunningService<RoleClient, ()> {
+    ().serve_with_lifecycle(
+        StreamableHttpClientTransport::from_uri(url.to_owned()),
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn args(value: Value) -> CallToolRequestParams {
+    let Value::Object(map) = value["arguments"].clone() else {
+        panic!("arguments must be an object")
+    };
+    CallToolRequestParams::new(value["name"].as_str().unwrap().to_owned()).with_arguments(map)
+}
+
+fn result_text(result: &rmcp::model::CallToolResult) -> String {
+    let value = serde_json::to_value(result).unwrap();
+    value["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn tool_names(client: &RunningService<RoleClient, ()>) -> Vec<String> {
+    let mut names: Vec<String> = client
+        .list_tools(None)
+        .await
+        .unwrap()
+        .tools
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+const VISIBLE: [&str; 6] = ["add", "echo", "fail", "get_secret", "send_money", "whoami"];
+
+/// Lists, allowed, denied and hidden calls through one client, whichever era.
+async fn exercise(client: &RunningService<RoleClient, ()>) {
+    assert_eq!(tool_names(client).await, VISIBLE);
+    let echoed = client
+        .call_tool(args(json!({"name": "echo", "arguments": {"text": "hi"}})))
+        .await
+        .unwrap();
+    assert_eq!(result_text(&echoed), "echo: hi");
+    assert_ne!(echoed.is_error, Some(true));
+
+    let denied = client
+        .call_tool(args(json!({"name": "get_secret", "arguments": {}})))
+        .await
+        .unwrap();
+    assert_eq!(denied.is_error, Some(true));
+    assert_eq!(result_text(&denied), "[POLICY DENIED] Secrets stay secret.");
+    let meta = serde_json::to_value(&denied).unwrap()["_meta"]["portcullis/decision"].clone();
+    assert_eq!(meta["rule"], "/tools/get_secret/deny_if/0", "{meta}");
+
+    let hidden = client
+        .call_tool(args(
+            json!({"name": "delete_everything", "arguments": {"confirm": true}}),
+        ))
+        .await;
+    let error = format!("{:?}", hidden.unwrap_err());
+    assert!(
+        error.contains("-32602") || error.contains("Unknown tool"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn rmcp_client_in_both_eras_through_the_gateway_to_rmcp_servers() {
+    let stack = Stack::new().await;
+    for json_answers in [false, true] {
+        let upstream = RmcpServer::start(json_answers).await;
+        let f = stack
+            .fixture(&upstream.url, "streamable_http", policy())
+            .await;
+        let gw = stack.gateway().await;
+        let url = f.url(&gw);
+
+        let session = rmcp_session(&url).await;
+        exercise(&session).await;
+        session.cancel().await.unwrap();
+
+        let stateless = rmcp_stateless(&url).await;
+        exercise(&stateless).await;
+        stateless.cancel().await.unwrap();
+        // Denied and hidden calls never reached the upstream: only the two echoes did.
+        assert_eq!(upstream.calls(), 2, "json answers: {json_answers}");
+        gw.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_bearer_route_injects_server_credentials_and_never_forwards_the_clients() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let f = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let gw = stack.gateway().await;
+    let url = format!("http://{}/mcp/{}", gw.gateway.unwrap(), f.server);
+    let config = StreamableHttpClientTransportConfig::with_uri(url.clone())
+        .auth_header(f.token.expose().to_owned());
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+    let client = ().serve(transport).await.unwrap();
+    let who = client
+        .call_tool(args(json!({"name": "whoami", "arguments": {}})))
+        .await
+        .unwrap();
+    assert_eq!(
+        result_text(&who),
+        "x-upstream-key=upstream-secret; authorization=; cookie="
+    );
+    client.cancel().await.unwrap();
+
+    // The grant belongs to this server only.
+    let other = format!(
+        "http://{}/mcp/{}",
+        gw.gateway.unwrap(),
+        uuid::Uuid::now_v7()
+    );
+    let bearer = format!("Bearer {}", f.token.expose());
+    let (status, headers, body) = post(
+        &other,
+        &[("authorization", &bearer)],
+        &support::initialize(1),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(headers.contains_key("www-authenticate"));
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn refusals_have_the_right_status_and_json_rpc_error() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let f = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let gw = stack
+        .gateway_with(
+            &portcullis_tests::redis_url(),
+            &["--gateway-max-body", "2KiB"],
+        )
+        .await;
+    let url = f.url(&gw);
+    let addr = gw.gateway.unwrap();
+
+    // 401: no token, malformed token, unknown token; each with WWW-Authenticate.
+    for (target, headers) in [
+        (format!("http://{addr}/mcp/{}", f.server), vec![]),
+        (format!("http://{addr}/g/not-a-token/mcp"), vec![]),
+        (
+            format!(
+                "http://{addr}/g/{}/mcp",
+                portcullis_core::GrantToken::generate().expose()
+            ),
+            vec![],
+        ),
+    ] {
+        let (status, headers_out, body) = post(&target, &headers, &support::initialize(1)).await;
+        assert_eq!(status, 401, "{target}: {body}");
+        assert!(headers_out.contains_key("www-authenticate"));
+        assert_eq!(message(&body)["error"]["code"], -32001, "{body}");
+        assert!(!body.contains(f.token.expose()));
+    }
+
+    // 415, 413.
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(support::initialize(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let big = call(1, "echo", json!({"text": "x".repeat(4096)}));
+    let (status, _, body) = post(&url, &[], &big).await;
+    assert_eq!(status, 413, "{body}");
+
+    // Batches.
+    let (status, _, body) = post(&url, &[], &format!("[{}]", support::initialize(1))).await;
+    assert_eq!(status, 400);
+    assert_eq!(message(&body)["error"]["code"], -32600, "{body}");
+
+    // Stateless era: Mcp-Name must mirror the body, and policy is decided on the body.
+    let stateless = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+        "name": "get_secret", "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+    .to_string();
+    let (status, _, body) = post(
+        &url,
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ],
+        &stateless,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(message(&body)["error"]["code"], -32020, "{body}");
+    assert_eq!(message(&body)["id"], 5);
+    let (status, _, body) = post(
+        &url,
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "get_secret"),
+        ],
+        &stateless,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        text(&message(&body)).starts_with("[POLICY DENIED]"),
+        "{body}"
+    );
+
+    // A session id opens only under the grant it was issued to.
+    let session = open_session(&url).await;
+    let (_, other_token) = stack.grant(f.tenant, f.server, f.policy, "agent-2").await;
+    let other_url = format!("http://{addr}/g/{}/mcp", other_token.expose());
+    let (status, _, body) = post(
+        &other_url,
+        &[
+            ("mcp-session-id", &session),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        &call(2, "echo", json!({"text": "x"})),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _, body) = post(
+        &url,
+        &[
+            ("mcp-session-id", &session),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        &call(2, "echo", json!({"text": "x"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(text(&message(&body)), "echo: x");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn limits_say_when_to_retry_and_failed_calls_are_refunded() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let mut doc = policy();
+    doc["tools"]["echo"] =
+        json!({"limits": [{"counter": "echo", "window": "minute", "max": 2, "scope": "identity"}]});
+    let f = stack.fixture(&upstream.url, "streamable_http", doc).await;
+    let gw = stack.gateway().await;
+    let client = rmcp_stateless(&f.url(&gw)).await;
+    for _ in 0..2 {
+        let ok = client
+            .call_tool(args(json!({"name": "echo", "arguments": {"text": "a"}})))
+            .await
+            .unwrap();
+        assert_eq!(result_text(&ok), "echo: a");
+    }
+    let limited = client
+        .call_tool(args(json!({"name": "echo", "arguments": {"text": "a"}})))
+        .await
+        .unwrap();
+    assert_eq!(limited.is_error, Some(true));
+    let said = result_text(&limited);
+    assert!(said.starts_with("[RATE LIMITED] rate limit /tools/echo/limits/0 reached: at most 2 per minute; retry after"), "{said}");
+    let meta = serde_json::to_value(&limited).unwrap()["_meta"]["portcullis/decision"].clone();
+    assert!(meta["retry_after_ms"].as_u64().unwrap() > 50_000, "{meta}");
+    assert_eq!(meta["decision"], "rate_limited");
+
+    // `fail` allows one call a minute, but failed calls give their charge back.
+    for _ in 0..3 {
+        let failed = client
+            .call_tool(args(json!({"name": "fail", "arguments": {"text": "boom"}})))
+            .await
+            .unwrap();
+        assert_eq!(
+            result_text(&failed),
+            "failed: boom",
+            "a failed call was not refunded"
+        );
+        // The refund happens after the answer; give it a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(upstream.calls(), 5);
+    client.cancel().await.unwrap();
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn approvals_pass_exactly_once_after_approval() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let f = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let gw = stack.gateway().await;
+    let client = rmcp_session(&f.url(&gw)).await;
+    let big = || args(json!({"name": "send_money", "arguments": {"amount": 250, "to": "bob"}}));
+
+    let first = client.call_tool(big()).await.unwrap();
+    assert_eq!(first.is_error, Some(true));
+    let said = result_text(&first);
+    assert!(said.starts_with("[APPROVAL REQUIRED]"), "{said}");
+    let meta = serde_json::to_value(&first).unwrap()["_meta"]["portcullis/decision"].clone();
+    let approval = meta["approval_id"].as_str().unwrap().to_owned();
+    assert!(
+        approval.starts_with("apr_") && said.contains(&approval),
+        "{said}"
+    );
+
+    // Asking again before a decision points at the same approval.
+    let again = client.call_tool(big()).await.unwrap();
+    assert!(result_text(&again).contains(&approval));
+    // Small amounts need no approval.
+    let small = client
+        .call_tool(args(
+            json!({"name": "send_money", "arguments": {"amount": 5, "to": "bob"}}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(result_text(&small), "sent 5 to bob");
+
+    let (tool, status): (String, String) =
+        sqlx::query_as("SELECT tool, status FROM approvals WHERE id = $1")
+            .bind(&approval)
+            .fetch_one(stack.db.pool())
+            .await
+            .unwrap();
+    assert_eq!((tool.as_str(), status.as_str()), ("send_money", "pending"));
+    // The approver approves, as the control plane would.
+    sqlx::query("UPDATE approvals SET status = 'approved', decided_at = now() WHERE id = $1")
+        .bind(&approval)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    // Other arguments are another call: still needs approval.
+    let other = client
+        .call_tool(args(
+            json!({"name": "send_money", "arguments": {"amount": 251, "to": "bob"}}),
+        ))
+        .await
+        .unwrap();
+    assert!(result_text(&other).starts_with("[APPROVAL REQUIRED]"));
+
+    let passed = client.call_tool(big()).await.unwrap();
+    assert_eq!(result_text(&passed), "sent 250 to bob");
+    let third = client.call_tool(big()).await.unwrap();
+    let said = result_text(&third);
+    assert!(said.starts_with("[APPROVAL REQUIRED]"), "{said}");
+    assert!(
+        !said.contains(&approval),
+        "a consumed approval was reused: {said}"
+    );
+    assert_eq!(upstream.calls(), 2);
+    client.cancel().await.unwrap();
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_session_continues_on_a_second_gateway_and_get_delete_pass_through() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(false).await;
+    let f = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let a = stack.gateway().await;
+    let b = stack.gateway().await;
+    let session = open_session(&f.url(&a)).await;
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let (status, _, body) =
+        post(&f.url(&b), &headers, &call(2, "echo", json!({"text": "b"}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(text(&message(&body)), "echo: b");
+
+    // The session's server→client stream opens through either gateway.
+    let response = reqwest::Client::new()
+        .get(f.url(&b))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    drop(response);
+
+    let deleted = reqwest::Client::new()
+        .delete(f.url(&a))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let (status, _, body) =
+        post(&f.url(&b), &headers, &call(3, "echo", json!({"text": "c"}))).await;
+    assert_eq!(status, 404, "the upstream session should be gone: {body}");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn revocation_and_policy_changes_apply_within_a_second() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let f = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    let send = |id: i64, name: &'static str| {
+        let url = url.clone();
+        async move { post_stateless(&url, &[], id, name, json!({"text": "x"})).await }
+    };
+    let (status, _, body) = send(1, "echo").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(text(&message(&body)), "echo: x");
+
+    // A new policy version that denies echo.
+    let mut doc = policy();
+    doc["tools"]["echo"] = json!({"deny_if": [{"conditions": [], "on_deny": "No more echoes."}]});
+    sqlx::query("INSERT INTO policy_versions (tenant_id, policy_id, version, document) VALUES ($1, $2, 2, $3)")
+        .bind(f.tenant.0)
+        .bind(f.policy.0)
+        .bind(&doc)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE policies SET current_version = 2 WHERE id = $1")
+        .bind(f.policy.0)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    stack
+        .publish(&Invalidation::Policy {
+            tenant_id: f.tenant,
+            policy_id: f.policy,
+        })
+        .await;
+    loop {
+        let (_, _, body) = send(2, "echo").await;
+        if text(&message(&body)) == "[POLICY DENIED] No more echoes." {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "policy change not applied: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    sqlx::query("UPDATE grants SET revoked_at = now() WHERE id = $1")
+        .bind(f.grant.0)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    stack
+        .publish(&Invalidation::Grant {
+            tenant_id: f.tenant,
+            grant_id: f.grant,
+        })
+        .await;
+    loop {
+        let (status, _, _) = send(3, "add").await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "revocation not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn when_redis_is_down_on_limiter_error_decides_fast() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let limited = json!({"limits": [{"counter": "c", "window": "minute", "max": 100}]});
+    let mut closed = policy();
+    closed["tools"]["echo"] = limited.clone();
+    let mut open = policy();
+    open["on_limiter_error"] = json!("allow");
+    open["tools"]["echo"] = limited;
+    let f_closed = stack
+        .fixture(&upstream.url, "streamable_http", closed)
+        .await;
+    let f_open = stack.fixture(&upstream.url, "streamable_http", open).await;
+    let proxy = portcullis_tests::ChaosProxy::start(redis_addr()).await;
+    let gw = stack
+        .gateway_with(
+            &format!("redis://{}", proxy.addr()),
+            &["--limiter-timeout", "200ms"],
+        )
+        .await;
+    let echo = |url: String| async move {
+        post_stateless(&url, &[], 1, "echo", json!({"text": "r"})).await
+    };
+    // Warm both grants while Redis is up.
+    for f in [&f_closed, &f_open] {
+        let (status, _, body) = echo(f.url(&gw)).await;
+        assert_eq!(text(&message(&body)), "echo: r", "{status} {body}");
+    }
+    proxy.cut();
+    let started = Instant::now();
+    let (status, _, body) = echo(f_closed.url(&gw)).await;
+    assert_eq!(status, 200, "{body}");
+    let said = text(&message(&body));
+    assert!(
+        said.starts_with("[POLICY DENIED]") && said.contains("unavailable"),
+        "{said}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (_, _, body) = echo(f_open.url(&gw)).await;
+    assert_eq!(text(&message(&body)), "echo: r");
+    // Calls without limits never needed the limiter.
+    let (_, _, body) =
+        post_stateless(&f_closed.url(&gw), &[], 2, "add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(text(&message(&body)), "3");
+    proxy.restore();
+    gw.stop().await.unwrap();
+}
+
+fn redis_addr() -> std::net::SocketAddr {
+    let url = portcullis_tests::redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .replace("localhost", "127.0.0.1");
+    hostport.parse().unwrap()
+}
+
+#[tokio::test]
+async fn every_request_is_audited_before_and_after_without_the_token() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let mut doc = policy();
+    doc["audit"] = json!({"arguments": "values"});
+    let f = stack.fixture(&upstream.url, "streamable_http", doc).await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    let (_, _, body) = post_stateless(
+        &url,
+        &[("x-request-id", "req-123")],
+        7,
+        "echo",
+        json!({"text": "hello", "password": "hunter2"}),
+    )
+    .await;
+    assert_eq!(text(&message(&body)), "echo: hello");
+    post_stateless(&url, &[], 8, "get_secret", json!({})).await;
+    let entries = stack
+        .audit_until(|e| e["tool"] == "get_secret" && !e["outcome"].is_null())
+        .await;
+    let echo: Vec<&Value> = entries.iter().filter(|e| e["tool"] == "echo").collect();
+    let entries = if echo.len() < 2 {
+        stack
+            .audit_until(|e| e["tool"] == "echo" && !e["outcome"].is_null())
+            .await
+    } else {
+        entries
+    };
+    let echo: Vec<&Value> = entries.iter().filter(|e| e["tool"] == "echo").collect();
+    assert_eq!(echo.len(), 2, "{entries:#?}");
+    assert!(
+        echo[0]["outcome"].is_null(),
+        "the decision is written first"
+    );
+    assert_eq!(echo[0]["id"], echo[1]["id"]);
+    assert_eq!(echo[0]["ts"], echo[1]["ts"]);
+    let done = echo[1];
+    assert_eq!(done["decision"], "allow");
+    assert_eq!(done["outcome"]["upstream_status"], 200);
+    assert_eq!(done["outcome"]["is_error"], false);
+    assert_eq!(done["request_id"], "req-123");
+    assert_eq!(done["identity"], "agent-1");
+    assert_eq!(done["policy_version"], 1);
+    assert_eq!(done["arg_keys"], json!(["password", "text"]));
+    assert_eq!(done["arguments"]["password"], "[redacted]");
+    assert_eq!(done["arguments"]["text"], "hello");
+    assert_eq!(done["arg_digest"].as_str().unwrap().len(), 64);
+    let denied = entries.iter().find(|e| e["tool"] == "get_secret").unwrap();
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["rule"], "/tools/get_secret/deny_if/0");
+    let all = serde_json::to_string(&entries).unwrap();
+    assert!(
+        !all.contains(f.token.expose()),
+        "a token reached the audit log"
+    );
+
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.gateway.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("portcullis_gateway_requests_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("portcullis_gateway_overhead_seconds_bucket"));
+    assert!(!metrics.contains(f.token.expose()));
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn monitor_mode_forwards_and_validation_refuses_bad_arguments() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let mut monitor = policy();
+    monitor["mode"] = json!("monitor");
+    let fm = stack
+        .fixture(&upstream.url, "streamable_http", monitor)
+        .await;
+    let mut validating = policy();
+    validating["tools"]["add"] = json!({"validate": true});
+    let fv = stack
+        .fixture(&upstream.url, "streamable_http", validating)
+        .await;
+    stack
+        .tool(
+            &fv,
+            "add",
+            "read",
+            json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                   "required": ["a", "b"]}),
+        )
+        .await;
+    let gw = stack.gateway().await;
+    let (_, _, body) = post_stateless(&fm.url(&gw), &[], 1, "get_secret", json!({})).await;
+    assert_eq!(
+        text(&message(&body)),
+        "the-secret",
+        "monitor mode never blocks"
+    );
+    stack
+        .audit_until(|e| e["tool"] == "get_secret" && e["decision"] == "deny")
+        .await;
+
+    let (_, _, body) =
+        post_stateless(&fv.url(&gw), &[], 2, "add", json!({"a": "one", "b": 2})).await;
+    let said = text(&message(&body));
+    assert!(
+        said.starts_with("[POLICY DENIED] invalid arguments"),
+        "{said}"
+    );
+    let (_, _, body) = post_stateless(&fv.url(&gw), &[], 3, "add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(text(&message(&body)), "3");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn python_sdk_server_over_streamable_http_and_legacy_sse() {
+    let stack = Stack::new().await;
+    let streamable = portcullis_tests::peers::python_server("streamable-http", false);
+    let sse = portcullis_tests::peers::python_server("sse", false);
+    let fs = stack
+        .fixture(&streamable.url("/mcp"), "streamable_http", policy())
+        .await;
+    let fl = stack.fixture(&sse.url("/sse"), "sse", policy()).await;
+    let gw = stack.gateway().await;
+    for (f, eras) in [(&fs, &[false, true][..]), (&fl, &[false][..])] {
+        for &stateless in eras {
+            let client = if stateless {
+                rmcp_stateless(&f.url(&gw)).await
+            } else {
+                rmcp_session(&f.url(&gw)).await
+            };
+            exercise(&client).await;
+            let who = client
+                .call_tool(args(json!({"name": "whoami", "arguments": {}})))
+                .await
+                .unwrap();
+            assert_eq!(
+                result_text(&who),
+                "x-upstream-key=upstream-secret; authorization="
+            );
+            let failed = client
+                .call_tool(args(json!({"name": "fail", "arguments": {"reason": "x"}})))
+                .await
+                .unwrap();
+            assert_eq!(failed.is_error, Some(true));
+            client.cancel().await.unwrap();
+        }
+    }
+    // An HTTP+SSE server speaks only the handshake era: stateless requests are told so.
+    let (status, _, body) =
+        post_stateless(&fl.url(&gw), &[], 1, "echo", json!({"text": "x"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(message(&body)["error"]["code"], -32022, "{body}");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn python_sdk_client_in_both_eras() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(false).await;
+    let f = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    let plan = json!([
+        {"op": "list"},
+        {"op": "call", "name": "echo", "args": {"text": "py"}},
+        {"op": "call", "name": "get_secret"},
+        {"op": "call", "name": "delete_everything", "args": {"confirm": true}},
+        {"op": "call", "name": "send_money", "args": {"amount": 500, "to": "eve"}}
+    ])
+    .to_string();
+    let (legacy, modern) = tokio::join!(
+        portcullis_tests::peers::python_client(&url, "legacy", &plan),
+        portcullis_tests::peers::python_client(&url, "2026-07-28", &plan),
+    );
+    for out in [legacy, modern] {
+        let steps: Vec<Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(steps[0]["ok"], json!(VISIBLE), "{out}");
+        assert_eq!(steps[1]["ok"]["text"], "echo: py", "{out}");
+        assert_eq!(steps[2]["ok"]["is_error"], true, "{out}");
+        assert_eq!(
+            steps[2]["ok"]["text"], "[POLICY DENIED] Secrets stay secret.",
+            "{out}"
+        );
+        let hidden = steps[3].to_string();
+        assert!(hidden.contains("Unknown tool"), "{out}");
+        assert!(
+            steps[4]["ok"]["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("[APPROVAL REQUIRED]"),
+            "{out}"
+        );
+    }
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn server_everything_sampling_and_elicitation_round_trips() {
+    let stack = Stack::new().await;
+    let everything = portcullis_tests::peers::everything_server();
+    let mut doc = policy();
+    doc["tools"]["echo"] = json!({});
+    doc["hide"] = json!(["get-env"]);
+    doc["tools"]["get-*"] = json!({});
+    let f = stack
+        .fixture(&everything.url("/mcp"), "streamable_http", doc)
+        .await;
+    let gw = stack.gateway().await;
+    let plan = json!([
+        {"op": "list"},
+        {"op": "call", "name": "trigger-sampling-request", "args": {"prompt": "hello", "maxTokens": 5}},
+        {"op": "call", "name": "trigger-elicitation-request", "args": {}},
+        {"op": "call", "name": "get-env"},
+        {"op": "call", "name": "get-sum", "args": {"a": 2, "b": 3}}
+    ])
+    .to_string();
+    let out = portcullis_tests::peers::python_client(&f.url(&gw), "legacy", &plan).await;
+    let steps: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let listed: Vec<String> = serde_json::from_value(steps[0]["ok"].clone()).unwrap();
+    assert!(
+        listed.contains(&"trigger-sampling-request".to_owned()),
+        "{out}"
+    );
+    assert!(listed.contains(&"echo".to_owned()), "{out}");
+    assert!(
+        !listed.contains(&"get-env".to_owned()),
+        "hidden tool listed: {out}"
+    );
+    assert!(
+        !listed.iter().any(|t| t.starts_with("toggle")),
+        "default deny lists only ruled tools: {out}"
+    );
+    let sampled = steps[1]["ok"]["text"].as_str().unwrap_or_default();
+    assert!(sampled.contains("sampled:"), "{out}");
+    let elicited = steps[2]["ok"]["text"].as_str().unwrap_or_default();
+    assert!(elicited.contains("Ada"), "{out}");
+    assert!(steps[3].to_string().contains("Unknown tool"), "{out}");
+    assert!(
+        steps[4]["ok"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains('5'),
+        "{out}"
+    );
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn three_gateways_sharing_redis_forward_exactly_the_limit() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let mut doc = policy();
+    doc["tools"]["echo"] = json!({"limits": [{"counter": "burst", "window": "minute", "max": 100, "scope": "tenant"}]});
+    let f = stack.fixture(&upstream.url, "streamable_http", doc).await;
+    let gateways = [
+        stack.gateway().await,
+        stack.gateway().await,
+        stack.gateway().await,
+    ];
+    let urls: Vec<String> = gateways.iter().map(|g| f.url(g)).collect();
+    let client = reqwest::Client::new();
+    let calls = (0..600).map(|i| {
+        let client = client.clone();
+        let url = urls[i % 3].clone();
+        async move {
+            let body =
+                support::stateless_call(i64::try_from(i).unwrap(), "echo", json!({"text": "x"}));
+            let response = client
+                .post(url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "echo")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            text(&message(&response.text().await.unwrap()))
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let forwarded = answers.iter().filter(|t| *t == "echo: x").count();
+    let limited = answers
+        .iter()
+        .filter(|t| t.starts_with("[RATE LIMITED]"))
+        .count();
+    println!("limiter exactness: {forwarded} forwarded, {limited} rate limited of 600");
+    assert_eq!(forwarded, 100);
+    assert_eq!(limited, 500);
+    assert_eq!(upstream.calls(), 100);
+    for g in gateways {
+        g.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_refuses_to_start_without_session_keys() {
+    let stack = Stack::new().await;
+    let mut config = stack.config(&portcullis_tests::redis_url(), &[]);
+    config.gateway.session_keys = None;
+    let error = portcullis::start(&config, portcullis::Role::Gateway)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("PORTCULLIS_SESSION_KEYS"), "{error}");
+}
