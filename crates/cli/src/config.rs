@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use portcullis_core::Keyring;
+use portcullis_core::settings::parse_duration;
 use sqlx::postgres::PgConnectOptions;
 
 /// Settings shared by `serve`, `control-plane`, `gateway` and `migrate`.
@@ -201,28 +202,6 @@ fn parse_redis_url(url: &str) -> Result<redis::Client, ConfigError> {
     redis::Client::open(url).map_err(|e| ConfigError::RedisUrl(e.to_string()))
 }
 
-/// Parses `250ms`, `30s`, `15m`, `2h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s, 15m or 2h"))?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => {
-            return Err(format!(
-                "{s:?} has unknown unit {unit:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    Ok(Duration::from_millis(ms))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,15 +243,5 @@ mod tests {
         );
         let err = config(&["--redis-prefix", "a b"]).validate().unwrap_err();
         assert!(err.to_string().contains("PORTCULLIS_REDIS_PREFIX"), "{err}");
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
-        assert!(parse_duration("5y").is_err());
-        assert!(parse_duration("").is_err());
     }
 }

@@ -129,28 +129,7 @@ impl Default for Settings {
     }
 }
 
-/// Parses `250ms`, `30s`, `15m`, `2h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s, 15m or 2h"))?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n.saturating_mul(1000),
-        "m" => n.saturating_mul(60_000),
-        "h" => n.saturating_mul(3_600_000),
-        "d" => n.saturating_mul(86_400_000),
-        _ => {
-            return Err(format!(
-                "{s:?} has unknown unit {unit:?}; use ms, s, m, h or d"
-            ));
-        }
-    };
-    Ok(Duration::from_millis(ms))
-}
+use portcullis_core::settings::parse_duration;
 
 /// SQL assembled from constant fragments (column lists); never from user input.
 pub(crate) fn sql(text: String) -> sqlx::AssertSqlSafe<String> {

@@ -7,6 +7,7 @@ pub mod ids;
 pub mod invalidation;
 pub mod redact;
 pub mod redis_keys;
+pub mod settings;
 pub mod token;
 
 pub use crypto::Keyring;

@@ -29,7 +29,6 @@ pub mod limiter;
 pub mod proxy;
 pub mod relay;
 pub mod sessions;
-pub mod settings;
 pub mod upstream;
 
 pub use error::GatewayError;
@@ -46,26 +45,26 @@ pub struct Settings {
     pub session_keys: Option<String>,
 
     /// Largest request body the gateway accepts (e.g. `4MiB`); larger ones get 413.
-    #[arg(long, env = "PORTCULLIS_GATEWAY_MAX_BODY", default_value = "4MiB", value_parser = settings::parse_size)]
+    #[arg(long, env = "PORTCULLIS_GATEWAY_MAX_BODY", default_value = "4MiB", value_parser = portcullis_core::settings::parse_size)]
     pub gateway_max_body: usize,
 
     /// How long connecting to an upstream may take.
-    #[arg(long, env = "PORTCULLIS_UPSTREAM_CONNECT_TIMEOUT", default_value = "3s", value_parser = settings::parse_duration)]
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_CONNECT_TIMEOUT", default_value = "3s", value_parser = portcullis_core::settings::parse_duration)]
     pub upstream_connect_timeout: Duration,
 
     /// How long an upstream may take to start answering (and to finish a JSON answer); SSE
     /// streams may then run as long as they like.
-    #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = settings::parse_duration)]
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = portcullis_core::settings::parse_duration)]
     pub upstream_timeout: Duration,
 
     /// How long a resolved grant, its policy and its server's tools stay cached without an
     /// invalidation (changes announced by the control plane apply at once).
-    #[arg(long, env = "PORTCULLIS_GRANT_CACHE_TTL", default_value = "5s", value_parser = settings::parse_duration)]
+    #[arg(long, env = "PORTCULLIS_GRANT_CACHE_TTL", default_value = "5s", value_parser = portcullis_core::settings::parse_duration)]
     pub grant_cache_ttl: Duration,
 
     /// How long the limiter (and the audit write before forwarding) may take before Redis is
     /// considered unreachable and the policy's `on_limiter_error` decides.
-    #[arg(long, env = "PORTCULLIS_LIMITER_TIMEOUT", default_value = "250ms", value_parser = settings::parse_duration)]
+    #[arg(long, env = "PORTCULLIS_LIMITER_TIMEOUT", default_value = "250ms", value_parser = portcullis_core::settings::parse_duration)]
     pub limiter_timeout: Duration,
 }
 
