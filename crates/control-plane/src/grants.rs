@@ -309,6 +309,20 @@ pub async fn rotate(state: &AppState, who: &Tenant, id: GrantId) -> Result<Issue
     .bind(token.hint())
     .execute(&mut *tx)
     .await?;
+    let after = finish_change(state, who, tx, id, "grant.rotate", &before).await?;
+    Ok(issued(state, &after, &token))
+}
+
+/// Ends a change to a grant inside `tx`: reads it back, records who changed what, commits, and
+/// tells the gateways to drop their cached copy.
+async fn finish_change(
+    state: &AppState,
+    who: &Tenant,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    id: GrantId,
+    action: &str,
+    before: &Grant,
+) -> Result<Grant> {
     let after: Grant = sqlx::query_as(crate::sql(format!(
         "{SELECT} WHERE g.tenant_id = $1 AND g.id = $2"
     )))
@@ -319,7 +333,7 @@ pub async fn rotate(state: &AppState, who: &Tenant, id: GrantId) -> Result<Issue
     admin_audit::record(
         &mut tx,
         who,
-        "grant.rotate",
+        action,
         "grant",
         &id.to_string(),
         Some(before.to_json()),
@@ -333,7 +347,7 @@ pub async fn rotate(state: &AppState, who: &Tenant, id: GrantId) -> Result<Issue
             grant_id: id,
         })
         .await;
-    Ok(issued(state, &after, &token))
+    Ok(after)
 }
 
 /// Revokes a grant for good.
@@ -345,30 +359,7 @@ pub async fn revoke(state: &AppState, who: &Tenant, id: GrantId) -> Result<()> {
         .bind(id.0)
         .execute(&mut *tx)
         .await?;
-    let after: Grant = sqlx::query_as(crate::sql(format!(
-        "{SELECT} WHERE g.tenant_id = $1 AND g.id = $2"
-    )))
-    .bind(who.id.0)
-    .bind(id.0)
-    .fetch_one(&mut *tx)
-    .await?;
-    admin_audit::record(
-        &mut tx,
-        who,
-        "grant.revoke",
-        "grant",
-        &id.to_string(),
-        Some(before.to_json()),
-        Some(after.to_json()),
-    )
-    .await?;
-    tx.commit().await?;
-    state
-        .publish(Invalidation::Grant {
-            tenant_id: who.id,
-            grant_id: id,
-        })
-        .await;
+    finish_change(state, who, tx, id, "grant.revoke", &before).await?;
     Ok(())
 }
 
@@ -431,31 +422,7 @@ pub async fn change(
     .bind(expiry.flatten())
     .execute(&mut *tx)
     .await?;
-    let after: Grant = sqlx::query_as(crate::sql(format!(
-        "{SELECT} WHERE g.tenant_id = $1 AND g.id = $2"
-    )))
-    .bind(who.id.0)
-    .bind(id.0)
-    .fetch_one(&mut *tx)
-    .await?;
-    admin_audit::record(
-        &mut tx,
-        who,
-        "grant.update",
-        "grant",
-        &id.to_string(),
-        Some(before.to_json()),
-        Some(after.to_json()),
-    )
-    .await?;
-    tx.commit().await?;
-    state
-        .publish(Invalidation::Grant {
-            tenant_id: who.id,
-            grant_id: id,
-        })
-        .await;
-    Ok(after)
+    finish_change(state, who, tx, id, "grant.update", &before).await
 }
 
 // ---- API ----
