@@ -33,8 +33,9 @@ BIN="$CARGO_TARGET_DIR/release/portcullis"
 WORK=$(mktemp -d)
 PIDS=()
 DB=portcullis_bench_$$
-DB_BASE=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-DB_URL="${DB_BASE%/*}/$DB"
+# The server of DATABASE_URL (set by ensure_postgres), reached through its `postgres` database.
+DB_BASE="${DATABASE_URL%/*}/postgres"
+DB_URL="${DATABASE_URL%/*}/$DB"
 PREFIX=bench-$$
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
