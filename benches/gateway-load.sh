@@ -132,17 +132,27 @@ load() {
           (.statusCodeDistribution["200"] // 0), .summary.successRate] | @tsv' "$WORK/$1.json"
 }
 
-declare -A RPS P50 P99
+# CPU time (user + system, ms) a process has used so far.
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%d", ($14 + $15) * 1000 / hz }' "/proc/$1/stat"; }
+NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
+REDIS_PID=$(pgrep -x redis-server | head -1 || true)
+declare -A RPS P50 P99 CPU_GW CPU_NGINX CPU_REDIS
 log "peak: $DURATION s each, $CONNS connections"
 for t in direct portcullis nginx; do
   oha --no-tui -z 2s -c "$CONNS" -m POST -H 'content-type: application/json' \
     -D "$WORK/body.json" "${URL[$t]}" >/dev/null  # warm-up
   # PERF_RECORD=file: profile the gateway during its peak run (perf record -g).
   if [ "$t" = portcullis ] && [ -n "${PERF_RECORD:-}" ]; then
-    perf record -F 999 -g -p "$GW_PID" -o "$PERF_RECORD" -- sleep $((DURATION / 2)) >/dev/null 2>&1 &
+    perf record ${PERF_ARGS:--F 999 -g} -p "$GW_PID" -o "$PERF_RECORD" -- sleep $((DURATION / 2)) >/dev/null 2>&1 &
   fi
+  gw0=$(cpu_ms "$GW_PID") ng0=$(cpu_ms "$NGINX_WORKER") rd0=$([ -n "$REDIS_PID" ] && cpu_ms "$REDIS_PID" || echo 0)
   read -r rps p50 p99 ok rate < <(load "$t" "")
   RPS[$t]=$rps P50[$t]=$p50 P99[$t]=$p99
+  # CPU per request in microseconds: ms used * 1000 / requests served.
+  n=$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%d", r * d }')
+  CPU_GW[$t]=$(awk -v a="$gw0" -v b="$(cpu_ms "$GW_PID")" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }')
+  CPU_NGINX[$t]=$(awk -v a="$ng0" -v b="$(cpu_ms "$NGINX_WORKER")" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }')
+  CPU_REDIS[$t]=$(awk -v a="$rd0" -v b="$([ -n "$REDIS_PID" ] && cpu_ms "$REDIS_PID" || echo 0)" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }')
   [ "$rate" = "1" ] || log "warning: $t success rate $rate"
 done
 HALF=$(awk -v r="${RPS[portcullis]}" 'BEGIN { printf "%d", r / 2 }')
@@ -174,6 +184,10 @@ printf '\n%-11s %12s %9s %9s %16s\n' target "requests/s" "p50 ms" "p99 ms" "p99 
 for t in direct portcullis nginx; do
   printf '%-11s %12.0f %9.3f %9.3f %16.3f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${H99[$t]}"
 done
+printf '\nCPU per request (us): nginx as proxy %s (its worker, minus the upstream part %s);\n' \
+  "$(awk -v a="${CPU_NGINX[nginx]}" -v b="${CPU_NGINX[direct]}" 'BEGIN { printf "%.1f", a - b }')" "${CPU_NGINX[direct]}"
+printf '  portcullis %s in the gateway + %s in Redis = %s\n' "${CPU_GW[portcullis]}" "${CPU_REDIS[portcullis]}" \
+  "$(awk -v a="${CPU_GW[portcullis]}" -v b="${CPU_REDIS[portcullis]}" 'BEGIN { printf "%.1f", a + b }')"
 awk -v p="${RPS[portcullis]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" \
     -v hp="${H99[portcullis]}" -v hd="${H99[direct]}" -v hn="${H99[nginx]}" 'BEGIN {
   printf "\nthroughput portcullis/nginx: %.2f   portcullis/direct: %.2f   nginx/direct: %.2f\n", p / n, p / d, n / d

@@ -35,20 +35,19 @@ pub fn layers(router: Router, service: &'static str) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(move |req: &Request<_>| {
-                    let request_id = req
-                        .headers()
-                        .get(&REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    // The per-grant URL carries the bearer token in its path: log it redacted,
-                    // and never the query string.
-                    let path = portcullis_core::redact::path(req.uri().path());
+                    // Field values are only computed when the span is enabled. The per-grant
+                    // URL carries the bearer token in its path: log it redacted, and never the
+                    // query string.
                     tracing::info_span!(
                         "request",
                         service,
-                        request_id,
+                        request_id = req
+                            .headers()
+                            .get(&REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or(""),
                         method = %req.method(),
-                        path = %path,
+                        path = %portcullis_core::redact::path(req.uri().path()),
                     )
                 })
                 .on_request(())

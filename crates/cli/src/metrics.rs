@@ -16,6 +16,9 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// How often queued histogram samples are folded into their buckets.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide recorder once; later calls reuse it.
 pub fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
@@ -27,6 +30,18 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             // Fails only if another recorder is installed (a test harness's); then we have none.
             metrics::set_global_recorder(recorder).ok()?;
+            // Histogram samples queue until they are folded into their buckets; fold them
+            // every few seconds so memory stays flat when nobody scrapes `/metrics`.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP);
+                        upkeep.run_upkeep();
+                    }
+                })
+                .ok()?;
             Some(handle)
         })
         .as_ref()

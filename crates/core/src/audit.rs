@@ -131,7 +131,9 @@ mod tests {
 
 /// How audit events travel on the Redis stream (`RedisKeys::audit_stream`).
 ///
-/// Each entry has one field, [`stream::FIELD`], holding the event as JSON. The gateway adds an
+/// Each entry has one field: [`stream::FIELD`], holding one event as JSON, or
+/// [`stream::BATCH_FIELD`], holding a JSON array of events (a gateway writes the events of one
+/// round trip as one entry). The gateway adds an
 /// entry with `outcome: null` before it contacts the upstream (so the decision is durable even if
 /// the gateway dies mid-call) and a second entry for the same `id` and `ts` with the outcome set.
 /// The ingester upserts by `(ts, id)`: the first entry inserts, the second completes the row, and
@@ -139,14 +141,18 @@ mod tests {
 pub mod stream {
     use super::AuditEvent;
 
-    /// The entry field that holds the event JSON.
+    /// The entry field that holds one event's JSON.
     pub const FIELD: &str = "event";
+
+    /// The entry field that holds a JSON array of events.
+    pub const BATCH_FIELD: &str = "events";
 
     /// The consumer group the control plane's ingesters share.
     pub const GROUP: &str = "ingest";
 
-    /// Approximate cap on the stream's length, so a stopped ingester cannot fill Redis.
-    pub const MAX_LEN: usize = 1_000_000;
+    /// Approximate cap on the stream's length in entries, so a stopped ingester cannot fill
+    /// Redis. (Under load an entry carries a batch of events: as many as were in flight.)
+    pub const MAX_LEN: usize = 250_000;
 
     /// The JSON written under [`FIELD`].
     pub fn encode(event: &AuditEvent) -> String {
@@ -156,6 +162,30 @@ pub mod stream {
     /// Reads an entry's JSON.
     pub fn decode(json: &[u8]) -> Result<AuditEvent, serde_json::Error> {
         serde_json::from_slice(json)
+    }
+
+    /// The JSON of a batch entry, from events already encoded with [`encode`].
+    pub fn encode_batch<S: AsRef<str>>(events: &[S]) -> String {
+        let mut out =
+            String::with_capacity(events.iter().map(|e| e.as_ref().len() + 1).sum::<usize>() + 2);
+        out.push('[');
+        for (i, event) in events.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(event.as_ref());
+        }
+        out.push(']');
+        out
+    }
+
+    /// Reads the events of an entry from its field `field` ([`FIELD`] or [`BATCH_FIELD`]).
+    pub fn decode_field(field: &str, json: &[u8]) -> Result<Vec<AuditEvent>, serde_json::Error> {
+        if field == BATCH_FIELD {
+            serde_json::from_slice(json)
+        } else {
+            decode(json).map(|event| vec![event])
+        }
     }
 }
 
@@ -189,5 +219,8 @@ mod stream_tests {
         };
         let json = stream::encode(&event);
         assert_eq!(stream::decode(json.as_bytes()).unwrap(), event);
+        let batch = stream::encode_batch(&[json.clone(), json]);
+        let events = stream::decode_field(stream::BATCH_FIELD, batch.as_bytes()).unwrap();
+        assert_eq!(events, vec![event.clone(), event]);
     }
 }

@@ -2,148 +2,55 @@
 //! ingests (`portcullis_core::audit::stream`).
 //!
 //! For a forwarded call the decision is written (and awaited) before the upstream is contacted,
-//! so it survives a gateway that dies mid-call; the outcome follows as a second entry with the
-//! same id and timestamp, written by a background task that pipelines entries. Calls that never
-//! reach the upstream are written once, with their outcome, by the same task.
+//! so it survives a gateway that dies mid-call (a call with limits has it written by the
+//! limiter's script, in the round trip that charges it); the outcome follows as a second entry
+//! with the same id and timestamp, queued without waiting. Calls that never reach the upstream
+//! are written once, with their outcome. Every write goes through [`crate::batch`], so the
+//! entries of concurrent requests share round trips.
 //!
 //! If Redis cannot take the decision entry in time, the call still proceeds (the policy's
-//! `on_limiter_error` already governs what happens when Redis is down) and the entry is queued
-//! for the background writer; the error is counted in `portcullis_gateway_audit_errors_total`.
+//! `on_limiter_error` already governs what happens when Redis is down) and the entry stays
+//! queued for another try; the error is counted in `portcullis_gateway_audit_errors_total`.
 
 use std::time::Duration;
 
 use portcullis_core::audit::{AuditEvent, stream};
-use redis::aio::ConnectionManager;
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-const QUEUE: usize = 65_536;
-const BATCH: usize = 256;
+use crate::batch::Batcher;
 
-/// Writes audit events to the stream.
+/// Writes audit events to the stream, through the gateway's Redis batcher.
 #[derive(Clone)]
 pub struct AuditSink {
-    redis: ConnectionManager,
-    stream: String,
-    queue: mpsc::Sender<String>,
+    batch: Batcher,
     timeout: Duration,
 }
 
 impl AuditSink {
-    /// A sink writing to `stream`, with its background writer stopping on `shutdown` (after
-    /// draining what is queued).
-    pub fn start(
-        redis: ConnectionManager,
-        stream: String,
-        timeout: Duration,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(redis.clone(), stream.clone(), rx, shutdown));
-        Self {
-            redis,
-            stream,
-            queue,
-            timeout,
-        }
+    /// A sink writing through `batch`, waiting at most `timeout` for a write before forwarding.
+    pub fn new(batch: Batcher, timeout: Duration) -> Self {
+        Self { batch, timeout }
     }
 
     /// Writes an entry now (the decision of a call about to be forwarded).
     pub async fn write_now(&self, event: &AuditEvent) {
-        let json = stream::encode(event);
-        let mut conn = self.redis.clone();
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(stream::MAX_LEN)
-            .arg("*")
-            .arg(stream::FIELD)
-            .arg(&json);
-        match tokio::time::timeout(self.timeout, cmd.query_async::<String>(&mut conn)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+        let written = tokio::time::timeout(self.timeout, self.batch.write(stream::encode(event)));
+        match written.await {
+            Ok(true) => {}
+            Ok(false) => {
                 metrics::counter!("portcullis_gateway_audit_errors_total").increment(1);
-                tracing::warn!(error = %e, "audit entry not written before forwarding; queued");
-                self.enqueue_json(json);
+                tracing::warn!("audit entry not written before forwarding; queued");
             }
             Err(_) => {
                 metrics::counter!("portcullis_gateway_audit_errors_total").increment(1);
                 tracing::warn!("audit entry not written in time before forwarding; queued");
-                self.enqueue_json(json);
             }
         }
     }
 
-    /// Queues an entry for the background writer.
+    /// Queues an entry for the next round trip.
     pub fn enqueue(&self, event: &AuditEvent) {
-        self.enqueue_json(stream::encode(event));
-    }
-
-    fn enqueue_json(&self, json: String) {
-        if self.queue.try_send(json).is_err() {
-            metrics::counter!("portcullis_gateway_audit_dropped_total").increment(1);
-            tracing::error!("audit queue full; an audit entry was dropped");
-        }
-    }
-}
-
-async fn writer(
-    redis: ConnectionManager,
-    stream_key: String,
-    mut rx: mpsc::Receiver<String>,
-    shutdown: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let received = tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => n,
-            () = shutdown.cancelled() => {
-                rx.close();
-                rx.recv_many(&mut batch, QUEUE).await
-            }
-        };
-        if received == 0 {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        for json in &batch {
-            pipe.cmd("XADD")
-                .arg(&stream_key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(stream::MAX_LEN)
-                .arg("*")
-                .arg(stream::FIELD)
-                .arg(json)
-                .ignore();
-        }
-        let mut conn = redis.clone();
-        // A few tries: entries are kept across a short Redis outage, dropped after a long one
-        // (the queue must not grow without bound).
-        let mut written = false;
-        for attempt in 0..3u32 {
-            match pipe.query_async::<()>(&mut conn).await {
-                Ok(()) => {
-                    written = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "audit batch not written; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
-                }
-            }
-        }
-        if !written {
-            metrics::counter!("portcullis_gateway_audit_dropped_total")
-                .increment(batch.len() as u64);
-            tracing::error!(entries = batch.len(), "audit batch dropped after retries");
-        }
-        batch.clear();
-        if rx.is_closed() && rx.is_empty() {
-            return;
-        }
+        self.batch.enqueue(stream::encode(event));
     }
 }
 

@@ -6,12 +6,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use portcullis_core::{Invalidation, ServerId, TenantId};
 use portcullis_policy::RiskCategory;
 use serde_json::Value;
 use sqlx::{PgPool, Row as _};
+
+use crate::cache::{Cache, Lookup};
 
 /// One discovered tool.
 #[derive(Debug)]
@@ -44,18 +46,15 @@ impl ServerTools {
     }
 }
 
-struct Entry {
-    tools: Arc<ServerTools>,
-    loaded: Instant,
-}
-
 type Validator = Arc<jsonschema::Validator>;
+
+/// Past this many cached catalogues the cache is cleared rather than grown.
+const MAX_SERVERS: usize = 10_000;
 
 /// Cached tool catalogues and compiled validators.
 pub struct Catalogue {
     db: PgPool,
-    ttl: Duration,
-    servers: RwLock<HashMap<ServerId, Entry>>,
+    servers: Cache<ServerId, ServerTools>,
     validators: RwLock<HashMap<String, Result<Validator, String>>>,
 }
 
@@ -64,27 +63,44 @@ impl Catalogue {
     pub fn new(db: PgPool, ttl: Duration) -> Self {
         Self {
             db,
-            ttl,
-            servers: RwLock::new(HashMap::new()),
+            servers: Cache::new(ttl, MAX_SERVERS),
             validators: RwLock::new(HashMap::new()),
         }
     }
 
     /// The discovered tools of a server.
     pub async fn tools(
-        &self,
+        self: &Arc<Self>,
         tenant: TenantId,
         server: ServerId,
     ) -> Result<Arc<ServerTools>, sqlx::Error> {
-        if let Some(entry) = self
-            .servers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&server)
-            .filter(|e| e.loaded.elapsed() < self.ttl)
-        {
-            return Ok(entry.tools.clone());
+        match self.servers.get(&server) {
+            Lookup::Fresh(tools) => return Ok(tools),
+            Lookup::Stale { value, refresh } => {
+                if refresh {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let generation = this.servers.generation();
+                        match this.load(tenant, server).await {
+                            Ok(tools) => this.servers.insert(server, Arc::new(tools), generation),
+                            Err(e) => {
+                                tracing::warn!(error = %e, %server, "cannot refresh a tool catalogue");
+                                this.servers.refresh_failed(&server);
+                            }
+                        }
+                    });
+                }
+                return Ok(value);
+            }
+            Lookup::Miss => {}
         }
+        let generation = self.servers.generation();
+        let tools = Arc::new(self.load(tenant, server).await?);
+        self.servers.insert(server, tools.clone(), generation);
+        Ok(tools)
+    }
+
+    async fn load(&self, tenant: TenantId, server: ServerId) -> Result<ServerTools, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT name, risk_category, status, definition_hash, approved_hash,
                     definition -> 'inputSchema' AS input_schema
@@ -114,18 +130,7 @@ impl Catalogue {
                 },
             );
         }
-        let tools = Arc::new(ServerTools { tools });
-        self.servers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                server,
-                Entry {
-                    tools: tools.clone(),
-                    loaded: Instant::now(),
-                },
-            );
-        Ok(tools)
+        Ok(ServerTools { tools })
     }
 
     /// Checks arguments against a tool's input schema; the error names the first problem.
@@ -166,21 +171,15 @@ impl Catalogue {
 
     /// Drops the catalogues an invalidation concerns.
     pub fn invalidate(&self, message: &Invalidation) {
-        let mut servers = self.servers.write().unwrap_or_else(|e| e.into_inner());
         match message {
-            Invalidation::Server { server_id, .. } => {
-                servers.remove(server_id);
-            }
-            Invalidation::Tenant { .. } => servers.clear(),
+            Invalidation::Server { server_id, .. } => self.servers.remove(server_id),
+            Invalidation::Tenant { .. } => self.servers.clear(),
             Invalidation::Grant { .. } | Invalidation::Policy { .. } => {}
         }
     }
 
     /// Drops everything.
     pub fn clear(&self) {
-        self.servers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.servers.clear();
     }
 }

@@ -28,7 +28,12 @@ pub const LIMITER_UNAVAILABLE: &str = "(limiter unavailable)";
 /// What to do with a call.
 pub enum Verdict {
     /// Forward it, holding these charges.
-    Forward(Option<Reservation>),
+    Forward {
+        /// The charges taken, to refund if the call fails.
+        reservation: Option<Reservation>,
+        /// The decision's audit entry was written with the charge (same round trip).
+        audited: bool,
+    },
     /// Answer it with this JSON-RPC message (HTTP 200).
     Answer(Bytes),
 }
@@ -160,15 +165,19 @@ pub async fn tools_call(
     }
 
     if decision.charges.is_empty() {
-        return Ok(Verdict::Forward(None));
+        return Ok(forward(None));
     }
-    let charge_id = event.id.to_string();
+    // The entry written with the charge is the decision as it stands if the charge succeeds.
+    let entry = portcullis_core::audit::stream::encode(event);
     match gw
         .limiter
-        .charge(grant.tenant, &charge_id, &decision.charges)
+        .charge(grant.tenant, &decision.charges, Some(entry))
         .await
     {
-        Ok(Charged::Ok(reservation)) => Ok(Verdict::Forward(Some(reservation))),
+        Ok(Charged::Ok(reservation)) => Ok(Verdict::Forward {
+            reservation: Some(reservation),
+            audited: true,
+        }),
         Ok(Charged::Exceeded { index, retry_after }) => {
             let charge = &decision.charges[index.min(decision.charges.len() - 1)];
             let retry_secs = retry_after.as_millis().div_ceil(1000).max(1);
@@ -184,7 +193,7 @@ pub async fn tools_call(
                 event.message = Some(message.clone());
             }
             if monitor {
-                return Ok(Verdict::Forward(None));
+                return Ok(forward(None));
             }
             if let Some(approval) = approved {
                 // The approval was not used: give it back for the retry.
@@ -215,7 +224,7 @@ pub async fn tools_call(
                     "{} (limits not charged: limiter unavailable; on_limiter_error: allow)",
                     decision.message
                 ));
-                return Ok(Verdict::Forward(None));
+                return Ok(forward(None));
             }
             if let Some(approval) = approved {
                 crate::approvals::restore(&gw.db, grant.tenant, &approval).await?;
@@ -237,6 +246,14 @@ pub async fn tools_call(
                 era,
             )))
         }
+    }
+}
+
+/// Forward, with the decision's audit entry still to write.
+fn forward(reservation: Option<Reservation>) -> Verdict {
+    Verdict::Forward {
+        reservation,
+        audited: false,
     }
 }
 

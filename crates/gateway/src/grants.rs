@@ -1,14 +1,14 @@
 //! Grant resolution: the SHA-256 of a bearer token → grant, server, tenant and policy.
 //!
-//! Resolutions are cached in memory for a few seconds. The control plane announces changes on
-//! Redis pub/sub ([`crate::invalidation`]), which drops the matching entries at once; the TTL
-//! bounds staleness when an announcement is lost. A generation counter, bumped by every
-//! invalidation, stops a lookup that started before an invalidation from caching what it read.
+//! Resolutions are cached in memory for a few seconds ([`crate::cache`]: refreshed in the
+//! background as they age, never kept from a load an invalidation overtook). The control plane
+//! announces changes on Redis pub/sub ([`crate::invalidation`]), which drops the matching
+//! entries at once; the TTL bounds staleness when an announcement is lost (twice the TTL at
+//! most, while a refresh is under way).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, Utc};
@@ -17,6 +17,8 @@ use portcullis_core::{
 };
 use portcullis_policy::CompiledPolicy;
 use sqlx::{PgPool, Row as _};
+
+use crate::cache::{Cache, Lookup};
 
 /// How an upstream speaks MCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,19 +90,12 @@ impl Grant {
     }
 }
 
-struct Entry {
-    grant: Arc<Grant>,
-    loaded: Instant,
-}
-
 /// The in-memory cache of grant resolutions and compiled policies.
 pub struct Grants {
     db: PgPool,
     credentials: Keyring,
-    ttl: Duration,
-    entries: RwLock<HashMap<TokenHash, Entry>>,
+    entries: Cache<TokenHash, Grant>,
     policies: RwLock<HashMap<(PolicyId, i32), Arc<CompiledPolicy>>>,
-    generation: AtomicU64,
 }
 
 /// Past this many cached entries the cache is cleared rather than grown (a crude bound that
@@ -114,52 +109,55 @@ impl Grants {
         Self {
             db,
             credentials,
-            ttl,
-            entries: RwLock::new(HashMap::new()),
+            entries: Cache::new(ttl, MAX_ENTRIES),
             policies: RwLock::new(HashMap::new()),
-            generation: AtomicU64::new(0),
         }
     }
 
     /// The grant of `token`, from the cache or Postgres; `None` when no grant has this token.
     /// Revocation and expiry are the caller's to check ([`Grant::is_usable`]).
-    pub async fn resolve(&self, token: &GrantToken) -> Result<Option<Arc<Grant>>, sqlx::Error> {
+    pub async fn resolve(
+        self: &Arc<Self>,
+        token: &GrantToken,
+    ) -> Result<Option<Arc<Grant>>, sqlx::Error> {
         let hash = token.hash();
-        if let Some(grant) = self.cached(&hash) {
+        let hit = match self.entries.get(&hash) {
+            Lookup::Fresh(grant) => Some(grant),
+            Lookup::Stale { value, refresh } => {
+                if refresh {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.reload(hash).await });
+                }
+                Some(value)
+            }
+            Lookup::Miss => None,
+        };
+        if let Some(grant) = hit {
             metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "hit")
                 .increment(1);
             return Ok(Some(grant));
         }
         metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "miss").increment(1);
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.entries.generation();
         let Some(grant) = self.load(&hash).await? else {
             return Ok(None);
         };
         let grant = Arc::new(grant);
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        // An invalidation that arrived while we read may concern what we read: serve it once,
-        // but do not cache it.
-        if self.generation.load(Ordering::Acquire) == generation {
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
-            }
-            entries.insert(
-                hash,
-                Entry {
-                    grant: grant.clone(),
-                    loaded: Instant::now(),
-                },
-            );
-        }
+        self.entries.insert(hash, grant.clone(), generation);
         Ok(Some(grant))
     }
 
-    fn cached(&self, hash: &TokenHash) -> Option<Arc<Grant>> {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(hash)
-            .filter(|e| e.loaded.elapsed() < self.ttl)
-            .map(|e| e.grant.clone())
+    /// Reloads an entry that aged past the TTL, in the background.
+    async fn reload(&self, hash: TokenHash) {
+        let generation = self.entries.generation();
+        match self.load(&hash).await {
+            Ok(Some(grant)) => self.entries.insert(hash, Arc::new(grant), generation),
+            Ok(None) => self.entries.remove(&hash),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refresh a cached grant");
+                self.entries.refresh_failed(&hash);
+            }
+        }
     }
 
     async fn load(&self, hash: &TokenHash) -> Result<Option<Grant>, sqlx::Error> {
@@ -283,34 +281,25 @@ impl Grants {
 
     /// Drops the entries an invalidation concerns.
     pub fn invalidate(&self, message: &Invalidation) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|_, e| {
-            let g = &e.grant;
-            match message {
-                Invalidation::Grant {
-                    tenant_id,
-                    grant_id,
-                } => !(g.tenant == *tenant_id && g.id == *grant_id),
-                Invalidation::Policy {
-                    tenant_id,
-                    policy_id,
-                } => !(g.tenant == *tenant_id && g.policy.id == *policy_id),
-                Invalidation::Server {
-                    tenant_id,
-                    server_id,
-                } => !(g.tenant == *tenant_id && g.server.id == *server_id),
-                Invalidation::Tenant { tenant_id } => g.tenant != *tenant_id,
-            }
+        self.entries.retain(|_, g| match message {
+            Invalidation::Grant {
+                tenant_id,
+                grant_id,
+            } => !(g.tenant == *tenant_id && g.id == *grant_id),
+            Invalidation::Policy {
+                tenant_id,
+                policy_id,
+            } => !(g.tenant == *tenant_id && g.policy.id == *policy_id),
+            Invalidation::Server {
+                tenant_id,
+                server_id,
+            } => !(g.tenant == *tenant_id && g.server.id == *server_id),
+            Invalidation::Tenant { tenant_id } => g.tenant != *tenant_id,
         });
     }
 
     /// Drops everything (the invalidation feed was interrupted, so anything may be stale).
     pub fn clear(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.entries.clear();
     }
 }

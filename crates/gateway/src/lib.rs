@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 pub mod approvals;
 pub mod audit;
+pub mod batch;
+pub mod cache;
 pub mod catalogue;
 pub mod enforce;
 pub mod error;
@@ -147,21 +149,23 @@ pub async fn build(
         catalogue.clone(),
         shutdown.clone(),
     ));
+    let batch = batch::Batcher::start(
+        shared.redis.clone(),
+        shared.keys.audit_stream(),
+        settings.limiter_timeout,
+        shutdown,
+    );
     let gateway = Gateway {
         db: shared.db.clone(),
         grants,
         catalogue,
         limiter: limiter::Limiter::new(
             shared.redis.clone(),
+            batch.clone(),
             shared.keys.clone(),
             settings.limiter_timeout,
         ),
-        audit: audit::AuditSink::start(
-            shared.redis.clone(),
-            shared.keys.audit_stream(),
-            settings.limiter_timeout,
-            shutdown,
-        ),
+        audit: audit::AuditSink::new(batch, settings.limiter_timeout),
         upstream: upstream::Upstream::new(
             settings.upstream_connect_timeout,
             settings.upstream_timeout,

@@ -1,13 +1,23 @@
 //! Sliding-window rate limits in Redis: every counter of a decision is checked and charged in
-//! ONE round trip by a Lua script, all or nothing.
+//! ONE round trip by a Lua script, all or nothing (the script of [`crate::batch`], which also
+//! writes the call's audit decision entry when the charge goes through, and serves every
+//! request that arrived during the previous round trip in the same call).
 //!
-//! Each counter is an exact sliding log: a sorted set of the charges inside the window (score =
-//! Redis `TIME` in milliseconds, member = `<charge id>:<index>:<cost>`) plus a running total,
-//! so a check costs one `GET` and expired charges are removed (and subtracted) as they age out.
-//! Exact, because tests and customers count: 100 per minute means the 101st call in any
-//! 60-second span is refused, whichever replica it reaches. The clock is Redis's, so replicas
-//! with skewed clocks agree. Keys carry the tenant's hash tag, so on a Redis Cluster every key
-//! of one script lives in one slot.
+//! Each counter is one Redis hash: the window is cut into [`BUCKETS`] buckets of equal width,
+//! each field `<bucket number>` holds what was charged in it, `t` the total over the buckets
+//! still inside the window, and `o` the oldest bucket that may still hold charges. A check
+//! reads `t` and `o`; buckets that have left the window are subtracted and deleted as they age
+//! out (at most one per bucket width, so the cost per call stays constant), and the hash
+//! expires on its own when its newest bucket leaves the window.
+//!
+//! Never lenient: a charge keeps counting until its whole bucket has left the window, i.e. for
+//! between one window and one window plus a bucket width (1/100 of the window: 600 ms for a
+//! minute, 36 s for an hour). So "100 per minute" never lets a 101st call through in any
+//! 60-second span, whichever replica it reaches, and memory per counter is bounded (about a
+//! hundred small fields) however high its `max`. The clock is Redis's `TIME`, so replicas with
+//! skewed clocks agree. A counter's key names its window, so two limits that share a counter
+//! name but not a window never share buckets. Limiter keys carry the tenant's hash tag; the
+//! script also writes the audit stream, so the gateway needs one Redis primary (not a cluster).
 
 use std::time::Duration;
 
@@ -17,62 +27,19 @@ use portcullis_policy::Charge;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-const CHARGE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS / 2
-local function cost_of(member)
-  return tonumber(string.match(member, ':(%d+)$')) or 0
-end
-for i = 1, n do
-  local log, total = KEYS[2 * i - 1], KEYS[2 * i]
-  local window = tonumber(ARGV[3 * i - 1])
-  local max = tonumber(ARGV[3 * i])
-  local cost = tonumber(ARGV[3 * i + 1])
-  local expired = redis.call('ZRANGEBYSCORE', log, '-inf', now - window)
-  if #expired > 0 then
-    local freed = 0
-    for _, m in ipairs(expired) do freed = freed + cost_of(m) end
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
-    if redis.call('DECRBY', total, freed) <= 0 then redis.call('DEL', total) end
-  end
-  local used = tonumber(redis.call('GET', total) or '0')
-  if used + cost > max then
-    local retry = window
-    if cost <= max then
-      local need = used + cost - max
-      local freed = 0
-      local entries = redis.call('ZRANGE', log, 0, -1, 'WITHSCORES')
-      for j = 1, #entries, 2 do
-        freed = freed + cost_of(entries[j])
-        if freed >= need then
-          retry = tonumber(entries[j + 1]) + window - now
-          break
-        end
-      end
-    end
-    return {i, retry}
-  end
-end
-for i = 1, n do
-  local log, total = KEYS[2 * i - 1], KEYS[2 * i]
-  local window = tonumber(ARGV[3 * i - 1])
-  local cost = tonumber(ARGV[3 * i + 1])
-  redis.call('ZADD', log, now, ARGV[1] .. ':' .. i .. ':' .. cost)
-  redis.call('INCRBY', total, cost)
-  redis.call('PEXPIRE', log, window + 1000)
-  redis.call('PEXPIRE', total, window + 1000)
-end
-return {0, 0}
-";
+pub use crate::batch::BUCKETS;
+use crate::batch::{BatchError, Batcher, Counter};
 
+/// KEYS: the counters' hashes. ARGV: per counter `bucket cost`.
 const REFUND: &str = r"
-local n = #KEYS / 2
-for i = 1, n do
-  local log, total = KEYS[2 * i - 1], KEYS[2 * i]
-  local cost = tonumber(ARGV[i + 1])
-  if redis.call('ZREM', log, ARGV[1] .. ':' .. i .. ':' .. cost) == 1 then
-    if redis.call('DECRBY', total, cost) <= 0 then redis.call('DEL', total) end
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local bucket, cost = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
+  local held = tonumber(redis.call('HGET', key, bucket) or '0')
+  -- A bucket that already left the window has nothing left to give back.
+  if held >= cost and cost > 0 then
+    redis.call('HINCRBY', key, bucket, -cost)
+    if redis.call('HINCRBY', key, 't', -cost) <= 0 then redis.call('DEL', key) end
   end
 end
 return 0
@@ -81,7 +48,10 @@ return 0
 /// The limiter could not answer (Redis down or too slow).
 #[derive(Debug, thiserror::Error)]
 pub enum LimiterError {
-    /// Redis answered with an error or the connection failed.
+    /// Redis answered with an error, the connection failed, or work queued up too long.
+    #[error("{0}")]
+    Unavailable(#[from] BatchError),
+    /// Redis answered a refund with an error.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     /// No answer within the limiter's timeout.
@@ -93,16 +63,16 @@ pub enum LimiterError {
 #[derive(Debug, Clone)]
 pub struct Reservation {
     keys: Vec<String>,
-    member: String,
-    costs: Vec<u64>,
+    /// Per counter: the bucket charged and the cost.
+    charged: Vec<(i64, u64)>,
 }
 
 /// What the limiter decided.
 #[derive(Debug)]
 pub enum Charged {
-    /// Every counter had room; all were charged.
+    /// Every counter had room; all were charged (and the audit entry, if any, written).
     Ok(Reservation),
-    /// The counter at `index` of the charges is full; nothing was charged.
+    /// The counter at `index` of the charges is full; nothing was charged or written.
     Exceeded {
         /// Index into the decision's charges.
         index: usize,
@@ -115,91 +85,109 @@ pub enum Charged {
 #[derive(Clone)]
 pub struct Limiter {
     redis: ConnectionManager,
+    batch: Batcher,
     keys: RedisKeys,
-    charge: Script,
     refund: Script,
     timeout: Duration,
 }
 
+/// The width of one bucket of `window`, in milliseconds (at least 1).
+pub fn bucket_width(window: Duration) -> u64 {
+    let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    ms.div_ceil(BUCKETS).max(1)
+}
+
 impl Limiter {
-    /// A limiter on `redis` that gives up after `timeout`.
-    pub fn new(redis: ConnectionManager, keys: RedisKeys, timeout: Duration) -> Self {
+    /// A limiter on `redis`, charging through `batch`, that gives up after `timeout`.
+    pub fn new(
+        redis: ConnectionManager,
+        batch: Batcher,
+        keys: RedisKeys,
+        timeout: Duration,
+    ) -> Self {
         Self {
             redis,
+            batch,
             keys,
-            charge: Script::new(CHARGE),
             refund: Script::new(REFUND),
             timeout,
         }
     }
 
-    fn counter_keys(&self, tenant: TenantId, charges: &[Charge]) -> Vec<String> {
-        let mut keys = Vec::with_capacity(charges.len() * 2);
-        for charge in charges {
-            let log = self.keys.limiter(tenant, &charge.key);
-            let total = format!("{log}:total");
-            keys.push(log);
-            keys.push(total);
-        }
-        keys
-    }
-
-    /// Checks and charges every counter, all or none. `id` must be unique per call (the audit
-    /// event id), so a refund removes exactly this call's charges.
+    /// Checks and charges every counter, all or none; when they are charged, `entry` (an
+    /// encoded audit event) is added to the audit stream in the same script.
     pub async fn charge(
         &self,
         tenant: TenantId,
-        id: &str,
         charges: &[Charge],
+        entry: Option<String>,
     ) -> Result<Charged, LimiterError> {
-        let keys = self.counter_keys(tenant, charges);
-        let mut invocation = self.charge.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        invocation.arg(id);
-        for charge in charges {
-            let window = u64::try_from(charge.window.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            invocation.arg(window).arg(charge.max).arg(charge.cost);
-        }
-        let mut conn = self.redis.clone();
+        let counters: Vec<Counter> = charges
+            .iter()
+            .map(|c| {
+                let width = bucket_width(c.window);
+                Counter {
+                    key: self
+                        .keys
+                        .limiter(tenant, &format!("{}:{}ms", c.key, width * BUCKETS)),
+                    width,
+                    max: c.max,
+                    cost: c.cost,
+                }
+            })
+            .collect();
         let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async::<(i64, i64)>(&mut conn),
-        )
-        .await
-        .map_err(|_| LimiterError::Timeout(self.timeout))??;
+        let result = tokio::time::timeout(self.timeout, self.batch.charge(counters.clone(), entry))
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout))??;
         metrics::histogram!("portcullis_gateway_limiter_seconds").record(started.elapsed());
-        match answer {
-            (0, _) => Ok(Charged::Ok(Reservation {
-                keys,
-                member: id.to_owned(),
-                costs: charges.iter().map(|c| c.cost).collect(),
-            })),
-            (index, retry_ms) => Ok(Charged::Exceeded {
-                index: usize::try_from(index - 1).unwrap_or(0),
-                retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0)),
-            }),
+        if result.refused == 0 {
+            return Ok(Charged::Ok(Reservation {
+                charged: counters
+                    .iter()
+                    .map(|c| {
+                        (
+                            result.now_ms / i64::try_from(c.width).unwrap_or(i64::MAX),
+                            c.cost,
+                        )
+                    })
+                    .collect(),
+                keys: counters.into_iter().map(|c| c.key).collect(),
+            }));
         }
+        Ok(Charged::Exceeded {
+            index: result.refused - 1,
+            retry_after: Duration::from_millis(result.retry_ms),
+        })
     }
 
-    /// Gives back the charges of a call that failed upstream.
+    /// Gives back the charges of a call that failed upstream (those still inside the window).
     pub async fn refund(&self, reservation: &Reservation) -> Result<(), LimiterError> {
         let mut invocation = self.refund.prepare_invoke();
         for key in &reservation.keys {
             invocation.key(key);
         }
-        invocation.arg(&reservation.member);
-        for cost in &reservation.costs {
-            invocation.arg(*cost);
+        for (bucket, cost) in &reservation.charged {
+            invocation.arg(*bucket).arg(*cost);
         }
         let mut conn = self.redis.clone();
         tokio::time::timeout(self.timeout * 4, invocation.invoke_async::<i64>(&mut conn))
             .await
             .map_err(|_| LimiterError::Timeout(self.timeout))??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_a_hundredth_of_the_window_and_never_zero() {
+        assert_eq!(bucket_width(Duration::from_secs(60)), 600);
+        assert_eq!(bucket_width(Duration::from_secs(3600)), 36_000);
+        assert_eq!(bucket_width(Duration::from_millis(150)), 2);
+        assert_eq!(bucket_width(Duration::from_millis(1)), 1);
+        assert_eq!(bucket_width(Duration::ZERO), 1);
     }
 }

@@ -303,6 +303,7 @@ impl Gateway {
             outcome: None,
         };
         let mut reservation = None;
+        let mut audited = false;
         let watch = match kind {
             MethodKind::ToolsCall => {
                 let verdict = {
@@ -338,8 +339,12 @@ impl Gateway {
                         self.answered_locally(event, inbound.arrived, label);
                         return Ok(json_response(StatusCode::OK, HeaderMap::new(), answer));
                     }
-                    Verdict::Forward(held) => {
+                    Verdict::Forward {
+                        reservation: held,
+                        audited: written,
+                    } => {
                         reservation = held;
+                        audited = written;
                         Watch::ToolsCall
                     }
                 }
@@ -359,7 +364,9 @@ impl Gateway {
             }
             _ => Watch::Nothing,
         };
-        self.audit.write_now(&event).await;
+        if !audited {
+            self.audit.write_now(&event).await;
+        }
         let pending = Pending::new(
             self.audit.clone(),
             self.limiter.clone(),

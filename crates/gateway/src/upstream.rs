@@ -81,6 +81,8 @@ impl Upstream {
             // Upstream URLs are registered by tenants: never follow a redirect elsewhere and
             // never route through a proxy from the environment.
             .redirect(reqwest::redirect::Policy::none())
+            // Never send a call twice: a retried `tools/call` could charge a card twice.
+            .retry(reqwest::retry::never())
             .no_proxy()
             .user_agent(concat!("portcullis-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;

@@ -206,12 +206,16 @@ impl Stack {
         let mut conn = self.redis.conn();
         let key = format!("{}:audit", self.redis.prefix());
         let entries: redis::streams::StreamRangeReply = conn.xrange_all(&key).await.unwrap();
-        entries
-            .ids
-            .iter()
-            .filter_map(|e| e.get::<String>("event"))
-            .map(|json| serde_json::from_str(&json).unwrap())
-            .collect()
+        let mut events = Vec::new();
+        for entry in &entries.ids {
+            if let Some(json) = entry.get::<String>("event") {
+                events.push(serde_json::from_str(&json).unwrap());
+            } else if let Some(json) = entry.get::<String>("events") {
+                let batch: Vec<Value> = serde_json::from_str(&json).unwrap();
+                events.extend(batch);
+            }
+        }
+        events
     }
 
     /// Waits until the audit holds an entry matching `pred`.

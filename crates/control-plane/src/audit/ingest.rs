@@ -304,13 +304,15 @@ async fn ingest(
     let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
     let mut events = Vec::with_capacity(entries.len());
     for entry in &entries {
-        let decoded = entry
-            .map
-            .get(stream::FIELD)
-            .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
-            .map(|bytes| stream::decode(&bytes));
+        let decoded = [stream::FIELD, stream::BATCH_FIELD]
+            .into_iter()
+            .find_map(|field| Some((field, entry.map.get(field)?)))
+            .and_then(|(field, v)| {
+                let bytes = redis::from_redis_value_ref::<Vec<u8>>(v).ok()?;
+                Some(stream::decode_field(field, &bytes))
+            });
         match decoded {
-            Some(Ok(event)) => events.push(event),
+            Some(Ok(batch)) => events.extend(batch),
             // A malformed entry would fail forever: log it and let it go.
             Some(Err(e)) => {
                 metrics::counter!("portcullis_audit_malformed_total").increment(1);

@@ -1,0 +1,462 @@
+//! The gateway's one path to Redis for the request path: limiter charges and audit entries,
+//! gathered from concurrent requests into ONE script call per round trip (group commit).
+//!
+//! While a script call is in flight, new work queues; when it returns, everything queued goes
+//! in the next call. An idle gateway therefore pays one round trip per request, and a busy one
+//! shares each round trip among all the requests that arrived during the previous one, which
+//! cuts Redis's work and the gateway's syscalls per request by the batch size.
+//!
+//! Each charge in a batch is still all or nothing, checked and applied in order inside the
+//! script, so batching changes no limiter decision. A charge's audit decision entry is written
+//! by the same script only when the charge goes through; the script writes every entry of the
+//! batch as one stream entry (`portcullis_core::audit::stream::BATCH_FIELD`). A caller that
+//! waits for a write (a charge, the decision entry of a call about to be forwarded) is answered
+//! only after Redis has it. Entries whose write failed are kept and retried a few times (they
+//! must survive a short Redis outage, and must not grow without bound during a long one).
+//!
+//! Counters are Redis hashes of time buckets; see [`crate::limiter`] for the model.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use portcullis_core::audit::stream;
+use redis::Script;
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How many buckets a limiter window is cut into.
+pub const BUCKETS: u64 = 100;
+
+/// Most requests' work in one script call.
+const MAX_BATCH: usize = 512;
+/// Queued work the gateway holds before it sheds audit entries (and refuses charges).
+const QUEUE: usize = 65_536;
+/// Tries of an entry's write before it is dropped (and counted).
+const ATTEMPTS: u32 = 3;
+
+/// ARGV: BUCKETS, MAXLEN, the number of charges; per charge: its counter count n, per counter
+/// `key index, bucket width (ms), max, cost`, then `1 entry` or `0`; then the number of plain
+/// entries and the entries. KEYS: the counters' hashes (each once), then the audit stream.
+/// Returns `{now_ms, refused_1, retry_ms_1, refused_2, …}`: `refused` is 0 when the charge
+/// went through, else the 1-based index of the first full counter.
+const SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local buckets = tonumber(ARGV[1])
+local stream = KEYS[#KEYS]
+local states = {}
+
+-- A counter's state, read once per batch: buckets that left the window are dropped first.
+-- Bucket b holds charges made before (b + 1) * width; they count while their time is after
+-- now - window, so b has left the window once (b + 1) * width - 1 <= now - window.
+local function state(k, width)
+  local st = states[k]
+  if st then return st end
+  local key = KEYS[k]
+  local window = width * buckets
+  local gone = math.floor((now - window + 1) / width) - 1
+  local got = redis.call('HMGET', key, 't', 'o')
+  local used = tonumber(got[1]) or 0
+  local oldest = tonumber(got[2])
+  if oldest and oldest <= gone then
+    for b = oldest, gone do
+      local v = redis.call('HGET', key, b)
+      if v then
+        used = used - tonumber(v)
+        redis.call('HDEL', key, b)
+      end
+    end
+    if used <= 0 then
+      redis.call('DEL', key)
+      used = 0
+    else
+      redis.call('HSET', key, 't', used, 'o', gone + 1)
+    end
+  end
+  st = {used = used, add = 0, width = width}
+  states[k] = st
+  return st
+end
+
+-- When enough of counter k frees up for `need` more units.
+local function retry_after(k, width, need)
+  local window = width * buckets
+  local fields = redis.call('HGETALL', KEYS[k])
+  local held = {}
+  for j = 1, #fields, 2 do
+    local b = tonumber(fields[j])
+    if b then held[#held + 1] = {b, tonumber(fields[j + 1])} end
+  end
+  table.sort(held, function(x, y) return x[1] < y[1] end)
+  local freed = 0
+  for _, h in ipairs(held) do
+    freed = freed + h[2]
+    if freed >= need then return math.max((h[1] + 1) * width + window - now, 1) end
+  end
+  return window
+end
+
+local out = {now}
+local entries = {}
+local a = 4
+for _ = 1, tonumber(ARGV[3]) do
+  local n = tonumber(ARGV[a])
+  local first = a + 1
+  a = first + 4 * n
+  local refused, retry = 0, 0
+  for i = 1, n do
+    local p = first + 4 * (i - 1)
+    local k, width, max, cost = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+    local st = state(k, width)
+    if st.used + st.add + cost > max then
+      refused = i
+      if cost > max then retry = width * buckets else retry = retry_after(k, width, st.used + st.add + cost - max) end
+      break
+    end
+  end
+  if refused == 0 then
+    for i = 1, n do
+      local p = first + 4 * (i - 1)
+      local st = states[tonumber(ARGV[p])]
+      st.add = st.add + tonumber(ARGV[p + 3])
+    end
+  end
+  if ARGV[a] == '1' then
+    if refused == 0 then entries[#entries + 1] = ARGV[a + 1] end
+    a = a + 2
+  else
+    a = a + 1
+  end
+  out[#out + 1] = refused
+  out[#out + 1] = retry
+end
+for _ = 1, tonumber(ARGV[a]) do
+  a = a + 1
+  entries[#entries + 1] = ARGV[a]
+end
+
+for k, st in pairs(states) do
+  if st.add > 0 then
+    local key = KEYS[k]
+    local bucket = math.floor(now / st.width)
+    if redis.call('HINCRBY', key, bucket, st.add) == st.add then
+      -- A new bucket: the hash must outlive it by a window.
+      redis.call('HSETNX', key, 'o', bucket)
+      redis.call('PEXPIRE', key, st.width * (buckets + 1) + 1000)
+    end
+    redis.call('HINCRBY', key, 't', st.add)
+  end
+end
+if #entries == 1 then
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'event', entries[1])
+elseif #entries > 1 then
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'events', '[' .. table.concat(entries, ',') .. ']')
+end
+return out
+";
+
+/// One counter of a charge.
+#[derive(Debug, Clone)]
+pub struct Counter {
+    /// The counter's hash.
+    pub key: String,
+    /// Bucket width in milliseconds (the window is [`BUCKETS`] widths).
+    pub width: u64,
+    /// Most units in the window.
+    pub max: u64,
+    /// Units this call takes.
+    pub cost: u64,
+}
+
+/// How a charge went.
+#[derive(Debug, Clone, Copy)]
+pub struct ChargeResult {
+    /// Redis's clock when it was decided, in milliseconds.
+    pub now_ms: i64,
+    /// 0: charged; else the 1-based index of the first full counter.
+    pub refused: usize,
+    /// With `refused`: when enough of that counter frees up.
+    pub retry_ms: u64,
+}
+
+/// Why queued work was not done.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    /// Redis failed or could not be reached.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// The gateway holds too much queued work (Redis too slow).
+    #[error("too much queued work")]
+    Overloaded,
+    /// The gateway is shutting down.
+    #[error("shutting down")]
+    Closed,
+}
+
+enum Op {
+    Charge {
+        counters: Vec<Counter>,
+        entry: Option<String>,
+        reply: oneshot::Sender<Result<ChargeResult, BatchError>>,
+    },
+    Entry {
+        json: String,
+        written: Option<oneshot::Sender<bool>>,
+    },
+}
+
+/// The handle requests use; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Op>,
+}
+
+impl Batcher {
+    /// Starts the task that talks to Redis, writing audit entries to `stream_key`, giving up on a
+    /// script call after `timeout`; it drains what is queued and stops on `shutdown`.
+    pub fn start(
+        redis: ConnectionManager,
+        stream_key: String,
+        timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(
+            Worker {
+                redis,
+                stream_key,
+                script: Script::new(SCRIPT),
+                timeout,
+                retry: VecDeque::new(),
+            }
+            .run(rx, shutdown),
+        );
+        Self { tx }
+    }
+
+    /// Checks and takes every counter, all or none, in the next round trip; `entry` (an
+    /// encoded audit event) is written in the same script when the charge goes through.
+    pub async fn charge(
+        &self,
+        counters: Vec<Counter>,
+        entry: Option<String>,
+    ) -> Result<ChargeResult, BatchError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .try_send(Op::Charge {
+                counters,
+                entry,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => BatchError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => BatchError::Closed,
+            })?;
+        answer.await.map_err(|_| BatchError::Closed)?
+    }
+
+    /// Writes an audit entry in the next round trip and waits until Redis has it; `false` when
+    /// it could not be written yet (it stays queued for another try).
+    pub async fn write(&self, json: String) -> bool {
+        let (written, answer) = oneshot::channel();
+        if !self.queue(Op::Entry {
+            json,
+            written: Some(written),
+        }) {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+
+    /// Queues an audit entry for the next round trip, without waiting.
+    pub fn enqueue(&self, json: String) {
+        self.queue(Op::Entry {
+            json,
+            written: None,
+        });
+    }
+
+    fn queue(&self, op: Op) -> bool {
+        if self.tx.try_send(op).is_err() {
+            metrics::counter!("portcullis_gateway_audit_dropped_total").increment(1);
+            tracing::error!("audit queue full; an audit entry was dropped");
+            return false;
+        }
+        true
+    }
+}
+
+/// An entry whose write failed, waiting for another try.
+struct Retry {
+    json: String,
+    attempts: u32,
+}
+
+struct Worker {
+    redis: ConnectionManager,
+    stream_key: String,
+    script: Script,
+    timeout: Duration,
+    retry: VecDeque<Retry>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Op>, shutdown: CancellationToken) {
+        let mut ops = Vec::with_capacity(MAX_BATCH);
+        let mut stopping = false;
+        loop {
+            if !stopping {
+                tokio::select! {
+                    n = rx.recv_many(&mut ops, MAX_BATCH) => if n == 0 { stopping = true },
+                    () = shutdown.cancelled() => stopping = true,
+                    // Failed entries are retried even when no new work arrives.
+                    () = tokio::time::sleep(Duration::from_millis(200)), if !self.retry.is_empty() => {}
+                }
+            }
+            if stopping {
+                rx.close();
+                while let Ok(op) = rx.try_recv() {
+                    ops.push(op);
+                }
+            }
+            if ops.is_empty() && self.retry.is_empty() {
+                if stopping {
+                    return;
+                }
+                continue;
+            }
+            let failed = self.call(std::mem::take(&mut ops)).await;
+            ops = Vec::with_capacity(MAX_BATCH);
+            if stopping && failed {
+                // Last tries for what is left, then give up.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// One script call for `ops` and the entries due for a retry. True when it failed.
+    async fn call(&mut self, ops: Vec<Op>) -> bool {
+        let mut keys: Vec<&str> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut plain: Vec<(String, u32, Option<oneshot::Sender<bool>>)> = Vec::new();
+        for op in &ops {
+            if let Op::Charge { counters, .. } = op {
+                for c in counters {
+                    index.entry(c.key.as_str()).or_insert_with(|| {
+                        keys.push(c.key.as_str());
+                        keys.len()
+                    });
+                }
+            }
+        }
+        let mut invocation = self.script.prepare_invoke();
+        for key in &keys {
+            invocation.key(*key);
+        }
+        invocation.key(&self.stream_key);
+        let n_charges = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Charge { .. }))
+            .count();
+        invocation.arg(BUCKETS).arg(stream::MAX_LEN).arg(n_charges);
+        for op in &ops {
+            if let Op::Charge {
+                counters, entry, ..
+            } = op
+            {
+                invocation.arg(counters.len());
+                for c in counters {
+                    invocation
+                        .arg(index[c.key.as_str()])
+                        .arg(c.width)
+                        .arg(c.max)
+                        .arg(c.cost);
+                }
+                match entry {
+                    Some(json) => invocation.arg(1).arg(json),
+                    None => invocation.arg(0),
+                };
+            }
+        }
+        let retried = self.retry.len();
+        invocation.arg(retried + ops.len() - n_charges);
+        for r in &self.retry {
+            invocation.arg(&r.json);
+        }
+        for op in &ops {
+            if let Op::Entry { json, .. } = op {
+                invocation.arg(json);
+            }
+        }
+        let mut conn = self.redis.clone();
+        let started = std::time::Instant::now();
+        let answer =
+            tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
+                .await;
+        metrics::histogram!("portcullis_gateway_redis_batch_seconds").record(started.elapsed());
+        metrics::histogram!("portcullis_gateway_redis_batch_size").record(ops.len() as f64);
+        let result = match answer {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(BatchError::Redis(e.to_string())),
+            Err(_) => Err(BatchError::Redis(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        };
+        let failed = result.is_err();
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "redis batch failed");
+        }
+        let mut retry = std::mem::take(&mut self.retry);
+        if failed {
+            for mut r in retry.drain(..) {
+                r.attempts += 1;
+                plain.push((r.json, r.attempts, None));
+            }
+        }
+        let mut results = match &result {
+            Ok(out) => out.get(1..).unwrap_or_default().chunks(2),
+            Err(_) => [].chunks(2),
+        };
+        let now_ms = result.as_ref().ok().and_then(|o| o.first().copied());
+        for op in ops {
+            match op {
+                Op::Charge { reply, .. } => {
+                    let answer = match (&result, results.next(), now_ms) {
+                        (Ok(_), Some([refused, retry]), Some(now_ms)) => Ok(ChargeResult {
+                            now_ms,
+                            refused: usize::try_from(*refused).unwrap_or(0),
+                            retry_ms: u64::try_from(*retry).unwrap_or(0),
+                        }),
+                        (Err(e), _, _) => Err(e.clone()),
+                        _ => Err(BatchError::Redis(
+                            "short answer from the batch script".into(),
+                        )),
+                    };
+                    let _ = reply.send(answer);
+                }
+                Op::Entry { json, written } => {
+                    if failed {
+                        plain.push((json, 1, written));
+                    } else if let Some(w) = written {
+                        let _ = w.send(true);
+                    }
+                }
+            }
+        }
+        for (json, attempts, written) in plain {
+            if let Some(w) = written {
+                let _ = w.send(false);
+            }
+            if attempts >= ATTEMPTS || self.retry.len() >= QUEUE {
+                metrics::counter!("portcullis_gateway_audit_dropped_total").increment(1);
+                tracing::error!(attempts, "audit entry dropped after failed writes");
+            } else {
+                self.retry.push_back(Retry { json, attempts });
+            }
+        }
+        failed
+    }
+}

@@ -1,0 +1,226 @@
+//! The limiter against a real Redis: sliding windows, all-or-none charges, refunds, bounded
+//! memory, and batched round trips that never let more through than the limit.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_core::TenantId;
+use portcullis_core::redis_keys::RedisKeys;
+use portcullis_gateway::batch::{BUCKETS, Batcher};
+use portcullis_gateway::limiter::{Charged, Limiter};
+use portcullis_policy::Charge;
+use portcullis_tests::TestRedis;
+use redis::AsyncCommands as _;
+use tokio_util::sync::CancellationToken;
+
+struct Setup {
+    redis: TestRedis,
+    limiter: Limiter,
+    stop: CancellationToken,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let redis = TestRedis::new().await;
+        let keys = RedisKeys::new(redis.prefix());
+        let stop = CancellationToken::new();
+        let batch = Batcher::start(
+            redis.conn(),
+            keys.audit_stream(),
+            Duration::from_secs(2),
+            stop.clone(),
+        );
+        let limiter = Limiter::new(redis.conn(), batch, keys, Duration::from_secs(2));
+        Self {
+            redis,
+            limiter,
+            stop,
+        }
+    }
+
+    async fn stream_len(&self) -> usize {
+        let key = RedisKeys::new(self.redis.prefix()).audit_stream();
+        let mut conn = self.redis.conn();
+        conn.xlen(key).await.unwrap()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn charge(key: &str, window: Duration, max: u64, cost: u64) -> Charge {
+    Charge {
+        key: key.to_owned(),
+        window,
+        max,
+        cost,
+        rule: "/tools/t/limits/0".into(),
+    }
+}
+
+fn is_ok(charged: &Charged) -> bool {
+    matches!(charged, Charged::Ok(_))
+}
+
+#[tokio::test]
+async fn a_window_refuses_past_max_says_when_and_frees_up_as_it_slides() {
+    let s = Setup::new().await;
+    let t = TenantId::new();
+    let window = Duration::from_secs(2);
+    let c = [charge("grant:g:calls", window, 3, 1)];
+    for _ in 0..3 {
+        assert!(is_ok(&s.limiter.charge(t, &c, None).await.unwrap()));
+    }
+    let Charged::Exceeded { index, retry_after } = s.limiter.charge(t, &c, None).await.unwrap()
+    else {
+        panic!("the fourth call in the window went through");
+    };
+    assert_eq!(index, 0);
+    // Never lenient: at most one window plus one bucket width.
+    let width = Duration::from_millis(2000 / BUCKETS);
+    assert!(
+        retry_after > Duration::ZERO && retry_after <= window + width,
+        "{retry_after:?}"
+    );
+    tokio::time::sleep(retry_after + Duration::from_millis(5)).await;
+    assert!(is_ok(&s.limiter.charge(t, &c, None).await.unwrap()));
+    // Another tenant's counter of the same name is its own.
+    let other = TenantId::new();
+    assert!(is_ok(&s.limiter.charge(other, &c, None).await.unwrap()));
+}
+
+#[tokio::test]
+async fn a_charge_takes_every_counter_or_none_and_writes_its_entry_only_when_it_passes() {
+    let s = Setup::new().await;
+    let t = TenantId::new();
+    let minute = Duration::from_secs(60);
+    let both = [
+        charge("grant:g:calls", minute, 10, 1),
+        charge("tenant:t:spend", minute, 100, 60),
+    ];
+    assert!(is_ok(
+        &s.limiter
+            .charge(t, &both, Some(r#"{"n":1}"#.into()))
+            .await
+            .unwrap()
+    ));
+    // Spend is now 60 of 100: another 60 does not fit, so calls must not be taken either.
+    let refused = s
+        .limiter
+        .charge(t, &both, Some(r#"{"n":2}"#.into()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, Charged::Exceeded { index: 1, .. }),
+        "{refused:?}"
+    );
+    assert_eq!(s.stream_len().await, 1, "a refused charge wrote its entry");
+    // A cost larger than the limit itself never fits: retry after a whole window.
+    let huge = [charge("tenant:t:spend", minute, 100, 101)];
+    let Charged::Exceeded { retry_after, .. } = s.limiter.charge(t, &huge, None).await.unwrap()
+    else {
+        panic!("a cost over max went through");
+    };
+    assert_eq!(retry_after, minute);
+    // calls: 1 taken, so 9 more fit and the tenth is refused.
+    let calls = [charge("grant:g:calls", minute, 10, 1)];
+    for _ in 0..9 {
+        assert!(is_ok(&s.limiter.charge(t, &calls, None).await.unwrap()));
+    }
+    assert!(!is_ok(&s.limiter.charge(t, &calls, None).await.unwrap()));
+}
+
+#[tokio::test]
+async fn refunds_give_charges_back() {
+    let s = Setup::new().await;
+    let t = TenantId::new();
+    let c = [charge("grant:g:calls", Duration::from_secs(60), 1, 1)];
+    let Charged::Ok(reservation) = s.limiter.charge(t, &c, None).await.unwrap() else {
+        panic!("refused");
+    };
+    assert!(!is_ok(&s.limiter.charge(t, &c, None).await.unwrap()));
+    s.limiter.refund(&reservation).await.unwrap();
+    assert!(is_ok(&s.limiter.charge(t, &c, None).await.unwrap()));
+}
+
+#[tokio::test]
+async fn memory_per_counter_is_bounded_however_high_the_limit() {
+    let s = Setup::new().await;
+    let t = TenantId::new();
+    let c = [charge(
+        "tenant:t:all",
+        Duration::from_millis(500),
+        1_000_000_000,
+        1,
+    )];
+    // 3,000 charges spread over more than a window: the old buckets must be gone.
+    let limiter = Arc::new(s.limiter.clone());
+    for _ in 0..30 {
+        let calls = (0..100).map(|_| {
+            let limiter = limiter.clone();
+            let c = c.clone();
+            async move { limiter.charge(t, &c, None).await.unwrap() }
+        });
+        for charged in futures::future::join_all(calls).await {
+            assert!(is_ok(&charged));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let keys = s.redis.keys().await;
+    let counter = keys.iter().find(|k| k.contains(":lim:")).unwrap();
+    let mut conn = s.redis.conn();
+    let fields: usize = conn.hlen(counter).await.unwrap();
+    assert!(
+        fields <= usize::try_from(BUCKETS).unwrap() + 3,
+        "{fields} fields for one counter"
+    );
+    let ttl: i64 = conn.pttl(counter).await.unwrap();
+    assert!(
+        ttl > 0 && ttl <= 500 + 5 + 1000,
+        "the counter expires on its own: {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_charges_batched_together_let_exactly_max_through() {
+    let s = Setup::new().await;
+    let t = TenantId::new();
+    let c = [
+        charge("grant:g:calls", Duration::from_secs(60), 50, 1),
+        charge("tenant:t:all", Duration::from_secs(3600), 1000, 1),
+    ];
+    let limiter = Arc::new(s.limiter.clone());
+    let calls = (0..400).map(|i| {
+        let limiter = limiter.clone();
+        let c = c.clone();
+        async move {
+            limiter
+                .charge(t, &c, Some(format!(r#"{{"n":{i}}}"#)))
+                .await
+                .unwrap()
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let passed = results.iter().filter(|r| is_ok(r)).count();
+    assert_eq!(passed, 50);
+    // Every passing charge wrote its entry (some in batch entries).
+    let key = RedisKeys::new(s.redis.prefix()).audit_stream();
+    let mut conn = s.redis.conn();
+    let entries: redis::streams::StreamRangeReply = conn.xrange_all(&key).await.unwrap();
+    let mut events = 0;
+    for entry in &entries.ids {
+        if let Some(json) = entry.get::<String>("events") {
+            events += serde_json::from_str::<Vec<serde_json::Value>>(&json)
+                .unwrap()
+                .len();
+        } else if entry.get::<String>("event").is_some() {
+            events += 1;
+        }
+    }
+    assert_eq!(events, 50);
+}
