@@ -2,13 +2,20 @@
 
 Usage: mcp_server.py --transport streamable-http|sse --port PORT [--json-response]
 Listens on 127.0.0.1 only. Prints "ready" on stderr once uvicorn starts (the test polls the port).
+Over SSE every request (the stream and each message POST) must carry the credential header the
+gateway injects (`x-upstream-key: upstream-secret`), else it is answered 401.
 """
 
 import argparse
 import os
+from typing import Annotated
+
+import mcp.types as types
+import uvicorn
+from pydantic import BaseModel
 
 from mcp.server import MCPServer
-from mcp.server.mcpserver import Context
+from mcp.server.mcpserver import Context, Elicit, Resolve, Sample
 
 server = MCPServer("portcullis-test-python")
 
@@ -57,6 +64,51 @@ def whoami(ctx: Context) -> str:
     return f"x-upstream-key={headers.get('x-upstream-key', '')}; authorization={headers.get('authorization', '')}"
 
 
+class Name(BaseModel):
+    name: str
+
+
+async def ask_name(topic: str, ctx: Context) -> Elicit[Name]:
+    # With a progress token, the notification makes a stateless-era answer an SSE stream.
+    await ctx.report_progress(0.5, message=f"asking who wants to know about {topic}")
+    return Elicit(f"Who wants to know about {topic}?", Name)
+
+
+def sample_topic(topic: str) -> Sample:
+    prompt = types.TextContent(type="text", text=f"Tell me about {topic}")
+    return Sample([types.SamplingMessage(role="user", content=prompt)], max_tokens=20)
+
+
+@server.tool()
+def consult(
+    topic: str,
+    who: Annotated[Name, Resolve(ask_name)],
+    sampled: Annotated[types.CreateMessageResult, Resolve(sample_topic)],
+) -> str:
+    """Ask the client who is asking (elicitation) and what its model says (sampling).
+
+    Before 2026-07-28 these are requests to the client in the middle of the call; from
+    2026-07-28 they come back as one `input_required` result, answered by a retry.
+    """
+    text = getattr(sampled.content, "text", "")
+    return f"{who.name} asked about {topic}; {text}"
+
+
+def require_upstream_key(app):
+    """ASGI middleware: refuse HTTP requests without the gateway-injected credential."""
+
+    async def guarded(scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"x-upstream-key") != b"upstream-secret":
+                await send({"type": "http.response.start", "status": 401, "headers": []})
+                await send({"type": "http.response.body", "body": b"missing x-upstream-key"})
+                return
+        await app(scope, receive, send)
+
+    return guarded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transport", default="streamable-http")
@@ -65,7 +117,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if args.transport == "sse":
-        server.run("sse", host="127.0.0.1", port=args.port)
+        app = require_upstream_key(server.sse_app(host="127.0.0.1"))
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
     else:
         server.run(
             "streamable-http",

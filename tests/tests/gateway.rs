@@ -10,7 +10,9 @@ mod gateway {
 
 use std::time::{Duration, Instant};
 
-use gateway::support::{self, Stack, call, message, open_session, post, post_stateless, text};
+use gateway::support::{
+    self, SseMessages, Stack, call, message, open_session, post, post_stateless, text,
+};
 use gateway::toolbox::RmcpServer;
 use portcullis_core::Invalidation;
 use rmcp::model::{CallToolRequestParams, ProtocolVersion};
@@ -767,6 +769,268 @@ async fn python_sdk_server_over_streamable_http_and_legacy_sse() {
         post_stateless(&fl.url(&gw), &[], 1, "echo", json!({"text": "x"})).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(message(&body)["error"]["code"], -32022, "{body}");
+    gw.stop().await.unwrap();
+}
+
+/// A legacy (HTTP+SSE) upstream asks the client during a call (elicitation, then sampling):
+/// the Python SDK client's callbacks answer through the gateway, and a raw client's answers
+/// reach the upstream through another replica than the one relaying the call.
+#[tokio::test]
+async fn legacy_sse_server_requests_are_answered_through_any_replica() {
+    let stack = Stack::new().await;
+    // Refuses every request without the injected credential, reply POSTs included.
+    let sse = portcullis_tests::peers::python_server("sse", false);
+    let mut doc = policy();
+    doc["tools"]["consult"] = json!({});
+    let f = stack.fixture(&sse.url("/sse"), "sse", doc).await;
+    let (_, other) = stack.grant(f.tenant, f.server, f.policy, "agent-2").await;
+    let a = stack.gateway().await;
+    let b = stack.gateway().await;
+
+    let plan = json!([{"op": "call", "name": "consult", "args": {"topic": "tides"}}]).to_string();
+    let out = portcullis_tests::peers::python_client(&f.url(&a), "legacy", &plan).await;
+    let steps: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        steps[0]["ok"]["text"], "Ada asked about tides; sampled: Tell me about tides",
+        "{out}"
+    );
+
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}, "sampling": {}},
+        "clientInfo": {"name": "raw-test", "version": "1"}}})
+    .to_string();
+    let (status, headers, body) = post(&f.url(&a), &[], &init).await;
+    assert_eq!(status, 200, "{body}");
+    let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let with_session = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let response = reqwest::Client::new()
+        .post(f.url(&a))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(call(2, "consult", json!({"topic": "waves"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let other_url = format!("http://{}/g/{}/mcp", b.gateway.unwrap(), other.expose());
+    let mut stream = SseMessages::new(response);
+    let mut asked = Vec::new();
+    let answer = loop {
+        let msg = stream
+            .next()
+            .await
+            .expect("the stream ended before the answer");
+        let Some(method) = msg["method"].as_str() else {
+            if msg["id"] == 2 {
+                break msg;
+            }
+            continue;
+        };
+        if msg.get("id").is_none() {
+            continue;
+        }
+        // The upstream's id is sealed: an opaque string, not its own number.
+        let id = msg["id"].clone();
+        assert!(id.as_str().is_some_and(|s| s.len() > 40), "{msg}");
+        let result = match method {
+            "elicitation/create" => json!({"action": "accept", "content": {"name": "Grace"}}),
+            "sampling/createMessage" => json!({"role": "assistant", "model": "m",
+                "content": {"type": "text", "text": "waves come from wind"}, "stopReason": "endTurn"}),
+            other => panic!("unexpected request {other}: {msg}"),
+        };
+        asked.push(method.to_owned());
+        // Under another grant the id does not open: acknowledged, never delivered.
+        let forged = json!({"jsonrpc": "2.0", "id": id,
+            "result": {"action": "accept", "content": {"name": "Mallory"}}});
+        let (status, _, body) = post(&other_url, &[], &forged.to_string()).await;
+        assert_eq!(status, 202, "{body}");
+        let reply = json!({"jsonrpc": "2.0", "id": id, "result": result});
+        let (status, _, body) = post(&f.url(&b), &with_session, &reply.to_string()).await;
+        assert_eq!(status, 202, "{body}");
+    };
+    assert_eq!(asked, ["elicitation/create", "sampling/createMessage"]);
+    assert_eq!(
+        text(&answer),
+        "Grace asked about waves; waves come from wind",
+        "{answer}"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// A stateless-era `consult` call (the Python server's tool that needs input), optionally a
+/// retry with `(inputResponses, requestState)`, optionally with a progress token (which makes
+/// the upstream answer with an SSE stream).
+async fn consult(
+    url: &str,
+    id: i64,
+    topic: &str,
+    retry: Option<(&Value, &str)>,
+    progress: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut params = json!({"name": "consult", "arguments": {"topic": topic}, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}, "sampling": {}}}});
+    if let Some((responses, state)) = retry {
+        params["inputResponses"] = responses.clone();
+        params["requestState"] = json!(state);
+    }
+    if let Some(token) = progress {
+        params["_meta"]["progressToken"] = json!(token);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+    post(
+        url,
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "consult"),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
+/// The client's answers to an `input_required` result's requests.
+fn input_responses(requests: &Value, name: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    for (key, request) in requests.as_object().unwrap() {
+        let response = match request["method"].as_str().unwrap() {
+            "elicitation/create" => json!({"action": "accept", "content": {"name": name}}),
+            "sampling/createMessage" => {
+                let prompt = request["params"]["messages"][0]["content"]["text"]
+                    .as_str()
+                    .unwrap();
+                json!({"role": "assistant", "model": "m", "stopReason": "endTurn",
+                       "content": {"type": "text", "text": format!("sampled: {prompt}")}})
+            }
+            other => panic!("unexpected input request {other}"),
+        };
+        out.insert(key.clone(), response);
+    }
+    Value::Object(out)
+}
+
+/// Stateless era: a retry answering `input_required` continues the call it answers (limits
+/// and approvals are not charged again), and a `requestState` the gateway did not seal for
+/// this grant, tool and arguments is refused.
+#[tokio::test]
+async fn input_required_retries_continue_the_call_without_charging_it_again() {
+    let stack = Stack::new().await;
+    let upstream = portcullis_tests::peers::python_server("streamable-http", false);
+    let mut doc = policy();
+    doc["tools"]["consult"] =
+        json!({"limits": [{"counter": "consult", "window": "minute", "max": 1}]});
+    let f = stack
+        .fixture(&upstream.url("/mcp"), "streamable_http", doc)
+        .await;
+    let (_, other) = stack.grant(f.tenant, f.server, f.policy, "agent-2").await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    let other_url = format!("http://{}/g/{}/mcp", gw.gateway.unwrap(), other.expose());
+
+    // The first round is charged (the one call a minute); its answer comes inside SSE.
+    let (status, headers, body) = consult(&url, 1, "tides", None, Some("p1")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "{body}"
+    );
+    let first = message(&body);
+    assert_eq!(first["result"]["resultType"], "input_required", "{body}");
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    assert!(
+        !state.starts_with("v1."),
+        "the upstream's own state: {state}"
+    );
+    let responses = input_responses(&first["result"]["inputRequests"], "Ada");
+
+    // Altered, under another grant, for other arguments: refused, and not charged.
+    let mut altered = state.clone().into_bytes();
+    let middle = altered.len() / 2;
+    altered[middle] = if altered[middle] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    for (target, topic, presented) in [
+        (&url, "tides", altered.as_str()),
+        (&other_url, "tides", state.as_str()),
+        (&url, "waves", state.as_str()),
+    ] {
+        let (_, _, body) = consult(target, 2, topic, Some((&responses, presented)), None).await;
+        let refused = message(&body);
+        assert_eq!(refused["error"]["code"], -32602, "{body}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("requestState"),
+            "{body}"
+        );
+    }
+
+    // The retry with the echoed state continues the call: not rate limited.
+    let (status, _, body) = consult(&url, 3, "tides", Some((&responses, &state)), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        text(&message(&body)),
+        "Ada asked about tides; sampled: Tell me about tides",
+        "{body}"
+    );
+    // An envelope continues one retry: replaying it is refused, not forwarded uncharged.
+    let (_, _, body) = consult(&url, 5, "tides", Some((&responses, &state)), None).await;
+    let replayed = message(&body);
+    assert_eq!(replayed["error"]["code"], -32602, "{body}");
+    assert!(
+        replayed["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("requestState already used")),
+        "{body}"
+    );
+    // A fresh call is a new call.
+    let (_, _, body) = consult(&url, 4, "tides", None, None).await;
+    assert!(
+        text(&message(&body)).starts_with("[RATE LIMITED]"),
+        "{body}"
+    );
+    stack
+        .audit_until(|e| e["rule"] == "(invalid requestState)" && e["decision"] == "deny")
+        .await;
+    stack
+        .audit_until(|e| {
+            e["decision"] == "allow"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("continuation of an input_required call"))
+        })
+        .await;
+
+    // The Python SDK client drives the round trip itself, on the other grant's own limit.
+    let plan = json!([
+        {"op": "call", "name": "consult", "args": {"topic": "stars"}},
+        {"op": "call", "name": "consult", "args": {"topic": "stars"}}
+    ])
+    .to_string();
+    let out = portcullis_tests::peers::python_client(&other_url, "2026-07-28", &plan).await;
+    let steps: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        steps[0]["ok"]["text"], "Ada asked about stars; sampled: Tell me about stars",
+        "{out}"
+    );
+    assert!(
+        steps[1]["ok"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("[RATE LIMITED]"),
+        "{out}"
+    );
     gw.stop().await.unwrap();
 }
 

@@ -147,6 +147,19 @@ pub fn session_context(grant: crate::GrantId) -> Vec<u8> {
     format!("session:{grant}").into_bytes()
 }
 
+/// The context of a stateless-era `requestState` envelope: the grant, and the tool call it
+/// continues (its name and the SHA-256 of its canonical arguments), so an envelope opens only
+/// for the same call under the same grant.
+pub fn request_state_context(grant: crate::GrantId, tool: &str, arguments_digest: &str) -> Vec<u8> {
+    format!("request-state:{grant}:{arguments_digest}:{tool}").into_bytes()
+}
+
+/// The context of the id the gateway gives a legacy (HTTP+SSE) server's request to a client:
+/// the grant it was relayed under.
+pub fn legacy_reply_context(grant: crate::GrantId) -> Vec<u8> {
+    format!("legacy-reply:{grant}").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,11 @@ impl RedisKeys {
         format!("{}:{{t:{tenant}}}:lim:{counter}", self.prefix)
     }
 
+    /// The one-use marker of a continuation envelope (`id`: its digest).
+    pub fn continuation(&self, tenant: TenantId, id: &str) -> String {
+        format!("{}:{{t:{tenant}}}:cont:{id}", self.prefix)
+    }
+
     /// The stream of audit events from the gateways to the control plane's ingester.
     pub fn audit_stream(&self) -> String {
         format!("{}:audit", self.prefix)

@@ -4,6 +4,10 @@
 //!
 //! `mode: monitor` runs every step and audits what would have happened, but always forwards
 //! (and opens no approvals: nobody is waiting on them).
+//!
+//! A continuation (a stateless-era retry of an `input_required` answer, see
+//! [`crate::continuation`]) is decided by the policy like any call, but charges no limits and
+//! needs no approval: the call it continues paid for both.
 
 use bytes::Bytes;
 use portcullis_core::audit::{AuditDecision, AuditEvent};
@@ -13,6 +17,7 @@ use portcullis_policy::{AuditArguments, Call, Decision, OnLimiterError, Outcome,
 use serde_json::{Map, Value, json};
 
 use crate::Gateway;
+use crate::continuation::{self, Round};
 use crate::error::GatewayError;
 use crate::grants::Grant;
 use crate::limiter::{Charged, Reservation};
@@ -38,12 +43,13 @@ pub enum Verdict {
     Answer(Bytes),
 }
 
-/// Decides a `tools/call`, filling the audit event's decision fields.
+/// Decides a `tools/call` in `round`, filling the audit event's decision fields.
 pub async fn tools_call(
     gw: &Gateway,
     grant: &Grant,
     id: &RequestId,
     call: &ToolCall<'_>,
+    round: &Round,
     era: ProtocolEra,
     event: &mut AuditEvent,
 ) -> Result<Verdict, GatewayError> {
@@ -56,6 +62,16 @@ pub async fn tools_call(
     event.arg_digest = Some(portcullis_core::canonical::digest(&call.arguments));
     if policy.is_some_and(|p| p.audit_arguments() == AuditArguments::Values) {
         event.arguments = Some(crate::audit::redact_arguments(&call.arguments));
+    }
+    // Continuation hook: a `requestState` this gateway did not issue for this grant, tool and
+    // arguments is refused before anything else.
+    if let Round::Refused(refusal) = round {
+        event.decision = AuditDecision::Deny;
+        event.rule = Some(continuation::RULE.to_owned());
+        event.message = Some(refusal.message().to_owned());
+        return Ok(Verdict::Answer(continuation::refusal_response(
+            id, *refusal,
+        )));
     }
 
     let tools = gw.catalogue.tools(grant.tenant, grant.server.id).await?;
@@ -125,7 +141,10 @@ pub async fn tools_call(
         }
         Outcome::ApprovalRequired { timeout } => {
             event.decision = AuditDecision::ApprovalRequired;
-            if !monitor {
+            if round.is_continuation() {
+                // Continuation hook: the call it continues passed the approval.
+                event.decision = AuditDecision::Allow;
+            } else if !monitor {
                 let fingerprint =
                     portcullis_core::canonical::call_fingerprint(name, &call.arguments);
                 match crate::approvals::consume(&gw.db, grant, &fingerprint).await? {
@@ -164,6 +183,36 @@ pub async fn tools_call(
         Outcome::Allow => event.decision = AuditDecision::Allow,
     }
 
+    if let Round::Continuation(resumed) = round {
+        // Continuation hook: the call it continues was charged; each envelope continues once.
+        let claimed = gw
+            .limiter
+            .claim_once(grant.tenant, &resumed.marker, resumed.expires() * 1000)
+            .await;
+        match claimed {
+            Ok(true) => {}
+            Ok(false) if !monitor => {
+                let refusal = continuation::Refusal::Used;
+                event.decision = AuditDecision::Deny;
+                event.rule = Some(continuation::RULE.to_owned());
+                event.message = Some(refusal.message().to_owned());
+                return Ok(Verdict::Answer(continuation::refusal_response(id, refusal)));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "continuation")
+                    .increment(1);
+                let fail_open =
+                    policy.is_some_and(|p| p.on_limiter_error() == OnLimiterError::Allow);
+                tracing::warn!(error = %e, fail_open, "cannot claim a continuation");
+                if !fail_open && !monitor {
+                    return Ok(limiter_unavailable(event, id, era));
+                }
+            }
+        }
+        event.message = Some(continuation::note(event.message.as_deref()));
+        return Ok(forward(None));
+    }
     if decision.charges.is_empty() {
         return Ok(forward(None));
     }
@@ -229,24 +278,25 @@ pub async fn tools_call(
             if let Some(approval) = approved {
                 crate::approvals::restore(&gw.db, grant.tenant, &approval).await?;
             }
-            event.decision = AuditDecision::Error;
-            event.rule = Some(LIMITER_UNAVAILABLE.to_owned());
-            event.message = Some(
-                "the rate limiter is unavailable, so calls with limits are refused (on_limiter_error: deny)"
-                    .to_owned(),
-            );
-            let text = format!(
-                "[POLICY DENIED] {}.",
-                event.message.as_deref().unwrap_or("")
-            );
-            Ok(Verdict::Answer(tool_error_response(
-                id,
-                &text,
-                Some(meta(event, None)),
-                era,
-            )))
+            Ok(limiter_unavailable(event, id, era))
         }
     }
+}
+
+/// The answer to a call refused because the limiter (Redis) cannot be reached and the policy's
+/// `on_limiter_error` is `deny`.
+fn limiter_unavailable(event: &mut AuditEvent, id: &RequestId, era: ProtocolEra) -> Verdict {
+    event.decision = AuditDecision::Error;
+    event.rule = Some(LIMITER_UNAVAILABLE.to_owned());
+    event.message = Some(
+        "the rate limiter is unavailable, so calls with limits are refused (on_limiter_error: deny)"
+            .to_owned(),
+    );
+    let text = format!(
+        "[POLICY DENIED] {}.",
+        event.message.as_deref().unwrap_or("")
+    );
+    Verdict::Answer(tool_error_response(id, &text, Some(meta(event, None)), era))
 }
 
 /// Forward, with the decision's audit entry still to write.

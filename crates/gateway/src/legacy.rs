@@ -4,15 +4,27 @@
 //! That transport ties a session to one open stream, which a stateless gateway cannot hold
 //! across replicas. So each client request opens its own upstream stream, replays the client's
 //! `initialize` (kept, sealed, in the session id the client holds), sends the request, relays
-//! what the upstream sends until the request's answer, and closes. Server→client requests
-//! (sampling, elicitation) cannot be answered on this transport through the gateway, and
-//! client notifications are acknowledged without being forwarded.
+//! what the upstream sends until the request's answer, and closes.
+//!
+//! Server→client requests (sampling, elicitation, roots, ping) sent while a call is relayed
+//! reach the client with their id replaced by a sealed token naming the upstream session's
+//! message endpoint ([`crate::replies`]); the client's answer, on whichever replica it
+//! arrives, opens that token and is POSTed to the endpoint with its original id, while the
+//! relaying replica still holds the stream the upstream answers on.
+//!
+//! Client notifications are acknowledged without being forwarded: a notification has no id
+//! that could carry such a token, and the client's session names no upstream session (only
+//! the `initialize` to replay), so the gateway cannot tell which upstream stream, if any, it
+//! belongs to; on a fresh stream it would reach a session that never saw the request it is
+//! about.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use axum::http::{HeaderValue, Method, header};
 use bytes::Bytes;
 use futures::StreamExt as _;
+use portcullis_core::{GrantId, Keyring};
 use portcullis_mcp::sse::{ENDPOINT_EVENT, SseDecoder, SseEvent, SseFrame};
 use portcullis_mcp::{Message, RequestId};
 use serde_json::json;
@@ -124,17 +136,7 @@ impl Connection {
         server: &Server,
         body: Bytes,
     ) -> Result<(), UpstreamError> {
-        let headers = request_headers(&Default::default(), server, true);
-        let response = upstream
-            .send(Method::POST, &self.endpoint, headers, Some(body))
-            .await?;
-        if !response.status().is_success() {
-            return Err(UpstreamError::Protocol(format!(
-                "the message endpoint answered {}",
-                response.status()
-            )));
-        }
-        Ok(())
+        post_message(upstream, server, &self.endpoint, body).await
     }
 
     /// Waits (up to the response timeout) for the answer to `id`, skipping anything before it.
@@ -183,22 +185,35 @@ impl Connection {
     }
 
     /// The upstream's messages as an SSE stream for the client, ending after the answer to
-    /// `id` (the upstream stream is closed with it).
-    pub fn relay_until(self, id: RequestId) -> ByteStream {
+    /// `id` (the upstream stream is closed with it). The ids of the upstream's requests to the
+    /// client are sealed under `grant` ([`crate::replies`]), so the client's answers find their
+    /// way back to this upstream session.
+    pub fn relay_until(self, id: RequestId, keys: Arc<Keyring>, grant: GrantId) -> ByteStream {
         futures::stream::unfold(Some(self), move |connection| {
             let id = id.clone();
+            let keys = keys.clone();
             async move {
                 let mut connection = connection?;
                 loop {
                     match connection.next_event().await {
-                        Ok(Some(event)) => {
+                        Ok(Some(mut event)) => {
                             if !event.is_message() {
                                 continue;
                             }
-                            let last = matches!(
-                                event.json_rpc(),
-                                Some(Ok(ref m)) if m.is_response() && m.id() == Some(&id)
-                            );
+                            let message = match event.json_rpc() {
+                                Some(Ok(message)) => message,
+                                _ => return Some((Ok(event.encode()), Some(connection))),
+                            };
+                            let last = message.is_response() && message.id() == Some(&id);
+                            if let Some(sealed) = crate::replies::seal_request(
+                                &keys,
+                                grant,
+                                &connection.endpoint,
+                                message,
+                            ) {
+                                event.data =
+                                    Some(String::from_utf8_lossy(&sealed.encode()).into_owned());
+                            }
                             let bytes = event.encode();
                             return Some((Ok(bytes), (!last).then_some(connection)));
                         }
@@ -210,6 +225,34 @@ impl Connection {
         })
         .boxed()
     }
+}
+
+/// POSTs one message to a legacy server's message endpoint, with the server's credential
+/// headers. The endpoint must be on the server's origin: a malicious upstream (or a client
+/// replaying an old token after the server moved) must not point the gateway, and the
+/// server's credentials, elsewhere.
+pub async fn post_message(
+    upstream: &Upstream,
+    server: &Server,
+    endpoint: &url::Url,
+    body: Bytes,
+) -> Result<(), UpstreamError> {
+    if endpoint.origin() != server.url.origin() {
+        return Err(UpstreamError::Protocol(
+            "the message endpoint is on another origin".into(),
+        ));
+    }
+    let headers = request_headers(&Default::default(), server, true);
+    let response = upstream
+        .send(Method::POST, endpoint, headers, Some(body))
+        .await?;
+    if !response.status().is_success() {
+        return Err(UpstreamError::Protocol(format!(
+            "the message endpoint answered {}",
+            response.status()
+        )));
+    }
+    Ok(())
 }
 
 /// The `initialize` params of a message, as stored in a legacy session.

@@ -22,6 +22,7 @@ pub mod audit;
 pub mod batch;
 pub mod cache;
 pub mod catalogue;
+pub mod continuation;
 pub mod enforce;
 pub mod error;
 pub mod grants;
@@ -30,6 +31,7 @@ pub mod legacy;
 pub mod limiter;
 pub mod proxy;
 pub mod relay;
+pub mod replies;
 pub mod sessions;
 pub mod upstream;
 

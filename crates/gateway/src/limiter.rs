@@ -161,6 +161,27 @@ impl Limiter {
         })
     }
 
+    /// Claims a one-use `marker` of `tenant` until `expires_ms` (Unix milliseconds): true the
+    /// first time, false ever after (until it expires).
+    pub async fn claim_once(
+        &self,
+        tenant: TenantId,
+        marker: &str,
+        expires_ms: i64,
+    ) -> Result<bool, LimiterError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.keys.continuation(tenant, marker))
+            .arg(1)
+            .arg("NX")
+            .arg("PXAT")
+            .arg(expires_ms);
+        let mut conn = self.redis.clone();
+        let set: Option<String> = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout))??;
+        Ok(set.is_some())
+    }
+
     /// Gives back the charges of a call that failed upstream (those still inside the window).
     pub async fn refund(&self, reservation: &Reservation) -> Result<(), LimiterError> {
         let mut invocation = self.refund.prepare_invoke();

@@ -20,6 +20,7 @@ use portcullis_mcp::headers::names as mcp;
 use portcullis_mcp::{Message, MethodKind, MirroredHeaders, ProtocolEra, RequestId};
 
 use crate::Gateway;
+use crate::continuation::{Round, Sealer};
 use crate::enforce::Verdict;
 use crate::error::{GatewayError, Rejection};
 use crate::grants::{Grant, Transport};
@@ -274,7 +275,7 @@ impl Gateway {
         &self,
         inbound: Inbound,
         message: Message,
-        body: Bytes,
+        mut body: Bytes,
     ) -> Result<Response, Rejection> {
         let id = message.id().cloned();
         let kind = message.method_kind().unwrap_or(MethodKind::Other);
@@ -306,7 +307,7 @@ impl Gateway {
         let mut audited = false;
         let watch = match kind {
             MethodKind::ToolsCall => {
-                let verdict = {
+                let (verdict, round, sealer) = {
                     let call = match message.tool_call() {
                         Some(Ok(call)) => call,
                         Some(Err(e)) => return Err(GatewayError::from(e).at(id.as_ref())),
@@ -323,16 +324,25 @@ impl Gateway {
                         ))
                         .into());
                     };
-                    crate::enforce::tools_call(
+                    let keys = self.sessions.keyring();
+                    let round = Round::of(keys, grant.id, &call);
+                    let verdict = crate::enforce::tools_call(
                         self,
                         &grant,
                         request_id,
                         &call,
+                        &round,
                         inbound.era,
                         &mut event,
                     )
                     .await
-                    .map_err(|e| e.at(id.as_ref()))?
+                    .map_err(|e| e.at(id.as_ref()))?;
+                    let digest = event
+                        .arg_digest
+                        .clone()
+                        .unwrap_or_else(|| portcullis_core::canonical::digest(&call.arguments));
+                    let sealer = Sealer::new(keys.clone(), grant.id, &call.name, digest, &round);
+                    (verdict, round, sealer)
                 };
                 match verdict {
                     Verdict::Answer(answer) => {
@@ -345,7 +355,13 @@ impl Gateway {
                     } => {
                         reservation = held;
                         audited = written;
-                        Watch::ToolsCall
+                        if let Round::Continuation(resumed) = &round {
+                            // The upstream gets its own requestState back.
+                            body = resumed
+                                .restore(&message)
+                                .map_err(|e| GatewayError::from(e).at(id.as_ref()))?;
+                        }
+                        Watch::ToolsCall(sealer)
                     }
                 }
             }
@@ -499,6 +515,14 @@ impl Gateway {
                         .at(id.as_ref()),
                     );
                 }
+                (Watch::ToolsCall(sealer), Some(message)) => match sealer.rewrite(&message) {
+                    // An input_required answer, its requestState sealed (`continuation`).
+                    Some(sealed) => (sealed, Some(false)),
+                    None => (
+                        bytes,
+                        Some(relay::answer_is_error(&message) || !status.is_success()),
+                    ),
+                },
                 (_, Some(message)) => (
                     bytes,
                     Some(relay::answer_is_error(&message) || !status.is_success()),
@@ -584,7 +608,11 @@ impl Gateway {
             let data = Bytes::from(event.data.unwrap_or_default());
             return Ok(json_response(StatusCode::OK, headers, data));
         }
-        let stream = connection.relay_until(request_id);
+        let stream = connection.relay_until(
+            request_id,
+            self.sessions.keyring().clone(),
+            inbound.grant.id,
+        );
         let body = relay::sse(stream, watch, id, Some(pending));
         let mut out = Response::new(body);
         out.headers_mut().insert(
@@ -600,8 +628,7 @@ impl Gateway {
     async fn pass_message(&self, inbound: Inbound, body: Bytes) -> Result<Response, Rejection> {
         let server = &inbound.grant.server;
         if server.transport == Transport::Sse {
-            // The legacy transport has no stream to deliver them on (see `legacy`).
-            return Ok(StatusCode::ACCEPTED.into_response());
+            return self.pass_legacy(&inbound, &body).await;
         }
         let mut headers = request_headers(&inbound.headers, server, true);
         self.upstream_session(inbound.session.as_ref(), &mut headers)?;
@@ -610,6 +637,28 @@ impl Gateway {
             .send(Method::POST, &server.url, headers, Some(body))
             .await?;
         self.relay_plain(&inbound.grant, response)
+    }
+
+    /// A client's message to a legacy (HTTP+SSE) upstream. A response whose id is a reply
+    /// token sealed under this grant goes, with its original id, to the message endpoint the
+    /// token names (see `replies`); anything else (notifications, responses to ids the gateway
+    /// did not issue) is acknowledged and dropped: this transport has no stream to deliver
+    /// them on (see `legacy`).
+    async fn pass_legacy(&self, inbound: &Inbound, body: &Bytes) -> Result<Response, Rejection> {
+        let grant = &inbound.grant;
+        let opened = Message::parse(body).ok().and_then(|message| {
+            crate::replies::open_response(self.sessions.keyring(), grant.id, message)
+        });
+        if let Some((reply, restored)) = opened {
+            legacy::post_message(
+                &self.upstream,
+                &grant.server,
+                &reply.endpoint,
+                restored.encode(),
+            )
+            .await?;
+        }
+        Ok(StatusCode::ACCEPTED.into_response())
     }
 
     fn relay_plain(

@@ -1,7 +1,8 @@
 //! Streaming upstream answers back to the client, and recording how each call ended.
 //!
 //! SSE streams are decoded incrementally only when the gateway must look inside them (the
-//! answer to a `tools/list`, to filter it; the answer to a `tools/call`, to learn `isError`);
+//! answer to a `tools/list`, to filter it; the answer to a `tools/call`, to learn `isError`
+//! and to seal the `requestState` of an `input_required` answer);
 //! every other event, comment and server→client request is re-encoded as it arrives, never
 //! buffered beyond the event in hand. Other streams pass through as bytes.
 
@@ -19,6 +20,7 @@ use serde_json::Value;
 
 use crate::audit::AuditSink;
 use crate::catalogue::ServerTools;
+use crate::continuation::Sealer;
 use crate::limiter::{Limiter, Reservation};
 
 /// Decides which tools of a `tools/list` a grant may see.
@@ -74,8 +76,9 @@ pub enum Watch {
     Nothing,
     /// The answer to a `tools/list`: filter it.
     ToolsList(ToolFilter),
-    /// The answer to a `tools/call`: learn whether it failed.
-    ToolsCall,
+    /// The answer to a `tools/call`: learn whether it failed, and seal the `requestState` of
+    /// an `input_required` answer ([`crate::continuation`]).
+    ToolsCall(Sealer),
 }
 
 /// A request whose outcome is not yet known. Records it (audit entry, metrics, refund) once,
@@ -217,7 +220,16 @@ impl SseRelay {
                     }
                     self.finish(Some(matches!(message, Message::Error { .. })));
                 }
-                Watch::ToolsCall => self.finish(Some(answer_is_error(&message))),
+                Watch::ToolsCall(sealer) => {
+                    if let Some(sealed) = sealer.rewrite(&message) {
+                        let mut event = event.clone();
+                        event.data = Some(String::from_utf8_lossy(&sealed).into_owned());
+                        event.encode_into(out);
+                        self.finish(Some(false));
+                        return;
+                    }
+                    self.finish(Some(answer_is_error(&message)));
+                }
                 Watch::Nothing => {}
             }
         }

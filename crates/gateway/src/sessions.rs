@@ -7,6 +7,8 @@
 //! every request replays on a fresh upstream connection (the legacy transport ties a session
 //! to one open stream, which a stateless gateway cannot keep).
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_core::{GrantId, Keyring};
@@ -26,13 +28,21 @@ pub enum Session {
 /// Seals and opens session ids.
 #[derive(Clone)]
 pub struct SessionKeys {
-    keys: Keyring,
+    keys: Arc<Keyring>,
 }
 
 impl SessionKeys {
     /// Session ids sealed with `keys` (the first seals; all open, so keys rotate).
     pub fn new(keys: Keyring) -> Self {
-        Self { keys }
+        Self {
+            keys: Arc::new(keys),
+        }
+    }
+
+    /// The ring, which also seals the gateway's other client-held values under contexts of
+    /// their own (`requestState` envelopes, legacy reply ids).
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keys
     }
 
     /// The id the client sees for `session` under `grant`.

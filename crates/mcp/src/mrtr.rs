@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::Error;
-use crate::raw_json::{CowStr, find_member, member_str, object_members};
+use crate::raw_json::{CowStr, find_member, member_str, object_members, write_object};
 
 /// The result member that says how to read a stateless-era result.
 pub const RESULT_TYPE: &str = "resultType";
@@ -134,6 +134,30 @@ impl<'a> Retry<'a> {
     pub fn is_retry(&self) -> bool {
         self.input_responses.is_some() || self.request_state.is_some()
     }
+}
+
+/// Sets (`Some`) or removes (`None`) the `requestState` member of a raw JSON object: the
+/// result of an `input_required` answer, or the params of a retry. The other members keep
+/// their order and bytes; a new member is appended.
+pub fn set_request_state(object: &RawValue, state: Option<&str>) -> Result<Box<RawValue>, Error> {
+    let members = object_members(object).map_err(|e| Error::InvalidParams(e.to_string()))?;
+    let encoded = state.map(|s| serde_json::Value::String(s.to_owned()).to_string());
+    let mut out: Vec<(&str, &str)> = Vec::with_capacity(members.len() + 1);
+    let mut replaced = false;
+    for (key, value) in &members {
+        if key == REQUEST_STATE {
+            replaced = true;
+            if let Some(encoded) = &encoded {
+                out.push((key, encoded));
+            }
+        } else {
+            out.push((key, value.get()));
+        }
+    }
+    if let (false, Some(encoded)) = (replaced, &encoded) {
+        out.push((REQUEST_STATE, encoded));
+    }
+    write_object(out).map_err(|e| Error::InvalidParams(e.to_string()))
 }
 
 #[cfg(test)]
@@ -266,6 +290,26 @@ mod tests {
                 .request_methods()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn sets_and_removes_the_request_state() {
+        let result =
+            raw(r#"{"resultType":"input_required","requestState":"old","inputRequests":{}}"#);
+        let set = set_request_state(&result, Some("new \"one\"")).unwrap();
+        assert_eq!(
+            set.get(),
+            r#"{"resultType":"input_required","requestState":"new \"one\"","inputRequests":{}}"#
+        );
+        let removed = set_request_state(&result, None).unwrap();
+        assert_eq!(
+            removed.get(),
+            r#"{"resultType":"input_required","inputRequests":{}}"#
+        );
+        let added = set_request_state(&raw(r#"{"name":"t"}"#), Some("s")).unwrap();
+        assert_eq!(added.get(), r#"{"name":"t","requestState":"s"}"#);
+        assert!(set_request_state(&raw("[1]"), None).is_err());
+        assert!(set_request_state(&raw(r#"{"a":1,"a":2}"#), None).is_err());
     }
 
     #[test]

@@ -1,0 +1,436 @@
+//! Stateless-era (2026-07-28) `input_required` round trips of `tools/call`: a retry continues
+//! the call it answers, so it is not charged again.
+//!
+//! An upstream that needs client input answers a `tools/call` with
+//! `{"resultType":"input_required","inputRequests":…,"requestState":…}`; the client retries the
+//! same call under a new id with `inputResponses` and the echoed `requestState`. That retry is
+//! the same call: it must not be charged to the limits again, nor ask for (or consume) another
+//! approval. The gateway recognises it without keeping state:
+//!
+//! - When it relays an `input_required` answer to a `tools/call` (JSON or inside SSE), it
+//!   replaces `requestState` with an envelope sealed with the session key ring (AES-256-GCM)
+//!   and bound to the grant, the tool name and the SHA-256 of the canonical arguments. The
+//!   envelope holds the upstream's own `requestState` (or none, when the upstream gave none)
+//!   and an expiry ([`LIFETIME`] after the charged call; later rounds keep that expiry, so a
+//!   chain of rounds cannot outlive it).
+//! - A `tools/call` carrying `requestState` whose envelope opens under its grant for the same
+//!   tool and arguments is a continuation: the policy is evaluated again (a deny still denies,
+//!   a hidden tool stays hidden), but limits are not charged and approvals are neither asked
+//!   for nor consumed; the upstream's `requestState` is put back (or removed) before the retry
+//!   is forwarded.
+//! - A `requestState` that does not open (altered, issued under another grant or for another
+//!   tool or arguments, or expired) is refused with `-32602` and audited as denied.
+//!
+//! - An envelope continues one retry only: the first continuation claims it in Redis (a key
+//!   that expires with the envelope), and presenting it again is refused like an altered one.
+//!   Otherwise an agent could replay one retry forever without being charged. When Redis
+//!   cannot be reached, the policy's `on_limiter_error` decides, as for limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use portcullis_core::{GrantId, Keyring};
+use portcullis_mcp::mrtr::{self, InputRequired};
+use portcullis_mcp::tools::ToolCall;
+use portcullis_mcp::{Message, RequestId, codes};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// How long an envelope stays valid after the call that was charged.
+pub const LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Rule id of a call refused because its `requestState` did not open.
+pub const RULE: &str = "(invalid requestState)";
+
+const VERSION: u8 = 1;
+
+/// What an envelope holds.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    /// Format version.
+    v: u8,
+    /// Expiry, Unix seconds.
+    exp: i64,
+    /// The upstream's `requestState`.
+    s: Option<String>,
+}
+
+/// How a `tools/call` relates to an earlier `input_required` answer.
+pub enum Round {
+    /// No `requestState`: a call of its own.
+    Fresh,
+    /// A retry whose envelope opened: it continues a call that was already charged.
+    Continuation(Resumed),
+    /// A `requestState` that does not open: refused.
+    Refused(Refusal),
+}
+
+/// A continuation's opened envelope.
+pub struct Resumed {
+    state: Option<String>,
+    expires: i64,
+    /// SHA-256 (hex) of the envelope as presented: the key of its one use.
+    pub marker: String,
+}
+
+impl Resumed {
+    /// When the envelope expires, Unix seconds.
+    pub fn expires(&self) -> i64 {
+        self.expires
+    }
+}
+
+/// Why a `requestState` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not sealed by this gateway's key ring for this grant, tool and arguments, or altered.
+    Unopenable,
+    /// Opened, but past its expiry.
+    Expired,
+    /// Already used by an earlier retry.
+    Used,
+}
+
+impl Refusal {
+    /// The message the client (and the audit log) sees.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Unopenable => {
+                "invalid requestState: it was not issued by this gateway for this grant, tool and \
+                 arguments; call the tool again without it"
+            }
+            Refusal::Expired => "expired requestState: call the tool again without it",
+            Refusal::Used => {
+                "requestState already used: each input_required answer continues one retry; \
+                 call the tool again without it"
+            }
+        }
+    }
+}
+
+impl Round {
+    /// Reads the round of `call` under `grant`.
+    pub fn of(keys: &Keyring, grant: GrantId, call: &ToolCall<'_>) -> Self {
+        let Some(state) = call.retry.request_state.as_deref() else {
+            return Round::Fresh;
+        };
+        let digest = portcullis_core::canonical::digest(&call.arguments);
+        match open(keys, grant, &call.name, &digest, state, now()) {
+            Ok(envelope) => Round::Continuation(Resumed {
+                state: envelope.s,
+                expires: envelope.exp,
+                marker: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(state.as_bytes())),
+            }),
+            Err(refusal) => Round::Refused(refusal),
+        }
+    }
+
+    /// True for a continuation.
+    pub fn is_continuation(&self) -> bool {
+        matches!(self, Round::Continuation(_))
+    }
+}
+
+impl Resumed {
+    /// The retry as the upstream must see it: the request with its own `requestState` put
+    /// back (or removed, when it gave none).
+    pub fn restore(&self, message: &Message) -> Result<Bytes, portcullis_mcp::Error> {
+        let Message::Request { id, method, params } = message else {
+            return Err(portcullis_mcp::Error::InvalidParams(
+                "tools/call needs params".into(),
+            ));
+        };
+        let params = params.as_deref().ok_or_else(|| {
+            portcullis_mcp::Error::InvalidParams("tools/call needs params".into())
+        })?;
+        let params = mrtr::set_request_state(params, self.state.as_deref())?;
+        Ok(Message::Request {
+            id: id.clone(),
+            method: method.clone(),
+            params: Some(params),
+        }
+        .encode())
+    }
+}
+
+/// The JSON-RPC error answering a refused `requestState`.
+pub fn refusal_response(id: &RequestId, refusal: Refusal) -> Bytes {
+    portcullis_mcp::error_response(
+        Some(id),
+        codes::INVALID_PARAMS,
+        refusal.message(),
+        Some(&json!({"reason": "invalid_request_state"})),
+    )
+}
+
+/// The audit message of a continuation.
+pub fn note(message: Option<&str>) -> String {
+    let note = "continuation of an input_required call: limits and approval not charged again";
+    match message {
+        Some(m) if !m.is_empty() => format!("{m} ({note})"),
+        _ => note.to_owned(),
+    }
+}
+
+/// Seals the `requestState` of the answer to one `tools/call`.
+pub struct Sealer {
+    keys: Arc<Keyring>,
+    grant: GrantId,
+    tool: String,
+    digest: String,
+    expires: Option<i64>,
+}
+
+impl Sealer {
+    /// For the call `tool` with arguments of canonical digest `digest`, in `round`.
+    pub fn new(
+        keys: Arc<Keyring>,
+        grant: GrantId,
+        tool: &str,
+        digest: String,
+        round: &Round,
+    ) -> Self {
+        let expires = match round {
+            Round::Continuation(resumed) => Some(resumed.expires),
+            _ => None,
+        };
+        Self {
+            keys,
+            grant,
+            tool: tool.to_owned(),
+            digest,
+            expires,
+        }
+    }
+
+    /// The answer with its `requestState` sealed, when `message` is an `input_required` result;
+    /// `None` for anything else (passed on as it is).
+    pub fn rewrite(&self, message: &Message) -> Option<Bytes> {
+        let Message::Response { id, result } = message else {
+            return None;
+        };
+        let input = match InputRequired::from_result(result) {
+            Ok(Some(input)) => input,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable input_required answer passed on as it is");
+                return None;
+            }
+        };
+        let expires = self.expires.unwrap_or_else(|| {
+            now().saturating_add(i64::try_from(LIFETIME.as_secs()).unwrap_or(i64::MAX))
+        });
+        let sealed = seal(
+            &self.keys,
+            self.grant,
+            &self.tool,
+            &self.digest,
+            input.request_state.as_deref(),
+            expires,
+        );
+        match mrtr::set_request_state(result, Some(&sealed)) {
+            Ok(result) => Some(portcullis_mcp::message::result_response_raw(id, &result)),
+            Err(e) => {
+                tracing::warn!(error = %e, "input_required answer passed on as it is");
+                None
+            }
+        }
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn seal(
+    keys: &Keyring,
+    grant: GrantId,
+    tool: &str,
+    digest: &str,
+    state: Option<&str>,
+    expires: i64,
+) -> String {
+    let envelope = Envelope {
+        v: VERSION,
+        exp: expires,
+        s: state.map(str::to_owned),
+    };
+    // A struct of a number and strings always serializes.
+    let plain = serde_json::to_vec(&envelope).unwrap_or_default();
+    let context = portcullis_core::crypto::request_state_context(grant, tool, digest);
+    URL_SAFE_NO_PAD.encode(keys.seal(&plain, &context))
+}
+
+fn open(
+    keys: &Keyring,
+    grant: GrantId,
+    tool: &str,
+    digest: &str,
+    token: &str,
+    now: i64,
+) -> Result<Envelope, Refusal> {
+    let sealed = URL_SAFE_NO_PAD
+        .decode(token.trim())
+        .map_err(|_| Refusal::Unopenable)?;
+    let context = portcullis_core::crypto::request_state_context(grant, tool, digest);
+    let plain = keys
+        .open(&sealed, &context)
+        .map_err(|_| Refusal::Unopenable)?;
+    let envelope: Envelope = serde_json::from_slice(&plain).map_err(|_| Refusal::Unopenable)?;
+    if envelope.v != VERSION {
+        return Err(Refusal::Unopenable);
+    }
+    if envelope.exp <= now {
+        return Err(Refusal::Expired);
+    }
+    Ok(envelope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn call(raw: &str) -> Message {
+        Message::parse(raw.as_bytes()).unwrap()
+    }
+
+    fn retry(state: &str, args: &str, tool: &str) -> Message {
+        call(&format!(
+            r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"{tool}","arguments":{args},"inputResponses":{{"k":{{"action":"accept"}}}},"requestState":{}}}}}"#,
+            Value::String(state.to_owned())
+        ))
+    }
+
+    fn round(keys: &Keyring, grant: GrantId, message: &Message) -> Round {
+        Round::of(keys, grant, &message.tool_call().unwrap().unwrap())
+    }
+
+    fn sealed_answer(sealer: &Sealer, result: &str) -> Value {
+        let answer = call(&format!(r#"{{"jsonrpc":"2.0","id":3,"result":{result}}}"#));
+        let bytes = sealer.rewrite(&answer).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn an_envelope_opens_only_for_its_grant_tool_and_arguments() {
+        let keys = Arc::new(Keyring::generate(1).0);
+        let grant = GrantId::new();
+        let args = r#"{"b":2,"a":1}"#;
+        let digest = portcullis_core::canonical::digest(&serde_json::from_str(args).unwrap());
+        let sealer = Sealer::new(keys.clone(), grant, "consult", digest, &Round::Fresh);
+        let answer = sealed_answer(
+            &sealer,
+            r#"{"resultType":"input_required","inputRequests":{"k":{"method":"elicitation/create","params":{}}},"requestState":"upstream-state"}"#,
+        );
+        assert_eq!(answer["id"], 3);
+        assert_eq!(
+            answer["result"]["inputRequests"]["k"]["method"],
+            "elicitation/create"
+        );
+        let state = answer["result"]["requestState"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(!state.contains("upstream"));
+
+        // Same call (arguments in another order): a continuation, the upstream state restored.
+        let same = retry(&state, r#"{"a":1,"b":2}"#, "consult");
+        let Round::Continuation(resumed) = round(&keys, grant, &same) else {
+            panic!("the envelope did not open")
+        };
+        let restored: Value = serde_json::from_slice(&resumed.restore(&same).unwrap()).unwrap();
+        assert_eq!(restored["params"]["requestState"], "upstream-state");
+        assert_eq!(
+            restored["params"]["inputResponses"]["k"]["action"],
+            "accept"
+        );
+        assert_eq!(restored["id"], 7);
+
+        for (message, what) in [
+            (
+                retry(&state, r#"{"a":1,"b":3}"#, "consult"),
+                "other arguments",
+            ),
+            (retry(&state, args, "other"), "other tool"),
+            (retry(&format!("{state}x"), args, "consult"), "altered"),
+            (retry("upstream-state", args, "consult"), "not an envelope"),
+        ] {
+            assert!(
+                matches!(
+                    round(&keys, grant, &message),
+                    Round::Refused(Refusal::Unopenable)
+                ),
+                "{what}"
+            );
+        }
+        let same = retry(&state, args, "consult");
+        assert!(matches!(
+            round(&keys, GrantId::new(), &same),
+            Round::Refused(Refusal::Unopenable)
+        ));
+        assert!(matches!(
+            round(&Keyring::generate(1).0, grant, &same),
+            Round::Refused(Refusal::Unopenable)
+        ));
+        let plain =
+            call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"consult"}}"#);
+        assert!(matches!(round(&keys, grant, &plain), Round::Fresh));
+    }
+
+    #[test]
+    fn no_upstream_state_is_removed_again_and_expiry_is_inherited() {
+        let keys = Arc::new(Keyring::generate(1).0);
+        let grant = GrantId::new();
+        let digest = portcullis_core::canonical::digest(&json!({}));
+        let sealer = Sealer::new(keys.clone(), grant, "t", digest.clone(), &Round::Fresh);
+        let answer = sealed_answer(&sealer, r#"{"resultType":"input_required"}"#);
+        let state = answer["result"]["requestState"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let message = retry(&state, "{}", "t");
+        let round = round(&keys, grant, &message);
+        let Round::Continuation(resumed) = &round else {
+            panic!("the envelope did not open")
+        };
+        assert!(resumed.state.is_none());
+        let restored: Value = serde_json::from_slice(&resumed.restore(&message).unwrap()).unwrap();
+        assert!(
+            restored["params"].get("requestState").is_none(),
+            "{restored}"
+        );
+
+        // A later round keeps the first envelope's expiry.
+        let later = Sealer::new(keys.clone(), grant, "t", digest.clone(), &round);
+        assert_eq!(later.expires, Some(resumed.expires));
+        let expired = seal(&keys, grant, "t", &digest, None, now() - 1);
+        assert_eq!(
+            open(&keys, grant, "t", &digest, &expired, now()).err(),
+            Some(Refusal::Expired)
+        );
+
+        // Complete results and errors are not touched.
+        let complete = call(r#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#);
+        assert!(sealer.rewrite(&complete).is_none());
+        let error = call(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"x"}}"#);
+        assert!(sealer.rewrite(&error).is_none());
+    }
+
+    #[test]
+    fn refusals_are_invalid_params() {
+        let body = refusal_response(&RequestId::from(4), Refusal::Expired);
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["error"]["code"], -32602);
+        assert_eq!(value["id"], 4);
+        assert!(
+            value["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("requestState")
+        );
+    }
+}
