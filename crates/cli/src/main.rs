@@ -5,10 +5,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use portcullis::{Config, Role};
 
-/// mimalloc: per-thread free lists instead of glibc's arena locks (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "portcullis",
