@@ -13,43 +13,25 @@ use portcullis_gateway::limiter::{Charged, Limiter};
 use portcullis_policy::Charge;
 use portcullis_tests::TestRedis;
 use redis::AsyncCommands as _;
-use tokio_util::sync::CancellationToken;
 
 struct Setup {
     redis: TestRedis,
     limiter: Limiter,
-    stop: CancellationToken,
 }
 
 impl Setup {
     async fn new() -> Self {
         let redis = TestRedis::new().await;
         let keys = RedisKeys::new(redis.prefix());
-        let stop = CancellationToken::new();
-        let batch = Batcher::start(
-            redis.conn(),
-            keys.audit_stream(),
-            Duration::from_secs(2),
-            stop.clone(),
-        );
+        let batch = Batcher::start(redis.conn(), keys.audit_stream(), Duration::from_secs(2));
         let limiter = Limiter::new(redis.conn(), batch, keys, Duration::from_secs(2));
-        Self {
-            redis,
-            limiter,
-            stop,
-        }
+        Self { redis, limiter }
     }
 
     async fn stream_len(&self) -> usize {
         let key = RedisKeys::new(self.redis.prefix()).audit_stream();
         let mut conn = self.redis.conn();
         conn.xlen(key).await.unwrap()
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 

@@ -24,7 +24,6 @@ use portcullis_core::audit::stream;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 /// How many buckets a limiter window is cut into.
 pub const BUCKETS: u64 = 100;
@@ -215,13 +214,10 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the task that talks to Redis, writing audit entries to `stream_key`, giving up on a
-    /// script call after `timeout`; it drains what is queued and stops on `shutdown`.
-    pub fn start(
-        redis: ConnectionManager,
-        stream_key: String,
-        timeout: Duration,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// script call after `timeout`. It runs until every handle is dropped (the service's routes
+    /// and the requests still in flight), so requests draining during a graceful shutdown still
+    /// reach Redis, then writes what is left and stops.
+    pub fn start(redis: ConnectionManager, stream_key: String, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(
             Worker {
@@ -231,7 +227,7 @@ impl Batcher {
                 timeout,
                 retry: VecDeque::new(),
             }
-            .run(rx, shutdown),
+            .run(rx),
         );
         Self { tx }
     }
@@ -303,14 +299,13 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Op>, shutdown: CancellationToken) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut ops = Vec::with_capacity(MAX_BATCH);
         let mut stopping = false;
         loop {
             if !stopping {
                 tokio::select! {
                     n = rx.recv_many(&mut ops, MAX_BATCH) => if n == 0 { stopping = true },
-                    () = shutdown.cancelled() => stopping = true,
                     // Failed entries are retried even when no new work arrives.
                     () = tokio::time::sleep(Duration::from_millis(200)), if !self.retry.is_empty() => {}
                 }

@@ -155,7 +155,6 @@ pub async fn build(
         shared.redis.clone(),
         shared.keys.audit_stream(),
         settings.limiter_timeout,
-        shutdown,
     );
     let gateway = Gateway {
         db: shared.db.clone(),
