@@ -206,3 +206,25 @@ async fn concurrent_charges_batched_together_let_exactly_max_through() {
     }
     assert_eq!(events, 50);
 }
+
+#[tokio::test]
+async fn absurd_limits_and_costs_never_break_the_batch_they_share() {
+    let s = Setup::new().await;
+    let t = TenantId::new();
+    let minute = Duration::from_secs(60);
+    let huge = [charge("tenant:t:spend", minute, u64::MAX, u64::MAX / 2)];
+    let over = [charge("tenant:t:other", minute, u64::MAX / 4, u64::MAX / 2)];
+    let normal = [charge("grant:g:calls", minute, 10, 1)];
+    let limiter = Arc::new(s.limiter.clone());
+    let (a, b, c) = tokio::join!(
+        limiter.charge(t, &huge, None),
+        limiter.charge(t, &over, None),
+        limiter.charge(t, &normal, None)
+    );
+    assert!(is_ok(&a.unwrap()), "a cost within its (clamped) max fits");
+    assert!(!is_ok(&b.unwrap()), "a cost over its max never fits");
+    assert!(
+        is_ok(&c.unwrap()),
+        "the other calls of the batch are unaffected"
+    );
+}

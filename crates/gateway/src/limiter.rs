@@ -91,6 +91,11 @@ pub struct Limiter {
     timeout: Duration,
 }
 
+/// Largest `max` (and cost) the script handles exactly: Lua numbers are doubles, and Redis
+/// formats larger ones in exponent notation, which `HINCRBY` refuses. A larger limit is kept
+/// at this value (stricter, never lenient; 10^14 units per window is unlimited in practice).
+pub const LARGEST: u64 = 100_000_000_000_000;
+
 /// The width of one bucket of `window`, in milliseconds (at least 1).
 pub fn bucket_width(window: Duration) -> u64 {
     let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
@@ -131,8 +136,13 @@ impl Limiter {
                         .keys
                         .limiter(tenant, &format!("{}:{}ms", c.key, width * BUCKETS)),
                     width,
-                    max: c.max,
-                    cost: c.cost,
+                    max: c.max.min(LARGEST),
+                    // A cost over the largest max never fits, as it would not fit `c.max`.
+                    cost: if c.cost > c.max {
+                        LARGEST + 1
+                    } else {
+                        c.cost.min(LARGEST)
+                    },
                 }
             })
             .collect();
