@@ -108,8 +108,8 @@ async fn signup(state: &AppState, form: &SignupForm) -> Result<Signed> {
         },
         session: None,
     };
-    crate::admin_audit::record(
-        &mut tx,
+    crate::admin_audit::commit(
+        tx,
         &who,
         "tenant.create",
         "tenant",
@@ -118,7 +118,6 @@ async fn signup(state: &AppState, form: &SignupForm) -> Result<Signed> {
         Some(json!({ "name": organization, "admin": email })),
     )
     .await?;
-    tx.commit().await?;
     metrics::counter!("portcullis_signups_total").increment(1);
     Ok(Signed { tenant, user })
 }
@@ -370,8 +369,8 @@ async fn accept(state: &AppState, form: &AcceptForm) -> Result<(TenantId, UserId
         },
         session: None,
     };
-    crate::admin_audit::record(
-        &mut tx,
+    crate::admin_audit::commit(
+        tx,
         &who,
         "member.join",
         "member",
@@ -380,7 +379,6 @@ async fn accept(state: &AppState, form: &AcceptForm) -> Result<(TenantId, UserId
         Some(json!({ "email": email, "role": role })),
     )
     .await?;
-    tx.commit().await?;
     Ok((TenantId(tenant), user))
 }
 

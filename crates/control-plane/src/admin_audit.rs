@@ -67,6 +67,21 @@ pub async fn record(
     Ok(())
 }
 
+/// Records a change by `who` and commits the transaction that made it: how a change ends.
+pub async fn commit(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    who: &Tenant,
+    action: &str,
+    object_kind: &str,
+    object_id: &str,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Result<()> {
+    record(&mut tx, who, action, object_kind, object_id, before, after).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Query of the admin audit list.
 #[derive(Debug, Default, Deserialize)]
 pub struct ListQuery {

@@ -275,8 +275,8 @@ pub async fn create(state: &AppState, who: &Tenant, input: &GrantInput) -> Resul
     .bind(id.0)
     .fetch_one(&mut *tx)
     .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "grant.create",
         "grant",
@@ -285,7 +285,6 @@ pub async fn create(state: &AppState, who: &Tenant, input: &GrantInput) -> Resul
         Some(grant.to_json()),
     )
     .await?;
-    tx.commit().await?;
     metrics::counter!("portcullis_grants_issued_total").increment(1);
     Ok(issued(state, &grant, &token))
 }
@@ -330,8 +329,8 @@ async fn finish_change(
     .bind(id.0)
     .fetch_one(&mut *tx)
     .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         action,
         "grant",
@@ -340,7 +339,6 @@ async fn finish_change(
         Some(after.to_json()),
     )
     .await?;
-    tx.commit().await?;
     state
         .publish(Invalidation::Grant {
             tenant_id: who.id,

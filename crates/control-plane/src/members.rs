@@ -93,8 +93,8 @@ pub async fn set_role(state: &AppState, who: &Tenant, user: Uuid, role: Role) ->
         role: role.as_str().to_owned(),
         ..before.clone()
     };
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "member.role",
         "member",
@@ -103,7 +103,6 @@ pub async fn set_role(state: &AppState, who: &Tenant, user: Uuid, role: Role) ->
         Some(json!(after)),
     )
     .await?;
-    tx.commit().await?;
     Ok(after)
 }
 
@@ -121,8 +120,8 @@ pub async fn remove_member(state: &AppState, who: &Tenant, user: Uuid) -> Result
         .bind(user)
         .execute(&mut *tx)
         .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "member.remove",
         "member",
@@ -131,7 +130,6 @@ pub async fn remove_member(state: &AppState, who: &Tenant, user: Uuid) -> Result
         None,
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -199,8 +197,8 @@ pub async fn invite(
     .bind(who.actor.user_id.map(|u| u.0))
     .fetch_one(&mut *tx)
     .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "invitation.create",
         "invitation",
@@ -209,7 +207,6 @@ pub async fn invite(
         Some(json!(invitation)),
     )
     .await?;
-    tx.commit().await?;
     let url = format!(
         "{}/invite?token={token}",
         state.settings.public_url.trim_end_matches('/')
@@ -232,8 +229,8 @@ pub async fn withdraw_invitation(state: &AppState, who: &Tenant, id: Uuid) -> Re
     .bind(id)
     .fetch_one(&mut *tx)
     .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "invitation.delete",
         "invitation",
@@ -242,7 +239,6 @@ pub async fn withdraw_invitation(state: &AppState, who: &Tenant, id: Uuid) -> Re
         None,
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -309,8 +305,8 @@ pub async fn create_api_token(
     .bind(expires_in_days.map(|d| d as i32))
     .fetch_one(&mut *tx)
     .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "token.create",
         "api_token",
@@ -319,7 +315,6 @@ pub async fn create_api_token(
         Some(json!(record)),
     )
     .await?;
-    tx.commit().await?;
     Ok(NewApiToken { record, token })
 }
 
@@ -345,8 +340,8 @@ pub async fn revoke_token(state: &AppState, who: &Tenant, id: Uuid) -> Result<()
     .bind(id)
     .fetch_one(&mut *tx)
     .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "token.revoke",
         "api_token",
@@ -355,7 +350,6 @@ pub async fn revoke_token(state: &AppState, who: &Tenant, id: Uuid) -> Result<()
         Some(json!(after)),
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -477,8 +471,8 @@ pub async fn update_settings(
     .bind(who.id.0)
     .fetch_one(&mut *tx)
     .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "settings.update",
         "tenant",
@@ -487,7 +481,6 @@ pub async fn update_settings(
         Some(json!(after)),
     )
     .await?;
-    tx.commit().await?;
     Ok(after)
 }
 

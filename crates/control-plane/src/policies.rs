@@ -199,8 +199,8 @@ pub async fn create(
     .bind(who.actor.user_id.map(|u| u.0))
     .execute(&mut *tx)
     .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "policy.create",
         "policy",
@@ -209,7 +209,6 @@ pub async fn create(
         Some(json!({ "name": name, "server_id": server, "version": 1, "document": document })),
     )
     .await?;
-    tx.commit().await?;
     Ok(policy)
 }
 
@@ -269,8 +268,8 @@ pub async fn update(
             e.into()
         }
     })?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "policy.update",
         "policy",
@@ -279,7 +278,6 @@ pub async fn update(
         Some(json!({ "name": after.name, "version": next, "document": document })),
     )
     .await?;
-    tx.commit().await?;
     state
         .publish(Invalidation::Policy {
             tenant_id: who.id,
@@ -309,8 +307,8 @@ pub async fn delete(state: &AppState, who: &Tenant, id: PolicyId) -> Result<()> 
         .bind(id.0)
         .execute(&mut *tx)
         .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "policy.delete",
         "policy",
@@ -319,7 +317,6 @@ pub async fn delete(state: &AppState, who: &Tenant, id: PolicyId) -> Result<()> 
         None,
     )
     .await?;
-    tx.commit().await?;
     state
         .publish(Invalidation::Policy {
             tenant_id: who.id,

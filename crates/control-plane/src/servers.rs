@@ -272,8 +272,8 @@ pub async fn create(state: &AppState, who: &Tenant, input: &ServerInput) -> Resu
             e.into()
         }
     })?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "server.create",
         "server",
@@ -282,7 +282,6 @@ pub async fn create(state: &AppState, who: &Tenant, input: &ServerInput) -> Resu
         Some(json!(server)),
     )
     .await?;
-    tx.commit().await?;
     Ok(server)
 }
 
@@ -358,8 +357,8 @@ pub async fn update(
             e.into()
         }
     })?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "server.update",
         "server",
@@ -368,7 +367,6 @@ pub async fn update(
         Some(json!(after)),
     )
     .await?;
-    tx.commit().await?;
     state
         .publish(Invalidation::Server {
             tenant_id: who.id,
@@ -395,8 +393,8 @@ pub async fn delete(state: &AppState, who: &Tenant, id: ServerId) -> Result<()> 
         .bind(id.0)
         .execute(&mut *tx)
         .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "server.delete",
         "server",
@@ -405,7 +403,6 @@ pub async fn delete(state: &AppState, who: &Tenant, id: ServerId) -> Result<()> 
         None,
     )
     .await?;
-    tx.commit().await?;
     for grant in grants {
         state
             .publish(Invalidation::Grant {
@@ -458,8 +455,8 @@ pub async fn reseal(state: &AppState, who: &Tenant) -> Result<usize> {
         .execute(&mut *tx)
         .await?;
     }
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "server.reseal",
         "server",
@@ -468,7 +465,6 @@ pub async fn reseal(state: &AppState, who: &Tenant) -> Result<usize> {
         Some(json!({ "servers": stale.len(), "key_id": active })),
     )
     .await?;
-    tx.commit().await?;
     for (id, _) in &stale {
         state
             .publish(Invalidation::Server {

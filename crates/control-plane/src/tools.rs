@@ -246,8 +246,8 @@ pub async fn apply_discovery(
         .bind(server_id.0)
         .execute(&mut *tx)
         .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "server.discover",
         "server",
@@ -258,7 +258,6 @@ pub async fn apply_discovery(
         ),
     )
     .await?;
-    tx.commit().await?;
     state
         .publish(Invalidation::Server {
             tenant_id: tenant,
@@ -302,8 +301,8 @@ pub async fn approve(state: &AppState, who: &Tenant, server: ServerId, name: &st
     .bind(before.id)
     .fetch_one(&mut *tx)
     .await?;
-    admin_audit::record(
-        &mut tx,
+    admin_audit::commit(
+        tx,
         who,
         "tool.approve",
         "tool",
@@ -312,7 +311,6 @@ pub async fn approve(state: &AppState, who: &Tenant, server: ServerId, name: &st
         Some(json!({ "approved_hash": after.approved_hash, "status": after.status, "definition": after.definition })),
     )
     .await?;
-    tx.commit().await?;
     state
         .publish(Invalidation::Server {
             tenant_id: who.id,
