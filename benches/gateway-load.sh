@@ -26,9 +26,14 @@ ensure_test_peers
 apt_install nginx-light jq
 command -v oha >/dev/null || { log "installing oha (cargo)"; cargo install --locked oha@1.16.0 >/dev/null; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-log "building portcullis (release)"
-cargo build --release --locked -p portcullis >/dev/null
-BIN="$CARGO_TARGET_DIR/release/portcullis"
+# PORTCULLIS_BIN=path: measure that binary (e.g. an earlier build, side by side) instead.
+if [ -n "${PORTCULLIS_BIN:-}" ]; then
+  BIN=$PORTCULLIS_BIN
+else
+  log "building portcullis (release)"
+  cargo build --release --locked -p portcullis >/dev/null
+  BIN="$CARGO_TARGET_DIR/release/portcullis"
+fi
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -155,6 +160,11 @@ for t in direct portcullis nginx; do
   CPU_REDIS[$t]=$(awk -v a="$rd0" -v b="$([ -n "$REDIS_PID" ] && cpu_ms "$REDIS_PID" || echo 0)" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }')
   [ "$rate" = "1" ] || log "warning: $t success rate $rate"
 done
+# Work per Redis round trip so far (the peak runs and their warm-ups): requests' charges and
+# audit entries that shared one script call.
+BATCH=$(curl -s "http://127.0.0.1:$GW_PORT/metrics" | awk '
+  /^portcullis_gateway_redis_batch_size_sum/ { s = $2 } /^portcullis_gateway_redis_batch_size_count/ { c = $2 }
+  END { if (c > 0) printf "%.0f round trips, %.1f operations each", c, s / c; else print "unknown" }')
 HALF=$(awk -v r="${RPS[portcullis]}" 'BEGIN { printf "%d", r / 2 }')
 declare -A H99
 log "half of Portcullis's peak: $HALF requests/s"
@@ -186,8 +196,8 @@ for t in direct portcullis nginx; do
 done
 printf '\nCPU per request (us): nginx as proxy %s (its worker, minus the upstream part %s);\n' \
   "$(awk -v a="${CPU_NGINX[nginx]}" -v b="${CPU_NGINX[direct]}" 'BEGIN { printf "%.1f", a - b }')" "${CPU_NGINX[direct]}"
-printf '  portcullis %s in the gateway + %s in Redis = %s\n' "${CPU_GW[portcullis]}" "${CPU_REDIS[portcullis]}" \
-  "$(awk -v a="${CPU_GW[portcullis]}" -v b="${CPU_REDIS[portcullis]}" 'BEGIN { printf "%.1f", a + b }')"
+printf '  portcullis %s in the gateway + %s in Redis = %s (Redis: %s)\n' "${CPU_GW[portcullis]}" "${CPU_REDIS[portcullis]}" \
+  "$(awk -v a="${CPU_GW[portcullis]}" -v b="${CPU_REDIS[portcullis]}" 'BEGIN { printf "%.1f", a + b }')" "$BATCH"
 awk -v p="${RPS[portcullis]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" \
     -v hp="${H99[portcullis]}" -v hd="${H99[direct]}" -v hn="${H99[nginx]}" 'BEGIN {
   printf "\nthroughput portcullis/nginx: %.2f   portcullis/direct: %.2f   nginx/direct: %.2f\n", p / n, p / d, n / d

@@ -71,6 +71,11 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub probe_timeout: Duration,
 
+    /// Threads that serve requests, for each of the control plane and the gateway (default: one
+    /// per CPU core). A gateway thread runs each request it accepts from start to finish.
+    #[arg(long, env = "PORTCULLIS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Gateway settings.
     #[command(flatten)]
     pub gateway: portcullis_gateway::Settings,

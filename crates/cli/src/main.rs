@@ -46,7 +46,18 @@ fn main() -> ExitCode {
         Command::Policy { command } => return portcullis::policy_cmd::run(command),
         command => Cli { command },
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The gateway serves requests on threads of its own (one runtime each); the main runtime
+    // runs the control plane and background work.
+    let threads = match &cli.command {
+        Command::Serve(c) | Command::ControlPlane(c) => c.worker_threads,
+        Command::Gateway(_) => Some(1),
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
     };

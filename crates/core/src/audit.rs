@@ -159,6 +159,28 @@ pub mod stream {
         serde_json::to_string(event).unwrap_or_else(|_| unreachable!("audit events serialise"))
     }
 
+    /// How [`encode`] ends an event whose outcome is not yet known (`outcome` is the last field).
+    const NO_OUTCOME: &str = "\"outcome\":null}";
+
+    /// The JSON of `event` (which now has its outcome), given `decided`, the JSON [`encode`]
+    /// made of it before the outcome was known: the outcome is spliced in rather than the whole
+    /// event serialised again.
+    pub fn encode_outcome(decided: &str, event: &AuditEvent) -> String {
+        match (&event.outcome, decided.strip_suffix(NO_OUTCOME)) {
+            (Some(outcome), Some(head)) => {
+                let outcome = serde_json::to_string(outcome)
+                    .unwrap_or_else(|_| unreachable!("audit outcomes serialise"));
+                let mut out = String::with_capacity(decided.len() + outcome.len());
+                out.push_str(head);
+                out.push_str("\"outcome\":");
+                out.push_str(&outcome);
+                out.push('}');
+                out
+            }
+            _ => encode(event),
+        }
+    }
+
     /// Reads an entry's JSON.
     pub fn decode(json: &[u8]) -> Result<AuditEvent, serde_json::Error> {
         serde_json::from_slice(json)
@@ -219,6 +241,15 @@ mod stream_tests {
         };
         let json = stream::encode(&event);
         assert_eq!(stream::decode(json.as_bytes()).unwrap(), event);
+        let mut finished = event.clone();
+        finished.outcome = Some(AuditOutcome {
+            upstream_status: Some(200),
+            is_error: Some(false),
+            latency_ms: 1.5,
+        });
+        let spliced = stream::encode_outcome(&json, &finished);
+        assert_eq!(spliced, stream::encode(&finished));
+        assert_eq!(stream::decode(spliced.as_bytes()).unwrap(), finished);
         let batch = stream::encode_batch(&[json.clone(), json]);
         let events = stream::decode_field(stream::BATCH_FIELD, batch.as_bytes()).unwrap();
         assert_eq!(events, vec![event.clone(), event]);

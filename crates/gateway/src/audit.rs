@@ -32,9 +32,10 @@ impl AuditSink {
         Self { batch, timeout }
     }
 
-    /// Writes an entry now (the decision of a call about to be forwarded).
-    pub async fn write_now(&self, event: &AuditEvent) {
-        let written = tokio::time::timeout(self.timeout, self.batch.write(stream::encode(event)));
+    /// Writes an entry now (the decision of a call about to be forwarded); returns its JSON.
+    pub async fn write_now(&self, event: &AuditEvent) -> String {
+        let json = stream::encode(event);
+        let written = tokio::time::timeout(self.timeout, self.batch.write(json.clone()));
         match written.await {
             Ok(true) => {}
             Ok(false) => {
@@ -46,11 +47,17 @@ impl AuditSink {
                 tracing::warn!("audit entry not written in time before forwarding; queued");
             }
         }
+        json
     }
 
     /// Queues an entry for the next round trip.
     pub fn enqueue(&self, event: &AuditEvent) {
         self.batch.enqueue(stream::encode(event));
+    }
+
+    /// Queues the outcome entry of an event whose decision entry `decided` was written.
+    pub fn enqueue_outcome(&self, decided: &str, event: &AuditEvent) {
+        self.batch.enqueue(stream::encode_outcome(decided, event));
     }
 }
 

@@ -218,8 +218,18 @@ impl Batcher {
     /// and the requests still in flight), so requests draining during a graceful shutdown still
     /// reach Redis, then writes what is left and stops.
     pub fn start(redis: ConnectionManager, stream_key: String, timeout: Duration) -> Self {
+        Self::spawn(redis, stream_key, timeout).0
+    }
+
+    /// Like [`Batcher::start`], also returning the task, which ends once every handle is gone
+    /// and what was queued is written (or given up on).
+    pub fn spawn(
+        redis: ConnectionManager,
+        stream_key: String,
+        timeout: Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(
+        let task = tokio::spawn(
             Worker {
                 redis,
                 stream_key,
@@ -229,7 +239,7 @@ impl Batcher {
             }
             .run(rx),
         );
-        Self { tx }
+        (Self { tx }, task)
     }
 
     /// Checks and takes every counter, all or none, in the next round trip; `entry` (an

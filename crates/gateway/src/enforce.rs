@@ -36,8 +36,8 @@ pub enum Verdict {
     Forward {
         /// The charges taken, to refund if the call fails.
         reservation: Option<Reservation>,
-        /// The decision's audit entry was written with the charge (same round trip).
-        audited: bool,
+        /// The decision's audit entry, when it was written with the charge (same round trip).
+        decided: Option<String>,
     },
     /// Answer it with this JSON-RPC message (HTTP 200).
     Answer(Bytes),
@@ -220,12 +220,12 @@ pub async fn tools_call(
     let entry = portcullis_core::audit::stream::encode(event);
     match gw
         .limiter
-        .charge(grant.tenant, &decision.charges, Some(entry))
+        .charge(grant.tenant, &decision.charges, Some(entry.clone()))
         .await
     {
         Ok(Charged::Ok(reservation)) => Ok(Verdict::Forward {
             reservation: Some(reservation),
-            audited: true,
+            decided: Some(entry),
         }),
         Ok(Charged::Exceeded { index, retry_after }) => {
             let charge = &decision.charges[index.min(decision.charges.len() - 1)];
@@ -303,7 +303,7 @@ fn limiter_unavailable(event: &mut AuditEvent, id: &RequestId, era: ProtocolEra)
 fn forward(reservation: Option<Reservation>) -> Verdict {
     Verdict::Forward {
         reservation,
-        audited: false,
+        decided: None,
     }
 }
 

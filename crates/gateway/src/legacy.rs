@@ -30,8 +30,8 @@ use portcullis_mcp::{Message, RequestId};
 use serde_json::json;
 
 use crate::grants::Server;
-use crate::relay::{ByteStream, boxed};
-use crate::upstream::{Upstream, UpstreamError, is_event_stream, request_headers};
+use crate::relay::ByteStream;
+use crate::upstream::{Upstream, UpstreamError, body_stream, is_event_stream, request_headers};
 
 /// The id of the replayed `initialize`; a client cannot collide with it on this connection,
 /// which carries nothing else before the handshake ends.
@@ -73,7 +73,7 @@ impl Connection {
             )));
         }
         let mut connection = Self {
-            stream: boxed(response.bytes_stream()),
+            stream: body_stream(response),
             decoder: SseDecoder::new(),
             queue: VecDeque::new(),
             endpoint: server.url.clone(),

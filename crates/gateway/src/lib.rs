@@ -90,9 +90,8 @@ impl Default for Settings {
 pub struct Shared {
     /// Postgres.
     pub db: PgPool,
-    /// Redis, multiplexed and reconnecting.
-    pub redis: ConnectionManager,
-    /// The Redis client, for connections of their own (pub/sub).
+    /// The Redis client, for connections of its own (pub/sub); each worker opens its own
+    /// multiplexed connection ([`Service::worker`]).
     pub redis_client: redis::Client,
     /// Key and channel names.
     pub keys: RedisKeys,
@@ -100,13 +99,13 @@ pub struct Shared {
     pub credentials: Keyring,
 }
 
-/// The gateway's state, shared by every request.
+/// The gateway's state, shared by every request of one worker.
 pub struct Gateway {
     /// Postgres (approvals; grant and tool lookups go through the caches).
     pub db: PgPool,
-    /// Grant resolution cache.
+    /// Grant resolution cache (shared by every worker).
     pub grants: Arc<grants::Grants>,
-    /// Tool catalogues.
+    /// Tool catalogues (shared by every worker).
     pub catalogue: Arc<catalogue::Catalogue>,
     /// Rate limiter.
     pub limiter: limiter::Limiter,
@@ -120,13 +119,33 @@ pub struct Gateway {
     pub max_body: usize,
 }
 
-/// Builds the service: its routes, and its background tasks, which stop when `shutdown` is
+/// The gateway once built: what its workers share (the caches, kept current by one
+/// invalidation listener; keys; settings). Each worker thread makes its own routes with
+/// [`Service::worker`].
+pub struct Service {
+    shared: Shared,
+    settings: Settings,
+    grants: Arc<grants::Grants>,
+    catalogue: Arc<catalogue::Catalogue>,
+    sessions: sessions::SessionKeys,
+}
+
+/// One worker's routes, and the task that writes its last audit entries once they are dropped.
+pub struct Worker {
+    /// The gateway's routes.
+    pub router: Router,
+    /// Ends when the routes (and every request holding them) are gone and the worker's queued
+    /// Redis work is written.
+    pub drained: tokio::task::JoinHandle<()>,
+}
+
+/// Builds the service and starts its invalidation listener, which stops when `shutdown` is
 /// cancelled.
 pub async fn build(
     shared: Shared,
     settings: Settings,
     shutdown: CancellationToken,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<Service> {
     let session_keys = match settings.session_keys.as_deref() {
         Some(spec) => Keyring::parse(spec)
             .map_err(|e| anyhow::anyhow!("invalid PORTCULLIS_SESSION_KEYS: {e}"))?,
@@ -135,6 +154,8 @@ pub async fn build(
              (generate a key with `portcullis keygen`; every replica needs the same)"
         ),
     };
+    // Fails now, not in a worker, if the TLS set-up cannot be made.
+    upstream::Upstream::new(settings.upstream_connect_timeout, settings.upstream_timeout)?;
     let grants = Arc::new(grants::Grants::new(
         shared.db.clone(),
         shared.credentials.clone(),
@@ -149,32 +170,51 @@ pub async fn build(
         shared.keys.invalidation_channel(),
         grants.clone(),
         catalogue.clone(),
-        shutdown.clone(),
+        shutdown,
     ));
-    let batch = batch::Batcher::start(
-        shared.redis.clone(),
-        shared.keys.audit_stream(),
-        settings.limiter_timeout,
-    );
-    let gateway = Gateway {
-        db: shared.db.clone(),
+    Ok(Service {
+        shared,
+        settings,
         grants,
         catalogue,
-        limiter: limiter::Limiter::new(
-            shared.redis.clone(),
-            batch.clone(),
-            shared.keys.clone(),
-            settings.limiter_timeout,
-        ),
-        audit: audit::AuditSink::new(batch, settings.limiter_timeout),
-        upstream: upstream::Upstream::new(
-            settings.upstream_connect_timeout,
-            settings.upstream_timeout,
-        )?,
         sessions: sessions::SessionKeys::new(session_keys),
-        max_body: settings.gateway_max_body,
-    };
-    Ok(router(Arc::new(gateway)))
+    })
+}
+
+impl Service {
+    /// The routes of one worker, with its own upstream connection pool, batcher and Redis
+    /// connection (`redis`), so that a request runs from start to finish on the thread that
+    /// accepted it. Call it on the runtime that serves the routes: the worker's tasks run there.
+    pub fn worker(&self, redis: ConnectionManager) -> anyhow::Result<Worker> {
+        let settings = &self.settings;
+        let (batch, drained) = batch::Batcher::spawn(
+            redis.clone(),
+            self.shared.keys.audit_stream(),
+            settings.limiter_timeout,
+        );
+        let gateway = Gateway {
+            db: self.shared.db.clone(),
+            grants: self.grants.clone(),
+            catalogue: self.catalogue.clone(),
+            limiter: limiter::Limiter::new(
+                redis,
+                batch.clone(),
+                self.shared.keys.clone(),
+                settings.limiter_timeout,
+            ),
+            audit: audit::AuditSink::new(batch, settings.limiter_timeout),
+            upstream: upstream::Upstream::new(
+                settings.upstream_connect_timeout,
+                settings.upstream_timeout,
+            )?,
+            sessions: self.sessions.clone(),
+            max_body: settings.gateway_max_body,
+        };
+        Ok(Worker {
+            router: router(Arc::new(gateway)),
+            drained,
+        })
+    }
 }
 
 /// The gateway's routes: the per-grant URL and the per-server URL with a bearer token.

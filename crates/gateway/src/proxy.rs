@@ -25,9 +25,11 @@ use crate::enforce::Verdict;
 use crate::error::{GatewayError, Rejection};
 use crate::grants::{Grant, Transport};
 use crate::legacy::{self, Connection};
-use crate::relay::{self, Pending, ToolFilter, Watch, boxed};
+use crate::relay::{self, Pending, ToolFilter, Watch};
 use crate::sessions::Session;
-use crate::upstream::{is_event_stream, request_headers, response_headers};
+use crate::upstream::{
+    UpstreamResponse, body_stream, is_event_stream, request_headers, response_headers,
+};
 
 type Gw = State<Arc<Gateway>>;
 
@@ -304,7 +306,7 @@ impl Gateway {
             outcome: None,
         };
         let mut reservation = None;
-        let mut audited = false;
+        let mut decided = None;
         let watch = match kind {
             MethodKind::ToolsCall => {
                 let (verdict, round, sealer) = {
@@ -351,10 +353,10 @@ impl Gateway {
                     }
                     Verdict::Forward {
                         reservation: held,
-                        audited: written,
+                        decided: written,
                     } => {
                         reservation = held;
-                        audited = written;
+                        decided = written;
                         if let Round::Continuation(resumed) = &round {
                             // The upstream gets its own requestState back.
                             body = resumed
@@ -380,13 +382,15 @@ impl Gateway {
             }
             _ => Watch::Nothing,
         };
-        if !audited {
-            self.audit.write_now(&event).await;
-        }
+        let decided = match decided {
+            Some(json) => json,
+            None => self.audit.write_now(&event).await,
+        };
         let pending = Pending::new(
             self.audit.clone(),
             self.limiter.clone(),
             event,
+            decided,
             reservation,
             inbound.arrived,
             label,
@@ -471,7 +475,7 @@ impl Gateway {
     async fn answer(
         &self,
         grant: &Grant,
-        response: reqwest::Response,
+        response: UpstreamResponse,
         watch: Watch,
         id: Option<RequestId>,
         mut pending: Pending,
@@ -482,9 +486,9 @@ impl Gateway {
         self.wrap_session(grant, response.headers(), &mut headers);
         let body = if matches!(watch, Watch::Nothing) {
             // Nothing to look for: JSON or SSE, the bytes pass through untouched.
-            relay::raw(boxed(response.bytes_stream()), Some(pending))
+            relay::raw(body_stream(response), Some(pending))
         } else if is_event_stream(response.headers()) {
-            relay::sse(boxed(response.bytes_stream()), watch, id, Some(pending))
+            relay::sse(body_stream(response), watch, id, Some(pending))
         } else {
             let bytes = match self.upstream.read_body(response).await {
                 Ok(bytes) => bytes,
@@ -664,12 +668,12 @@ impl Gateway {
     fn relay_plain(
         &self,
         grant: &Grant,
-        response: reqwest::Response,
+        response: UpstreamResponse,
     ) -> Result<Response, Rejection> {
         let status = response.status();
         let mut headers = response_headers(response.headers());
         self.wrap_session(grant, response.headers(), &mut headers);
-        let mut out = Response::new(relay::raw(boxed(response.bytes_stream()), None));
+        let mut out = Response::new(Body::new(response.into_body()));
         *out.status_mut() = status;
         *out.headers_mut() = headers;
         Ok(out)

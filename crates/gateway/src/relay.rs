@@ -87,6 +87,9 @@ pub struct Pending {
     audit: AuditSink,
     limiter: Limiter,
     event: Option<AuditEvent>,
+    /// The decision entry written before forwarding; the outcome entry is this with the
+    /// outcome added.
+    decided: String,
     reservation: Option<Reservation>,
     arrived: Instant,
     /// HTTP status of the upstream answer, once known.
@@ -100,6 +103,7 @@ impl Pending {
         audit: AuditSink,
         limiter: Limiter,
         event: AuditEvent,
+        decided: String,
         reservation: Option<Reservation>,
         arrived: Instant,
         method: &'static str,
@@ -108,6 +112,7 @@ impl Pending {
             audit,
             limiter,
             event: Some(event),
+            decided,
             reservation,
             arrived,
             status: None,
@@ -136,7 +141,7 @@ impl Pending {
             "decision" => event.decision.as_str()
         )
         .increment(1);
-        self.audit.enqueue(&event);
+        self.audit.enqueue_outcome(&self.decided, &event);
         if let Some(reservation) = self.reservation.take()
             && (is_error == Some(true) || (failed_upstream && is_error.is_none()))
         {

@@ -7,18 +7,26 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_mcp::headers::names as mcp;
 
 use crate::grants::Server;
 
+/// An upstream answer: its head, and a body that streams as it is read.
+pub type UpstreamResponse = http::Response<Incoming>;
+
 /// The upstream failed to answer.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// Connecting or sending failed.
+    /// Connecting, sending or reading failed.
     #[error("request failed: {0}")]
-    Request(#[source] reqwest::Error),
+    Request(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// No answer within the response timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -31,11 +39,23 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// True for timeouts (answered 504 rather than 502).
+    /// True for timeouts (answered 504 rather than 502), connecting included.
     pub fn is_timeout(&self) -> bool {
         match self {
             Self::Timeout(_) => true,
-            Self::Request(e) => e.is_timeout(),
+            Self::Request(e) => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+                while let Some(err) = source {
+                    if err
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                    {
+                        return true;
+                    }
+                    source = err.source();
+                }
+                false
+            }
             _ => false,
         }
     }
@@ -61,10 +81,20 @@ const FORWARDED_RESPONSE: [HeaderName; 4] = [
     HeaderName::from_static(mcp::MCP_PROTOCOL_VERSION),
 ];
 
-/// The pooled client.
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("portcullis-gateway/", env!("CARGO_PKG_VERSION")));
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The pooled client: HTTP/1.1 keep-alive connections, `https` through rustls with the
+/// platform's trust store. It follows no redirect and uses no proxy from the environment
+/// (upstream URLs are registered by tenants: a call must go where the URL says and nowhere
+/// else), and never sends a request twice (a retried `tools/call` could charge a card twice;
+/// only a request that never started to be written on a pooled connection the server had
+/// closed is sent again, on a new one).
 #[derive(Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
+    client: Client<Connector, Full<Bytes>>,
     timeout: Duration,
     /// Largest answer read into memory (JSON answers that are inspected or rewritten).
     pub max_buffered: usize,
@@ -73,19 +103,20 @@ pub struct Upstream {
 impl Upstream {
     /// A client with the given connect and response timeouts.
     pub fn new(connect_timeout: Duration, timeout: Duration) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_platform_verifier(rustls::crypto::aws_lc_rs::default_provider())?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            // Upstream URLs are registered by tenants: never follow a redirect elsewhere and
-            // never route through a proxy from the environment.
-            .redirect(reqwest::redirect::Policy::none())
-            // Never send a call twice: a retried `tools/call` could charge a card twice.
-            .retry(reqwest::retry::never())
-            .no_proxy()
-            .user_agent(concat!("portcullis-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .pool_timer(TokioTimer::new())
+            .build(https);
         Ok(Self {
             client,
             timeout,
@@ -104,22 +135,25 @@ impl Upstream {
         &self,
         method: Method,
         url: &url::Url,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Option<Bytes>,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self.client.request(method, url.clone()).headers(headers);
-        if let Some(body) = body {
-            request = request.body(body);
-        }
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let uri = Uri::try_from(url.as_str())
+            .map_err(|e| UpstreamError::Protocol(format!("unusable upstream URL: {e}")))?;
+        headers.insert(header::USER_AGENT, USER_AGENT);
+        let mut request = http::Request::new(Full::new(body.unwrap_or_default()));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, request.send()).await;
+        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
         metrics::histogram!("portcullis_gateway_upstream_head_seconds").record(started.elapsed());
         match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
                 metrics::counter!("portcullis_gateway_upstream_errors_total", "kind" => "request")
                     .increment(1);
-                Err(UpstreamError::Request(e))
+                Err(UpstreamError::Request(e.into()))
             }
             Err(_) => {
                 metrics::counter!("portcullis_gateway_upstream_errors_total", "kind" => "timeout")
@@ -130,22 +164,42 @@ impl Upstream {
     }
 
     /// Reads a whole (JSON) answer, bounded in size and time.
-    pub async fn read_body(&self, mut response: reqwest::Response) -> Result<Bytes, UpstreamError> {
+    pub async fn read_body(&self, response: UpstreamResponse) -> Result<Bytes, UpstreamError> {
         let limit = self.max_buffered;
+        let mut body = response.into_body();
         let read = async {
-            let mut body = BytesMut::new();
-            while let Some(chunk) = response.chunk().await.map_err(UpstreamError::Request)? {
-                if body.len() + chunk.len() > limit {
+            let mut first: Option<Bytes> = None;
+            let mut rest = BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| UpstreamError::Request(e.into()))?;
+                let Ok(chunk) = frame.into_data() else {
+                    continue; // trailers
+                };
+                let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+                if held + chunk.len() > limit {
                     return Err(UpstreamError::TooLarge(limit));
                 }
-                body.extend_from_slice(&chunk);
+                // Most answers arrive in one chunk: keep it as it is, copy only when more follow.
+                match first.take() {
+                    None if rest.is_empty() => first = Some(chunk),
+                    None => rest.extend_from_slice(&chunk),
+                    Some(head) => {
+                        rest.extend_from_slice(&head);
+                        rest.extend_from_slice(&chunk);
+                    }
+                }
             }
-            Ok(body.freeze())
+            Ok(first.unwrap_or_else(|| rest.freeze()))
         };
         tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
     }
+}
+
+/// An answer's body as a stream of chunks, as it arrives.
+pub fn body_stream(response: UpstreamResponse) -> crate::relay::ByteStream {
+    crate::relay::boxed(http_body_util::BodyDataStream::new(response.into_body()))
 }
 
 /// The headers of a request to `server`: the client's MCP headers, then the server's own.
