@@ -8,8 +8,10 @@
 //!
 //! Each charge in a batch is still all or nothing, checked and applied in order inside the
 //! script, so batching changes no limiter decision. A charge's audit decision entry is written
-//! by the same script only when the charge goes through; the script writes every entry of the
-//! batch as one stream entry (`portcullis_core::audit::stream::BATCH_FIELD`). A caller that
+//! only when the charge goes through: by the same script when every charge of the batch went
+//! through (one stream entry for all, `portcullis_core::audit::stream::BATCH_FIELD`), else
+//! right after it, before the charges are answered. Plain entries (outcomes, decisions of calls
+//! without limits) are one more stream entry, written by the same script. A caller that
 //! waits for a write (a charge, the decision entry of a call about to be forwarded) is answered
 //! only after Redis has it. Entries whose write failed are kept and retried a few times (they
 //! must survive a short Redis outage, and must not grow without bound during a long one).
@@ -35,11 +37,18 @@ const QUEUE: usize = 65_536;
 /// Tries of an entry's write before it is dropped (and counted).
 const ATTEMPTS: u32 = 3;
 
-/// ARGV: BUCKETS, MAXLEN, the number of charges; per charge: its counter count n, per counter
-/// `key index, bucket width (ms), max, cost`, then `1 entry` or `0`; then the number of plain
-/// entries and the entries. KEYS: the counters' hashes (each once), then the audit stream.
-/// Returns `{now_ms, refused_1, retry_ms_1, refused_2, …}`: `refused` is 0 when the charge
-/// went through, else the 1-based index of the first full counter.
+/// ARGV: BUCKETS, MAXLEN, the number of charges; per charge: its counter count n, then per
+/// counter `key index, bucket width (ms), max, cost`; then the charges' decision entries and
+/// the plain entries, each a JSON array already made (or empty). KEYS: the counters' hashes
+/// (each once), then the audit stream. Returns `{now_ms, decisions_written, refused_1,
+/// retry_ms_1, refused_2, …}`: `refused` is 0 when the charge went through, else the 1-based
+/// index of the first full counter. The decision entries are written only when every charge of
+/// the batch went through (`decisions_written` 1); otherwise the caller writes those of the
+/// charges that did.
+///
+/// Entries arrive as one string each, never one argument per event, and are never joined in
+/// the script: Redis's Lua hashes every byte of every string it makes, which was most of the
+/// script's time when each event was an argument and the script concatenated them.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -97,8 +106,8 @@ local function retry_after(k, width, need)
   return window
 end
 
-local out = {now}
-local entries = {}
+local out = {now, 1}
+local all = true
 local a = 4
 for _ = 1, tonumber(ARGV[3]) do
   local n = tonumber(ARGV[a])
@@ -122,18 +131,9 @@ for _ = 1, tonumber(ARGV[3]) do
       st.add = st.add + tonumber(ARGV[p + 3])
     end
   end
-  if ARGV[a] == '1' then
-    if refused == 0 then entries[#entries + 1] = ARGV[a + 1] end
-    a = a + 2
-  else
-    a = a + 1
-  end
+  if refused ~= 0 then all = false end
   out[#out + 1] = refused
   out[#out + 1] = retry
-end
-for _ = 1, tonumber(ARGV[a]) do
-  a = a + 1
-  entries[#entries + 1] = ARGV[a]
 end
 
 for k, st in pairs(states) do
@@ -148,13 +148,28 @@ for k, st in pairs(states) do
     redis.call('HINCRBY', key, 't', st.add)
   end
 end
-if #entries == 1 then
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'event', entries[1])
-elseif #entries > 1 then
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'events', '[' .. table.concat(entries, ',') .. ']')
+local decisions, plain = ARGV[a], ARGV[a + 1]
+if decisions ~= '' then
+  if all then
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'events', decisions)
+  else
+    out[2] = 0
+  end
+end
+if plain ~= '' then
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'events', plain)
 end
 return out
 ";
+
+/// Encoded entries as the JSON array of one stream entry; empty for none.
+fn batch_json(entries: &[&str]) -> String {
+    if entries.is_empty() {
+        String::new()
+    } else {
+        stream::encode_batch(entries)
+    }
+}
 
 /// One counter of a charge.
 #[derive(Debug, Clone)]
@@ -341,6 +356,28 @@ impl Worker {
         }
     }
 
+    /// Writes encoded entries as one stream entry; false when Redis did not take it in time.
+    async fn write_entries(&mut self, entries: &[&str]) -> bool {
+        let mut conn = self.redis.clone();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.stream_key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(stream::MAX_LEN)
+            .arg("*")
+            .arg(stream::BATCH_FIELD)
+            .arg(batch_json(entries));
+        let written = tokio::time::timeout(self.timeout, cmd.query_async::<String>(&mut conn));
+        match written.await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "redis: audit entries not written");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// One script call for `ops` and the entries due for a retry. True when it failed.
     async fn call(&mut self, ops: Vec<Op>) -> bool {
         let mut keys: Vec<&str> = Vec::new();
@@ -366,6 +403,7 @@ impl Worker {
             .filter(|op| matches!(op, Op::Charge { .. }))
             .count();
         invocation.arg(BUCKETS).arg(stream::MAX_LEN).arg(n_charges);
+        let mut decisions: Vec<&str> = Vec::new();
         for op in &ops {
             if let Op::Charge {
                 counters, entry, ..
@@ -379,22 +417,21 @@ impl Worker {
                         .arg(c.max)
                         .arg(c.cost);
                 }
-                match entry {
-                    Some(json) => invocation.arg(1).arg(json),
-                    None => invocation.arg(0),
-                };
+                decisions.extend(entry.as_deref());
             }
         }
-        let retried = self.retry.len();
-        invocation.arg(retried + ops.len() - n_charges);
-        for r in &self.retry {
-            invocation.arg(&r.json);
-        }
-        for op in &ops {
-            if let Op::Entry { json, .. } = op {
-                invocation.arg(json);
-            }
-        }
+        let plain_entries: Vec<&str> = self
+            .retry
+            .iter()
+            .map(|r| r.json.as_str())
+            .chain(ops.iter().filter_map(|op| match op {
+                Op::Entry { json, .. } => Some(json.as_str()),
+                Op::Charge { .. } => None,
+            }))
+            .collect();
+        invocation
+            .arg(batch_json(&decisions))
+            .arg(batch_json(&plain_entries));
         let mut conn = self.redis.clone();
         let started = std::time::Instant::now();
         let answer =
@@ -422,10 +459,28 @@ impl Worker {
             }
         }
         let mut results = match &result {
-            Ok(out) => out.get(1..).unwrap_or_default().chunks(2),
+            Ok(out) => out.get(2..).unwrap_or_default().chunks(2),
             Err(_) => [].chunks(2),
         };
         let now_ms = result.as_ref().ok().and_then(|o| o.first().copied());
+        if let Ok(out) = &result
+            && out.get(1) == Some(&0)
+        {
+            // A charge of the batch was refused, so the script wrote no decision entry: those
+            // of the charges that went through are written now, before their calls go on.
+            let charged: Vec<&str> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Charge { entry, .. } => Some(entry.as_deref()),
+                    Op::Entry { .. } => None,
+                })
+                .zip(results.clone())
+                .filter_map(|(entry, answer)| entry.filter(|_| answer.first() == Some(&0)))
+                .collect();
+            if !charged.is_empty() && !self.write_entries(&charged).await {
+                plain.extend(charged.iter().map(|json| ((*json).to_owned(), 1, None)));
+            }
+        }
         for op in ops {
             match op {
                 Op::Charge { reply, .. } => {
