@@ -165,9 +165,10 @@ done
 BATCH=$(curl -s "http://127.0.0.1:$GW_PORT/metrics" | awk '
   /^portcullis_gateway_redis_batch_size_sum/ { s = $2 } /^portcullis_gateway_redis_batch_size_count/ { c = $2 }
   END { if (c > 0) printf "%.0f round trips, %.1f operations each", c, s / c; else print "unknown" }')
-HALF=$(awk -v r="${RPS[portcullis]}" 'BEGIN { printf "%d", r / 2 }')
+# RATE=n: measure the fixed-rate latency at n requests/s instead (to compare two builds at one rate).
+HALF=${RATE:-$(awk -v r="${RPS[portcullis]}" 'BEGIN { printf "%d", r / 2 }')}
 declare -A H99
-log "half of Portcullis's peak: $HALF requests/s"
+log "fixed rate (default: half of Portcullis's peak): $HALF requests/s"
 for t in direct portcullis nginx; do
   read -r _ _ p99 _ _ < <(load "$t" "-q $HALF")
   H99[$t]=$p99
