@@ -468,6 +468,73 @@ async fn a_session_continues_on_a_second_gateway_and_get_delete_pass_through() {
 }
 
 #[tokio::test]
+async fn shutdown_writes_every_audit_entry_and_closes_streams_after_the_grace_period() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(false).await;
+    let f = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let gw = stack.gateway().await;
+    let addr = gw.gateway.unwrap();
+    let session = open_session(&f.url(&gw)).await;
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    // Calls on every worker thread (each connection lands on one of them).
+    for id in 0..8 {
+        let (status, _, body) = post(
+            &f.url(&gw),
+            &headers,
+            &call(10 + id, "echo", json!({"text": "x"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // A server→client stream that stays open until the gateway closes it.
+    let mut stream = reqwest::Client::new()
+        .get(f.url(&gw))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+
+    let started = Instant::now();
+    gw.stop().await.unwrap();
+    // The grace period is 1 s: what is still open then is closed, not waited for.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match stream.chunk().await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the open stream outlived the gateway");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the gateway still accepts connections after shutdown"
+    );
+    // Every call's decision and outcome reached the stream before the workers stopped.
+    let entries = stack.audit().await;
+    let calls: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["tool"] == "echo" && e["session"].as_str() == Some(session.as_str()))
+        .collect();
+    let outcomes = calls.iter().filter(|e| !e["outcome"].is_null()).count();
+    assert_eq!(outcomes, 8, "outcome entries missing: {calls:#?}");
+}
+
+#[tokio::test]
 async fn revocation_and_policy_changes_apply_within_a_second() {
     let stack = Stack::new().await;
     let upstream = RmcpServer::start(true).await;
