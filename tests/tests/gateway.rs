@@ -11,7 +11,7 @@ mod gateway {
 use std::time::{Duration, Instant};
 
 use gateway::support::{
-    self, SseMessages, Stack, call, message, open_session, post, post_stateless, text,
+    self, SseMessages, Stack, call, message, open_session, open_stream, post, post_stateless, text,
 };
 use gateway::toolbox::RmcpServer;
 use portcullis_core::Invalidation;
@@ -435,14 +435,7 @@ async fn a_session_continues_on_a_second_gateway_and_get_delete_pass_through() {
     assert_eq!(text(&message(&body)), "echo: b");
 
     // The session's server→client stream opens through either gateway.
-    let response = reqwest::Client::new()
-        .get(f.url(&b))
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &session)
-        .header("mcp-protocol-version", "2025-11-25")
-        .send()
-        .await
-        .unwrap();
+    let response = open_stream(&f.url(&b), &session).await;
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -492,14 +485,7 @@ async fn shutdown_writes_every_audit_entry_and_closes_streams_after_the_grace_pe
         assert_eq!(status, 200, "{body}");
     }
     // A server→client stream that stays open until the gateway closes it.
-    let mut stream = reqwest::Client::new()
-        .get(f.url(&gw))
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &session)
-        .header("mcp-protocol-version", "2025-11-25")
-        .send()
-        .await
-        .unwrap();
+    let mut stream = open_stream(&f.url(&gw), &session).await;
     assert_eq!(stream.status(), 200);
 
     let started = Instant::now();

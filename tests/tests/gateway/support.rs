@@ -309,6 +309,18 @@ pub async fn post_stateless(
 }
 
 /// Opens a session-era session through the gateway; returns the session id the client sees.
+/// Opens a session's server→client stream (GET) in the 2025-11-25 era.
+pub async fn open_stream(url: &str, session: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn open_session(url: &str) -> String {
     let (status, headers, body) = post(url, &[], &initialize(1)).await;
     assert_eq!(status, 200, "{body}");
