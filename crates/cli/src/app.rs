@@ -178,7 +178,7 @@ pub async fn start_with(
             portcullis_gateway::build(shared, config.gateway.clone(), shutdown.clone()).await?;
         let client = conns.redis_client.clone();
         let make = move || {
-            let worker = service.worker(redis_manager(&client)?)?;
+            let worker = service.worker(redis_manager(&client)?);
             Ok((worker.router, worker.drained))
         };
         let threads = config

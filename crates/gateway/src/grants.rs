@@ -38,6 +38,8 @@ pub struct Server {
     pub tenant: TenantId,
     /// The MCP endpoint (Streamable HTTP) or the SSE endpoint (HTTP+SSE).
     pub url: url::Url,
+    /// `url` as a request target, parsed once.
+    pub uri: http::Uri,
     /// How to talk to it.
     pub transport: Transport,
     /// Decrypted static headers (credentials) to inject into every upstream request.
@@ -190,11 +192,14 @@ impl Grants {
         let sealed: Option<Vec<u8>> = row.try_get("headers_enc")?;
         let url = url::Url::parse(&url_text)
             .map_err(|e| sqlx::Error::Decode(format!("server {server_id} url: {e}").into()))?;
+        let uri = crate::upstream::uri(&url)
+            .map_err(|e| sqlx::Error::Decode(format!("server {server_id} url: {e}").into()))?;
         let headers = self.open_headers(tenant, server_id, sealed.as_deref());
         let server = Server {
             id: server_id,
             tenant,
             url,
+            uri,
             transport,
             headers,
             block_changed_tools: row.try_get("block_changed_tools")?,

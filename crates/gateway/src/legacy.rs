@@ -64,7 +64,7 @@ impl Connection {
             HeaderValue::from_static("text/event-stream"),
         );
         let response = upstream
-            .send(Method::GET, &server.url, headers, None)
+            .send(Method::GET, &server.uri, headers, None)
             .await?;
         if !response.status().is_success() || !is_event_stream(response.headers()) {
             return Err(UpstreamError::Protocol(format!(
@@ -244,7 +244,12 @@ pub async fn post_message(
     }
     let headers = request_headers(&Default::default(), server, true);
     let response = upstream
-        .send(Method::POST, endpoint, headers, Some(body))
+        .send(
+            Method::POST,
+            &crate::upstream::uri(endpoint)?,
+            headers,
+            Some(body),
+        )
         .await?;
     if !response.status().is_success() {
         return Err(UpstreamError::Protocol(format!(

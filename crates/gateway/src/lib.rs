@@ -128,6 +128,8 @@ pub struct Service {
     grants: Arc<grants::Grants>,
     catalogue: Arc<catalogue::Catalogue>,
     sessions: sessions::SessionKeys,
+    /// The upstream client each worker copies with a pool of its own.
+    upstream: upstream::Upstream,
 }
 
 /// One worker's routes, and the task that writes its last audit entries once they are dropped.
@@ -154,8 +156,8 @@ pub async fn build(
              (generate a key with `portcullis keygen`; every replica needs the same)"
         ),
     };
-    // Fails now, not in a worker, if the TLS set-up cannot be made.
-    upstream::Upstream::new(settings.upstream_connect_timeout, settings.upstream_timeout)?;
+    let upstream =
+        upstream::Upstream::new(settings.upstream_connect_timeout, settings.upstream_timeout)?;
     let grants = Arc::new(grants::Grants::new(
         shared.db.clone(),
         shared.credentials.clone(),
@@ -178,6 +180,7 @@ pub async fn build(
         grants,
         catalogue,
         sessions: sessions::SessionKeys::new(session_keys),
+        upstream,
     })
 }
 
@@ -185,7 +188,7 @@ impl Service {
     /// The routes of one worker, with its own upstream connection pool, batcher and Redis
     /// connection (`redis`), so that a request runs from start to finish on the thread that
     /// accepted it. Call it on the runtime that serves the routes: the worker's tasks run there.
-    pub fn worker(&self, redis: ConnectionManager) -> anyhow::Result<Worker> {
+    pub fn worker(&self, redis: ConnectionManager) -> Worker {
         let settings = &self.settings;
         let (batch, drained) = batch::Batcher::spawn(
             redis.clone(),
@@ -203,17 +206,14 @@ impl Service {
                 settings.limiter_timeout,
             ),
             audit: audit::AuditSink::new(batch, settings.limiter_timeout),
-            upstream: upstream::Upstream::new(
-                settings.upstream_connect_timeout,
-                settings.upstream_timeout,
-            )?,
+            upstream: self.upstream.with_own_pool(),
             sessions: self.sessions.clone(),
             max_body: settings.gateway_max_body,
         };
-        Ok(Worker {
+        Worker {
             router: router(Arc::new(gateway)),
             drained,
-        })
+        }
     }
 }
 

@@ -458,7 +458,7 @@ impl Gateway {
         }
         let response = match self
             .upstream
-            .send(Method::POST, &server.url, headers, Some(body))
+            .send(Method::POST, &server.uri, headers, Some(body))
             .await
         {
             Ok(response) => response,
@@ -638,7 +638,7 @@ impl Gateway {
         self.upstream_session(inbound.session.as_ref(), &mut headers)?;
         let response = self
             .upstream
-            .send(Method::POST, &server.url, headers, Some(body))
+            .send(Method::POST, &server.uri, headers, Some(body))
             .await?;
         self.relay_plain(&inbound.grant, response)
     }
@@ -716,7 +716,7 @@ impl Gateway {
         self.upstream_session(session.as_ref(), &mut upstream_headers)?;
         let response = self
             .upstream
-            .send(method, &grant.server.url, upstream_headers, None)
+            .send(method, &grant.server.uri, upstream_headers, None)
             .await?;
         self.relay_plain(&grant, response)
     }

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
-use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt as _, Full};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -94,6 +94,7 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// closed is sent again, on a new one).
 #[derive(Clone)]
 pub struct Upstream {
+    connector: Connector,
     client: Client<Connector, Full<Bytes>>,
     timeout: Duration,
     /// Largest answer read into memory (JSON answers that are inspected or rewritten).
@@ -107,21 +108,26 @@ impl Upstream {
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
         http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_platform_verifier(rustls::crypto::aws_lc_rs::default_provider())?
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .build(https);
         Ok(Self {
-            client,
+            client: pool(connector.clone()),
+            connector,
             timeout,
             max_buffered: portcullis_mcp::sse::DEFAULT_MAX_EVENT_BYTES,
         })
+    }
+
+    /// The same client with a connection pool of its own (a clone shares the pool), for a
+    /// gateway thread: its connections are driven by tasks on that thread's runtime.
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            client: pool(self.connector.clone()),
+            ..self.clone()
+        }
     }
 
     /// The response timeout.
@@ -134,16 +140,14 @@ impl Upstream {
     pub async fn send(
         &self,
         method: Method,
-        url: &url::Url,
+        uri: &Uri,
         mut headers: HeaderMap,
         body: Option<Bytes>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let uri = Uri::try_from(url.as_str())
-            .map_err(|e| UpstreamError::Protocol(format!("unusable upstream URL: {e}")))?;
         headers.insert(header::USER_AGENT, USER_AGENT);
         let mut request = http::Request::new(Full::new(body.unwrap_or_default()));
         *request.method_mut() = method;
-        *request.uri_mut() = uri;
+        *request.uri_mut() = uri.clone();
         *request.headers_mut() = headers;
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
@@ -166,35 +170,29 @@ impl Upstream {
     /// Reads a whole (JSON) answer, bounded in size and time.
     pub async fn read_body(&self, response: UpstreamResponse) -> Result<Bytes, UpstreamError> {
         let limit = self.max_buffered;
-        let mut body = response.into_body();
-        let read = async {
-            let mut first: Option<Bytes> = None;
-            let mut rest = BytesMut::new();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| UpstreamError::Request(e.into()))?;
-                let Ok(chunk) = frame.into_data() else {
-                    continue; // trailers
-                };
-                let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
-                if held + chunk.len() > limit {
-                    return Err(UpstreamError::TooLarge(limit));
-                }
-                // Most answers arrive in one chunk: keep it as it is, copy only when more follow.
-                match first.take() {
-                    None if rest.is_empty() => first = Some(chunk),
-                    None => rest.extend_from_slice(&chunk),
-                    Some(head) => {
-                        rest.extend_from_slice(&head);
-                        rest.extend_from_slice(&chunk);
-                    }
-                }
-            }
-            Ok(first.unwrap_or_else(|| rest.freeze()))
-        };
-        tokio::time::timeout(self.timeout, read)
-            .await
-            .map_err(|_| UpstreamError::Timeout(self.timeout))?
+        let read = Limited::new(response.into_body(), limit).collect();
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => Err(UpstreamError::TooLarge(limit)),
+            Ok(Err(e)) => Err(UpstreamError::Request(e)),
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+        }
     }
+}
+
+/// A pooled client: HTTP/1.1 keep-alive connections through `connector`.
+fn pool(connector: Connector) -> Client<Connector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// The request target of an upstream URL.
+pub fn uri(url: &url::Url) -> Result<Uri, UpstreamError> {
+    Uri::try_from(url.as_str())
+        .map_err(|e| UpstreamError::Protocol(format!("unusable upstream URL: {e}")))
 }
 
 /// An answer's body as a stream of chunks, as it arrives.
@@ -276,10 +274,12 @@ mod tests {
         }
         let mut server_headers = HeaderMap::new();
         server_headers.insert("x-api-key", HeaderValue::from_static("server-key"));
+        let url = url::Url::parse("http://127.0.0.1:1/mcp").unwrap_or_else(|_| unreachable!());
         let server = Server {
             id: ServerId::new(),
             tenant: TenantId::new(),
-            url: url::Url::parse("http://127.0.0.1:1/mcp").unwrap_or_else(|_| unreachable!()),
+            uri: uri(&url).unwrap_or_else(|_| unreachable!()),
+            url,
             transport: crate::grants::Transport::StreamableHttp,
             headers: server_headers,
             block_changed_tools: true,
