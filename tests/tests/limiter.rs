@@ -228,3 +228,54 @@ async fn absurd_limits_and_costs_never_break_the_batch_they_share() {
         "the other calls of the batch are unaffected"
     );
 }
+
+/// Charges `n` concurrent calls of `c` (so that most share a round trip); returns the results.
+async fn concurrently(s: &Setup, t: TenantId, c: &[Charge], n: usize) -> Vec<Charged> {
+    let limiter = Arc::new(s.limiter.clone());
+    let calls = (0..n).map(|_| {
+        let limiter = limiter.clone();
+        let c = c.to_vec();
+        async move { limiter.charge(t, &c, None).await.unwrap() }
+    });
+    futures::future::join_all(calls).await
+}
+
+#[tokio::test]
+async fn a_run_of_identical_charges_is_decided_as_if_one_by_one() {
+    let s = Setup::new().await;
+    let t = TenantId::new();
+    let minute = Duration::from_secs(60);
+    // Cost 3 against 50: 16 fit. The refused name the full counter and when to retry.
+    let c = [
+        charge("grant:g:calls", minute, 50, 3),
+        charge("tenant:t:all", minute, 1000, 3),
+    ];
+    let results = concurrently(&s, t, &c, 40).await;
+    assert_eq!(results.iter().filter(|r| is_ok(r)).count(), 16);
+    for r in results.iter().filter(|r| !is_ok(r)) {
+        let Charged::Exceeded { index, retry_after } = r else {
+            unreachable!()
+        };
+        assert_eq!(*index, 0);
+        assert!(*retry_after > Duration::ZERO && *retry_after <= minute + minute / 100);
+    }
+    // Now the second counter is the one that fills: 1000 - 48 = 952 left, cost 100 → 9 fit.
+    let c = [
+        charge("grant:h:calls", minute, 10_000, 100),
+        charge("tenant:t:all", minute, 1000, 100),
+    ];
+    let results = concurrently(&s, t, &c, 30).await;
+    assert_eq!(results.iter().filter(|r| is_ok(r)).count(), 9);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Charged::Ok(_) | Charged::Exceeded { index: 1, .. }))
+    );
+    // A charge that names one counter twice takes it twice: 5 fit in 10.
+    let twice = [
+        charge("grant:k:calls", minute, 10, 1),
+        charge("grant:k:calls", minute, 10, 1),
+    ];
+    let results = concurrently(&s, t, &twice, 20).await;
+    assert_eq!(results.iter().filter(|r| is_ok(r)).count(), 5);
+}

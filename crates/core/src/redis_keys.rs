@@ -25,9 +25,29 @@ impl RedisKeys {
         &self.prefix
     }
 
-    /// A sliding-window limiter counter. `counter` is already scope-resolved by the policy engine.
-    pub fn limiter(&self, tenant: TenantId, counter: &str) -> String {
-        format!("{}:{{t:{tenant}}}:lim:{counter}", self.prefix)
+    /// A sliding-window limiter counter over a window of `window_ms`. `counter` is already
+    /// scope-resolved by the policy engine. (Built on every limited call, so without `format!`.)
+    pub fn limiter(&self, tenant: TenantId, counter: &str, window_ms: u64) -> String {
+        let mut uuid = uuid::Uuid::encode_buffer();
+        let mut ms = itoa::Buffer::new();
+        let tenant = tenant.0.hyphenated().encode_lower(&mut uuid);
+        let window = ms.format(window_ms);
+        let mut key = String::with_capacity(
+            self.prefix.len() + tenant.len() + counter.len() + window.len() + 14,
+        );
+        for part in [
+            &self.prefix,
+            ":{t:",
+            tenant,
+            "}:lim:",
+            counter,
+            ":",
+            window,
+            "ms",
+        ] {
+            key.push_str(part);
+        }
+        key
     }
 
     /// The one-use marker of a continuation envelope (`id`: its digest).
@@ -59,7 +79,10 @@ mod tests {
     fn limiter_keys_are_hash_tagged_by_tenant() {
         let keys = RedisKeys::new("pc");
         let t = TenantId::new();
-        assert_eq!(keys.limiter(t, "sms"), format!("pc:{{t:{t}}}:lim:sms"));
+        assert_eq!(
+            keys.limiter(t, "sms", 60_000),
+            format!("pc:{{t:{t}}}:lim:sms:60000ms")
+        );
         assert!(keys.audit_stream().starts_with("pc:"));
     }
 }

@@ -18,7 +18,6 @@
 //!
 //! Counters are Redis hashes of time buckets; see [`crate::limiter`] for the model.
 
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -37,18 +36,26 @@ const QUEUE: usize = 65_536;
 /// Tries of an entry's write before it is dropped (and counted).
 const ATTEMPTS: u32 = 3;
 
-/// ARGV: BUCKETS, MAXLEN, the number of charges; per charge: its counter count n, then per
-/// counter `key index, bucket width (ms), max, cost`; then the charges' decision entries and
-/// the plain entries, each a JSON array already made (or empty). KEYS: the counters' hashes
-/// (each once), then the audit stream. Returns `{now_ms, decisions_written, refused_1,
-/// retry_ms_1, refused_2, …}`: `refused` is 0 when the charge went through, else the 1-based
-/// index of the first full counter. The decision entries are written only when every charge of
-/// the batch went through (`decisions_written` 1); otherwise the caller writes those of the
-/// charges that did.
+/// ARGV: BUCKETS, MAXLEN, the number of groups; per group: how many charges it holds, its
+/// counter count n, then per counter `key index, bucket width (ms), max, cost`; then the
+/// charges' decision entries and the plain entries, each a JSON array already made (or empty).
+/// KEYS: the counters' hashes (each once), then the audit stream. Returns `{now_ms,
+/// decisions_written, admitted_1, refused_1, retry_ms_1, admitted_2, …}` per group.
+///
+/// A group is a run of consecutive charges with the same counters and costs (under load, most
+/// of a batch: the same tool called through the same grant). The script decides such a run at
+/// once, as it would one by one: charges go through in order until one does not fit, and from
+/// then on none fits (nothing more is taken within the call), each refused at the same counter
+/// with the same retry. So `admitted` is the smallest room any counter has for the run, in
+/// charges; `refused` is 0 when all went through, else the 1-based index of the first counter
+/// that is full for the rest. The decision entries are written only when every charge of the
+/// batch went through (`decisions_written` 1); otherwise the caller writes those of the charges
+/// that did.
 ///
 /// Entries arrive as one string each, never one argument per event, and are never joined in
 /// the script: Redis's Lua hashes every byte of every string it makes, which was most of the
-/// script's time when each event was an argument and the script concatenated them.
+/// script's time when each event was an argument and the script concatenated them. For the same
+/// reason a run costs one set of counter arguments, not one per charge.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -110,28 +117,36 @@ local out = {now, 1}
 local all = true
 local a = 4
 for _ = 1, tonumber(ARGV[3]) do
-  local n = tonumber(ARGV[a])
-  local first = a + 1
+  local count, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local first = a + 2
   a = first + 4 * n
-  local refused, retry = 0, 0
+  -- How many of the run fit: the least room of any counter, in charges.
+  local admitted, refused = count, 0
   for i = 1, n do
     local p = first + 4 * (i - 1)
     local k, width, max, cost = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
     local st = state(k, width)
-    if st.used + st.add + cost > max then
-      refused = i
-      if cost > max then retry = width * buckets else retry = retry_after(k, width, st.used + st.add + cost - max) end
-      break
-    end
+    local room = max - st.used - st.add
+    local fits = count
+    if room < 0 then fits = 0 elseif cost > 0 then fits = math.min(count, math.floor(room / cost)) end
+    if fits < admitted then admitted, refused = fits, i end
   end
-  if refused == 0 then
-    for i = 1, n do
-      local p = first + 4 * (i - 1)
-      local st = states[tonumber(ARGV[p])]
-      st.add = st.add + tonumber(ARGV[p + 3])
-    end
+  for i = 1, n do
+    local p = first + 4 * (i - 1)
+    local st = states[tonumber(ARGV[p])]
+    st.add = st.add + admitted * tonumber(ARGV[p + 3])
   end
-  if refused ~= 0 then all = false end
+  local retry = 0
+  if admitted < count then
+    all = false
+    local p = first + 4 * (refused - 1)
+    local k, width, max, cost = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+    local st = states[k]
+    if cost > max then retry = width * buckets else retry = retry_after(k, width, st.used + st.add + cost - max) end
+  else
+    refused = 0
+  end
+  out[#out + 1] = admitted
   out[#out + 1] = refused
   out[#out + 1] = retry
 end
@@ -246,6 +261,10 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::spawn(
             Worker {
+                metrics: BatchMetrics {
+                    seconds: metrics::histogram!("portcullis_gateway_redis_batch_seconds"),
+                    size: metrics::histogram!("portcullis_gateway_redis_batch_size"),
+                },
                 redis,
                 stream_key,
                 script: Script::new(SCRIPT),
@@ -315,7 +334,14 @@ struct Retry {
     attempts: u32,
 }
 
+/// The batcher's metric handles, looked up once.
+struct BatchMetrics {
+    seconds: metrics::Histogram,
+    size: metrics::Histogram,
+}
+
 struct Worker {
+    metrics: BatchMetrics,
     redis: ConnectionManager,
     stream_key: String,
     script: Script,
@@ -347,8 +373,7 @@ impl Worker {
                 }
                 continue;
             }
-            let failed = self.call(std::mem::take(&mut ops)).await;
-            ops = Vec::with_capacity(MAX_BATCH);
+            let failed = self.call(&mut ops).await;
             if stopping && failed {
                 // Last tries for what is left, then give up.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -378,48 +403,48 @@ impl Worker {
         }
     }
 
-    /// One script call for `ops` and the entries due for a retry. True when it failed.
-    async fn call(&mut self, ops: Vec<Op>) -> bool {
+    /// One script call for `ops` (left empty, its buffer kept for the next batch) and the
+    /// entries due for a retry. True when it failed.
+    async fn call(&mut self, ops: &mut Vec<Op>) -> bool {
+        let charges: Vec<&[Counter]> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Charge { counters, .. } => Some(counters.as_slice()),
+                Op::Entry { .. } => None,
+            })
+            .collect();
+        let groups = group(&charges);
         let mut keys: Vec<&str> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut plain: Vec<(String, u32, Option<oneshot::Sender<bool>>)> = Vec::new();
-        for op in &ops {
-            if let Op::Charge { counters, .. } = op {
-                for c in counters {
-                    index.entry(c.key.as_str()).or_insert_with(|| {
-                        keys.push(c.key.as_str());
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .arg(BUCKETS)
+            .arg(stream::MAX_LEN)
+            .arg(groups.len());
+        for g in &groups {
+            let counters = charges[g.start];
+            invocation.arg(g.count).arg(counters.len());
+            for c in counters {
+                let index = match keys.iter().position(|k| *k == c.key) {
+                    Some(i) => i + 1,
+                    None => {
+                        keys.push(&c.key);
                         keys.len()
-                    });
-                }
+                    }
+                };
+                invocation.arg(index).arg(c.width).arg(c.max).arg(c.cost);
             }
         }
-        let mut invocation = self.script.prepare_invoke();
         for key in &keys {
             invocation.key(*key);
         }
         invocation.key(&self.stream_key);
-        let n_charges = ops
+        let decisions: Vec<&str> = ops
             .iter()
-            .filter(|op| matches!(op, Op::Charge { .. }))
-            .count();
-        invocation.arg(BUCKETS).arg(stream::MAX_LEN).arg(n_charges);
-        let mut decisions: Vec<&str> = Vec::new();
-        for op in &ops {
-            if let Op::Charge {
-                counters, entry, ..
-            } = op
-            {
-                invocation.arg(counters.len());
-                for c in counters {
-                    invocation
-                        .arg(index[c.key.as_str()])
-                        .arg(c.width)
-                        .arg(c.max)
-                        .arg(c.cost);
-                }
-                decisions.extend(entry.as_deref());
-            }
-        }
+            .filter_map(|op| match op {
+                Op::Charge { entry, .. } => entry.as_deref(),
+                Op::Entry { .. } => None,
+            })
+            .collect();
         let plain_entries: Vec<&str> = self
             .retry
             .iter()
@@ -437,10 +462,10 @@ impl Worker {
         let answer =
             tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
                 .await;
-        metrics::histogram!("portcullis_gateway_redis_batch_seconds").record(started.elapsed());
-        metrics::histogram!("portcullis_gateway_redis_batch_size").record(ops.len() as f64);
+        self.metrics.seconds.record(started.elapsed());
+        self.metrics.size.record(ops.len() as f64);
         let result = match answer {
-            Ok(Ok(out)) => Ok(out),
+            Ok(Ok(out)) => decide(&out, &groups),
             Ok(Err(e)) => Err(BatchError::Redis(e.to_string())),
             Err(_) => Err(BatchError::Redis(format!(
                 "no answer within {:?}",
@@ -451,6 +476,7 @@ impl Worker {
         if let Err(e) = &result {
             tracing::warn!(error = %e, "redis batch failed");
         }
+        let mut plain: Vec<(String, u32, Option<oneshot::Sender<bool>>)> = Vec::new();
         let mut retry = std::mem::take(&mut self.retry);
         if failed {
             for mut r in retry.drain(..) {
@@ -458,13 +484,8 @@ impl Worker {
                 plain.push((r.json, r.attempts, None));
             }
         }
-        let mut results = match &result {
-            Ok(out) => out.get(2..).unwrap_or_default().chunks(2),
-            Err(_) => [].chunks(2),
-        };
-        let now_ms = result.as_ref().ok().and_then(|o| o.first().copied());
-        if let Ok(out) = &result
-            && out.get(1) == Some(&0)
+        if let Ok(decided) = &result
+            && !decided.written
         {
             // A charge of the batch was refused, so the script wrote no decision entry: those
             // of the charges that went through are written now, before their calls go on.
@@ -474,26 +495,24 @@ impl Worker {
                     Op::Charge { entry, .. } => Some(entry.as_deref()),
                     Op::Entry { .. } => None,
                 })
-                .zip(results.clone())
-                .filter_map(|(entry, answer)| entry.filter(|_| answer.first() == Some(&0)))
+                .zip(&decided.charges)
+                .filter_map(|(entry, answer)| entry.filter(|_| answer.refused == 0))
                 .collect();
             if !charged.is_empty() && !self.write_entries(&charged).await {
                 plain.extend(charged.iter().map(|json| ((*json).to_owned(), 1, None)));
             }
         }
-        for op in ops {
+        let mut answers = match &result {
+            Ok(decided) => decided.charges.iter(),
+            Err(_) => [].iter(),
+        };
+        for op in ops.drain(..) {
             match op {
                 Op::Charge { reply, .. } => {
-                    let answer = match (&result, results.next(), now_ms) {
-                        (Ok(_), Some([refused, retry]), Some(now_ms)) => Ok(ChargeResult {
-                            now_ms,
-                            refused: usize::try_from(*refused).unwrap_or(0),
-                            retry_ms: u64::try_from(*retry).unwrap_or(0),
-                        }),
-                        (Err(e), _, _) => Err(e.clone()),
-                        _ => Err(BatchError::Redis(
-                            "short answer from the batch script".into(),
-                        )),
+                    let answer = match (&result, answers.next()) {
+                        (Ok(_), Some(answer)) => Ok(*answer),
+                        (Err(e), _) => Err(e.clone()),
+                        (Ok(_), None) => unreachable!("one answer per charge"),
                     };
                     let _ = reply.send(answer);
                 }
@@ -518,5 +537,122 @@ impl Worker {
             }
         }
         failed
+    }
+}
+
+/// A run of consecutive charges with the same counters: `charges[start..start + count]`.
+#[derive(Debug, PartialEq)]
+struct Group {
+    start: usize,
+    count: usize,
+}
+
+/// Cuts the charges, in order, into runs the script decides at once. A charge that names one
+/// counter twice is a run of its own: the script's shortcut counts each counter once per charge.
+fn group(charges: &[&[Counter]]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut joinable = false;
+    for (i, counters) in charges.iter().enumerate() {
+        let distinct = counters
+            .iter()
+            .enumerate()
+            .all(|(j, c)| counters[..j].iter().all(|d| d.key != c.key));
+        match groups.last_mut() {
+            Some(g) if joinable && distinct && same(charges[g.start], counters) => g.count += 1,
+            _ => groups.push(Group { start: i, count: 1 }),
+        }
+        joinable = distinct;
+    }
+    groups
+}
+
+fn same(a: &[Counter], b: &[Counter]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.key == y.key && x.width == y.width && x.max == y.max && x.cost == y.cost
+        })
+}
+
+/// The script's answer, per charge.
+struct Decided {
+    /// Whether the script wrote the charges' decision entries.
+    written: bool,
+    charges: Vec<ChargeResult>,
+}
+
+fn decide(out: &[i64], groups: &[Group]) -> Result<Decided, BatchError> {
+    let short = || BatchError::Redis("short answer from the batch script".into());
+    let (&now_ms, &written) = (
+        out.first().ok_or_else(short)?,
+        out.get(1).ok_or_else(short)?,
+    );
+    let answers = out.get(2..).unwrap_or_default().chunks_exact(3);
+    if answers.len() != groups.len() {
+        return Err(short());
+    }
+    let mut charges = Vec::with_capacity(groups.iter().map(|g| g.count).sum());
+    for (g, answer) in groups.iter().zip(answers) {
+        let admitted = usize::try_from(answer[0]).unwrap_or(0);
+        for i in 0..g.count {
+            charges.push(if i < admitted {
+                ChargeResult {
+                    now_ms,
+                    refused: 0,
+                    retry_ms: 0,
+                }
+            } else {
+                ChargeResult {
+                    now_ms,
+                    refused: usize::try_from(answer[1]).unwrap_or(0).max(1),
+                    retry_ms: u64::try_from(answer[2]).unwrap_or(0),
+                }
+            });
+        }
+    }
+    Ok(Decided {
+        written: written != 0,
+        charges,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(key: &str, cost: u64) -> Counter {
+        Counter {
+            key: key.to_owned(),
+            width: 600,
+            max: 10,
+            cost,
+        }
+    }
+
+    #[test]
+    fn runs_are_consecutive_charges_with_the_same_counters() {
+        let a = [counter("a", 1), counter("b", 1)];
+        let b = [counter("a", 2), counter("b", 1)];
+        let twice = [counter("a", 1), counter("a", 1)];
+        let charges: Vec<&[Counter]> = vec![&a, &a, &a, &b, &a, &twice, &twice, &a, &a];
+        let starts: Vec<(usize, usize)> =
+            group(&charges).iter().map(|g| (g.start, g.count)).collect();
+        assert_eq!(starts, [(0, 3), (3, 1), (4, 1), (5, 1), (6, 1), (7, 2)]);
+    }
+
+    #[test]
+    fn a_run_answers_its_first_charges_and_refuses_the_rest_alike() {
+        let groups = [Group { start: 0, count: 3 }, Group { start: 3, count: 1 }];
+        let decided = decide(&[1000, 0, 2, 2, 700, 1, 0, 0], &groups).unwrap();
+        assert!(!decided.written);
+        let refused: Vec<(usize, u64)> = decided
+            .charges
+            .iter()
+            .map(|c| (c.refused, c.retry_ms))
+            .collect();
+        assert_eq!(refused, [(0, 0), (0, 0), (2, 700), (0, 0)]);
+        assert!(
+            decide(&[1000, 1, 3, 0, 0], &groups).is_err(),
+            "short answer"
+        );
     }
 }

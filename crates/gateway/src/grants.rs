@@ -98,6 +98,9 @@ pub struct Grants {
     credentials: Keyring,
     entries: Cache<TokenHash, Grant>,
     policies: RwLock<HashMap<(PolicyId, i32), Arc<CompiledPolicy>>>,
+    /// `portcullis_gateway_grant_cache_total`, `result` = hit and miss.
+    hits: metrics::Counter,
+    misses: metrics::Counter,
 }
 
 /// Past this many cached entries the cache is cleared rather than grown (a crude bound that
@@ -113,6 +116,8 @@ impl Grants {
             credentials,
             entries: Cache::new(ttl, MAX_ENTRIES),
             policies: RwLock::new(HashMap::new()),
+            hits: metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "hit"),
+            misses: metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "miss"),
         }
     }
 
@@ -135,11 +140,10 @@ impl Grants {
             Lookup::Miss => None,
         };
         if let Some(grant) = hit {
-            metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "hit")
-                .increment(1);
+            self.hits.increment(1);
             return Ok(Some(grant));
         }
-        metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "miss").increment(1);
+        self.misses.increment(1);
         let generation = self.entries.generation();
         let Some(grant) = self.load(&hash).await? else {
             return Ok(None);

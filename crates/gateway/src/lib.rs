@@ -29,6 +29,7 @@ pub mod grants;
 pub mod invalidation;
 pub mod legacy;
 pub mod limiter;
+pub mod meters;
 pub mod proxy;
 pub mod relay;
 pub mod replies;
@@ -117,6 +118,8 @@ pub struct Gateway {
     pub sessions: sessions::SessionKeys,
     /// Request body limit.
     pub max_body: usize,
+    /// Metric handles.
+    pub meters: Arc<meters::Meters>,
 }
 
 /// The gateway once built: what its workers share (the caches, kept current by one
@@ -209,6 +212,7 @@ impl Service {
             upstream: self.upstream.with_own_pool(),
             sessions: self.sessions.clone(),
             max_body: settings.gateway_max_body,
+            meters: Arc::new(meters::Meters::new()),
         };
         Worker {
             router: router(Arc::new(gateway)),

@@ -89,6 +89,8 @@ pub struct Limiter {
     keys: RedisKeys,
     refund: Script,
     timeout: Duration,
+    /// `portcullis_gateway_limiter_seconds`.
+    seconds: metrics::Histogram,
 }
 
 /// Largest `max` (and cost) the script handles exactly: Lua numbers are doubles, and Redis
@@ -116,6 +118,7 @@ impl Limiter {
             keys,
             refund: Script::new(REFUND),
             timeout,
+            seconds: metrics::histogram!("portcullis_gateway_limiter_seconds"),
         }
     }
 
@@ -132,9 +135,7 @@ impl Limiter {
             .map(|c| {
                 let width = bucket_width(c.window);
                 Counter {
-                    key: self
-                        .keys
-                        .limiter(tenant, &format!("{}:{}ms", c.key, width * BUCKETS)),
+                    key: self.keys.limiter(tenant, &c.key, width * BUCKETS),
                     width,
                     max: c.max.min(LARGEST),
                     // A cost over the largest max never fits, as it would not fit `c.max`.
@@ -150,7 +151,7 @@ impl Limiter {
         let result = tokio::time::timeout(self.timeout, self.batch.charge(counters.clone(), entry))
             .await
             .map_err(|_| LimiterError::Timeout(self.timeout))??;
-        metrics::histogram!("portcullis_gateway_limiter_seconds").record(started.elapsed());
+        self.seconds.record(started.elapsed());
         if result.refused == 0 {
             return Ok(Charged::Ok(Reservation {
                 charged: counters

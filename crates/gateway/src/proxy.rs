@@ -157,17 +157,6 @@ fn json_response(status: StatusCode, headers: HeaderMap, body: Bytes) -> Respons
     response
 }
 
-fn method_label(kind: MethodKind) -> &'static str {
-    match kind {
-        MethodKind::ToolsCall => "tools/call",
-        MethodKind::ToolsList => "tools/list",
-        MethodKind::Initialize => "initialize",
-        MethodKind::ServerDiscover => "server/discover",
-        MethodKind::SubscriptionsListen => "subscriptions/listen",
-        MethodKind::Other => "other",
-    }
-}
-
 impl Gateway {
     /// Resolves and checks the caller's grant.
     async fn authenticate(
@@ -281,7 +270,6 @@ impl Gateway {
     ) -> Result<Response, Rejection> {
         let id = message.id().cloned();
         let kind = message.method_kind().unwrap_or(MethodKind::Other);
-        let label = method_label(kind);
         let grant = inbound.grant.clone();
         let mut event = AuditEvent {
             id: uuid::Uuid::now_v7(),
@@ -348,7 +336,7 @@ impl Gateway {
                 };
                 match verdict {
                     Verdict::Answer(answer) => {
-                        self.answered_locally(event, inbound.arrived, label);
+                        self.answered_locally(event, inbound.arrived, kind);
                         return Ok(json_response(StatusCode::OK, HeaderMap::new(), answer));
                     }
                     Verdict::Forward {
@@ -386,17 +374,8 @@ impl Gateway {
             Some(json) => json,
             None => self.audit.write_now(&event).await,
         };
-        let pending = Pending::new(
-            self.audit.clone(),
-            self.limiter.clone(),
-            event,
-            decided,
-            reservation,
-            inbound.arrived,
-            label,
-        );
-        metrics::histogram!("portcullis_gateway_overhead_seconds")
-            .record(inbound.arrived.elapsed());
+        let pending = Pending::new(self, kind, event, decided, reservation, inbound.arrived);
+        self.meters.overhead.record(inbound.arrived.elapsed());
         match grant.server.transport {
             Transport::StreamableHttp => self.forward(inbound, id, body, watch, pending).await,
             Transport::Sse => {
@@ -407,22 +386,15 @@ impl Gateway {
     }
 
     /// Records a call the gateway answered itself.
-    fn answered_locally(&self, mut event: AuditEvent, arrived: Instant, label: &'static str) {
+    fn answered_locally(&self, mut event: AuditEvent, arrived: Instant, kind: MethodKind) {
         let elapsed = arrived.elapsed();
         event.outcome = Some(AuditOutcome {
             upstream_status: None,
             is_error: None,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
         });
-        metrics::histogram!("portcullis_gateway_request_seconds", "method" => label)
-            .record(elapsed);
-        metrics::histogram!("portcullis_gateway_overhead_seconds").record(elapsed);
-        metrics::counter!(
-            "portcullis_gateway_requests_total",
-            "method" => label,
-            "decision" => event.decision.as_str()
-        )
-        .increment(1);
+        self.meters.overhead.record(elapsed);
+        self.meters.request(kind, event.decision, elapsed);
         self.audit.enqueue(&event);
     }
 

@@ -14,14 +14,16 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt as _};
 use portcullis_core::audit::{AuditEvent, AuditOutcome};
 use portcullis_mcp::sse::{SseDecoder, SseFrame};
-use portcullis_mcp::{Message, ProtocolEra, RequestId};
+use portcullis_mcp::{Message, MethodKind, ProtocolEra, RequestId};
 use portcullis_policy::CompiledPolicy;
 use serde_json::Value;
 
+use crate::Gateway;
 use crate::audit::AuditSink;
 use crate::catalogue::ServerTools;
 use crate::continuation::Sealer;
 use crate::limiter::{Limiter, Reservation};
+use crate::meters::Meters;
 
 /// Decides which tools of a `tools/list` a grant may see.
 pub struct ToolFilter {
@@ -94,23 +96,24 @@ pub struct Pending {
     arrived: Instant,
     /// HTTP status of the upstream answer, once known.
     pub status: Option<u16>,
-    method: &'static str,
+    method: MethodKind,
+    meters: Arc<Meters>,
 }
 
 impl Pending {
-    /// A request forwarded upstream.
+    /// A request of `method` forwarded upstream by `gw`.
     pub fn new(
-        audit: AuditSink,
-        limiter: Limiter,
+        gw: &Gateway,
+        method: MethodKind,
         event: AuditEvent,
         decided: String,
         reservation: Option<Reservation>,
         arrived: Instant,
-        method: &'static str,
     ) -> Self {
         Self {
-            audit,
-            limiter,
+            audit: gw.audit.clone(),
+            limiter: gw.limiter.clone(),
+            meters: gw.meters.clone(),
             event: Some(event),
             decided,
             reservation,
@@ -133,14 +136,7 @@ impl Pending {
             is_error,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
         });
-        metrics::histogram!("portcullis_gateway_request_seconds", "method" => self.method)
-            .record(elapsed);
-        metrics::counter!(
-            "portcullis_gateway_requests_total",
-            "method" => self.method,
-            "decision" => event.decision.as_str()
-        )
-        .increment(1);
+        self.meters.request(self.method, event.decision, elapsed);
         self.audit.enqueue_outcome(&self.decided, &event);
         if let Some(reservation) = self.reservation.take()
             && (is_error == Some(true) || (failed_upstream && is_error.is_none()))

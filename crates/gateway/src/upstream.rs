@@ -62,15 +62,15 @@ impl UpstreamError {
 }
 
 /// Request headers a client may send through: the MCP transport's own, and tracing context.
-const FORWARDED_REQUEST: [&str; 8] = [
-    "accept",
-    mcp::MCP_PROTOCOL_VERSION,
-    mcp::MCP_METHOD,
-    mcp::MCP_NAME,
-    mcp::LAST_EVENT_ID,
-    "traceparent",
-    "tracestate",
-    "baggage",
+const FORWARDED_REQUEST: [HeaderName; 8] = [
+    header::ACCEPT,
+    HeaderName::from_static(mcp::MCP_PROTOCOL_VERSION),
+    HeaderName::from_static(mcp::MCP_METHOD),
+    HeaderName::from_static(mcp::MCP_NAME),
+    HeaderName::from_static(mcp::LAST_EVENT_ID),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("baggage"),
 ];
 
 /// Response headers passed back to the client (the session id is rewritten separately).
@@ -99,6 +99,8 @@ pub struct Upstream {
     timeout: Duration,
     /// Largest answer read into memory (JSON answers that are inspected or rewritten).
     pub max_buffered: usize,
+    /// `portcullis_gateway_upstream_head_seconds`.
+    head_seconds: metrics::Histogram,
 }
 
 impl Upstream {
@@ -118,6 +120,7 @@ impl Upstream {
             connector,
             timeout,
             max_buffered: portcullis_mcp::sse::DEFAULT_MAX_EVENT_BYTES,
+            head_seconds: metrics::histogram!("portcullis_gateway_upstream_head_seconds"),
         })
     }
 
@@ -151,7 +154,7 @@ impl Upstream {
         *request.headers_mut() = headers;
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
-        metrics::histogram!("portcullis_gateway_upstream_head_seconds").record(started.elapsed());
+        self.head_seconds.record(started.elapsed());
         match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
@@ -203,9 +206,9 @@ pub fn body_stream(response: UpstreamResponse) -> crate::relay::ByteStream {
 /// The headers of a request to `server`: the client's MCP headers, then the server's own.
 pub fn request_headers(client: &HeaderMap, server: &Server, has_body: bool) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(8 + server.headers.len());
-    for name in FORWARDED_REQUEST {
+    for name in &FORWARDED_REQUEST {
         for value in client.get_all(name) {
-            out.append(HeaderName::from_static(name), value.clone());
+            out.append(name.clone(), value.clone());
         }
     }
     for (name, value) in client {
