@@ -1087,6 +1087,63 @@ async fn input_required_retries_continue_the_call_without_charging_it_again() {
     gw.stop().await.unwrap();
 }
 
+/// A continuation that fails (here: the client declines the elicitation, so the tool fails)
+/// gives back the charge of the call it continues: the logical call failed.
+#[tokio::test]
+async fn a_failed_continuation_refunds_the_call_it_continues() {
+    let stack = Stack::new().await;
+    let upstream = portcullis_tests::peers::python_server("streamable-http", false);
+    let mut doc = policy();
+    doc["tools"]["consult"] =
+        json!({"limits": [{"counter": "consult", "window": "minute", "max": 1}]});
+    let f = stack
+        .fixture(&upstream.url("/mcp"), "streamable_http", doc)
+        .await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+
+    let (_, _, body) = consult(&url, 1, "tides", None, None).await;
+    let first = message(&body);
+    assert_eq!(first["result"]["resultType"], "input_required", "{body}");
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    let mut declined = input_responses(&first["result"]["inputRequests"], "Ada");
+    for response in declined.as_object_mut().unwrap().values_mut() {
+        if response.get("action").is_some() {
+            *response = json!({"action": "decline"});
+        }
+    }
+    // Spent: the one call of the minute is taken.
+    let (_, _, body) = consult(&url, 2, "waves", None, None).await;
+    assert!(
+        text(&message(&body)).starts_with("[RATE LIMITED]"),
+        "{body}"
+    );
+
+    let (status, _, body) = consult(&url, 3, "tides", Some((&declined, &state)), None).await;
+    assert_eq!(status, 200, "{body}");
+    let failed = message(&body);
+    assert!(
+        failed.get("error").is_some() || failed["result"]["isError"] == true,
+        "the declined continuation failed: {body}"
+    );
+    // The refund is written after the answer: a fresh call is charged again within moments.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, _, body) = consult(&url, 4, "waves", None, None).await;
+        let answer = message(&body);
+        if answer["result"]["resultType"] == "input_required" {
+            break;
+        }
+        assert!(text(&answer).starts_with("[RATE LIMITED]"), "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed continuation's charge was not refunded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn python_sdk_client_in_both_eras() {
     let stack = Stack::new().await;

@@ -21,11 +21,15 @@
 //! - A `requestState` that does not open (altered, issued under another grant or for another
 //!   tool or arguments, or expired) is refused with `-32602` and audited as denied.
 //!
+//! - The envelope carries the charges of the call it continues, and each later round's envelope
+//!   carries them on: the retry that ends the call refunds them if it fails, as the first round
+//!   would have.
 //! - An envelope continues one retry only: the first continuation claims it in Redis (a key
 //!   that expires with the envelope), and presenting it again is refused like an altered one.
 //!   Otherwise an agent could replay one retry forever without being charged. When Redis
 //!   cannot be reached, the policy's `on_limiter_error` decides, as for limits.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +42,8 @@ use portcullis_mcp::tools::ToolCall;
 use portcullis_mcp::{Message, RequestId, codes};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+use crate::limiter::Reservation;
 
 /// How long an envelope stays valid after the call that was charged.
 pub const LIFETIME: Duration = Duration::from_secs(3600);
@@ -56,6 +62,9 @@ struct Envelope {
     exp: i64,
     /// The upstream's `requestState`.
     s: Option<String>,
+    /// The charges of the call it continues, refunded if the continuation fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<Reservation>,
 }
 
 /// How a `tools/call` relates to an earlier `input_required` answer.
@@ -72,6 +81,8 @@ pub enum Round {
 pub struct Resumed {
     state: Option<String>,
     expires: i64,
+    /// The charges of the call it continues.
+    pub reservation: Option<Reservation>,
     /// SHA-256 (hex) of the envelope as presented: the key of its one use.
     pub marker: String,
 }
@@ -122,6 +133,7 @@ impl Round {
             Ok(envelope) => Round::Continuation(Resumed {
                 state: envelope.s,
                 expires: envelope.exp,
+                reservation: envelope.r,
                 marker: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(state.as_bytes())),
             }),
             Err(refusal) => Round::Refused(refusal),
@@ -182,16 +194,19 @@ pub struct Sealer {
     tool: String,
     digest: String,
     expires: Option<i64>,
+    reservation: Option<Reservation>,
 }
 
 impl Sealer {
-    /// For the call `tool` with arguments of canonical digest `digest`, in `round`.
+    /// For the call `tool` with arguments of canonical digest `digest`, in `round`, holding
+    /// `reservation` (its own charges, or those of the call it continues).
     pub fn new(
         keys: Arc<Keyring>,
         grant: GrantId,
         tool: &str,
         digest: String,
         round: &Round,
+        reservation: Option<Reservation>,
     ) -> Self {
         let expires = match round {
             Round::Continuation(resumed) => Some(resumed.expires),
@@ -203,6 +218,7 @@ impl Sealer {
             tool: tool.to_owned(),
             digest,
             expires,
+            reservation,
         }
     }
 
@@ -228,8 +244,12 @@ impl Sealer {
             self.grant,
             &self.tool,
             &self.digest,
-            input.request_state.as_deref(),
-            expires,
+            Envelope {
+                v: VERSION,
+                exp: expires,
+                s: input.request_state.map(Cow::into_owned),
+                r: self.reservation.clone(),
+            },
         );
         match mrtr::set_request_state(result, Some(&sealed)) {
             Ok(result) => Some(portcullis_mcp::message::result_response_raw(id, &result)),
@@ -245,20 +265,8 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn seal(
-    keys: &Keyring,
-    grant: GrantId,
-    tool: &str,
-    digest: &str,
-    state: Option<&str>,
-    expires: i64,
-) -> String {
-    let envelope = Envelope {
-        v: VERSION,
-        exp: expires,
-        s: state.map(str::to_owned),
-    };
-    // A struct of a number and strings always serializes.
+fn seal(keys: &Keyring, grant: GrantId, tool: &str, digest: &str, envelope: Envelope) -> String {
+    // A struct of numbers and strings always serializes.
     let plain = serde_json::to_vec(&envelope).unwrap_or_default();
     let context = portcullis_core::crypto::request_state_context(grant, tool, digest);
     URL_SAFE_NO_PAD.encode(keys.seal(&plain, &context))
@@ -321,7 +329,7 @@ mod tests {
         let grant = GrantId::new();
         let args = r#"{"b":2,"a":1}"#;
         let digest = portcullis_core::canonical::digest(&serde_json::from_str(args).unwrap());
-        let sealer = Sealer::new(keys.clone(), grant, "consult", digest, &Round::Fresh);
+        let sealer = Sealer::new(keys.clone(), grant, "consult", digest, &Round::Fresh, None);
         let answer = sealed_answer(
             &sealer,
             r#"{"resultType":"input_required","inputRequests":{"k":{"method":"elicitation/create","params":{}}},"requestState":"upstream-state"}"#,
@@ -382,11 +390,22 @@ mod tests {
     }
 
     #[test]
-    fn no_upstream_state_is_removed_again_and_expiry_is_inherited() {
+    fn no_upstream_state_is_removed_again_and_expiry_and_charges_are_inherited() {
         let keys = Arc::new(Keyring::generate(1).0);
         let grant = GrantId::new();
         let digest = portcullis_core::canonical::digest(&json!({}));
-        let sealer = Sealer::new(keys.clone(), grant, "t", digest.clone(), &Round::Fresh);
+        let charged: Reservation = serde_json::from_value(
+            json!({"keys": ["pc:{t:x}:lim:c:60000ms"], "charged": [[7, 1]]}),
+        )
+        .unwrap();
+        let sealer = Sealer::new(
+            keys.clone(),
+            grant,
+            "t",
+            digest.clone(),
+            &Round::Fresh,
+            Some(charged.clone()),
+        );
         let answer = sealed_answer(&sealer, r#"{"resultType":"input_required"}"#);
         let state = answer["result"]["requestState"]
             .as_str()
@@ -398,16 +417,36 @@ mod tests {
             panic!("the envelope did not open")
         };
         assert!(resumed.state.is_none());
+        assert_eq!(resumed.reservation.as_ref(), Some(&charged));
         let restored: Value = serde_json::from_slice(&resumed.restore(&message).unwrap()).unwrap();
         assert!(
             restored["params"].get("requestState").is_none(),
             "{restored}"
         );
 
-        // A later round keeps the first envelope's expiry.
-        let later = Sealer::new(keys.clone(), grant, "t", digest.clone(), &round);
+        // A later round keeps the first envelope's expiry (and, from the verdict, its charges).
+        let later = Sealer::new(
+            keys.clone(),
+            grant,
+            "t",
+            digest.clone(),
+            &round,
+            resumed.reservation.clone(),
+        );
         assert_eq!(later.expires, Some(resumed.expires));
-        let expired = seal(&keys, grant, "t", &digest, None, now() - 1);
+        assert_eq!(later.reservation, Some(charged));
+        let expired = seal(
+            &keys,
+            grant,
+            "t",
+            &digest,
+            Envelope {
+                v: VERSION,
+                exp: now() - 1,
+                s: None,
+                r: None,
+            },
+        );
         assert_eq!(
             open(&keys, grant, "t", &digest, &expired, now()).err(),
             Some(Refusal::Expired)

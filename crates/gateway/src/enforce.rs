@@ -211,7 +211,8 @@ pub async fn tools_call(
             }
         }
         event.message = Some(continuation::note(event.message.as_deref()));
-        return Ok(forward(None));
+        // The call it continues was charged: if this retry fails, that charge is refunded.
+        return Ok(forward(resumed.reservation.clone()));
     }
     if decision.charges.is_empty() {
         return Ok(forward(None));

@@ -59,8 +59,9 @@ pub enum LimiterError {
     Timeout(Duration),
 }
 
-/// Charges that went through, so they can be refunded if the call fails.
-#[derive(Debug, Clone)]
+/// Charges that went through, so they can be refunded if the call fails. (It travels sealed in
+/// a continuation's `requestState`, so that the retry that ends the call can refund it.)
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
     keys: Vec<String>,
     /// Per counter: the bucket charged and the cost.

@@ -331,7 +331,14 @@ impl Gateway {
                         .arg_digest
                         .clone()
                         .unwrap_or_else(|| portcullis_core::canonical::digest(&call.arguments));
-                    let sealer = Sealer::new(keys.clone(), grant.id, &call.name, digest, &round);
+                    // An `input_required` answer carries the charges on to the retry that
+                    // ends the call, which refunds them if it fails.
+                    let held = match &verdict {
+                        Verdict::Forward { reservation, .. } => reservation.clone(),
+                        Verdict::Answer(_) => None,
+                    };
+                    let sealer =
+                        Sealer::new(keys.clone(), grant.id, &call.name, digest, &round, held);
                     (verdict, round, sealer)
                 };
                 match verdict {
