@@ -19,6 +19,7 @@
 //! name but not a window never share buckets. Limiter keys carry the tenant's hash tag; the
 //! script also writes the audit stream, so the gateway needs one Redis primary (not a cluster).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::TenantId;
@@ -60,12 +61,13 @@ pub enum LimiterError {
 }
 
 /// Charges that went through, so they can be refunded if the call fails. (It travels sealed in
-/// a continuation's `requestState`, so that the retry that ends the call can refund it.)
+/// a continuation's `requestState`, so that the retry that ends the call can refund it; a clone
+/// shares the lists.)
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
-    keys: Vec<String>,
+    keys: Arc<[String]>,
     /// Per counter: the bucket charged and the cost.
-    charged: Vec<(i64, u64)>,
+    charged: Arc<[(i64, u64)]>,
 }
 
 /// What the limiter decided.
@@ -197,10 +199,10 @@ impl Limiter {
     /// Gives back the charges of a call that failed upstream (those still inside the window).
     pub async fn refund(&self, reservation: &Reservation) -> Result<(), LimiterError> {
         let mut invocation = self.refund.prepare_invoke();
-        for key in &reservation.keys {
+        for key in reservation.keys.iter() {
             invocation.key(key);
         }
-        for (bucket, cost) in &reservation.charged {
+        for (bucket, cost) in reservation.charged.iter() {
             invocation.arg(*bucket).arg(*cost);
         }
         let mut conn = self.redis.clone();
