@@ -11,10 +11,13 @@ mod gateway {
 use std::time::{Duration, Instant};
 
 use gateway::support::{
-    self, SseMessages, Stack, call, message, open_session, open_stream, post, post_stateless, text,
+    self, Fixture, SseMessages, Stack, call, message, open_session, open_stream, post,
+    post_stateless, text,
 };
 use gateway::toolbox::RmcpServer;
+use portcullis::Running;
 use portcullis_core::Invalidation;
+use portcullis_tests::peers::PeerProcess;
 use rmcp::model::{CallToolRequestParams, ProtocolVersion};
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -970,11 +973,9 @@ fn input_responses(requests: &Value, name: &str) -> Value {
     Value::Object(out)
 }
 
-/// Stateless era: a retry answering `input_required` continues the call it answers (limits
-/// and approvals are not charged again), and a `requestState` the gateway did not seal for
-/// this grant, tool and arguments is refused.
-#[tokio::test]
-async fn input_required_retries_continue_the_call_without_charging_it_again() {
+/// A stack whose Python server's `consult` (the tool that needs input) may be called once a
+/// minute, and a gateway in front of it (the peer process is returned to outlive the test).
+async fn consult_once_a_minute() -> (Stack, PeerProcess, Fixture, Running) {
     let stack = Stack::new().await;
     let upstream = portcullis_tests::peers::python_server("streamable-http", false);
     let mut doc = policy();
@@ -983,8 +984,17 @@ async fn input_required_retries_continue_the_call_without_charging_it_again() {
     let f = stack
         .fixture(&upstream.url("/mcp"), "streamable_http", doc)
         .await;
-    let (_, other) = stack.grant(f.tenant, f.server, f.policy, "agent-2").await;
     let gw = stack.gateway().await;
+    (stack, upstream, f, gw)
+}
+
+/// Stateless era: a retry answering `input_required` continues the call it answers (limits
+/// and approvals are not charged again), and a `requestState` the gateway did not seal for
+/// this grant, tool and arguments is refused.
+#[tokio::test]
+async fn input_required_retries_continue_the_call_without_charging_it_again() {
+    let (stack, _upstream, f, gw) = consult_once_a_minute().await;
+    let (_, other) = stack.grant(f.tenant, f.server, f.policy, "agent-2").await;
     let url = f.url(&gw);
     let other_url = format!("http://{}/g/{}/mcp", gw.gateway.unwrap(), other.expose());
 
@@ -1091,15 +1101,7 @@ async fn input_required_retries_continue_the_call_without_charging_it_again() {
 /// gives back the charge of the call it continues: the logical call failed.
 #[tokio::test]
 async fn a_failed_continuation_refunds_the_call_it_continues() {
-    let stack = Stack::new().await;
-    let upstream = portcullis_tests::peers::python_server("streamable-http", false);
-    let mut doc = policy();
-    doc["tools"]["consult"] =
-        json!({"limits": [{"counter": "consult", "window": "minute", "max": 1}]});
-    let f = stack
-        .fixture(&upstream.url("/mcp"), "streamable_http", doc)
-        .await;
-    let gw = stack.gateway().await;
+    let (_stack, _upstream, f, gw) = consult_once_a_minute().await;
     let url = f.url(&gw);
 
     let (_, _, body) = consult(&url, 1, "tides", None, None).await;
@@ -1127,7 +1129,7 @@ async fn a_failed_continuation_refunds_the_call_it_continues() {
         "the declined continuation failed: {body}"
     );
     // The refund is written after the answer: a fresh call is charged again within moments.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (_, _, body) = consult(&url, 4, "waves", None, None).await;
         let answer = message(&body);
@@ -1136,10 +1138,10 @@ async fn a_failed_continuation_refunds_the_call_it_continues() {
         }
         assert!(text(&answer).starts_with("[RATE LIMITED]"), "{body}");
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the failed continuation's charge was not refunded"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     gw.stop().await.unwrap();
 }
