@@ -187,7 +187,7 @@ fn batch_json(entries: &[&str]) -> String {
 }
 
 /// One counter of a charge.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counter {
     /// The counter's hash.
     pub key: String,
@@ -549,28 +549,20 @@ struct Group {
 
 /// Cuts the charges, in order, into runs the script decides at once. A charge that names one
 /// counter twice is a run of its own: the script's shortcut counts each counter once per charge.
+/// (A charge joins a run only if it equals the run's first, so both name distinct counters.)
 fn group(charges: &[&[Counter]]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut joinable = false;
-    for (i, counters) in charges.iter().enumerate() {
+    for (i, &counters) in charges.iter().enumerate() {
         let distinct = counters
             .iter()
             .enumerate()
             .all(|(j, c)| counters[..j].iter().all(|d| d.key != c.key));
         match groups.last_mut() {
-            Some(g) if joinable && distinct && same(charges[g.start], counters) => g.count += 1,
+            Some(g) if distinct && charges[g.start] == counters => g.count += 1,
             _ => groups.push(Group { start: i, count: 1 }),
         }
-        joinable = distinct;
     }
     groups
-}
-
-fn same(a: &[Counter], b: &[Counter]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.key == y.key && x.width == y.width && x.max == y.max && x.cost == y.cost
-        })
 }
 
 /// The script's answer, per charge.
