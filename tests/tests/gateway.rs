@@ -43,6 +43,15 @@ fn policy() -> Value {
     })
 }
 
+/// A stack with an rmcp upstream (`json_answers`: JSON rather than SSE replies) and a fixture
+/// for it under `doc`.
+async fn rmcp_stack(json_answers: bool, doc: Value) -> (Stack, RmcpServer, Fixture) {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(json_answers).await;
+    let f = stack.fixture(&upstream.url, "streamable_http", doc).await;
+    (stack, upstream, f)
+}
+
 async fn rmcp_session(url: &str) -> RunningService<RoleClient, ()> {
     ().serve(StreamableHttpClientTransport::from_uri(url.to_owned()))
         .await
@@ -147,11 +156,7 @@ async fn rmcp_client_in_both_eras_through_the_gateway_to_rmcp_servers() {
 
 #[tokio::test]
 async fn the_bearer_route_injects_server_credentials_and_never_forwards_the_clients() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(true).await;
-    let f = stack
-        .fixture(&upstream.url, "streamable_http", policy())
-        .await;
+    let (stack, _upstream, f) = rmcp_stack(true, policy()).await;
     let gw = stack.gateway().await;
     let url = format!("http://{}/mcp/{}", gw.gateway.unwrap(), f.server);
     let config = StreamableHttpClientTransportConfig::with_uri(url.clone())
@@ -188,11 +193,7 @@ async fn the_bearer_route_injects_server_credentials_and_never_forwards_the_clie
 
 #[tokio::test]
 async fn refusals_have_the_right_status_and_json_rpc_error() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(true).await;
-    let f = stack
-        .fixture(&upstream.url, "streamable_http", policy())
-        .await;
+    let (stack, _upstream, f) = rmcp_stack(true, policy()).await;
     let gw = stack
         .gateway_with(
             &portcullis_tests::redis_url(),
@@ -303,12 +304,10 @@ async fn refusals_have_the_right_status_and_json_rpc_error() {
 
 #[tokio::test]
 async fn limits_say_when_to_retry_and_failed_calls_are_refunded() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(true).await;
     let mut doc = policy();
     doc["tools"]["echo"] =
         json!({"limits": [{"counter": "echo", "window": "minute", "max": 2, "scope": "identity"}]});
-    let f = stack.fixture(&upstream.url, "streamable_http", doc).await;
+    let (stack, upstream, f) = rmcp_stack(true, doc).await;
     let gw = stack.gateway().await;
     let client = rmcp_stateless(&f.url(&gw)).await;
     for _ in 0..2 {
@@ -350,11 +349,7 @@ async fn limits_say_when_to_retry_and_failed_calls_are_refunded() {
 
 #[tokio::test]
 async fn approvals_pass_exactly_once_after_approval() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(true).await;
-    let f = stack
-        .fixture(&upstream.url, "streamable_http", policy())
-        .await;
+    let (stack, upstream, f) = rmcp_stack(true, policy()).await;
     let gw = stack.gateway().await;
     let client = rmcp_session(&f.url(&gw)).await;
     let big = || args(json!({"name": "send_money", "arguments": {"amount": 250, "to": "bob"}}));
@@ -420,11 +415,7 @@ async fn approvals_pass_exactly_once_after_approval() {
 
 #[tokio::test]
 async fn a_session_continues_on_a_second_gateway_and_get_delete_pass_through() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(false).await;
-    let f = stack
-        .fixture(&upstream.url, "streamable_http", policy())
-        .await;
+    let (stack, _upstream, f) = rmcp_stack(false, policy()).await;
     let a = stack.gateway().await;
     let b = stack.gateway().await;
     let session = open_session(&f.url(&a)).await;
@@ -465,11 +456,7 @@ async fn a_session_continues_on_a_second_gateway_and_get_delete_pass_through() {
 
 #[tokio::test]
 async fn shutdown_writes_every_audit_entry_and_closes_streams_after_the_grace_period() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(false).await;
-    let f = stack
-        .fixture(&upstream.url, "streamable_http", policy())
-        .await;
+    let (stack, _upstream, f) = rmcp_stack(false, policy()).await;
     let gw = stack.gateway().await;
     let addr = gw.gateway.unwrap();
     let session = open_session(&f.url(&gw)).await;
@@ -525,11 +512,7 @@ async fn shutdown_writes_every_audit_entry_and_closes_streams_after_the_grace_pe
 
 #[tokio::test]
 async fn revocation_and_policy_changes_apply_within_a_second() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(true).await;
-    let f = stack
-        .fixture(&upstream.url, "streamable_http", policy())
-        .await;
+    let (stack, _upstream, f) = rmcp_stack(true, policy()).await;
     let gw = stack.gateway().await;
     let url = f.url(&gw);
     let send = |id: i64, name: &'static str| {
@@ -602,17 +585,13 @@ async fn revocation_and_policy_changes_apply_within_a_second() {
 
 #[tokio::test]
 async fn when_redis_is_down_on_limiter_error_decides_fast() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(true).await;
     let limited = json!({"limits": [{"counter": "c", "window": "minute", "max": 100}]});
     let mut closed = policy();
     closed["tools"]["echo"] = limited.clone();
     let mut open = policy();
     open["on_limiter_error"] = json!("allow");
     open["tools"]["echo"] = limited;
-    let f_closed = stack
-        .fixture(&upstream.url, "streamable_http", closed)
-        .await;
+    let (stack, upstream, f_closed) = rmcp_stack(true, closed).await;
     let f_open = stack.fixture(&upstream.url, "streamable_http", open).await;
     let proxy = portcullis_tests::ChaosProxy::start(redis_addr()).await;
     let gw = stack
@@ -669,11 +648,9 @@ fn redis_addr() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn every_request_is_audited_before_and_after_without_the_token() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(true).await;
     let mut doc = policy();
     doc["audit"] = json!({"arguments": "values"});
-    let f = stack.fixture(&upstream.url, "streamable_http", doc).await;
+    let (stack, _upstream, f) = rmcp_stack(true, doc).await;
     let gw = stack.gateway().await;
     let url = f.url(&gw);
     let (_, _, body) = post_stateless(
@@ -742,13 +719,9 @@ async fn every_request_is_audited_before_and_after_without_the_token() {
 
 #[tokio::test]
 async fn monitor_mode_forwards_and_validation_refuses_bad_arguments() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(true).await;
     let mut monitor = policy();
     monitor["mode"] = json!("monitor");
-    let fm = stack
-        .fixture(&upstream.url, "streamable_http", monitor)
-        .await;
+    let (stack, upstream, fm) = rmcp_stack(true, monitor).await;
     let mut validating = policy();
     validating["tools"]["add"] = json!({"validate": true});
     let fv = stack
@@ -1148,11 +1121,7 @@ async fn a_failed_continuation_refunds_the_call_it_continues() {
 
 #[tokio::test]
 async fn python_sdk_client_in_both_eras() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(false).await;
-    let f = stack
-        .fixture(&upstream.url, "streamable_http", policy())
-        .await;
+    let (stack, _upstream, f) = rmcp_stack(false, policy()).await;
     let gw = stack.gateway().await;
     let url = f.url(&gw);
     let plan = json!([
@@ -1242,11 +1211,9 @@ async fn server_everything_sampling_and_elicitation_round_trips() {
 
 #[tokio::test]
 async fn three_gateways_sharing_redis_forward_exactly_the_limit() {
-    let stack = Stack::new().await;
-    let upstream = RmcpServer::start(true).await;
     let mut doc = policy();
     doc["tools"]["echo"] = json!({"limits": [{"counter": "burst", "window": "minute", "max": 100, "scope": "tenant"}]});
-    let f = stack.fixture(&upstream.url, "streamable_http", doc).await;
+    let (stack, upstream, f) = rmcp_stack(true, doc).await;
     let gateways = [
         stack.gateway().await,
         stack.gateway().await,
