@@ -8,7 +8,8 @@
 # (syscalls, networking) is not counted.
 #
 # Usage: benches/gateway-instructions.sh [calls, default 5000] [connections, default 32]
-# PORTCULLIS_BIN=path counts that binary instead of building one. Listens on 127.0.0.1 only.
+# PORTCULLIS_BIN=path counts that binary instead of building one. KEEP=dir copies the two
+# profiles there (for callgrind_annotate). Listens on 127.0.0.1 only.
 set -euo pipefail
 . "$(dirname "$0")/../deploy/local/lib.sh"
 cd "$ROOT"
@@ -55,4 +56,9 @@ callgrind_control -d "$REDIS_PID" >/dev/null 2>&1
 sleep 1
 gw=$(dumped "$GW_PID" gateway)
 rd=$(dumped "$REDIS_PID" redis)
+if [ -n "${KEEP:-}" ]; then
+  mkdir -p "$KEEP"
+  cp "$(ls -t "$OUT/gateway.$GW_PID"* | head -1)" "$KEEP/gateway.out"
+  cp "$(ls -t "$OUT/redis.$REDIS_PID"* | head -1)" "$KEEP/redis.out"
+fi
 printf '\ninstructions per call (user space): gateway %d, Redis %d\n' $((gw / CALLS)) $((rd / CALLS))

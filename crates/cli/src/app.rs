@@ -234,24 +234,22 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-/// The service's routes, with the routes every listener has and the shared layers.
-fn app(router: Router, service: &'static str, deps: &Dependencies) -> Router {
-    http::layers(
-        router
-            .merge(health::router(deps.clone()))
-            .merge(crate::metrics::router()),
-        service,
-    )
+/// The service's routes, with the routes every listener has.
+fn app(router: Router, deps: &Dependencies) -> Router {
+    router
+        .merge(health::router(deps.clone()))
+        .merge(crate::metrics::router())
 }
 
-/// Serves `app` on `listener` until `shutdown`, connection info included (the control plane
-/// uses the client address for login throttling).
+/// Serves `app` on `listener` until `shutdown`, each connection's requests through the shared
+/// [`http::Edge`] (`service` names the listener in log lines).
 async fn serve(
     listener: TcpListener,
     app: Router,
+    service: &'static str,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
+    use axum::serve::{IncomingStream, ListenerExt as _};
     // Answers and stream events go out as soon as they are written (no Nagle delay waiting for
     // the peer's ACK), as a proxy must; a connection's first write is rarely its last.
     let listener = listener.tap_io(|tcp| {
@@ -259,12 +257,13 @@ async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
+    let connections = tower::service_fn(move |stream: IncomingStream<'_, _>| {
+        let edge = http::Edge::new(app.clone(), service, *stream.remote_addr());
+        std::future::ready(Ok::<_, std::convert::Infallible>(edge))
+    });
+    axum::serve(listener, connections)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 /// What a worker thread serves, made on that thread: its routes, and a task to wait for once
@@ -330,7 +329,7 @@ async fn bind_workers(
                             return Ok(());
                         }
                     };
-                    let served = serve(listener, app(router, service, &deps), shutdown);
+                    let served = serve(listener, app(router, &deps), service, shutdown);
                     tokio::select! {
                         result = served => result?,
                         () = force.cancelled() => return Ok(()),
@@ -387,9 +386,9 @@ async fn bind(
         .await
         .with_context(|| format!("cannot listen on {addr} for the {service}"))?;
     let local = listener.local_addr()?;
-    let app = app(router, service, deps);
+    let app = app(router, deps);
     let token = shutdown.clone();
-    let server = tokio::spawn(async move { Ok(serve(listener, app, token).await?) });
+    let server = tokio::spawn(async move { Ok(serve(listener, app, service, token).await?) });
     tracing::info!(service, %local, "listening");
     Ok((local, server))
 }

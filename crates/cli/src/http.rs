@@ -1,55 +1,264 @@
-//! What every listener shares: request ids, request logging with secrets redacted, panics
-//! turned into 500s.
+//! What every listener shares, in one service around its app ([`Edge`]): request ids, request logging with
+//! secrets redacted, panics turned into 500s.
+//!
+//! One hand-written wrapper rather than a stack of general-purpose layers: it runs on every
+//! request the gateway proxies, and four layers added to the router cost the gateway a tenth
+//! of its instructions per call (each boxes every route again, and clones the boxed route
+//! and boxes a future per request), for the same three jobs.
 
-use axum::Router;
-use axum::http::{HeaderName, HeaderValue, Request};
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use tower::Service;
+use tracing::Span;
 
 /// The header that carries the request id in and out.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Request ids are UUID v7, so they sort by time in the logs.
-#[derive(Clone, Copy, Default)]
-struct MakeRequestUuidV7;
+/// The shared layer around a listener's whole app (one per connection). For each request it:
+/// - keeps the client's `x-request-id`, or sets a new one (UUID v7, so ids sort by time), on
+///   the request (handlers read it) and on the response;
+/// - adds the client's address ([`ConnectInfo`]), for the handlers that throttle by it;
+/// - runs the handler in a `request` span (service, request id, method, and the path with a
+///   grant token redacted; never the query string) and logs the status and latency at the end;
+/// - answers 500 if the handler panics, and logs the panic.
+#[derive(Clone)]
+pub struct Edge<S> {
+    inner: S,
+    service: &'static str,
+    peer: SocketAddr,
+}
 
-impl MakeRequestId for MakeRequestUuidV7 {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let mut buf = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
-        HeaderValue::from_str(id).ok().map(RequestId::new)
+impl<S> Edge<S> {
+    /// `inner` serving the connection from `peer` on the listener `service` names.
+    pub fn new(inner: S, service: &'static str, peer: SocketAddr) -> Self {
+        Self {
+            inner,
+            service,
+            peer,
+        }
     }
 }
 
-/// Wraps a service's router in the shared layers. `service` names the listener in log lines.
-pub fn layers(router: Router, service: &'static str) -> Router {
-    router
-        .layer(CatchPanicLayer::new())
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(move |req: &Request<_>| {
-                    // Field values are only computed when the span is enabled. The per-grant
-                    // URL carries the bearer token in its path: log it redacted, and never the
-                    // query string.
-                    tracing::info_span!(
-                        "request",
-                        service,
-                        request_id = req
-                            .headers()
-                            .get(&REQUEST_ID)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or(""),
-                        method = %req.method(),
-                        path = %portcullis_core::redact::path(req.uri().path()),
-                    )
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuidV7))
+fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
+}
+
+impl<S> Service<Request<Body>> for Edge<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = EdgeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let request_id = match request.headers().get(&REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        // Field values are only computed when the span is enabled.
+        let span = tracing::info_span!(
+            "request",
+            service = self.service,
+            request_id = request_id.to_str().unwrap_or(""),
+            method = %request.method(),
+            path = %portcullis_core::redact::path(request.uri().path()),
+        );
+        let called = {
+            let _entered = span.enter();
+            catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
+        };
+        let (inner, panic) = match called {
+            Ok(future) => (Some(future), None),
+            Err(panic) => (None, Some(panicked(panic))),
+        };
+        EdgeFuture {
+            inner,
+            panic,
+            span,
+            request_id,
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a request through [`Edge`]: the handler's, or its panic's 500.
+    pub struct EdgeFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        panic: Option<Response<Body>>,
+        span: Span,
+        request_id: HeaderValue,
+        started: Instant,
+    }
+}
+
+impl<F> Future for EdgeFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        let mut response = match (this.panic.take(), this.inner.as_mut().as_pin_mut()) {
+            (Some(response), _) => response,
+            (None, Some(future)) => match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(Ok(response))) => response,
+                Err(panic) => {
+                    this.inner.set(None);
+                    panicked(panic)
+                }
+            },
+            // Polled again after it finished: nothing left to answer with.
+            (None, None) => internal_error(),
+        };
+        if !response.headers().contains_key(&REQUEST_ID) {
+            response
+                .headers_mut()
+                .insert(REQUEST_ID, this.request_id.clone());
+        }
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_ms = this.started.elapsed().as_secs_f64() * 1000.0,
+            "finished processing request"
+        );
+        Poll::Ready(Ok(response))
+    }
+}
+
+fn internal_error() -> Response<Body> {
+    let mut response = Response::new(Body::from("internal error"));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Logs a handler's panic and makes its 500.
+fn panicked(panic: Box<dyn Any + Send>) -> Response<Body> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "request handler panicked");
+    internal_error()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+    use axum::Router;
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    fn edge() -> Edge<Router> {
+        let router = Router::new()
+            .route(
+                "/peer",
+                get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+            )
+            .route(
+                "/echo-id",
+                get(|headers: axum::http::HeaderMap| async move {
+                    headers[&REQUEST_ID].to_str().unwrap().to_owned()
+                }),
+            )
+            .route("/panic", get(boom))
+            .route(
+                "/own-id",
+                get(|| async { ([(REQUEST_ID, "from-handler")], "ok") }),
+            );
+        Edge::new(router, "test", "127.0.0.1:4242".parse().unwrap())
+    }
+
+    async fn get_path(path: &str, request_id: Option<&str>) -> Response<Body> {
+        let mut request = Request::get(path);
+        if let Some(id) = request_id {
+            request = request.header(REQUEST_ID, id);
+        }
+        edge()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn text(response: Response<Body>) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_id_is_made_when_missing_and_seen_by_the_handler() {
+        let response = get_path("/echo-id", None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let id = response.headers()[&REQUEST_ID].to_str().unwrap().to_owned();
+        let parsed = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(text(response).await, id);
+    }
+
+    #[tokio::test]
+    async fn the_clients_request_id_is_kept_and_a_handlers_own_wins() {
+        let response = get_path("/echo-id", Some("req-1")).await;
+        assert_eq!(response.headers()[&REQUEST_ID], "req-1");
+        assert_eq!(text(response).await, "req-1");
+        let response = get_path("/own-id", Some("req-2")).await;
+        assert_eq!(response.headers()[&REQUEST_ID], "from-handler");
+        // Unmatched paths go through the edge too.
+        let response = get_path("/nowhere", Some("req-3")).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[&REQUEST_ID], "req-3");
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_peer_address() {
+        assert_eq!(text(get_path("/peer", None).await).await, "127.0.0.1:4242");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_server_goes_on() {
+        let response = get_path("/panic", Some("req-4")).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[&REQUEST_ID], "req-4");
+        assert_eq!(text(response).await, "internal error");
+        assert_eq!(get_path("/echo-id", None).await.status(), StatusCode::OK);
+    }
 }
