@@ -109,7 +109,7 @@ pub struct Gateway {
     /// Tool catalogues (shared by every worker).
     pub catalogue: Arc<catalogue::Catalogue>,
     /// Rate limiter.
-    pub limiter: limiter::Limiter,
+    pub limiter: Arc<limiter::Limiter>,
     /// Audit stream writer.
     pub audit: audit::AuditSink,
     /// Upstream HTTP client.
@@ -202,12 +202,12 @@ impl Service {
             db: self.shared.db.clone(),
             grants: self.grants.clone(),
             catalogue: self.catalogue.clone(),
-            limiter: limiter::Limiter::new(
+            limiter: Arc::new(limiter::Limiter::new(
                 redis,
                 batch.clone(),
                 self.shared.keys.clone(),
                 settings.limiter_timeout,
-            ),
+            )),
             audit: audit::AuditSink::new(batch, settings.limiter_timeout),
             upstream: self.upstream.with_own_pool(),
             sessions: self.sessions.clone(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -48,22 +48,18 @@ fn finish(result: Result<Response, Rejection>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+// The handlers take the whole request and keep its headers: axum's `HeaderMap` extractor
+// would copy them.
+
 /// `POST /g/{token}/mcp`.
-pub async fn post_by_grant(
-    State(gw): Gw,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    finish(gw.post(Credential::Path(&token), headers, body).await)
+pub async fn post_by_grant(State(gw): Gw, Path(token): Path<String>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    finish(gw.post(Credential::Path(&token), parts.headers, body).await)
 }
 
 /// `GET /g/{token}/mcp`.
-pub async fn get_by_grant(
-    State(gw): Gw,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn get_by_grant(State(gw): Gw, Path(token): Path<String>, request: Request) -> Response {
+    let headers = request.into_parts().0.headers;
     finish(
         gw.stream(Credential::Path(&token), headers, Method::GET)
             .await,
@@ -74,8 +70,9 @@ pub async fn get_by_grant(
 pub async fn delete_by_grant(
     State(gw): Gw,
     Path(token): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
+    let headers = request.into_parts().0.headers;
     finish(
         gw.stream(Credential::Path(&token), headers, Method::DELETE)
             .await,
@@ -86,41 +83,33 @@ pub async fn delete_by_grant(
 pub async fn post_by_server(
     State(gw): Gw,
     Path(server): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    finish(
-        gw.post(Credential::Bearer { server: &server }, headers, body)
-            .await,
-    )
+    let (parts, body) = request.into_parts();
+    let credential = Credential::Bearer { server: &server };
+    finish(gw.post(credential, parts.headers, body).await)
 }
 
 /// `GET /mcp/{server_id}`.
 pub async fn get_by_server(
     State(gw): Gw,
     Path(server): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    finish(
-        gw.stream(Credential::Bearer { server: &server }, headers, Method::GET)
-            .await,
-    )
+    let headers = request.into_parts().0.headers;
+    let credential = Credential::Bearer { server: &server };
+    finish(gw.stream(credential, headers, Method::GET).await)
 }
 
 /// `DELETE /mcp/{server_id}`.
 pub async fn delete_by_server(
     State(gw): Gw,
     Path(server): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    finish(
-        gw.stream(
-            Credential::Bearer { server: &server },
-            headers,
-            Method::DELETE,
-        )
-        .await,
-    )
+    let headers = request.into_parts().0.headers;
+    let credential = Credential::Bearer { server: &server };
+    finish(gw.stream(credential, headers, Method::DELETE).await)
 }
 
 /// One POST, once its message is read and checked.

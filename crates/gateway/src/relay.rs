@@ -87,7 +87,7 @@ pub enum Watch {
 /// when told or when dropped (a client that went away mid-stream).
 pub struct Pending {
     audit: AuditSink,
-    limiter: Limiter,
+    limiter: Arc<Limiter>,
     event: Option<AuditEvent>,
     /// The decision entry written before forwarding; the outcome entry is this with the
     /// outcome added.
