@@ -1,5 +1,5 @@
-//! What every listener shares, in one service around its app ([`Edge`]): request ids, request logging with
-//! secrets redacted, panics turned into 500s.
+//! What every listener shares, in one service around its app ([`Edge`]): request ids, request
+//! logging with secrets redacted, panics turned into 500s.
 //!
 //! One hand-written wrapper rather than a stack of general-purpose layers: it runs on every
 //! request the gateway proxies, and four layers added to the router cost the gateway a tenth
@@ -9,12 +9,11 @@
 use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
-
-use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -25,7 +24,7 @@ use tracing::Span;
 /// The header that carries the request id in and out.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The shared layer around a listener's whole app (one per connection). For each request it:
+/// The shared wrapper around a listener's whole app (one per connection). For each request it:
 /// - keeps the client's `x-request-id`, or sets a new one (UUID v7, so ids sort by time), on
 ///   the request (handlers read it) and on the response;
 /// - adds the client's address ([`ConnectInfo`]), for the handlers that throttle by it;
