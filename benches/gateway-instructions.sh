@@ -41,8 +41,9 @@ calls() {
     -H 'accept: application/json, text/event-stream' -D "$WORK/body.json" "$URL" \
     | awk '/Success rate/ { print $3 }'
 }
-# Instructions counted so far in the profile `callgrind_control -d` just wrote for pid $1.
-dumped() { awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$OUT/$2.$1"* | head -1)"; }
+# The profile `callgrind_control -d` last wrote for pid $1 (named $2), and its count so far.
+profile() { ls -t "$OUT/$2.$1"* | head -1; }
+dumped() { awk '/^(summary|totals):/ { print $2; exit }' "$(profile "$1" "$2")"; }
 
 log "warm-up: 1,000 calls"
 calls 1000 >/dev/null
@@ -58,7 +59,7 @@ gw=$(dumped "$GW_PID" gateway)
 rd=$(dumped "$REDIS_PID" redis)
 if [ -n "${KEEP:-}" ]; then
   mkdir -p "$KEEP"
-  cp "$(ls -t "$OUT/gateway.$GW_PID"* | head -1)" "$KEEP/gateway.out"
-  cp "$(ls -t "$OUT/redis.$REDIS_PID"* | head -1)" "$KEEP/redis.out"
+  cp "$(profile "$GW_PID" gateway)" "$KEEP/gateway.out"
+  cp "$(profile "$REDIS_PID" redis)" "$KEEP/redis.out"
 fi
 printf '\ninstructions per call (user space): gateway %d, Redis %d\n' $((gw / CALLS)) $((rd / CALLS))

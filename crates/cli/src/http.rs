@@ -89,13 +89,14 @@ where
             let _entered = span.enter();
             catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
         };
-        let (inner, panic) = match called {
-            Ok(future) => (Some(future), None),
-            Err(panic) => (None, Some(panicked(panic))),
+        let state = match called {
+            Ok(future) => State::Running { future },
+            Err(panic) => State::Done {
+                answer: Some(panicked(panic)),
+            },
         };
         EdgeFuture {
-            inner,
-            panic,
+            state,
             span,
             request_id,
             started: Instant::now(),
@@ -104,14 +105,23 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The future of a request through [`Edge`]: the handler's, or its panic's 500.
+    /// The future of a request through [`Edge`].
     pub struct EdgeFuture<F> {
         #[pin]
-        inner: Option<F>,
-        panic: Option<Response<Body>>,
+        state: State<F>,
         span: Span,
         request_id: HeaderValue,
         started: Instant,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        /// The handler's future.
+        Running { #[pin] future: F },
+        /// The handler panicked: its 500, until it is taken.
+        Done { answer: Option<Response<Body>> },
     }
 }
 
@@ -124,18 +134,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let _entered = this.span.enter();
-        let mut response = match (this.panic.take(), this.inner.as_mut().as_pin_mut()) {
-            (Some(response), _) => response,
-            (None, Some(future)) => match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-                Ok(Poll::Pending) => return Poll::Pending,
-                Ok(Poll::Ready(Ok(response))) => response,
-                Err(panic) => {
-                    this.inner.set(None);
-                    panicked(panic)
+        let mut response = match this.state.as_mut().project() {
+            StateProj::Running { future } => {
+                match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(Ok(response))) => response,
+                    Err(panic) => {
+                        this.state.set(State::Done { answer: None });
+                        panicked(panic)
+                    }
                 }
-            },
+            }
             // Polled again after it finished: nothing left to answer with.
-            (None, None) => internal_error(),
+            StateProj::Done { answer } => answer.take().unwrap_or_else(internal_error),
         };
         if !response.headers().contains_key(&REQUEST_ID) {
             response

@@ -84,7 +84,7 @@ pub enum Charged {
     },
 }
 
-/// The Redis limiter.
+/// The Redis limiter. The gateway shares it by `Arc`: a clone copies its script.
 #[derive(Clone)]
 pub struct Limiter {
     redis: ConnectionManager,
