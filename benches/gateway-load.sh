@@ -3,7 +3,8 @@
 # `tools/call` against a fast upstream (nginx returning a static JSON-RPC answer):
 #   direct      straight to the upstream
 #   portcullis  through the gateway: a policy with a condition and two limits, audit on
-#   nginx       through nginx as a plain reverse proxy (keep-alive to the upstream)
+#   nginx       through nginx as a plain reverse proxy (a worker per core, keep-alive to the
+#               upstream)
 # and prints throughput, p50/p99 latency and the ratios; then the p99 each adds at half of
 # Portcullis's peak rate; then the gateway's RSS with 1,000 open sessions (their GET streams
 # held open, upstream: the Python SDK's server). Everything listens on 127.0.0.1.
@@ -35,11 +36,18 @@ load() {
           (.statusCodeDistribution["200"] // 0), .summary.successRate] | @tsv' "$WORK/$1.json"
 }
 
-# CPU time (user + system, ms) a process has used so far.
-cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%d", ($14 + $15) * 1000 / hz }' "/proc/$1/stat"; }
-NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
+# CPU time (user + system, ms) the processes $@ have used so far (0 for none).
+cpu_ms() {
+  local pid ticks=0
+  for pid in "$@"; do ticks=$((ticks + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
+  echo $((ticks * 1000 / $(getconf CLK_TCK)))
+}
+UPSTREAM=$(pgrep -P "$(cat "$WORK/upstream.pid")")
+PROXY=$(pgrep -P "$(cat "$WORK/proxy.pid")" | tr '\n' ' ')
 REDIS_PID=$(pgrep -x redis-server | head -1 || true)
-declare -A RPS P50 P99 CPU_GW CPU_NGINX CPU_REDIS
+declare -A RPS P50 P99 CPU_GW CPU_PROXY CPU_UPSTREAM CPU_REDIS
+# µs per request of the CPU a process set used since $1 ms: $1 before, $2 after, $3 requests.
+per_request() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }'; }
 log "peak: $DURATION s each, $CONNS connections"
 for t in direct portcullis nginx; do
   oha --no-tui -z 2s -c "$CONNS" -m POST -H 'content-type: application/json' \
@@ -48,14 +56,17 @@ for t in direct portcullis nginx; do
   if [ "$t" = portcullis ] && [ -n "${PERF_RECORD:-}" ]; then
     perf record ${PERF_ARGS:--F 999 -g} -p "$GW_PID" -o "$PERF_RECORD" -- sleep $((DURATION / 2)) >/dev/null 2>&1 &
   fi
-  gw0=$(cpu_ms "$GW_PID") ng0=$(cpu_ms "$NGINX_WORKER") rd0=$([ -n "$REDIS_PID" ] && cpu_ms "$REDIS_PID" || echo 0)
+  # shellcheck disable=SC2086 # PROXY and REDIS_PID are lists of pids
+  gw0=$(cpu_ms "$GW_PID") px0=$(cpu_ms $PROXY) up0=$(cpu_ms "$UPSTREAM") rd0=$(cpu_ms $REDIS_PID)
   read -r rps p50 p99 ok rate < <(load "$t" "")
   RPS[$t]=$rps P50[$t]=$p50 P99[$t]=$p99
   # CPU per request in microseconds: ms used * 1000 / requests served.
   n=$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%d", r * d }')
-  CPU_GW[$t]=$(awk -v a="$gw0" -v b="$(cpu_ms "$GW_PID")" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }')
-  CPU_NGINX[$t]=$(awk -v a="$ng0" -v b="$(cpu_ms "$NGINX_WORKER")" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }')
-  CPU_REDIS[$t]=$(awk -v a="$rd0" -v b="$([ -n "$REDIS_PID" ] && cpu_ms "$REDIS_PID" || echo 0)" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }')
+  # shellcheck disable=SC2086
+  CPU_GW[$t]=$(per_request "$gw0" "$(cpu_ms "$GW_PID")" "$n")
+  CPU_PROXY[$t]=$(per_request "$px0" "$(cpu_ms $PROXY)" "$n")
+  CPU_UPSTREAM[$t]=$(per_request "$up0" "$(cpu_ms "$UPSTREAM")" "$n")
+  CPU_REDIS[$t]=$(per_request "$rd0" "$(cpu_ms $REDIS_PID)" "$n")
   [ "$rate" = "1" ] || log "warning: $t success rate $rate"
 done
 # Work per Redis round trip so far (the peak runs and their warm-ups): requests' charges and
@@ -93,8 +104,8 @@ printf '\n%-11s %12s %9s %9s %16s\n' target "requests/s" "p50 ms" "p99 ms" "p99 
 for t in direct portcullis nginx; do
   printf '%-11s %12.0f %9.3f %9.3f %16.3f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${H99[$t]}"
 done
-printf '\nCPU per request (us): nginx as proxy %s (its worker, minus the upstream part %s);\n' \
-  "$(awk -v a="${CPU_NGINX[nginx]}" -v b="${CPU_NGINX[direct]}" 'BEGIN { printf "%.1f", a - b }')" "${CPU_NGINX[direct]}"
+printf '\nCPU per request (us): the upstream %s; nginx as proxy %s (%s workers);\n' \
+  "${CPU_UPSTREAM[direct]}" "${CPU_PROXY[nginx]}" "$(echo $PROXY | wc -w)"
 printf '  portcullis %s in the gateway + %s in Redis = %s (Redis: %s)\n' "${CPU_GW[portcullis]}" "${CPU_REDIS[portcullis]}" \
   "$(awk -v a="${CPU_GW[portcullis]}" -v b="${CPU_REDIS[portcullis]}" 'BEGIN { printf "%.1f", a + b }')" "$BATCH"
 awk -v p="${RPS[portcullis]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" \

@@ -30,7 +30,9 @@ DB_URL="${DATABASE_URL%/*}/$DB"
 PREFIX=bench-$$
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  for n in upstream proxy; do
+    [ -f "$WORK/$n.pid" ] && kill "$(cat "$WORK/$n.pid")" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   psql -q "$DB_BASE" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
   redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" --scan --pattern "$PREFIX:*" 2>/dev/null \
@@ -40,29 +42,34 @@ cleanup() {
 trap cleanup EXIT
 
 ANSWER='{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"isError":false}}'
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
+# Two nginx instances, so each side's CPU can be told apart: the upstream (one worker), and
+# the reverse proxy with a worker per core, as the gateway has a thread per core.
+nginx_conf() { # $1 name, $2 worker_processes, $3 server blocks
+  cat >"$WORK/$1.conf" <<CONF
+worker_processes $2;
+pid $WORK/$1.pid;
+error_log $WORK/$1-error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
   fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
   keepalive_requests 1000000;
-  upstream fast { server 127.0.0.1:$UP_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$UP_PORT;
-    location / { default_type application/json; return 200 '$ANSWER'; }
-  }
-  server {
-    listen 127.0.0.1:$PROXY_PORT;
-    location / { proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
+  $3
 }
 CONF
+  nginx -c "$WORK/$1.conf" -p "$WORK"
+}
 log "starting nginx (upstream :$UP_PORT, reverse proxy :$PROXY_PORT)"
-nginx -c "$WORK/nginx.conf" -p "$WORK"
+nginx_conf upstream 1 "server {
+    listen 127.0.0.1:$UP_PORT;
+    location / { default_type application/json; return 200 '$ANSWER'; }
+  }"
+nginx_conf proxy auto "upstream fast { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$PROXY_PORT;
+    location / { proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }"
 wait_port "$UP_PORT" nginx
 wait_port "$PROXY_PORT" nginx
 

@@ -31,3 +31,18 @@ pub fn encryption_keys() -> String {
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
+
+/// The address of the Redis server the tests use (for a [`ChaosProxy`] in front of it).
+pub fn redis_addr() -> std::net::SocketAddr {
+    let url = redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default()
+        .replace("localhost", "127.0.0.1");
+    hostport
+        .parse()
+        .unwrap_or_else(|e| panic!("REDIS_URL {url}: no host:port ({e})"))
+}

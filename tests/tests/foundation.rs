@@ -137,9 +137,7 @@ async fn both_listeners_answer_health_and_readiness() {
 async fn readiness_names_redis_when_it_is_down_and_recovers() {
     let db = TestDatabase::new().await;
     let redis = TestRedis::new().await;
-    let real: SocketAddr = "127.0.0.1:6379".parse().unwrap();
-    let target = redis_addr().unwrap_or(real);
-    let proxy = ChaosProxy::start(target).await;
+    let proxy = ChaosProxy::start(portcullis_tests::redis_addr()).await;
     let app = start(
         &db.url(),
         &format!("redis://{}", proxy.addr()),
@@ -222,14 +220,6 @@ async fn eventually_ready(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{addr} did not become ready again");
-}
-
-fn redis_addr() -> Option<SocketAddr> {
-    let url = portcullis_tests::redis_url();
-    let rest = url.strip_prefix("redis://")?;
-    let hostport = rest.rsplit('@').next()?.split('/').next()?;
-    let hostport = hostport.replace("localhost", "127.0.0.1");
-    hostport.parse().ok()
 }
 
 /// Host and port of a Postgres URL.

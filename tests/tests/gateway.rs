@@ -593,7 +593,7 @@ async fn when_redis_is_down_on_limiter_error_decides_fast() {
     open["tools"]["echo"] = limited;
     let (stack, upstream, f_closed) = rmcp_stack(true, closed).await;
     let f_open = stack.fixture(&upstream.url, "streamable_http", open).await;
-    let proxy = portcullis_tests::ChaosProxy::start(redis_addr()).await;
+    let proxy = portcullis_tests::ChaosProxy::start(portcullis_tests::redis_addr()).await;
     let gw = stack
         .gateway_with(
             &format!("redis://{}", proxy.addr()),
@@ -630,20 +630,6 @@ async fn when_redis_is_down_on_limiter_error_decides_fast() {
     assert_eq!(text(&message(&body)), "3");
     proxy.restore();
     gw.stop().await.unwrap();
-}
-
-fn redis_addr() -> std::net::SocketAddr {
-    let url = portcullis_tests::redis_url();
-    let hostport = url
-        .trim_start_matches("redis://")
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .replace("localhost", "127.0.0.1");
-    hostport.parse().unwrap()
 }
 
 #[tokio::test]

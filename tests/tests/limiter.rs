@@ -279,3 +279,62 @@ async fn a_run_of_identical_charges_is_decided_as_if_one_by_one() {
     let results = concurrently(&s, t, &twice, 20).await;
     assert_eq!(results.iter().filter(|r| is_ok(r)).count(), 5);
 }
+
+/// The `n` of every entry in the audit stream, sorted.
+async fn entries(redis: &TestRedis) -> Vec<i64> {
+    let key = RedisKeys::new(redis.prefix()).audit_stream();
+    let mut conn = redis.conn();
+    let read: redis::streams::StreamRangeReply = conn.xrange_all(key).await.unwrap();
+    let mut found = Vec::new();
+    for id in read.ids {
+        for value in id.map.values() {
+            let batch: Vec<serde_json::Value> =
+                serde_json::from_slice(&redis::from_redis_value_ref::<Vec<u8>>(value).unwrap())
+                    .unwrap();
+            found.extend(batch.iter().map(|e| e["n"].as_i64().unwrap()));
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+#[tokio::test]
+async fn audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_back() {
+    let redis = TestRedis::new().await;
+    let keys = RedisKeys::new(redis.prefix());
+    let proxy = portcullis_tests::ChaosProxy::start(portcullis_tests::redis_addr()).await;
+    let client = redis::Client::open(format!("redis://{}", proxy.addr())).unwrap();
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(300)))
+        .set_response_timeout(Some(Duration::from_millis(300)))
+        .set_number_of_retries(1);
+    let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config).unwrap();
+    let batch = Batcher::start(conn, keys.audit_stream(), Duration::from_millis(300));
+    let calls = vec![portcullis_gateway::batch::Counter {
+        key: format!("{}:{{t:x}}:calls", redis.prefix()),
+        width: 600,
+        max: 100,
+        cost: 1,
+    }];
+    // Up: a charge and an entry share a round trip (in either order), and both land.
+    let (charged, written) = tokio::join!(
+        batch.charge(calls.clone(), Some(r#"{"n":1}"#.into())),
+        batch.write(r#"{"n":2}"#.into()),
+    );
+    assert_eq!(charged.unwrap().refused, 0);
+    assert!(written);
+    assert_eq!(entries(&redis).await, [1, 2]);
+
+    proxy.cut();
+    assert!(batch.charge(calls.clone(), None).await.is_err());
+    batch.enqueue(r#"{"n":3}"#.into());
+    assert!(!batch.write(r#"{"n":4}"#.into()).await, "written while cut");
+    proxy.restore();
+    // The entries kept for another try are written once Redis is back, each exactly once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while entries(&redis).await.len() < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(entries(&redis).await, [1, 2, 3, 4]);
+    assert_eq!(batch.charge(calls, None).await.unwrap().refused, 0);
+}

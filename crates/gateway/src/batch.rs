@@ -11,7 +11,10 @@
 //! only when the charge goes through: by the same script when every charge of the batch went
 //! through (one stream entry for all, `portcullis_core::audit::stream::BATCH_FIELD`), else
 //! right after it, before the charges are answered. Plain entries (outcomes, decisions of calls
-//! without limits) are one more stream entry, written by the same script. A caller that
+//! without limits) are one more stream entry, written by an `XADD` sent with the script call
+//! (both are in flight at once on the one connection, so they still share a round trip), never
+//! through the script: Redis's Lua copies and hashes every byte of every argument a script
+//! gets, which made the plain entries most of Redis's work per call. A caller that
 //! waits for a write (a charge, the decision entry of a call about to be forwarded) is answered
 //! only after Redis has it. Entries whose write failed are kept and retried a few times (they
 //! must survive a short Redis outage, and must not grow without bound during a long one).
@@ -38,7 +41,7 @@ const ATTEMPTS: u32 = 3;
 
 /// ARGV: BUCKETS, MAXLEN, the number of groups; per group: how many charges it holds, its
 /// counter count n, then per counter `key index, bucket width (ms), max, cost`; then the
-/// charges' decision entries and the plain entries, each a JSON array already made (or empty).
+/// charges' decision entries, a JSON array already made (or empty).
 /// KEYS: the counters' hashes (each once), then the audit stream. Returns `{now_ms,
 /// decisions_written, admitted_1, refused_1, retry_ms_1, admitted_2, …}` per group.
 ///
@@ -163,16 +166,13 @@ for k, st in pairs(states) do
     redis.call('HINCRBY', key, 't', st.add)
   end
 end
-local decisions, plain = ARGV[a], ARGV[a + 1]
+local decisions = ARGV[a]
 if decisions ~= '' then
   if all then
     redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'events', decisions)
   else
     out[2] = 0
   end
-end
-if plain ~= '' then
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'events', plain)
 end
 return out
 ";
@@ -381,8 +381,8 @@ impl Worker {
         }
     }
 
-    /// Writes encoded entries as one stream entry; false when Redis did not take it in time.
-    async fn write_entries(&mut self, entries: &[&str]) -> bool {
+    /// Writes encoded entries (at least one) as one stream entry.
+    async fn xadd(&self, entries: &[&str]) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&self.stream_key)
@@ -392,9 +392,13 @@ impl Worker {
             .arg("*")
             .arg(stream::BATCH_FIELD)
             .arg(batch_json(entries));
-        let written = tokio::time::timeout(self.timeout, cmd.query_async::<String>(&mut conn));
-        match written.await {
-            Ok(Ok(_)) => true,
+        cmd.query_async::<redis::Value>(&mut conn).await.map(drop)
+    }
+
+    /// Writes encoded entries as one stream entry; false when Redis did not take it in time.
+    async fn write_entries(&self, entries: &[&str]) -> bool {
+        match tokio::time::timeout(self.timeout, self.xadd(entries)).await {
+            Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "redis: audit entries not written");
                 false
@@ -403,8 +407,9 @@ impl Worker {
         }
     }
 
-    /// One script call for `ops` (left empty, its buffer kept for the next batch) and the
-    /// entries due for a retry. True when it failed.
+    /// One round trip for `ops` (left empty, its buffer kept for the next batch) and the
+    /// entries due for a retry: the script call for the charges, and the plain entries' `XADD`
+    /// sent along with it. True when either failed.
     async fn call(&mut self, ops: &mut Vec<Op>) -> bool {
         let charges: Vec<&[Counter]> = ops
             .iter()
@@ -454,27 +459,41 @@ impl Worker {
                 Op::Charge { .. } => None,
             }))
             .collect();
-        invocation
-            .arg(batch_json(&decisions))
-            .arg(batch_json(&plain_entries));
+        invocation.arg(batch_json(&decisions));
         let mut conn = self.redis.clone();
+        let script = async {
+            if charges.is_empty() {
+                return Ok(vec![0, 1]);
+            }
+            invocation.invoke_async::<Vec<i64>>(&mut conn).await
+        };
+        let entries = async {
+            if plain_entries.is_empty() {
+                return Ok(());
+            }
+            self.xadd(&plain_entries).await
+        };
         let started = std::time::Instant::now();
-        let answer =
-            tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
-                .await;
+        let answer = tokio::time::timeout(self.timeout, async { tokio::join!(script, entries) });
+        let (script, entries) = match answer.await {
+            Ok((script, entries)) => (
+                script.map_err(|e| BatchError::Redis(e.to_string())),
+                entries.map_err(|e| BatchError::Redis(e.to_string())),
+            ),
+            Err(_) => {
+                let late = BatchError::Redis(format!("no answer within {:?}", self.timeout));
+                (Err(late.clone()), Err(late))
+            }
+        };
         self.metrics.seconds.record(started.elapsed());
         self.metrics.size.record(ops.len() as f64);
-        let result = match answer {
-            Ok(Ok(out)) => decide(&out, &groups),
-            Ok(Err(e)) => Err(BatchError::Redis(e.to_string())),
-            Err(_) => Err(BatchError::Redis(format!(
-                "no answer within {:?}",
-                self.timeout
-            ))),
-        };
-        let failed = result.is_err();
+        let result = script.and_then(|out| decide(&out, &groups));
         if let Err(e) = &result {
             tracing::warn!(error = %e, "redis batch failed");
+        }
+        let failed = entries.is_err();
+        if let Err(e) = &entries {
+            tracing::warn!(error = %e, "redis: audit entries not written");
         }
         let mut plain: Vec<(String, u32, Option<oneshot::Sender<bool>>)> = Vec::new();
         let mut retry = std::mem::take(&mut self.retry);
@@ -536,7 +555,7 @@ impl Worker {
                 self.retry.push_back(Retry { json, attempts });
             }
         }
-        failed
+        failed || result.is_err()
     }
 }
 
