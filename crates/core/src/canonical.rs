@@ -1,54 +1,57 @@
 //! Canonical JSON (object keys sorted, no white space) and digests of it, so that the same
 //! arguments always give the same fingerprint whatever order a client wrote them in.
 
+use std::io::{self, Write};
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Writes `value` as canonical JSON.
 pub fn to_string(value: &Value) -> String {
-    let mut out = String::new();
-    write(value, &mut out);
-    out
+    let mut out = Vec::new();
+    // Writing to a `Vec` cannot fail, and JSON is UTF-8.
+    let _ = write(value, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn write(value: &Value, out: &mut String) {
+/// Writes `value` as canonical JSON to `out`, without building it first when `out` is a hasher.
+fn write(value: &Value, out: &mut impl Write) -> io::Result<()> {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
             entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
+            out.write_all(b"{")?;
             for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.write_all(b",")?;
                 }
-                write_scalar(&Value::String(k.clone()), out);
-                out.push(':');
-                write(v, out);
+                serde_json::to_writer(&mut *out, k)?;
+                out.write_all(b":")?;
+                write(v, out)?;
             }
-            out.push('}');
+            out.write_all(b"}")
         }
         Value::Array(items) => {
-            out.push('[');
+            out.write_all(b"[")?;
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.write_all(b",")?;
                 }
-                write(v, out);
+                write(v, out)?;
             }
-            out.push(']');
+            out.write_all(b"]")
         }
-        scalar => write_scalar(scalar, out),
+        // Scalars have one serialisation in serde_json; only objects need sorting.
+        scalar => Ok(serde_json::to_writer(out, scalar)?),
     }
-}
-
-fn write_scalar(value: &Value, out: &mut String) {
-    // Scalars have one serialisation in serde_json; only objects need sorting.
-    out.push_str(&value.to_string());
 }
 
 /// Hex SHA-256 of the canonical JSON of `value`.
 pub fn digest(value: &Value) -> String {
-    hex::encode(Sha256::digest(to_string(value).as_bytes()))
+    let mut hash = Sha256::new();
+    // Hashing cannot fail.
+    let _ = write(value, &mut hash);
+    format!("{:x}", hash.finalize())
 }
 
 /// The fingerprint of a tool call: binds an approval to one tool and its exact arguments.
@@ -56,8 +59,8 @@ pub fn call_fingerprint(tool: &str, arguments: &Value) -> String {
     let mut hash = Sha256::new();
     hash.update(tool.as_bytes());
     hash.update([0]);
-    hash.update(to_string(arguments).as_bytes());
-    hex::encode(hash.finalize())
+    let _ = write(arguments, &mut hash);
+    format!("{:x}", hash.finalize())
 }
 
 #[cfg(test)]
@@ -75,6 +78,16 @@ mod tests {
             r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#
         );
         assert_eq!(digest(&a), digest(&b));
+        assert_eq!(
+            digest(&a),
+            hex::encode(Sha256::digest(to_string(&a).as_bytes())),
+            "the digest is of the canonical text"
+        );
+        let escaped = json!({"k\"\u{e9}\n": ["\u{1F600}", 1.5, -2, null, true]});
+        assert_eq!(
+            to_string(&escaped),
+            serde_json::to_string(&escaped).unwrap()
+        );
         assert_eq!(call_fingerprint("t", &a), call_fingerprint("t", &b));
         assert_ne!(call_fingerprint("t", &a), call_fingerprint("u", &a));
         assert_ne!(
