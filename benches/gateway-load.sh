@@ -36,16 +36,22 @@ load() {
           (.statusCodeDistribution["200"] // 0), .summary.successRate] | @tsv' "$WORK/$1.json"
 }
 
-# CPU time (user + system, ms) the processes $@ have used so far (0 for none).
-cpu_ms() {
-  local pid ticks=0
-  for pid in "$@"; do ticks=$((ticks + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
+# CPU time (ms) the processes $2… have used so far (0 for none): $1 is the awk expression of
+# /proc/<pid>/stat's fields to add up (14 user, 15 system).
+ticks_ms() {
+  local fields=$1 pid ticks=0
+  shift
+  for pid in "$@"; do ticks=$((ticks + $(awk "{ print $fields }" "/proc/$pid/stat"))); done
   echo $((ticks * 1000 / $(getconf CLK_TCK)))
 }
+cpu_ms() { ticks_ms '$14 + $15' "$@"; }
+kernel_ms() { ticks_ms '$15' "$@"; }
+# Idle time of the whole machine so far, all cores (ms).
+idle_ms() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%d", ($5 + $6) * 1000 / hz }' /proc/stat; }
 UPSTREAM=$(pgrep -P "$(cat "$WORK/upstream.pid")")
 PROXY=$(pgrep -P "$(cat "$WORK/proxy.pid")" | tr '\n' ' ')
 REDIS_PID=$(pgrep -x redis-server | head -1 || true)
-declare -A RPS P50 P99 CPU_GW CPU_PROXY CPU_UPSTREAM CPU_REDIS
+declare -A RPS P50 P99 CPU_GW CPU_PROXY CPU_UPSTREAM CPU_REDIS KERNEL_GW KERNEL_PROXY IDLE
 # µs per request of the CPU a process set used since $1 ms: $1 before, $2 after, $3 requests.
 per_request() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }'; }
 log "peak: $DURATION s each, $CONNS connections"
@@ -58,6 +64,7 @@ for t in direct portcullis nginx; do
   fi
   # shellcheck disable=SC2086 # PROXY and REDIS_PID are lists of pids
   gw0=$(cpu_ms "$GW_PID") px0=$(cpu_ms $PROXY) up0=$(cpu_ms "$UPSTREAM") rd0=$(cpu_ms $REDIS_PID)
+  gk0=$(kernel_ms "$GW_PID") pk0=$(kernel_ms $PROXY) id0=$(idle_ms)
   read -r rps p50 p99 ok rate < <(load "$t" "")
   RPS[$t]=$rps P50[$t]=$p50 P99[$t]=$p99
   # CPU per request in microseconds: ms used * 1000 / requests served.
@@ -67,6 +74,9 @@ for t in direct portcullis nginx; do
   CPU_PROXY[$t]=$(per_request "$px0" "$(cpu_ms $PROXY)" "$n")
   CPU_UPSTREAM[$t]=$(per_request "$up0" "$(cpu_ms "$UPSTREAM")" "$n")
   CPU_REDIS[$t]=$(per_request "$rd0" "$(cpu_ms $REDIS_PID)" "$n")
+  KERNEL_GW[$t]=$(per_request "$gk0" "$(kernel_ms "$GW_PID")" "$n")
+  KERNEL_PROXY[$t]=$(per_request "$pk0" "$(kernel_ms $PROXY)" "$n")
+  IDLE[$t]=$(per_request "$id0" "$(idle_ms)" "$n")
   [ "$rate" = "1" ] || log "warning: $t success rate $rate"
 done
 # Work per Redis round trip so far (the peak runs and their warm-ups): requests' charges and
@@ -104,10 +114,21 @@ printf '\n%-11s %12s %9s %9s %16s\n' target "requests/s" "p50 ms" "p99 ms" "p99 
 for t in direct portcullis nginx; do
   printf '%-11s %12.0f %9.3f %9.3f %16.3f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${H99[$t]}"
 done
-printf '\nCPU per request (us): the upstream %s; nginx as proxy %s (%s workers);\n' \
-  "${CPU_UPSTREAM[direct]}" "${CPU_PROXY[nginx]}" "$(echo $PROXY | wc -w)"
-printf '  portcullis %s in the gateway + %s in Redis = %s (Redis: %s)\n' "${CPU_GW[portcullis]}" "${CPU_REDIS[portcullis]}" \
+# shellcheck disable=SC2086
+printf '\nCPU per request (us): the upstream %s; nginx as proxy %s, %s of it in the kernel (%s workers);\n' \
+  "${CPU_UPSTREAM[direct]}" "${CPU_PROXY[nginx]}" "${KERNEL_PROXY[nginx]}" "$(echo $PROXY | wc -w)"
+printf '  portcullis %s in the gateway, %s of it in the kernel, + %s in Redis = %s (Redis: %s)\n' \
+  "${CPU_GW[portcullis]}" "${KERNEL_GW[portcullis]}" "${CPU_REDIS[portcullis]}" \
   "$(awk -v a="${CPU_GW[portcullis]}" -v b="${CPU_REDIS[portcullis]}" 'BEGIN { printf "%.1f", a + b }')" "$BATCH"
+# A request's share of the machine at a given rate is cores / rate. At 0.8x nginx's rate, the
+# gateway and Redis could use at most that share minus what everything else (the load
+# generator, the upstream) used per request in the Portcullis run (its share minus the
+# gateway, Redis and the machine's idle time).
+awk -v c="$(getconf _NPROCESSORS_ONLN)" -v p="${RPS[portcullis]}" -v n="${RPS[nginx]}" \
+    -v g="${CPU_GW[portcullis]}" -v r="${CPU_REDIS[portcullis]}" -v i="${IDLE[portcullis]}" 'BEGIN {
+  printf "  at 0.8x nginx'"'"'s throughput the gateway and Redis could use %.1f us per request\n",
+    c * 1e6 / (0.8 * n) - (c * 1e6 / p - g - r - i)
+}'
 awk -v p="${RPS[portcullis]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" \
     -v hp="${H99[portcullis]}" -v hd="${H99[direct]}" -v hn="${H99[nginx]}" 'BEGIN {
   printf "\nthroughput portcullis/nginx: %.2f   portcullis/direct: %.2f   nginx/direct: %.2f\n", p / n, p / d, n / d
