@@ -463,6 +463,7 @@ impl Worker {
         let mut conn = self.redis.clone();
         let script = async {
             if charges.is_empty() {
+                // No script call: the answer of one that charged nothing.
                 return Ok(vec![0, 1]);
             }
             invocation.invoke_async::<Vec<i64>>(&mut conn).await
@@ -491,13 +492,13 @@ impl Worker {
         if let Err(e) = &result {
             tracing::warn!(error = %e, "redis batch failed");
         }
-        let failed = entries.is_err();
+        let entries_failed = entries.is_err();
         if let Err(e) = &entries {
             tracing::warn!(error = %e, "redis: audit entries not written");
         }
         let mut plain: Vec<(String, u32, Option<oneshot::Sender<bool>>)> = Vec::new();
         let mut retry = std::mem::take(&mut self.retry);
-        if failed {
+        if entries_failed {
             for mut r in retry.drain(..) {
                 r.attempts += 1;
                 plain.push((r.json, r.attempts, None));
@@ -536,7 +537,7 @@ impl Worker {
                     let _ = reply.send(answer);
                 }
                 Op::Entry { json, written } => {
-                    if failed {
+                    if entries_failed {
                         plain.push((json, 1, written));
                     } else if let Some(w) = written {
                         let _ = w.send(true);
@@ -555,7 +556,7 @@ impl Worker {
                 self.retry.push_back(Retry { json, attempts });
             }
         }
-        failed || result.is_err()
+        entries_failed || result.is_err()
     }
 }
 
