@@ -6,14 +6,6 @@ use std::io::{self, Write};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Writes `value` as canonical JSON.
-pub fn to_string(value: &Value) -> String {
-    let mut out = Vec::new();
-    // Writing to a `Vec` cannot fail, and JSON is UTF-8.
-    let _ = write(value, &mut out);
-    String::from_utf8(out).unwrap_or_default()
-}
-
 /// Writes `value` as canonical JSON to `out`, without building it first when `out` is a hasher.
 fn write(value: &Value, out: &mut impl Write) -> io::Result<()> {
     match value {
@@ -48,10 +40,7 @@ fn write(value: &Value, out: &mut impl Write) -> io::Result<()> {
 
 /// Hex SHA-256 of the canonical JSON of `value`.
 pub fn digest(value: &Value) -> String {
-    let mut hash = Sha256::new();
-    // Hashing cannot fail.
-    let _ = write(value, &mut hash);
-    format!("{:x}", hash.finalize())
+    finish(Sha256::new(), value)
 }
 
 /// The fingerprint of a tool call: binds an approval to one tool and its exact arguments.
@@ -59,7 +48,13 @@ pub fn call_fingerprint(tool: &str, arguments: &Value) -> String {
     let mut hash = Sha256::new();
     hash.update(tool.as_bytes());
     hash.update([0]);
-    let _ = write(arguments, &mut hash);
+    finish(hash, arguments)
+}
+
+/// `hash`, continued with the canonical JSON of `value`, in hex.
+fn finish(mut hash: Sha256, value: &Value) -> String {
+    // Hashing cannot fail.
+    let _ = write(value, &mut hash);
     format!("{:x}", hash.finalize())
 }
 
@@ -67,6 +62,13 @@ pub fn call_fingerprint(tool: &str, arguments: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The canonical JSON of `value`, as text.
+    fn to_string(value: &Value) -> String {
+        let mut out = Vec::new();
+        write(value, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
 
     #[test]
     fn key_order_does_not_matter() {

@@ -463,10 +463,12 @@ impl Worker {
         let mut conn = self.redis.clone();
         let script = async {
             if charges.is_empty() {
-                // No script call: the answer of one that charged nothing.
-                return Ok(vec![0, 1]);
+                return Ok(None);
             }
-            invocation.invoke_async::<Vec<i64>>(&mut conn).await
+            invocation
+                .invoke_async::<Vec<i64>>(&mut conn)
+                .await
+                .map(Some)
         };
         let entries = async {
             if plain_entries.is_empty() {
@@ -488,7 +490,14 @@ impl Worker {
         };
         self.metrics.seconds.record(started.elapsed());
         self.metrics.size.record(ops.len() as f64);
-        let result = script.and_then(|out| decide(&out, &groups));
+        let result = script.and_then(|out| match out {
+            Some(out) => decide(&out, &groups),
+            // No charges, no script call.
+            None => Ok(Decided {
+                written: true,
+                charges: Vec::new(),
+            }),
+        });
         if let Err(e) = &result {
             tracing::warn!(error = %e, "redis batch failed");
         }
