@@ -115,7 +115,12 @@ mod tests {
     fn ids_keep_their_type_and_open_only_under_their_grant() {
         let keys = Keyring::generate(1).0;
         let grant = GrantId::new();
-        let endpoint = url::Url::parse("http://127.0.0.1:9/messages/?session_id=abc").unwrap();
+        // A session id long enough that a random token never holds it by chance.
+        let session = "legacy-session-0123456789";
+        let endpoint = url::Url::parse(&format!(
+            "http://127.0.0.1:9/messages/?session_id={session}"
+        ))
+        .unwrap();
         for (id, want) in [(r#"0"#, Value::from(0)), (r#""s-1""#, Value::from("s-1"))] {
             let request = parse(&format!(
                 r#"{{"jsonrpc":"2.0","id":{id},"method":"sampling/createMessage","params":{{"maxTokens":5}}}}"#
@@ -124,7 +129,7 @@ mod tests {
             let Some(RequestId::String(token)) = sealed.id().cloned() else {
                 panic!("the sealed id is not a string")
             };
-            assert!(!token.contains("abc"));
+            assert!(!token.contains(session));
             let sent: Value = serde_json::from_slice(&sealed.encode()).unwrap();
             assert_eq!(sent["method"], "sampling/createMessage");
             assert_eq!(sent["params"]["maxTokens"], 5);
