@@ -4,7 +4,9 @@
 //! While a script call is in flight, new work queues; when it returns, everything queued goes
 //! in the next call. An idle gateway therefore pays one round trip per request, and a busy one
 //! shares each round trip among all the requests that arrived during the previous one, which
-//! cuts Redis's work and the gateway's syscalls per request by the batch size.
+//! cuts Redis's work and the gateway's syscalls per request by the batch size. Entries nobody
+//! waits for (outcomes, refusals) may wait a few milliseconds for a charge or a decision entry
+//! to ride with, so that at a moderate rate they do not each cost a round trip of their own.
 //!
 //! Each charge in a batch is still all or nothing, checked and applied in order inside the
 //! script, so batching changes no limiter decision. A charge's audit decision entry is written
@@ -36,6 +38,8 @@ pub const BUCKETS: u64 = 100;
 const MAX_BATCH: usize = 512;
 /// Queued work the gateway holds before it sheds audit entries (and refuses charges).
 const QUEUE: usize = 65_536;
+/// How long an entry nobody waits for may wait for a round trip that has to go anyway.
+const LINGER: Duration = Duration::from_millis(5);
 /// Tries of an entry's write before it is dropped (and counted).
 const ATTEMPTS: u32 = 3;
 
@@ -236,6 +240,37 @@ enum Op {
     },
 }
 
+impl Op {
+    /// Whether nobody waits for this work: an entry queued without a waiter.
+    fn can_wait(&self) -> bool {
+        matches!(self, Op::Entry { written: None, .. })
+    }
+}
+
+/// Lets entries nobody waits for (outcomes, refusals) wait up to [`LINGER`] for work that
+/// must go now, to share its round trip: at a moderate rate most outcomes would otherwise go
+/// alone, each a round trip that wakes Redis and the worker. Returns as soon as such work, or
+/// a full batch, is queued; false when every handle is gone (then nothing more will come).
+async fn linger(rx: &mut mpsc::Receiver<Op>, ops: &mut Vec<Op>) -> bool {
+    let deadline = tokio::time::sleep(LINGER);
+    tokio::pin!(deadline);
+    while ops.len() < MAX_BATCH {
+        let seen = ops.len();
+        tokio::select! {
+            n = rx.recv_many(ops, MAX_BATCH - seen) => {
+                if n == 0 {
+                    return false;
+                }
+                if !ops[seen..].iter().all(Op::can_wait) {
+                    break;
+                }
+            }
+            () = &mut deadline => break,
+        }
+    }
+    true
+}
+
 /// The handle requests use; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
@@ -360,6 +395,9 @@ impl Worker {
                     // Failed entries are retried even when no new work arrives.
                     () = tokio::time::sleep(Duration::from_millis(200)), if !self.retry.is_empty() => {}
                 }
+            }
+            if !stopping && !ops.is_empty() && ops.iter().all(Op::can_wait) {
+                stopping = !linger(&mut rx, &mut ops).await;
             }
             if stopping {
                 rx.close();
@@ -638,6 +676,8 @@ fn decide(out: &[i64], groups: &[Group]) -> Result<Decided, BatchError> {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt as _;
+
     use super::*;
 
     fn counter(key: &str, cost: u64) -> Counter {
@@ -647,6 +687,46 @@ mod tests {
             max: 10,
             cost,
         }
+    }
+
+    fn entry(waiter: bool) -> Op {
+        Op::Entry {
+            json: "{}".into(),
+            written: waiter.then(|| oneshot::channel().0),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_nobody_waits_for_linger_until_work_that_must_go_now() {
+        let (tx, mut rx) = mpsc::channel(8);
+        // A charge, or an entry someone waits for, ends the wait at once.
+        let charge = Op::Charge {
+            counters: vec![counter("a", 1)],
+            entry: None,
+            reply: oneshot::channel().0,
+        };
+        for urgent in [charge, entry(true)] {
+            let mut ops = vec![entry(false)];
+            tx.try_send(urgent).unwrap();
+            assert_eq!(linger(&mut rx, &mut ops).now_or_never(), Some(true));
+            assert_eq!(ops.len(), 2);
+        }
+        // Entries nobody waits for join the batch and wait the whole linger.
+        let mut ops = vec![entry(false)];
+        tx.try_send(entry(false)).unwrap();
+        let started = tokio::time::Instant::now();
+        {
+            let mut waiting = std::pin::pin!(linger(&mut rx, &mut ops));
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            assert!(waiting.await);
+        }
+        assert!(started.elapsed() >= LINGER);
+        assert_eq!(ops.len(), 2);
+        // With every handle gone nothing more comes: the batch goes, and the worker stops.
+        drop(tx);
+        let mut ops = vec![entry(false)];
+        assert!(!linger(&mut rx, &mut ops).await);
+        assert_eq!(ops.len(), 1);
     }
 
     #[test]
