@@ -34,15 +34,19 @@ pub fn redis_url() -> String {
 
 /// The address of the Redis server the tests use (for a [`ChaosProxy`] in front of it).
 pub fn redis_addr() -> std::net::SocketAddr {
+    use redis::IntoConnectionInfo as _;
+    use std::net::ToSocketAddrs as _;
     let url = redis_url();
-    let hostport = url
-        .trim_start_matches("redis://")
-        .rsplit('@')
-        .next()
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_default()
-        .replace("localhost", "127.0.0.1");
-    hostport
-        .parse()
-        .unwrap_or_else(|e| panic!("REDIS_URL {url}: no host:port ({e})"))
+    let info = url
+        .as_str()
+        .into_connection_info()
+        .unwrap_or_else(|e| panic!("REDIS_URL {url}: {e}"));
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+        panic!("REDIS_URL {url}: not a TCP address");
+    };
+    (host.as_str(), *port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.find(std::net::SocketAddr::is_ipv4))
+        .unwrap_or_else(|| panic!("REDIS_URL {url}: no IPv4 address for {host}"))
 }
