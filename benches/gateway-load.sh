@@ -7,10 +7,14 @@
 #               upstream)
 # and prints throughput, p50/p99 latency and the ratios; then the p99 each adds at half of
 # Portcullis's peak rate; then the gateway's RSS with 1,000 open sessions (their GET streams
-# held open, upstream: the Python SDK's server). Everything listens on 127.0.0.1.
+# held open, upstream: the Python SDK's server). The three take turns, ROUNDS times (default
+# 3), and each figure is the median of the rounds with its range. Everything listens on
+# 127.0.0.1.
 #
 # Idempotent: installs nginx (apt) and oha (cargo) when missing. Not part of the test suite.
 # Usage: benches/gateway-load.sh [seconds per run, default 10] [connections, default 64]
+# Knobs: ROUNDS; RATE (the fixed rate); PORTCULLIS_BIN, BENCH_POLICY (gateway-setup.sh);
+# PERF_RECORD, PERF_ARGS (profile the gateway's first peak run).
 set -euo pipefail
 . "$(dirname "$0")/../deploy/local/lib.sh"
 cd "$ROOT"
@@ -51,46 +55,77 @@ idle_ms() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%d", ($5 + $6) * 1
 UPSTREAM=$(pgrep -P "$(cat "$WORK/upstream.pid")")
 PROXY=$(pgrep -P "$(cat "$WORK/proxy.pid")" | tr '\n' ' ')
 REDIS_PID=$(pgrep -x redis-server | head -1 || true)
-declare -A RPS P50 P99 CPU_GW CPU_PROXY CPU_UPSTREAM CPU_REDIS KERNEL_GW KERNEL_PROXY IDLE
-# µs per request of the CPU a process set used since $1 ms: $1 before, $2 after, $3 requests.
-per_request() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }'; }
-log "peak: $DURATION s each, $CONNS connections"
+# CPU used (ms) and requests served, summed over a target's peak runs: C[$t,$what].
+declare -A RPS P50 P99 H99 C
+# µs per request of what $2 used over target $1's peak runs.
+per_request() {
+  awk -v ms="${C[$1,$2]:-0}" -v n="${C[$1,requests]}" 'BEGIN { printf "%.1f", ms * 1000 / n }'
+}
+# Adds to C[$1,$2] the difference of two readings, $3 before and $4 after.
+count() { C[$1,$2]=$(( ${C[$1,$2]:-0} + $4 - $3 )); }
+# The median, the smallest and the largest of the numbers given: "median min max".
+spread() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%s %s %s\n", m, v[1], v[NR] }'
+}
+# The three targets take turns, ROUNDS times, so a slow spell of this shared machine falls on
+# all three alike; figures are the median of the rounds, with their range.
+ROUNDS=${ROUNDS:-3}
+log "peak: $ROUNDS rounds of $DURATION s each, $CONNS connections"
 for t in direct portcullis nginx; do
   oha --no-tui -z 2s -c "$CONNS" -m POST -H 'content-type: application/json' \
     -D "$WORK/body.json" "${URL[$t]}" >/dev/null  # warm-up
-  # PERF_RECORD=file: profile the gateway during its peak run (perf record -g).
-  if [ "$t" = portcullis ] && [ -n "${PERF_RECORD:-}" ]; then
-    perf record ${PERF_ARGS:--F 999 -g} -p "$GW_PID" -o "$PERF_RECORD" -- sleep $((DURATION / 2)) >/dev/null 2>&1 &
-  fi
-  # shellcheck disable=SC2086 # PROXY and REDIS_PID are lists of pids
-  gw0=$(cpu_ms "$GW_PID") px0=$(cpu_ms $PROXY) up0=$(cpu_ms "$UPSTREAM") rd0=$(cpu_ms $REDIS_PID)
-  gk0=$(kernel_ms "$GW_PID") pk0=$(kernel_ms $PROXY) id0=$(idle_ms)
-  read -r rps p50 p99 ok rate < <(load "$t" "")
-  RPS[$t]=$rps P50[$t]=$p50 P99[$t]=$p99
-  # CPU per request in microseconds: ms used * 1000 / requests served.
-  n=$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%d", r * d }')
-  # shellcheck disable=SC2086
-  CPU_GW[$t]=$(per_request "$gw0" "$(cpu_ms "$GW_PID")" "$n")
-  CPU_PROXY[$t]=$(per_request "$px0" "$(cpu_ms $PROXY)" "$n")
-  CPU_UPSTREAM[$t]=$(per_request "$up0" "$(cpu_ms "$UPSTREAM")" "$n")
-  CPU_REDIS[$t]=$(per_request "$rd0" "$(cpu_ms $REDIS_PID)" "$n")
-  KERNEL_GW[$t]=$(per_request "$gk0" "$(kernel_ms "$GW_PID")" "$n")
-  KERNEL_PROXY[$t]=$(per_request "$pk0" "$(kernel_ms $PROXY)" "$n")
-  IDLE[$t]=$(per_request "$id0" "$(idle_ms)" "$n")
-  [ "$rate" = "1" ] || log "warning: $t success rate $rate"
+done
+for r in $(seq 1 "$ROUNDS"); do
+  for t in direct portcullis nginx; do
+    # PERF_RECORD=file: profile the gateway during its first peak run (perf record -g).
+    if [ "$t$r" = portcullis1 ] && [ -n "${PERF_RECORD:-}" ]; then
+      perf record ${PERF_ARGS:--F 999 -g} -p "$GW_PID" -o "$PERF_RECORD" -- sleep $((DURATION / 2)) >/dev/null 2>&1 &
+    fi
+    # shellcheck disable=SC2086 # PROXY and REDIS_PID are lists of pids
+    gw0=$(cpu_ms "$GW_PID") px0=$(cpu_ms $PROXY) up0=$(cpu_ms "$UPSTREAM") rd0=$(cpu_ms $REDIS_PID)
+    gk0=$(kernel_ms "$GW_PID") pk0=$(kernel_ms $PROXY) id0=$(idle_ms)
+    read -r rps p50 p99 ok rate < <(load "$t" "")
+    RPS[$t,$r]=$rps P50[$t,$r]=$p50 P99[$t,$r]=$p99
+    # shellcheck disable=SC2086
+    count "$t" gateway "$gw0" "$(cpu_ms "$GW_PID")"
+    count "$t" proxy "$px0" "$(cpu_ms $PROXY)"
+    count "$t" upstream "$up0" "$(cpu_ms "$UPSTREAM")"
+    count "$t" redis "$rd0" "$(cpu_ms $REDIS_PID)"
+    count "$t" gateway_kernel "$gk0" "$(kernel_ms "$GW_PID")"
+    count "$t" proxy_kernel "$pk0" "$(kernel_ms $PROXY)"
+    count "$t" idle "$id0" "$(idle_ms)"
+    count "$t" requests 0 "$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%d", r * d }')"
+    [ "$rate" = "1" ] || log "warning: $t success rate $rate"
+  done
 done
 # Work per Redis round trip so far (the peak runs and their warm-ups): requests' charges and
 # audit entries that shared one script call.
 BATCH=$(curl -s "http://127.0.0.1:$GW_PORT/metrics" | awk '
   /^portcullis_gateway_redis_batch_size_sum/ { s = $2 } /^portcullis_gateway_redis_batch_size_count/ { c = $2 }
   END { if (c > 0) printf "%.0f round trips, %.1f operations each", c, s / c; else print "unknown" }')
+# figure $1 over the rounds: "median min max" of the named array's values for target $2.
+over_rounds() {
+  local -n values=$1
+  local r list=()
+  for r in $(seq 1 "$ROUNDS"); do list+=("${values[$2,$r]}"); done
+  spread "${list[@]}"
+}
 # RATE=n: measure the fixed-rate latency at n requests/s instead (to compare two builds at one rate).
-HALF=${RATE:-$(awk -v r="${RPS[portcullis]}" 'BEGIN { printf "%d", r / 2 }')}
-declare -A H99
-log "fixed rate (default: half of Portcullis's peak): $HALF requests/s"
-for t in direct portcullis nginx; do
-  read -r _ _ p99 _ _ < <(load "$t" "-q $HALF")
-  H99[$t]=$p99
+read -r PEAK _ < <(over_rounds RPS portcullis)
+HALF=${RATE:-$(awk -v r="$PEAK" 'BEGIN { printf "%d", r / 2 }')}
+log "fixed rate (default: half of Portcullis's median peak): $HALF requests/s, $ROUNDS rounds"
+declare -A RATIO ADDED
+for r in $(seq 1 "$ROUNDS"); do
+  for t in direct portcullis nginx; do
+    read -r _ _ p99 _ _ < <(load "$t" "-q $HALF")
+    H99[$t,$r]=$p99
+  done
+  RATIO[portcullis,$r]=$(awk -v p="${RPS[portcullis,$r]}" -v n="${RPS[nginx,$r]}" 'BEGIN { print p / n }')
+  for t in portcullis nginx; do
+    ADDED[$t,$r]=$(awk -v a="${H99[$t,$r]}" -v d="${H99[direct,$r]}" 'BEGIN { print a - d }')
+  done
 done
 
 log "opening $SESSIONS sessions through the gateway (upstream: the Python SDK's server)"
@@ -110,29 +145,40 @@ sleep 1
 RSS_SESSIONS=$(awk '/VmRSS/ { print $2 }' "/proc/$GW_PID/status")
 exec 7>&-
 
-printf '\n%-11s %12s %9s %9s %16s\n' target "requests/s" "p50 ms" "p99 ms" "p99 ms @ $HALF/s"
+printf '\nmedian of %s rounds (range)\n' "$ROUNDS"
+printf '%-11s %22s %9s %9s %22s\n' target "requests/s" "p50 ms" "p99 ms" "p99 ms @ $HALF/s"
 for t in direct portcullis nginx; do
-  printf '%-11s %12.0f %9.3f %9.3f %16.3f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${H99[$t]}"
+  read -r rps lo hi < <(over_rounds RPS "$t")
+  read -r p50 _ < <(over_rounds P50 "$t")
+  read -r p99 _ < <(over_rounds P99 "$t")
+  read -r h99 hlo hhi < <(over_rounds H99 "$t")
+  printf '%-11s %6.0f (%6.0f-%6.0f) %9.3f %9.3f %8.3f (%.2f-%.2f)\n' \
+    "$t" "$rps" "$lo" "$hi" "$p50" "$p99" "$h99" "$hlo" "$hhi"
 done
 # shellcheck disable=SC2086
 printf '\nCPU per request (us): the upstream %s; nginx as proxy %s, %s of it in the kernel (%s workers);\n' \
-  "${CPU_UPSTREAM[direct]}" "${CPU_PROXY[nginx]}" "${KERNEL_PROXY[nginx]}" "$(echo $PROXY | wc -w)"
+  "$(per_request direct upstream)" "$(per_request nginx proxy)" "$(per_request nginx proxy_kernel)" \
+  "$(echo $PROXY | wc -w)"
+GW=$(per_request portcullis gateway) RD=$(per_request portcullis redis)
 printf '  portcullis %s in the gateway, %s of it in the kernel, + %s in Redis = %s (Redis: %s)\n' \
-  "${CPU_GW[portcullis]}" "${KERNEL_GW[portcullis]}" "${CPU_REDIS[portcullis]}" \
-  "$(awk -v a="${CPU_GW[portcullis]}" -v b="${CPU_REDIS[portcullis]}" 'BEGIN { printf "%.1f", a + b }')" "$BATCH"
+  "$GW" "$(per_request portcullis gateway_kernel)" "$RD" \
+  "$(awk -v a="$GW" -v b="$RD" 'BEGIN { printf "%.1f", a + b }')" "$BATCH"
 # A request's share of the machine at a given rate is cores / rate. At 0.8x nginx's rate, the
 # gateway and Redis could use at most that share minus what everything else (the load
-# generator, the upstream) used per request in the Portcullis run (its share minus the
+# generator, the upstream) used per request in the Portcullis runs (their share minus the
 # gateway, Redis and the machine's idle time).
-awk -v c="$(getconf _NPROCESSORS_ONLN)" -v p="${RPS[portcullis]}" -v n="${RPS[nginx]}" \
-    -v g="${CPU_GW[portcullis]}" -v r="${CPU_REDIS[portcullis]}" -v i="${IDLE[portcullis]}" 'BEGIN {
+read -r NGINX _ < <(over_rounds RPS nginx)
+awk -v c="$(getconf _NPROCESSORS_ONLN)" -v p="$PEAK" -v n="$NGINX" -v g="$GW" -v r="$RD" \
+    -v i="$(per_request portcullis idle)" 'BEGIN {
   printf "  at 0.8x nginx'"'"'s throughput the gateway and Redis could use %.1f us per request\n",
     c * 1e6 / (0.8 * n) - (c * 1e6 / p - g - r - i)
 }'
-awk -v p="${RPS[portcullis]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" \
-    -v hp="${H99[portcullis]}" -v hd="${H99[direct]}" -v hn="${H99[nginx]}" 'BEGIN {
-  printf "\nthroughput portcullis/nginx: %.2f   portcullis/direct: %.2f   nginx/direct: %.2f\n", p / n, p / d, n / d
-  printf "p99 added at half peak: portcullis %.3f ms   nginx %.3f ms\n", hp - hd, hn - hd
-}'
+read -r ratio rlo rhi < <(over_rounds RATIO portcullis)
+read -r padd palo pahi < <(over_rounds ADDED portcullis)
+read -r nadd nalo nahi < <(over_rounds ADDED nginx)
+printf '\nthroughput portcullis/nginx: %.2f (%.2f-%.2f, each round against its own nginx run)\n' \
+  "$ratio" "$rlo" "$rhi"
+printf 'p99 added at %s/s: portcullis %.3f ms (%.2f-%.2f)   nginx %.3f ms (%.2f-%.2f)\n' \
+  "$HALF" "$padd" "$palo" "$pahi" "$nadd" "$nalo" "$nahi"
 printf 'gateway RSS: %d MB idle after load, %d MB with %s open sessions\n' \
   $((RSS_BEFORE / 1024)) $((RSS_SESSIONS / 1024)) "$SESSIONS"

@@ -84,10 +84,11 @@ P2=$(cat /proc/sys/kernel/random/uuid) G=$(cat /proc/sys/kernel/random/uuid)
 G2=$(cat /proc/sys/kernel/random/uuid)
 TOKEN2="pcg_$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 43)"
 HASH2=$(printf '%s' "$TOKEN2" | sha256sum | cut -d' ' -f1)
-POLICY='{"version":"1","default":"deny","audit":{"arguments":"keys"},"tools":{"echo":{
+# BENCH_POLICY=json measures another policy (e.g. one without limits) for both grants.
+POLICY=${BENCH_POLICY:-'{"version":"1","default":"deny","audit":{"arguments":"keys"},"tools":{"echo":{
   "require":[{"path":"args.text","op":"regex","value":"^[a-z]+$"}],
   "limits":[{"counter":"calls","window":"minute","max":1000000000,"scope":"grant"},
-            {"counter":"all","window":"hour","max":1000000000,"scope":"tenant"}]}}}'
+            {"counter":"all","window":"hour","max":1000000000,"scope":"tenant"}]}}}'}
 psql -q -v ON_ERROR_STOP=1 "$DB_URL" >/dev/null <<SQL
 INSERT INTO tenants (id, name) VALUES ('$T', 'bench');
 INSERT INTO servers (id, tenant_id, name, url) VALUES ('$S', '$T', 'fast', 'http://127.0.0.1:$UP_PORT/mcp');
