@@ -242,6 +242,64 @@ async fn logins_are_throttled_per_account_with_a_clear_429() {
 }
 
 #[tokio::test]
+async fn urls_on_refused_addresses_are_rejected_at_registration_and_at_use() {
+    let stack = Stack::start().await;
+    let api = stack.signup("mallory@example.com", "Mallorys").await;
+    // The tests allow loopback only: the metadata service, private networks and addresses
+    // that embed them are refused, with the field's pointer.
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.5:8080/mcp",
+        "http://[::ffff:192.168.1.1]/mcp",
+        "http://0.0.0.0:6379/",
+    ] {
+        let body = api
+            .expect(
+                "POST",
+                "/api/v1/servers",
+                Some(json!({ "name": "internal", "url": url })),
+                422,
+            )
+            .await;
+        let text = body.to_string();
+        assert!(
+            text.contains("/url") && text.contains("PORTCULLIS_UPSTREAM_ALLOW"),
+            "{url}: {body}"
+        );
+    }
+    let body = api
+        .expect(
+            "PUT",
+            "/api/v1/settings",
+            Some(json!({ "webhook_url": "http://169.254.169.254/hook" })),
+            422,
+        )
+        .await;
+    assert!(body.to_string().contains("/webhook_url"), "{body}");
+
+    // A server registered while its address was allowed is refused at use once it is not.
+    let upstream = Upstream::start("k").await;
+    let server = api
+        .expect(
+            "POST",
+            "/api/v1/servers",
+            Some(json!({ "name": "moved", "url": upstream.url })),
+            201,
+        )
+        .await;
+    let sid = id(&server);
+    sqlx::query("UPDATE servers SET url = 'http://169.254.169.254/mcp' WHERE id = $1::uuid")
+        .bind(&sid)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    let body = api
+        .expect("POST", &format!("/api/v1/servers/{sid}/test"), None, 502)
+        .await;
+    assert!(body.to_string().contains("169.254.169.254"), "{body}");
+}
+
+#[tokio::test]
 async fn servers_seal_credentials_and_discovery_tracks_changes() {
     let stack = Stack::start().await;
     let api = stack.signup("carol@example.com", "Carols").await;

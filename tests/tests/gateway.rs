@@ -17,6 +17,7 @@ use gateway::support::{
 use gateway::toolbox::RmcpServer;
 use portcullis::Running;
 use portcullis_core::Invalidation;
+use portcullis_core::egress::Egress;
 use portcullis_tests::peers::PeerProcess;
 use rmcp::model::{CallToolRequestParams, ProtocolVersion};
 use rmcp::service::RunningService;
@@ -1251,6 +1252,48 @@ async fn three_gateways_sharing_redis_forward_exactly_the_limit() {
     for g in gateways {
         g.stop().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn upstreams_on_refused_addresses_are_never_contacted() {
+    let stack = Stack::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // A loopback address, and a name that resolves to one.
+    let by_address = stack
+        .fixture(
+            &format!("http://127.0.0.1:{port}/mcp"),
+            "streamable_http",
+            policy(),
+        )
+        .await;
+    let by_name = stack
+        .fixture(
+            &format!("http://localhost:{port}/mcp"),
+            "streamable_http",
+            policy(),
+        )
+        .await;
+    let mut config = stack.config(&portcullis_tests::redis_url(), &[]);
+    config.upstream_allow = Egress::default(); // public addresses only
+    let gw = portcullis::start(&config, portcullis::Role::Gateway)
+        .await
+        .unwrap();
+    for f in [&by_address, &by_name] {
+        let (status, _, body) = post(&f.url(&gw), &[], &support::initialize(1)).await;
+        assert_eq!(status, 502, "{body}");
+        let error = support::message(&body);
+        assert_eq!(error["id"], 1, "{body}");
+        let text = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains("upstream address not allowed"), "{body}");
+        assert!(text.contains("PORTCULLIS_UPSTREAM_ALLOW"), "{body}");
+    }
+    let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+    assert!(
+        accepted.is_err(),
+        "the gateway connected to a refused address"
+    );
+    gw.stop().await.unwrap();
 }
 
 #[tokio::test]

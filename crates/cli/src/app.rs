@@ -152,6 +152,7 @@ pub async fn start_with(
             redis_client: conns.redis_client.clone(),
             keys: conns.keys.clone(),
             credentials: conns.credentials.clone(),
+            egress: config.upstream_allow.clone(),
         };
         let router =
             portcullis_control_plane::build(shared, config.control_plane.clone(), shutdown.clone())
@@ -173,6 +174,7 @@ pub async fn start_with(
             redis_client: conns.redis_client.clone(),
             keys: conns.keys.clone(),
             credentials: conns.credentials.clone(),
+            egress: config.upstream_allow.clone(),
         };
         let service =
             portcullis_gateway::build(shared, config.gateway.clone(), shutdown.clone()).await?;

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use portcullis_core::Keyring;
+use portcullis_core::egress::Egress;
 use portcullis_core::settings::parse_duration;
 use sqlx::postgres::PgConnectOptions;
 
@@ -75,6 +76,12 @@ pub struct Config {
     /// per CPU core). A gateway thread runs each request it accepts from start to finish.
     #[arg(long, env = "PORTCULLIS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+
+    /// Private networks upstream MCP servers and webhooks may be on, e.g.
+    /// `10.1.0.0/16,fd00::/8`: Portcullis connects on tenants' behalf to public addresses only,
+    /// and to these (never to loopback, private or link-local addresses otherwise).
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_ALLOW", default_value = "")]
+    pub upstream_allow: Egress,
 
     /// Gateway settings.
     #[command(flatten)]

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 
 use axum::extract::{FromRequest, Request};
+use portcullis_core::egress::Egress;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
@@ -91,6 +92,16 @@ pub fn http_url(pointer: &str, value: &str) -> Result<url::Url> {
     Ok(url)
 }
 
+/// An absolute http(s) URL Portcullis may connect to on a tenant's behalf: its host is a name
+/// (checked when resolved) or an address `egress` permits.
+pub fn outbound_url(pointer: &str, value: &str, egress: &Egress) -> Result<url::Url> {
+    let url = http_url(pointer, value)?;
+    egress
+        .check_host(url.host_str().unwrap_or_default())
+        .map_err(|e| Error::field(pointer, e.to_string()))?;
+    Ok(url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +114,11 @@ mod tests {
         assert!(http_url("/u", "http://127.0.0.1:9/mcp").is_ok());
         assert!(http_url("/u", "ftp://x/y").is_err());
         assert!(id::<uuid::Uuid>("nope").is_err());
+        let public_only = Egress::default();
+        assert!(outbound_url("/u", "https://mcp.example.com/mcp", &public_only).is_ok());
+        assert!(outbound_url("/u", "http://169.254.169.254/latest", &public_only).is_err());
+        assert!(outbound_url("/u", "http://[::1]:9/mcp", &public_only).is_err());
+        let local: Egress = "127.0.0.0/8".parse().unwrap();
+        assert!(outbound_url("/u", "http://127.0.0.1:9/mcp", &local).is_ok());
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use portcullis_core::Keyring;
+use portcullis_core::egress::Egress;
 use portcullis_core::redis_keys::RedisKeys;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -149,6 +150,22 @@ pub struct Shared {
     pub keys: RedisKeys,
     /// Seals and opens upstream credentials at rest.
     pub credentials: Keyring,
+    /// Where connections to upstreams and webhooks may go.
+    pub egress: Egress,
+}
+
+/// Resolves upstream and webhook host names to the addresses [`Egress`] permits, and nothing
+/// else. (Hosts that are addresses are checked where the URL is used.)
+struct GuardedResolver(Egress);
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let egress = self.0.clone();
+        Box::pin(async move {
+            let addrs = egress.resolve(name.as_str(), 0).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// Everything a handler can reach, cheap to clone.
@@ -224,6 +241,7 @@ pub async fn build(
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(GuardedResolver(shared.egress.clone())))
         .build()?;
     let state = AppState(Arc::new(Inner {
         secure_cookies: public.scheme() == "https",

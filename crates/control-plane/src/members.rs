@@ -425,7 +425,7 @@ pub async fn update_settings(
     let webhook_url = match change.webhook_url.as_deref().map(str::trim) {
         None => None,
         Some("") => Some(None),
-        Some(url) => match input::http_url("/webhook_url", url) {
+        Some(url) => match input::outbound_url("/webhook_url", url, &state.shared.egress) {
             Ok(u) => Some(Some(u.to_string())),
             Err(Error::Validation(mut e)) => {
                 errors.append(&mut e);

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use portcullis_core::crypto::server_headers_context;
+use portcullis_core::egress::Egress;
 use portcullis_core::{GrantId, Invalidation, ServerId, TenantId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -105,6 +106,13 @@ impl Server {
 
     /// The upstream the discovery client talks to.
     pub fn upstream(&self, state: &AppState, tenant: TenantId) -> Result<Upstream> {
+        // Registered before PORTCULLIS_UPSTREAM_ALLOW changed, an address may no longer be
+        // permitted; host names are checked as they resolve.
+        state
+            .shared
+            .egress
+            .check_url(&self.url)
+            .map_err(|e| Error::Upstream(e.to_string()))?;
         Ok(Upstream {
             url: self.url.clone(),
             transport: Transport::parse(&self.transport).unwrap_or(Transport::StreamableHttp),
@@ -194,7 +202,7 @@ struct Checked {
     transport: Option<Transport>,
 }
 
-fn check(input: &ServerInput, creating: bool) -> Result<Checked> {
+fn check(input: &ServerInput, creating: bool, egress: &Egress) -> Result<Checked> {
     let mut errors = Vec::new();
     let mut absorb = |r: Result<String>| match r {
         Ok(v) => Some(v),
@@ -210,7 +218,7 @@ fn check(input: &ServerInput, creating: bool) -> Result<Checked> {
         None => None,
     };
     let url = match &input.url {
-        Some(u) => absorb(input::http_url("/url", u).map(|u| u.to_string())),
+        Some(u) => absorb(input::outbound_url("/url", u, egress).map(|u| u.to_string())),
         None if creating => absorb(Err(Error::field("/url", "is required"))),
         None => None,
     };
@@ -244,7 +252,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 /// Registers a server, sealing its headers.
 pub async fn create(state: &AppState, who: &Tenant, input: &ServerInput) -> Result<Server> {
-    let checked = check(input, true)?;
+    let checked = check(input, true, &state.shared.egress)?;
     let id = ServerId::new();
     let headers = input.headers.clone().unwrap_or_default();
     let (sealed, key_id) = seal_headers(state, who.id, id, &headers);
@@ -313,7 +321,7 @@ pub async fn update(
     input: &ServerInput,
 ) -> Result<Server> {
     let before = find(state.db(), who.id, id).await?;
-    let checked = check(input, false)?;
+    let checked = check(input, false, &state.shared.egress)?;
     let (sealed, key_id, names) = match &input.headers {
         Some(headers) => {
             let (sealed, key_id) = seal_headers(state, who.id, id, headers);

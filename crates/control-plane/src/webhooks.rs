@@ -116,7 +116,15 @@ pub(crate) async fn deliver_due(state: &AppState) -> anyhow::Result<usize> {
                 }
             }
         }
-        let outcome = request.body(body).send().await;
+        // Checked at every delivery: the allowed networks may have changed since the URL was set.
+        let outcome = match state.shared.egress.check_url(&url) {
+            Ok(()) => request
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| crate::discovery::error_chain(&e)),
+            Err(e) => Err(e.to_string()),
+        };
         let (ok, status, error) = match outcome {
             Ok(r) if r.status().is_success() => (true, Some(i32::from(r.status().as_u16())), None),
             Ok(r) => (
@@ -124,7 +132,7 @@ pub(crate) async fn deliver_due(state: &AppState) -> anyhow::Result<usize> {
                 Some(i32::from(r.status().as_u16())),
                 Some(format!("HTTP {}", r.status())),
             ),
-            Err(e) => (false, None, Some(e.to_string())),
+            Err(e) => (false, None, Some(e)),
         };
         let attempts = d.attempts + 1;
         if ok {

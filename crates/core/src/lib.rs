@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod canonical;
 pub mod crypto;
+pub mod egress;
 pub mod ids;
 pub mod invalidation;
 pub mod redact;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::post;
 use portcullis_core::Keyring;
+use portcullis_core::egress::Egress;
 use portcullis_core::redis_keys::RedisKeys;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -98,6 +99,8 @@ pub struct Shared {
     pub keys: RedisKeys,
     /// Seals and opens upstream credentials at rest.
     pub credentials: Keyring,
+    /// Where upstream connections may go.
+    pub egress: Egress,
 }
 
 /// The gateway's state, shared by every request of one worker.
@@ -159,8 +162,11 @@ pub async fn build(
              (generate a key with `portcullis keygen`; every replica needs the same)"
         ),
     };
-    let upstream =
-        upstream::Upstream::new(settings.upstream_connect_timeout, settings.upstream_timeout)?;
+    let upstream = upstream::Upstream::new(
+        settings.upstream_connect_timeout,
+        settings.upstream_timeout,
+        shared.egress.clone(),
+    )?;
     let grants = Arc::new(grants::Grants::new(
         shared.db.clone(),
         shared.credentials.clone(),

@@ -5,6 +5,11 @@
 //! cookies and hop-by-hop headers can never reach the upstream because nothing but the MCP
 //! headers is copied; the server's stored static headers (its credentials) are injected last.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
@@ -13,8 +18,11 @@ use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use portcullis_core::egress::{Egress, Refused};
 use portcullis_mcp::headers::names as mcp;
+use tokio::net::TcpStream;
 
 use crate::grants::Server;
 
@@ -36,6 +44,9 @@ pub enum UpstreamError {
     /// The answer did not follow the transport (e.g. an SSE upstream without `endpoint`).
     #[error("{0}")]
     Protocol(String),
+    /// The upstream's address is one the gateway may not connect to ([`Egress`]).
+    #[error("upstream address not allowed: {0}")]
+    NotAllowed(String),
 }
 
 impl UpstreamError {
@@ -84,7 +95,7 @@ const FORWARDED_RESPONSE: [HeaderName; 4] = [
 const USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("portcullis-gateway/", env!("CARGO_PKG_VERSION")));
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = hyper_rustls::HttpsConnector<Guarded>;
 
 /// The pooled client: HTTP/1.1 keep-alive connections, `https` through rustls with the
 /// platform's trust store. It follows no redirect and uses no proxy from the environment
@@ -104,9 +115,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A client with the given connect and response timeouts.
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> anyhow::Result<Self> {
-        let mut http = HttpConnector::new();
+    /// A client with the given connect and response timeouts, connecting only where `egress`
+    /// allows.
+    pub fn new(
+        connect_timeout: Duration,
+        timeout: Duration,
+        egress: Egress,
+    ) -> anyhow::Result<Self> {
+        let egress = Arc::new(egress);
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver(egress.clone()));
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
         http.enforce_http(false);
@@ -114,7 +131,7 @@ impl Upstream {
             .with_provider_and_platform_verifier(rustls::crypto::aws_lc_rs::default_provider())?
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(Guarded { http, egress });
         Ok(Self {
             client: pool(connector.clone()),
             connector,
@@ -160,7 +177,10 @@ impl Upstream {
             Ok(Err(e)) => {
                 metrics::counter!("portcullis_gateway_upstream_errors_total", "kind" => "request")
                     .increment(1);
-                Err(UpstreamError::Request(e.into()))
+                Err(match Refused::find(&e) {
+                    Some(refused) => UpstreamError::NotAllowed(refused.to_string()),
+                    None => UpstreamError::Request(e.into()),
+                })
             }
             Err(_) => {
                 metrics::counter!("portcullis_gateway_upstream_errors_total", "kind" => "timeout")
@@ -180,6 +200,57 @@ impl Upstream {
             Ok(Err(e)) => Err(UpstreamError::Request(e)),
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
         }
+    }
+}
+
+/// Resolves upstream host names to the addresses [`Egress`] permits, and nothing else: the
+/// connector then connects only to those.
+#[derive(Clone)]
+struct GuardedResolver(Arc<Egress>);
+
+type Resolving<T> = Pin<Box<dyn Future<Output = std::io::Result<T>> + Send>>;
+
+impl tower::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Resolving<Self::Response>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let egress = self.0.clone();
+        // The connector puts the URL's port on the addresses.
+        Box::pin(async move { Ok(egress.resolve(name.as_str(), 0).await?.into_iter()) })
+    }
+}
+
+/// The TCP connector, refusing URLs whose host is an address [`Egress`] does not permit (the
+/// resolver never sees those).
+#[derive(Clone)]
+pub struct Guarded {
+    http: HttpConnector<GuardedResolver>,
+    egress: Arc<Egress>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Guarded {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        if let Err(e) = self.egress.check_host(uri.host().unwrap_or_default()) {
+            return Box::pin(std::future::ready(Err(e.into())));
+        }
+        let connecting = self.http.call(uri);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
     }
 }
 

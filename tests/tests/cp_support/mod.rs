@@ -114,6 +114,9 @@ pub async fn start_app_with_keys(
         "200ms",
         "--audit-claim-idle",
         "2s",
+        // The tests' upstreams and webhook receivers listen on loopback.
+        "--upstream-allow",
+        "127.0.0.0/8,::1",
     ];
     args.extend_from_slice(extra);
     let config = Config::from_flags(args).unwrap();

@@ -70,6 +70,9 @@ impl Stack {
             "1s",
             "--log",
             "warn",
+            // The tests' upstreams and webhook receivers listen on loopback.
+            "--upstream-allow",
+            "127.0.0.0/8,::1",
         ]
         .iter()
         .map(|s| s.to_string())
