@@ -156,7 +156,7 @@ pub struct Shared {
 
 /// Resolves upstream and webhook host names to the addresses [`Egress`] permits, and nothing
 /// else. (Hosts that are addresses are checked where the URL is used.)
-struct GuardedResolver(Egress);
+struct GuardedResolver(Arc<Egress>);
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
@@ -241,7 +241,7 @@ pub async fn build(
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(GuardedResolver(shared.egress.clone())))
+        .dns_resolver(Arc::new(GuardedResolver(Arc::new(shared.egress.clone()))))
         .build()?;
     let state = AppState(Arc::new(Inner {
         secure_cookies: public.scheme() == "https",

@@ -229,7 +229,7 @@ impl tower::Service<Name> for GuardedResolver {
 /// The TCP connector, refusing URLs whose host is an address [`Egress`] does not permit (the
 /// resolver never sees those).
 #[derive(Clone)]
-pub struct Guarded {
+struct Guarded {
     http: HttpConnector<GuardedResolver>,
     egress: Arc<Egress>,
 }
