@@ -53,6 +53,31 @@ impl TestDatabase {
         self.options.to_url_lossy().to_string()
     }
 
+    /// The address of the server the test database is on (for a [`crate::ChaosProxy`] in
+    /// front of it).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        use std::net::ToSocketAddrs as _;
+        let host = match self.options.get_host() {
+            "localhost" => "127.0.0.1",
+            host => host,
+        };
+        (host, self.options.get_port())
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.find(std::net::SocketAddr::is_ipv4))
+            .unwrap_or_else(|| panic!("DATABASE_URL: no IPv4 address for {host}"))
+    }
+
+    /// The URL of the test database reached through `addr` instead (a [`crate::ChaosProxy`]).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        self.options
+            .clone()
+            .host(&addr.ip().to_string())
+            .port(addr.port())
+            .to_url_lossy()
+            .to_string()
+    }
+
     /// The database's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -179,21 +179,8 @@ async fn ingestion_survives_a_postgres_outage_without_loss_or_duplicates() {
     let keys = portcullis_core::redis_keys::RedisKeys::new(redis.prefix());
     let client = redis::Client::open(portcullis_tests::redis_url()).unwrap();
     // The ingester reaches Postgres through a proxy the test can cut.
-    let target = {
-        let url = url_of(&db);
-        let host = url.host_str().unwrap().to_owned();
-        let port = url.port().unwrap_or(5432);
-        tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .unwrap()
-            .next()
-            .unwrap()
-    };
-    let proxy = portcullis_tests::ChaosProxy::start(target).await;
-    let options = sqlx::postgres::PgConnectOptions::from_str(&db.url())
-        .unwrap()
-        .host("127.0.0.1")
-        .port(proxy.addr().port());
+    let proxy = portcullis_tests::ChaosProxy::start(db.addr()).await;
+    let options = sqlx::postgres::PgConnectOptions::from_str(&db.url_via(proxy.addr())).unwrap();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(1))
@@ -251,8 +238,4 @@ async fn ingestion_survives_a_postgres_outage_without_loss_or_duplicates() {
         .await
         .unwrap();
     assert_eq!((count(&db).await, distinct), (20_000, 20_000));
-}
-
-fn url_of(db: &TestDatabase) -> reqwest::Url {
-    reqwest::Url::parse(&db.url()).unwrap()
 }

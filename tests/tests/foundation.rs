@@ -176,12 +176,8 @@ async fn readiness_names_redis_when_it_is_down_and_recovers() {
 async fn readiness_names_postgres_when_it_is_down() {
     let db = TestDatabase::new().await;
     let redis = TestRedis::new().await;
-    let mut url = url_parts(&db.url());
-    let target: SocketAddr = format!("{}:{}", url.0, url.1).parse().unwrap();
-    let proxy = ChaosProxy::start(target).await;
-    url.0 = "127.0.0.1".into();
-    url.1 = proxy.addr().port();
-    let db_url = format!("postgres://postgres@{}:{}/{}", url.0, url.1, db.name());
+    let proxy = ChaosProxy::start(db.addr()).await;
+    let db_url = db.url_via(proxy.addr());
     let app = start(&db_url, &portcullis_tests::redis_url(), redis.prefix()).await;
     let addr = app.gateway.unwrap();
     assert_eq!(get(addr, "/readyz").await.0, 200);
@@ -220,17 +216,4 @@ async fn eventually_ready(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{addr} did not become ready again");
-}
-
-/// Host and port of a Postgres URL.
-fn url_parts(url: &str) -> (String, u16) {
-    let after = url.split("://").nth(1).unwrap();
-    let hostport = after.rsplit('@').next().unwrap().split('/').next().unwrap();
-    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
-    let host = if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    };
-    (host.to_owned(), port.parse().unwrap())
 }

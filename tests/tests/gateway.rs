@@ -275,6 +275,25 @@ async fn refusals_have_the_right_status_and_json_rpc_error() {
         "{body}"
     );
 
+    // A `tools/call` the gateway cannot read is refused with a JSON-RPC error, and audited.
+    let (status, _, body) = post(
+        &url,
+        &[],
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"arguments":{}}}"#,
+    )
+    .await;
+    assert_eq!(message(&body)["error"]["code"], -32602, "{status} {body}");
+    assert_eq!(message(&body)["id"], 6);
+    let entries = stack
+        .audit_until(|e| e["method"] == "tools/call" && e["decision"] == "error")
+        .await;
+    let unread = entries.iter().find(|e| e["decision"] == "error").unwrap();
+    assert!(unread["tool"].is_null(), "{unread}");
+    assert!(
+        unread["message"].as_str().unwrap().contains("name"),
+        "{unread}"
+    );
+
     // A session id opens only under the grant it was issued to.
     let session = open_session(&url).await;
     let (_, other_token) = stack.grant(f.tenant, f.server, f.policy, "agent-2").await;
@@ -630,6 +649,92 @@ async fn when_redis_is_down_on_limiter_error_decides_fast() {
         post_stateless(&f_closed.url(&gw), &[], 2, "add", json!({"a": 1, "b": 2})).await;
     assert_eq!(text(&message(&body)), "3");
     proxy.restore();
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn when_postgres_is_down_cached_grants_serve_until_they_expire_and_failures_are_audited() {
+    let ttl = Duration::from_secs(2);
+    let (stack, upstream, warm) = rmcp_stack(true, policy()).await;
+    let cold = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let proxy = portcullis_tests::ChaosProxy::start(stack.db.addr()).await;
+    let config = stack.config_on(
+        &stack.db.url_via(proxy.addr()),
+        &portcullis_tests::redis_url(),
+        &["--grant-cache-ttl", "2s"],
+    );
+    let gw = portcullis::start(&config, portcullis::Role::Gateway)
+        .await
+        .unwrap();
+    stack.subscribed(1).await;
+    let echo = |url: String| async move {
+        post_stateless(&url, &[], 1, "echo", json!({"text": "pg"})).await
+    };
+    let (status, _, body) = echo(warm.url(&gw)).await;
+    assert_eq!(text(&message(&body)), "echo: pg", "{status} {body}");
+    let warmed = Instant::now();
+    proxy.cut();
+
+    // A cached grant keeps serving calls that need nothing more from Postgres.
+    let (status, _, body) = echo(warm.url(&gw)).await;
+    assert_eq!(text(&message(&body)), "echo: pg", "{status} {body}");
+
+    // Everything that needs Postgres answers 503 with a JSON-RPC error, within the pool's
+    // acquire timeout: a call that needs an approval, a grant not in the cache.
+    let unavailable = |status: u16, body: &str| {
+        assert_eq!(status, 503, "{body}");
+        let error = &message(body)["error"];
+        assert_eq!(error["code"], -32603, "{body}");
+        assert_eq!(error["message"], "the gateway cannot reach its database");
+    };
+    let started = Instant::now();
+    let (status, _, body) = post_stateless(
+        &warm.url(&gw),
+        &[],
+        2,
+        "send_money",
+        json!({"amount": 500, "to": "eve"}),
+    )
+    .await;
+    unavailable(status, &body);
+    let (status, _, body) = echo(cold.url(&gw)).await;
+    unavailable(status, &body);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Past twice the TTL, a grant Postgres cannot confirm is no longer trusted.
+    tokio::time::sleep((ttl * 2 + Duration::from_millis(300)).saturating_sub(warmed.elapsed()))
+        .await;
+    let (status, _, body) = echo(warm.url(&gw)).await;
+    unavailable(status, &body);
+
+    proxy.restore();
+    for f in [&warm, &cold] {
+        let mut said = String::new();
+        for _ in 0..50 {
+            let (_, _, body) = echo(f.url(&gw)).await;
+            said = text(&message(&body));
+            if said == "echo: pg" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(said, "echo: pg", "not served again once Postgres is back");
+    }
+
+    // The call that failed on the database is in the audit log as an error.
+    let entries = stack
+        .audit_until(|e| e["tool"] == "send_money" && e["decision"] == "error")
+        .await;
+    let failed = entries.iter().find(|e| e["tool"] == "send_money").unwrap();
+    assert_eq!(failed["message"], "the gateway cannot reach its database");
+    assert_eq!(failed["rule"], "/tools/send_money/approval", "{failed}");
+    assert!(failed["outcome"]["upstream_status"].is_null(), "{failed}");
     gw.stop().await.unwrap();
 }
 

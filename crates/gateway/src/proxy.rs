@@ -44,6 +44,23 @@ enum Credential<'a> {
     Bearer { server: &'a str },
 }
 
+/// What [`Gateway::prepare`] made of a request.
+enum Prepared {
+    /// The gateway answers it (a refusal, an approval pending).
+    Answer(Bytes),
+    /// It goes upstream.
+    Forward {
+        /// What to do with the answer.
+        watch: Watch,
+        /// Charges to refund if the call fails.
+        reservation: Option<crate::limiter::Reservation>,
+        /// The decision entry, when it was written with the charge.
+        decided: Option<String>,
+        /// The body to send instead of the client's (a continuation's retry).
+        restored: Option<Bytes>,
+    },
+}
+
 fn finish(result: Result<Response, Rejection>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -282,89 +299,27 @@ impl Gateway {
             arguments: None,
             outcome: None,
         };
-        let mut reservation = None;
-        let mut decided = None;
-        let watch = match kind {
-            MethodKind::ToolsCall => {
-                let (verdict, round, sealer) = {
-                    let call = match message.tool_call() {
-                        Some(Ok(call)) => call,
-                        Some(Err(e)) => return Err(GatewayError::from(e).at(id.as_ref())),
-                        None => {
-                            return Err(GatewayError::from(portcullis_mcp::Error::InvalidParams(
-                                "tools/call needs params".into(),
-                            ))
-                            .at(id.as_ref()));
-                        }
-                    };
-                    let Some(request_id) = id.as_ref() else {
-                        return Err(GatewayError::from(portcullis_mcp::Error::InvalidParams(
-                            "tools/call needs an id".into(),
-                        ))
-                        .into());
-                    };
-                    let keys = self.sessions.keyring();
-                    let round = Round::of(keys, grant.id, &call);
-                    let verdict = crate::enforce::tools_call(
-                        self,
-                        &grant,
-                        request_id,
-                        &call,
-                        &round,
-                        inbound.era,
-                        &mut event,
-                    )
-                    .await
-                    .map_err(|e| e.at(id.as_ref()))?;
-                    let digest = event
-                        .arg_digest
-                        .clone()
-                        .unwrap_or_else(|| portcullis_core::canonical::digest(&call.arguments));
-                    // An `input_required` answer carries the charges on to the retry that
-                    // ends the call, which refunds them if it fails.
-                    let held = match &verdict {
-                        Verdict::Forward { reservation, .. } => reservation.clone(),
-                        Verdict::Answer(_) => None,
-                    };
-                    let sealer =
-                        Sealer::new(keys.clone(), grant.id, &call.name, digest, &round, held);
-                    (verdict, round, sealer)
-                };
-                match verdict {
-                    Verdict::Answer(answer) => {
-                        self.answered_locally(event, inbound.arrived, kind);
-                        return Ok(json_response(StatusCode::OK, HeaderMap::new(), answer));
-                    }
-                    Verdict::Forward {
-                        reservation: held,
-                        decided: written,
-                    } => {
-                        reservation = held;
-                        decided = written;
-                        if let Round::Continuation(resumed) = &round {
-                            // The upstream gets its own requestState back.
-                            body = resumed
-                                .restore(&message)
-                                .map_err(|e| GatewayError::from(e).at(id.as_ref()))?;
-                        }
-                        Watch::ToolsCall(sealer)
-                    }
+        let prepared = self.prepare(&inbound, &message, kind, &mut event).await;
+        let (watch, reservation, decided) = match prepared {
+            Err(error) => {
+                self.failed(event, &error, inbound.arrived, kind);
+                return Err(error.at(id.as_ref()));
+            }
+            Ok(Prepared::Answer(answer)) => {
+                self.answered_locally(event, inbound.arrived, kind);
+                return Ok(json_response(StatusCode::OK, HeaderMap::new(), answer));
+            }
+            Ok(Prepared::Forward {
+                watch,
+                reservation,
+                decided,
+                restored,
+            }) => {
+                if let Some(restored) = restored {
+                    body = restored;
                 }
+                (watch, reservation, decided)
             }
-            MethodKind::ToolsList => {
-                let tools = self
-                    .catalogue
-                    .tools(grant.tenant, grant.server.id)
-                    .await
-                    .map_err(|e| GatewayError::from(e).at(id.as_ref()))?;
-                Watch::ToolsList(ToolFilter {
-                    policy: grant.policy.compiled.clone(),
-                    tools,
-                    block_changed: grant.server.block_changed_tools,
-                    era: inbound.era,
-                })
-            }
-            _ => Watch::Nothing,
         };
         let decided = match decided {
             Some(json) => json,
@@ -379,6 +334,117 @@ impl Gateway {
                     .await
             }
         }
+    }
+
+    /// Decides a request before it is forwarded: for `tools/call` the policy (which may answer
+    /// it here), for `tools/list` the catalogue its answer is filtered by. Nothing has been
+    /// charged or written when this fails.
+    async fn prepare(
+        &self,
+        inbound: &Inbound,
+        message: &Message,
+        kind: MethodKind,
+        event: &mut AuditEvent,
+    ) -> Result<Prepared, GatewayError> {
+        let grant = &inbound.grant;
+        match kind {
+            MethodKind::ToolsCall => {
+                let call = match message.tool_call() {
+                    Some(call) => call?,
+                    None => {
+                        return Err(portcullis_mcp::Error::InvalidParams(
+                            "tools/call needs params".into(),
+                        )
+                        .into());
+                    }
+                };
+                let Some(request_id) = message.id() else {
+                    return Err(portcullis_mcp::Error::InvalidParams(
+                        "tools/call needs an id".into(),
+                    )
+                    .into());
+                };
+                let keys = self.sessions.keyring();
+                let round = Round::of(keys, grant.id, &call);
+                // A continuation's retry reaches the upstream with its own `requestState` back.
+                let restored = match &round {
+                    Round::Continuation(resumed) => Some(resumed.restore(message)?),
+                    _ => None,
+                };
+                let verdict = crate::enforce::tools_call(
+                    self,
+                    grant,
+                    request_id,
+                    &call,
+                    &round,
+                    inbound.era,
+                    event,
+                )
+                .await?;
+                match verdict {
+                    Verdict::Answer(answer) => Ok(Prepared::Answer(answer)),
+                    Verdict::Forward {
+                        reservation,
+                        decided,
+                    } => {
+                        let digest = event
+                            .arg_digest
+                            .clone()
+                            .unwrap_or_else(|| portcullis_core::canonical::digest(&call.arguments));
+                        // An `input_required` answer carries the charges on to the retry that
+                        // ends the call, which refunds them if it fails.
+                        let sealer = Sealer::new(
+                            keys.clone(),
+                            grant.id,
+                            &call.name,
+                            digest,
+                            &round,
+                            reservation.clone(),
+                        );
+                        Ok(Prepared::Forward {
+                            watch: Watch::ToolsCall(sealer),
+                            reservation,
+                            decided,
+                            restored,
+                        })
+                    }
+                }
+            }
+            MethodKind::ToolsList => {
+                let tools = self.catalogue.tools(grant.tenant, grant.server.id).await?;
+                Ok(Prepared::Forward {
+                    watch: Watch::ToolsList(ToolFilter {
+                        policy: grant.policy.compiled.clone(),
+                        tools,
+                        block_changed: grant.server.block_changed_tools,
+                        era: inbound.era,
+                    }),
+                    reservation: None,
+                    decided: None,
+                    restored: None,
+                })
+            }
+            _ => Ok(Prepared::Forward {
+                watch: Watch::Nothing,
+                reservation: None,
+                decided: None,
+                restored: None,
+            }),
+        }
+    }
+
+    /// Records a request the gateway could not decide or forward (a malformed call, its
+    /// database out of reach): an `error` event, so the audit log has every request.
+    fn failed(
+        &self,
+        mut event: AuditEvent,
+        error: &GatewayError,
+        arrived: Instant,
+        kind: MethodKind,
+    ) {
+        event.decision = AuditDecision::Error;
+        event.message = Some(error.to_string());
+        self.answered_locally(event, arrived, kind);
     }
 
     /// Records a call the gateway answered itself.

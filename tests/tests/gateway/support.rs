@@ -51,9 +51,14 @@ impl Stack {
     }
 
     pub fn config(&self, redis_url: &str, extra: &[&str]) -> Config {
+        self.config_on(&self.db.url(), redis_url, extra)
+    }
+
+    /// [`Stack::config`] with the database reached at `database_url` (through a proxy, say).
+    pub fn config_on(&self, database_url: &str, redis_url: &str, extra: &[&str]) -> Config {
         let mut args: Vec<String> = [
             "--database-url",
-            &self.db.url(),
+            database_url,
             "--redis-url",
             redis_url,
             "--redis-prefix",
@@ -202,6 +207,26 @@ impl Stack {
         let mut conn = self.redis.conn();
         let channel = format!("{}:invalidate", self.redis.prefix());
         let _: i64 = conn.publish(channel, message.to_json()).await.unwrap();
+    }
+
+    /// Waits until `gateways` gateways listen for announcements: each clears its caches once
+    /// subscribed, so a test that needs a cached grant to stay cached warms it after this.
+    pub async fn subscribed(&self, gateways: usize) {
+        let mut conn = self.redis.conn();
+        let channel = format!("{}:invalidate", self.redis.prefix());
+        for _ in 0..100 {
+            let counts: Vec<(String, usize)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if counts.first().is_some_and(|(_, n)| *n >= gateways) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{gateways} gateway(s) never subscribed to {channel}");
     }
 
     /// The audit entries written so far (both halves of each event).
