@@ -1101,6 +1101,72 @@ async fn approvals_are_decided_expire_and_send_signed_webhooks() {
     );
 }
 
+#[tokio::test]
+async fn webhooks_to_an_address_refused_since_they_were_set_are_never_sent() {
+    let stack = Stack::start().await;
+    let api = stack.signup("kim@example.com", "Kims").await;
+    let hook = WebhookReceiver::start().await;
+    api.expect(
+        "PUT",
+        "/api/v1/settings",
+        Some(json!({ "webhook_url": hook.url })),
+        200,
+    )
+    .await;
+    // The allowed networks changed, say: the stored URL now points at a refused address.
+    sqlx::query(
+        "UPDATE tenants SET webhook_url = 'http://169.254.169.254/hook' WHERE id = $1::uuid",
+    )
+    .bind(&api.tenant_id)
+    .execute(stack.db.pool())
+    .await
+    .unwrap();
+    let (sid, pid) = server_with_policy(&api, "pay").await;
+    let grant = api
+        .expect(
+            "POST",
+            "/api/v1/grants",
+            Some(json!({ "server_id": sid, "policy_id": pid, "identity": "buyer" })),
+            201,
+        )
+        .await;
+    // As the gateway does when a call needs approval: the control plane announces it.
+    sqlx::query(
+        "INSERT INTO approvals (id, tenant_id, grant_id, server_id, identity, tool, fingerprint, arguments, expires_at)
+         VALUES ($1, $2::uuid, $3::uuid, $4::uuid, 'buyer', 'create_payment', $1, '{}', now() + interval '1 hour')",
+    )
+    .bind(portcullis_core::ApprovalId::new().to_string())
+    .bind(&api.tenant_id)
+    .bind(id_of(&grant))
+    .bind(&sid)
+    .execute(stack.db.pool())
+    .await
+    .unwrap();
+    let failed = || async {
+        sqlx::query_as::<_, (i32, Option<String>)>(
+            "SELECT attempts, last_error FROM webhook_deliveries WHERE attempts > 0",
+        )
+        .fetch_optional(stack.db.pool())
+        .await
+        .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            failed().await.is_some()
+        })
+        .await,
+        "no delivery was attempted"
+    );
+    let (attempts, error) = failed().await.unwrap();
+    let error = error.unwrap_or_default();
+    assert_eq!(attempts, 1);
+    assert!(
+        error.contains("169.254.169.254") && error.contains("PORTCULLIS_UPSTREAM_ALLOW"),
+        "{error}"
+    );
+    assert!(hook.received.lock().unwrap().is_empty());
+}
+
 fn id_of(v: &Value) -> String {
     id(v)
 }
