@@ -5,9 +5,12 @@
 #   portcullis  through the gateway: a policy with a condition and two limits, audit on
 #   nginx       through nginx as a plain reverse proxy (a worker per core, keep-alive to the
 #               upstream)
+#   floor       through the gateway's HTTP frame with nothing inside (same threads, server and
+#               pooled client; no parsing, policy, Redis or audit: crates/gateway/examples/
+#               floor_proxy.rs), the most any gateway built on this stack could do
 # and prints throughput, p50/p99 latency and the ratios; then the p99 each adds at half of
 # Portcullis's peak rate; then the gateway's RSS with 1,000 open sessions (their GET streams
-# held open, upstream: the Python SDK's server). The three take turns, ROUNDS times (default
+# held open, upstream: the Python SDK's server). The targets take turns, ROUNDS times (default
 # 3), and each figure is the median of the rounds with its range. Everything listens on
 # 127.0.0.1.
 #
@@ -22,14 +25,24 @@ cd "$ROOT"
 DURATION=${1:-10}
 CONNS=${2:-64}
 SESSIONS=1000
-UP_PORT=18911 PROXY_PORT=18912 GW_PORT=18913 PY_PORT=18914
+UP_PORT=18911 PROXY_PORT=18912 GW_PORT=18913 PY_PORT=18914 FLOOR_PORT=18915
 
 . "$ROOT/benches/gateway-setup.sh"
+
+log "building and starting the floor proxy (:$FLOOR_PORT)"
+cargo build --release --locked -p portcullis-gateway --example floor_proxy >/dev/null
+"$CARGO_TARGET_DIR/release/examples/floor_proxy" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT" \
+  >"$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
+wait_port "$FLOOR_PORT" "the floor proxy"
+TARGETS="direct portcullis floor nginx"
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP_PORT/mcp"
   [portcullis]="http://127.0.0.1:$GW_PORT/g/$TOKEN/mcp"
   [nginx]="http://127.0.0.1:$PROXY_PORT/mcp"
+  [floor]="http://127.0.0.1:$FLOOR_PORT/mcp"
 )
 # oha: $1 target, $2 extra args; prints "rps p50_ms p99_ms".
 load() {
@@ -69,22 +82,23 @@ spread() {
     m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
     printf "%s %s %s\n", m, v[1], v[NR] }'
 }
-# The three targets take turns, ROUNDS times, so a slow spell of this shared machine falls on
-# all three alike; figures are the median of the rounds, with their range.
+# The targets take turns, ROUNDS times, so a slow spell of this shared machine falls on
+# all of them alike; figures are the median of the rounds, with their range.
 ROUNDS=${ROUNDS:-3}
 log "peak: $ROUNDS rounds of $DURATION s each, $CONNS connections"
-for t in direct portcullis nginx; do
+for t in $TARGETS; do
   oha --no-tui -z 2s -c "$CONNS" -m POST -H 'content-type: application/json' \
     -D "$WORK/body.json" "${URL[$t]}" >/dev/null  # warm-up
 done
 for r in $(seq 1 "$ROUNDS"); do
-  for t in direct portcullis nginx; do
+  for t in $TARGETS; do
     # PERF_RECORD=file: profile the gateway during its first peak run (perf record -g).
     if [ "$t$r" = portcullis1 ] && [ -n "${PERF_RECORD:-}" ]; then
       perf record ${PERF_ARGS:--F 999 -g} -p "$GW_PID" -o "$PERF_RECORD" -- sleep $((DURATION / 2)) >/dev/null 2>&1 &
     fi
     # shellcheck disable=SC2086 # PROXY and REDIS_PID are lists of pids
     gw0=$(cpu_ms "$GW_PID") px0=$(cpu_ms $PROXY) up0=$(cpu_ms "$UPSTREAM") rd0=$(cpu_ms $REDIS_PID)
+    fl0=$(cpu_ms "$FLOOR_PID") fk0=$(kernel_ms "$FLOOR_PID")
     gk0=$(kernel_ms "$GW_PID") pk0=$(kernel_ms $PROXY) id0=$(idle_ms)
     read -r rps p50 p99 ok rate < <(load "$t" "")
     RPS[$t,$r]=$rps P50[$t,$r]=$p50 P99[$t,$r]=$p99
@@ -95,6 +109,8 @@ for r in $(seq 1 "$ROUNDS"); do
     count "$t" redis "$rd0" "$(cpu_ms $REDIS_PID)"
     count "$t" gateway_kernel "$gk0" "$(kernel_ms "$GW_PID")"
     count "$t" proxy_kernel "$pk0" "$(kernel_ms $PROXY)"
+    count "$t" floor "$fl0" "$(cpu_ms "$FLOOR_PID")"
+    count "$t" floor_kernel "$fk0" "$(kernel_ms "$FLOOR_PID")"
     count "$t" idle "$id0" "$(idle_ms)"
     count "$t" requests 0 "$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%d", r * d }')"
     [ "$rate" = "1" ] || log "warning: $t success rate $rate"
@@ -118,12 +134,14 @@ HALF=${RATE:-$(awk -v r="$PEAK" 'BEGIN { printf "%d", r / 2 }')}
 log "fixed rate (default: half of Portcullis's median peak): $HALF requests/s, $ROUNDS rounds"
 declare -A RATIO ADDED
 for r in $(seq 1 "$ROUNDS"); do
-  for t in direct portcullis nginx; do
+  for t in $TARGETS; do
     read -r _ _ p99 _ _ < <(load "$t" "-q $HALF")
     H99[$t,$r]=$p99
   done
-  RATIO[portcullis,$r]=$(awk -v p="${RPS[portcullis,$r]}" -v n="${RPS[nginx,$r]}" 'BEGIN { print p / n }')
-  for t in portcullis nginx; do
+  for t in portcullis floor; do
+    RATIO[$t,$r]=$(awk -v p="${RPS[$t,$r]}" -v n="${RPS[nginx,$r]}" 'BEGIN { print p / n }')
+  done
+  for t in portcullis floor nginx; do
     ADDED[$t,$r]=$(awk -v a="${H99[$t,$r]}" -v d="${H99[direct,$r]}" 'BEGIN { print a - d }')
   done
 done
@@ -147,7 +165,7 @@ exec 7>&-
 
 printf '\nmedian of %s rounds (range)\n' "$ROUNDS"
 printf '%-11s %22s %9s %9s %22s\n' target "requests/s" "p50 ms" "p99 ms" "p99 ms @ $HALF/s"
-for t in direct portcullis nginx; do
+for t in $TARGETS; do
   read -r rps lo hi < <(over_rounds RPS "$t")
   read -r p50 _ < <(over_rounds P50 "$t")
   read -r p99 _ < <(over_rounds P99 "$t")
@@ -159,6 +177,8 @@ done
 printf '\nCPU per request (us): the upstream %s; nginx as proxy %s, %s of it in the kernel (%s workers);\n' \
   "$(per_request direct upstream)" "$(per_request nginx proxy)" "$(per_request nginx proxy_kernel)" \
   "$(echo $PROXY | wc -w)"
+printf '  the floor proxy %s, %s of it in the kernel\n' \
+  "$(per_request floor floor)" "$(per_request floor floor_kernel)"
 GW=$(per_request portcullis gateway) RD=$(per_request portcullis redis)
 printf '  portcullis %s in the gateway, %s of it in the kernel, + %s in Redis = %s (Redis: %s)\n' \
   "$GW" "$(per_request portcullis gateway_kernel)" "$RD" \
@@ -176,9 +196,14 @@ awk -v c="$(getconf _NPROCESSORS_ONLN)" -v p="$PEAK" -v n="$NGINX" -v g="$GW" -v
 read -r ratio rlo rhi < <(over_rounds RATIO portcullis)
 read -r padd palo pahi < <(over_rounds ADDED portcullis)
 read -r nadd nalo nahi < <(over_rounds ADDED nginx)
+read -r fratio flo fhi < <(over_rounds RATIO floor)
+read -r fadd falo fahi < <(over_rounds ADDED floor)
 printf '\nthroughput portcullis/nginx: %.2f (%.2f-%.2f, each round against its own nginx run)\n' \
   "$ratio" "$rlo" "$rhi"
+printf 'throughput floor/nginx: %.2f (%.2f-%.2f); portcullis/floor: %.2f\n' \
+  "$fratio" "$flo" "$fhi" "$(awk -v p="$ratio" -v f="$fratio" 'BEGIN { print p / f }')"
 printf 'p99 added at %s/s: portcullis %.3f ms (%.2f-%.2f)   nginx %.3f ms (%.2f-%.2f)\n' \
   "$HALF" "$padd" "$palo" "$pahi" "$nadd" "$nalo" "$nahi"
+printf 'p99 added at %s/s: floor %.3f ms (%.2f-%.2f)\n' "$HALF" "$fadd" "$falo" "$fahi"
 printf 'gateway RSS: %d MB idle after load, %d MB with %s open sessions\n' \
   $((RSS_BEFORE / 1024)) $((RSS_SESSIONS / 1024)) "$SESSIONS"
