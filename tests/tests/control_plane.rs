@@ -975,42 +975,9 @@ async fn approvals_are_decided_expire_and_send_signed_webhooks() {
         200,
     )
     .await;
-    let (sid, pid) = server_with_policy(&api, "pay").await;
-    let grant = api
-        .expect(
-            "POST",
-            "/api/v1/grants",
-            Some(json!({ "server_id": sid, "policy_id": pid, "identity": "buyer" })),
-            201,
-        )
-        .await;
-    let insert = |id: &str, expires: &str| {
-        let id = id.to_owned();
-        let expires = expires.to_owned();
-        let gid = id_of(&grant);
-        let tenant = api.tenant_id.clone();
-        let sid = sid.clone();
-        let pool = stack.db.pool().clone();
-        async move {
-            // As the gateway does when a call needs approval.
-            sqlx::query(
-                "INSERT INTO approvals (id, tenant_id, grant_id, server_id, identity, tool, fingerprint, arguments, expires_at)
-                 VALUES ($1, $2::uuid, $3::uuid, $4::uuid, 'buyer', 'create_payment', $1, '{\"amount\": 250}', now() + $5::interval)",
-            )
-            .bind(id)
-            .bind(tenant)
-            .bind(gid)
-            .bind(sid)
-            .bind(expires)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-    };
-    let long = portcullis_core::ApprovalId::new().to_string();
-    let short = portcullis_core::ApprovalId::new().to_string();
-    insert(&long, "1 hour").await;
-    insert(&short, "2 seconds").await;
+    let buyer = buyer_grant(&api).await;
+    let long = request_approval(&stack, &api, &buyer, "1 hour").await;
+    let short = request_approval(&stack, &api, &buyer, "2 seconds").await;
 
     let pending = api
         .expect("GET", "/api/v1/approvals?status=pending", None, 200)
@@ -1121,27 +1088,9 @@ async fn webhooks_to_an_address_refused_since_they_were_set_are_never_sent() {
     .execute(stack.db.pool())
     .await
     .unwrap();
-    let (sid, pid) = server_with_policy(&api, "pay").await;
-    let grant = api
-        .expect(
-            "POST",
-            "/api/v1/grants",
-            Some(json!({ "server_id": sid, "policy_id": pid, "identity": "buyer" })),
-            201,
-        )
-        .await;
-    // As the gateway does when a call needs approval: the control plane announces it.
-    sqlx::query(
-        "INSERT INTO approvals (id, tenant_id, grant_id, server_id, identity, tool, fingerprint, arguments, expires_at)
-         VALUES ($1, $2::uuid, $3::uuid, $4::uuid, 'buyer', 'create_payment', $1, '{}', now() + interval '1 hour')",
-    )
-    .bind(portcullis_core::ApprovalId::new().to_string())
-    .bind(&api.tenant_id)
-    .bind(id_of(&grant))
-    .bind(&sid)
-    .execute(stack.db.pool())
-    .await
-    .unwrap();
+    // The control plane announces a new approval request.
+    let buyer = buyer_grant(&api).await;
+    request_approval(&stack, &api, &buyer, "1 hour").await;
     let failed = || async {
         sqlx::query_as::<_, (i32, Option<String>)>(
             "SELECT attempts, last_error FROM webhook_deliveries WHERE attempts > 0",
@@ -1169,6 +1118,44 @@ async fn webhooks_to_an_address_refused_since_they_were_set_are_never_sent() {
 
 fn id_of(v: &Value) -> String {
     id(v)
+}
+
+/// A server with a policy and a grant on it for the identity "buyer": (server id, grant id).
+async fn buyer_grant(api: &Api) -> (String, String) {
+    let (sid, pid) = server_with_policy(api, "pay").await;
+    let grant = api
+        .expect(
+            "POST",
+            "/api/v1/grants",
+            Some(json!({ "server_id": sid, "policy_id": pid, "identity": "buyer" })),
+            201,
+        )
+        .await;
+    (sid, id_of(&grant))
+}
+
+/// A pending approval of a `create_payment` call through `grant`, expiring after `expires` (a
+/// Postgres interval), inserted as the gateway does when a call needs one; returns its id.
+async fn request_approval(
+    stack: &Stack,
+    api: &Api,
+    (sid, gid): &(String, String),
+    expires: &str,
+) -> String {
+    let id = portcullis_core::ApprovalId::new().to_string();
+    sqlx::query(
+        "INSERT INTO approvals (id, tenant_id, grant_id, server_id, identity, tool, fingerprint, arguments, expires_at)
+         VALUES ($1, $2::uuid, $3::uuid, $4::uuid, 'buyer', 'create_payment', $1, '{\"amount\": 250}', now() + $5::interval)",
+    )
+    .bind(&id)
+    .bind(&api.tenant_id)
+    .bind(gid)
+    .bind(sid)
+    .bind(expires)
+    .execute(stack.db.pool())
+    .await
+    .unwrap();
+    id
 }
 
 #[tokio::test]
