@@ -16,6 +16,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
@@ -92,7 +93,6 @@ fn main() -> anyhow::Result<()> {
                             .route("/mcp", post(forward))
                             .with_state(Forward { client, target });
                         let listener = listener(listen)?;
-                        use axum::serve::ListenerExt as _;
                         let listener = listener.tap_io(|tcp| {
                             let _ = tcp.set_nodelay(true);
                         });

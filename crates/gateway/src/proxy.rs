@@ -337,8 +337,8 @@ impl Gateway {
     }
 
     /// Decides a request before it is forwarded: for `tools/call` the policy (which may answer
-    /// it here), for `tools/list` the catalogue its answer is filtered by. Nothing has been
-    /// charged or written when this fails.
+    /// it here), for `tools/list` the catalogue its answer is filtered by. When this fails, no
+    /// charge is held and no audit entry has been written.
     async fn prepare(
         &self,
         inbound: &Inbound,
