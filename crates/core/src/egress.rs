@@ -72,8 +72,11 @@ impl Egress {
 
     /// [`Egress::check_host`] of an absolute URL's host.
     pub fn check_url(&self, url: &str) -> io::Result<()> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: {e}")))?;
+        // The URL itself stays out of the error: it may carry credentials (user info, a
+        // webhook's secret path), and the error reaches logs and delivery records.
+        let parsed = url::Url::parse(url).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("not a valid URL: {e}"))
+        })?;
         self.check_host(parsed.host_str().unwrap_or_default())
     }
 

@@ -202,10 +202,15 @@ impl Stack {
         .unwrap();
     }
 
+    /// The names of this stack's Redis keys and channels.
+    fn keys(&self) -> portcullis_core::redis_keys::RedisKeys {
+        portcullis_core::redis_keys::RedisKeys::new(self.redis.prefix())
+    }
+
     /// Announces a change, as the control plane does.
     pub async fn publish(&self, message: &Invalidation) {
         let mut conn = self.redis.conn();
-        let channel = format!("{}:invalidate", self.redis.prefix());
+        let channel = self.keys().invalidation_channel();
         let _: i64 = conn.publish(channel, message.to_json()).await.unwrap();
     }
 
@@ -213,7 +218,7 @@ impl Stack {
     /// subscribed, so a test that needs a cached grant to stay cached warms it after this.
     pub async fn subscribed(&self, gateways: usize) {
         let mut conn = self.redis.conn();
-        let channel = format!("{}:invalidate", self.redis.prefix());
+        let channel = self.keys().invalidation_channel();
         for _ in 0..100 {
             let counts: Vec<(String, usize)> = redis::cmd("PUBSUB")
                 .arg("NUMSUB")
@@ -232,7 +237,7 @@ impl Stack {
     /// The audit entries written so far (both halves of each event).
     pub async fn audit(&self) -> Vec<Value> {
         let mut conn = self.redis.conn();
-        let key = format!("{}:audit", self.redis.prefix());
+        let key = self.keys().audit_stream();
         let entries: redis::streams::StreamRangeReply = conn.xrange_all(&key).await.unwrap();
         let mut events = Vec::new();
         for entry in &entries.ids {
