@@ -485,7 +485,33 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
         .await
         .unwrap();
     assert!(fresh.contains("list_messages"), "{fresh}");
+    // A call its upstream never answered says so, live and after a reload.
+    let mut unanswered = audit_event(
+        &tenant,
+        &sid,
+        &grant,
+        "support-agent",
+        "list_messages",
+        "allow",
+        Some("/tools/list_messages"),
+    );
+    let why = "request failed: client error (Connect): tcp connect error: Connection refused";
+    unanswered["outcome"] = json!({ "upstream_status": null, "is_error": null, "latency_ms": 1.5,
+        "upstream_error": why });
+    push_events(&stack.redis, &[unanswered]).await;
+    let failed = b
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css("#audit-rows tr.fresh td[title]"))
+        .await
+        .unwrap();
+    assert_eq!(failed.text().await.unwrap(), "no answer");
+    assert_eq!(failed.attr("title").await.unwrap().as_deref(), Some(why));
     shot(b, "10b-audit-live-tail").await;
+    b.goto(&format!("{base}/audit")).await.unwrap();
+    let failed = b.find(Locator::Css("#audit-rows td[title]")).await.unwrap();
+    assert_eq!(failed.text().await.unwrap(), "no answer");
+    assert_eq!(failed.attr("title").await.unwrap().as_deref(), Some(why));
     b.goto(&format!("{base}/audit?decision=deny"))
         .await
         .unwrap();

@@ -769,7 +769,8 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
     }
     // The outcome of the first event arrives as a second entry with the same id and ts.
     let mut outcome = events[1].clone();
-    outcome["outcome"] = json!({ "upstream_status": 200, "is_error": false, "latency_ms": 12.5 });
+    outcome["outcome"] = json!({ "upstream_status": 200, "is_error": false, "latency_ms": 12.5,
+        "upstream_error": "the upstream ended its SSE stream without answering" });
     events.push(outcome);
     events.push(audit_event(
         &other.tenant_id,
@@ -805,7 +806,7 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
         pages += 1;
         for e in page["events"].as_array().unwrap() {
             let keys: Vec<&String> = e.as_object().unwrap().keys().collect();
-            assert_eq!(keys.len(), 12, "{e}");
+            assert_eq!(keys.len(), 13, "{e}");
             for k in [
                 "id",
                 "ts",
@@ -819,6 +820,7 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
                 "message",
                 "upstream_status",
                 "latency_ms",
+                "upstream_error",
             ] {
                 assert!(e.get(k).is_some(), "missing {k}");
             }
@@ -857,6 +859,10 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
         .await;
     assert_eq!(detail["upstream_status"], 200);
     assert_eq!(detail["latency_ms"], 12.5);
+    assert_eq!(
+        detail["upstream_error"],
+        "the upstream ended its SSE stream without answering"
+    );
     assert_eq!(detail["arg_keys"], json!(["to"]));
     let foreign = events[121]["id"].as_str().unwrap();
     assert_eq!(api.get(&format!("/api/v1/audit/{foreign}")).await.0, 404);
@@ -874,7 +880,7 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = csv.text().await.unwrap();
     assert_eq!(csv.lines().count(), 31);
-    assert!(csv.starts_with("id,ts,grant_id,identity,server_id,method,tool,decision,rule,message,upstream_status,latency_ms\n"));
+    assert!(csv.starts_with("id,ts,grant_id,identity,server_id,method,tool,decision,rule,message,upstream_status,latency_ms,upstream_error\n"));
     let jsonl = stack
         .http
         .get(format!("{}/api/v1/audit/export?format=jsonl", stack.base))

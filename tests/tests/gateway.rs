@@ -1401,6 +1401,149 @@ async fn upstreams_on_refused_addresses_are_never_contacted() {
     gw.stop().await.unwrap();
 }
 
+/// An upstream that reads each request whole, then answers `answer` (raw HTTP) and closes;
+/// with no `answer`, it holds the connection open without a word.
+async fn raw_upstream(answer: Option<&'static str>) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+                    let Some(head) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..head]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if seen.len() >= head + 4 + length {
+                        break;
+                    }
+                }
+                match answer {
+                    Some(answer) => {
+                        let _ = socket.write_all(answer.as_bytes()).await;
+                        let _ = socket.shutdown().await;
+                    }
+                    None => {
+                        let _ = socket.read(&mut buf).await;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The audit entry with the outcome of the one call through `f`'s server.
+async fn outcome_of(stack: &Stack, f: &Fixture) -> Value {
+    let server = f.server.0.to_string();
+    let done = |e: &Value| e["server_id"] == server.as_str() && !e["outcome"].is_null();
+    let entries = stack.audit_until(done).await;
+    entries.into_iter().find(done).unwrap()
+}
+
+#[tokio::test]
+async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
+    let stack = Stack::new().await;
+    // Nothing listens on `refused`'s port.
+    let refused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused_port = refused.local_addr().unwrap().port();
+    drop(refused);
+    let silent_port = raw_upstream(None).await;
+    let cut_port = raw_upstream(Some(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n: working on it\n\n",
+    ))
+    .await;
+    let gw = stack
+        .gateway_with(
+            &portcullis_tests::redis_url(),
+            &["--upstream-timeout", "300ms"],
+        )
+        .await;
+    let cases = [
+        (refused_port, 502, None, "Connection refused"),
+        (silent_port, 504, None, "no answer within 300ms"),
+        (
+            cut_port,
+            200,
+            Some(200),
+            "the upstream ended its SSE stream without answering",
+        ),
+    ];
+    for (port, status, upstream_status, reason) in cases {
+        let f = stack
+            .fixture(
+                &format!("http://127.0.0.1:{port}/mcp"),
+                "streamable_http",
+                policy(),
+            )
+            .await;
+        let (got, _, body) =
+            post_stateless(&f.url(&gw), &[], 1, "echo", json!({"text": "hi"})).await;
+        assert_eq!(got, status, "{body}");
+        let done = outcome_of(&stack, &f).await;
+        assert_eq!(done["decision"], "allow", "{done:#}");
+        assert_eq!(
+            done["outcome"]["upstream_status"],
+            json!(upstream_status),
+            "{done:#}"
+        );
+        let error = done["outcome"]["upstream_error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(error.contains(reason), "{reason:?} not in {done:#}");
+    }
+
+    // A client that gives up first: the call may still run upstream, and the log says so.
+    let f = stack
+        .fixture(
+            &format!("http://127.0.0.1:{silent_port}/mcp"),
+            "streamable_http",
+            policy(),
+        )
+        .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(f.url(&gw))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "echo")
+        .body(support::stateless_call(2, "echo", json!({"text": "hi"})))
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    let done = outcome_of(&stack, &f).await;
+    assert_eq!(
+        done["outcome"]["upstream_error"],
+        "the answer was cut off: the client went away or the gateway shut down",
+        "{done:#}"
+    );
+    assert!(
+        done["outcome"]["latency_ms"].as_f64().unwrap() < 300.0,
+        "{done:#}"
+    );
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_gateway_refuses_to_start_without_session_keys() {
     let stack = Stack::new().await;

@@ -81,7 +81,13 @@
     cell(row, ev.tool);
     cell(row, ev.decision, "decision decision-" + ev.decision);
     cell(row, ev.rule, "code");
-    cell(row, ev.upstream_status === null ? "" : String(ev.upstream_status));
+    var status = ev.upstream_status === null ? "" : String(ev.upstream_status);
+    if (ev.upstream_error) {
+      status = status ? status + " (cut off)" : "no answer";
+      cell(row, status).title = ev.upstream_error;
+    } else {
+      cell(row, status);
+    }
     cell(row, ev.latency_ms === null ? "" : ev.latency_ms.toFixed(1) + " ms");
     var empty = body.querySelector("tr.empty");
     if (empty) empty.remove();

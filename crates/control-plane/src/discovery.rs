@@ -113,20 +113,7 @@ pub enum DiscoveryError {
 }
 
 fn unreachable(e: reqwest::Error) -> DiscoveryError {
-    DiscoveryError::Unreachable(error_chain(&e))
-}
-
-/// An error with its causes: reqwest's Display omits them (e.g. "connection refused", or an
-/// address the egress rules refuse).
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    DiscoveryError::Unreachable(portcullis_core::error_chain(&e))
 }
 
 /// Connects and initialises, then ends the session: "test connection".

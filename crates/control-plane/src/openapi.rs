@@ -74,13 +74,14 @@ fn schemas() -> Value {
         "AuditPage": {
             "type": "object", "required": ["events", "next_cursor"],
             "properties": { "next_cursor": { "type": ["string", "null"] }, "events": { "type": "array", "items": { "type": "object",
-                "required": ["id", "ts", "grant_id", "identity", "server_id", "method", "tool", "decision", "rule", "message", "upstream_status", "latency_ms"],
+                "required": ["id", "ts", "grant_id", "identity", "server_id", "method", "tool", "decision", "rule", "message", "upstream_status", "latency_ms", "upstream_error"],
                 "properties": { "id": { "type": "string" }, "ts": { "type": "string", "format": "date-time" }, "grant_id": { "type": "string" },
                     "identity": { "type": "string" }, "server_id": { "type": "string" }, "method": { "type": "string" },
                     "tool": { "type": ["string", "null"] },
                     "decision": { "type": "string", "enum": ["allow", "deny", "hidden", "rate_limited", "approval_required", "error"] },
                     "rule": { "type": ["string", "null"] }, "message": { "type": ["string", "null"] },
-                    "upstream_status": { "type": ["integer", "null"] }, "latency_ms": { "type": ["number", "null"] } } } } }
+                    "upstream_status": { "type": ["integer", "null"] }, "latency_ms": { "type": ["number", "null"] },
+                    "upstream_error": { "type": ["string", "null"], "description": "Why the call ended without a whole answer" } } } } }
         },
         "Approvals": {
             "type": "object", "required": ["approvals"],

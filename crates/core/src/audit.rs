@@ -114,6 +114,10 @@ pub struct AuditOutcome {
     pub is_error: Option<bool>,
     /// Milliseconds from arrival to the end of the reply.
     pub latency_ms: f64,
+    /// Why the call ended without a whole answer, when it did: the upstream could not be
+    /// reached, did not answer in time or broke off its answer, or the client went away.
+    #[serde(default)]
+    pub upstream_error: Option<String>,
 }
 
 #[cfg(test)]
@@ -305,6 +309,8 @@ pub mod stream {
             });
             self.raw(b",\"latency_ms\":");
             self.serde(&outcome.latency_ms);
+            self.raw(b",\"upstream_error\":");
+            self.opt_str(outcome.upstream_error.as_deref());
             self.raw(b"}");
         }
 
@@ -405,6 +411,7 @@ mod stream_tests {
             upstream_status: Some(200),
             is_error: Some(false),
             latency_ms: 1.5,
+            upstream_error: None,
         });
         let spliced = stream::encode_outcome(&json, &finished);
         assert_eq!(spliced, stream::encode(&finished));
@@ -412,6 +419,18 @@ mod stream_tests {
         let batch = stream::encode_batch(&[json.clone(), json]);
         let events = stream::decode_field(stream::BATCH_FIELD, batch.as_bytes()).unwrap();
         assert_eq!(events, vec![event.clone(), event]);
+    }
+
+    #[test]
+    fn entries_written_before_outcomes_had_an_upstream_error_still_read() {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&stream::encode(&full_event())).unwrap();
+        json["outcome"] =
+            serde_json::json!({"upstream_status": 200, "is_error": false, "latency_ms": 2.0});
+        let event = stream::decode(json.to_string().as_bytes()).unwrap();
+        let outcome = event.outcome.unwrap();
+        assert_eq!(outcome.upstream_status, Some(200));
+        assert_eq!(outcome.upstream_error, None);
     }
 
     /// `encode`'s JSON, with the timestamp read as an instant (the derived serializer may
@@ -448,6 +467,7 @@ mod stream_tests {
                 upstream_status: None,
                 is_error: None,
                 latency_ms: 0.123_456_789,
+                upstream_error: Some("request failed: \"refused\"\n\u{1} é".into()),
             }),
         }
     }
@@ -474,6 +494,7 @@ mod stream_tests {
             upstream_status: Some(502),
             is_error: Some(true),
             latency_ms: 12.0,
+            upstream_error: None,
         });
         let mut far = full.clone();
         far.ts = DateTime::from_timestamp(400_000_000_000, 5).unwrap();
@@ -494,13 +515,19 @@ mod stream_tests {
             secs in 0i64..253_402_300_799,
             nanos in 0u32..1_000_000_000,
             latency in 0.0f64..1e9,
+            upstream_error in proptest::option::of(".*"),
         ) {
             let mut event = full_event();
             event.identity = identity;
             event.tool = tool;
             event.arg_keys = keys;
             event.ts = DateTime::from_timestamp(secs, nanos).unwrap();
-            event.outcome = Some(AuditOutcome { upstream_status: Some(200), is_error: Some(false), latency_ms: latency });
+            event.outcome = Some(AuditOutcome {
+                upstream_status: None,
+                is_error: None,
+                latency_ms: latency,
+                upstream_error,
+            });
             let json = stream::encode(&event);
             let derived = serde_json::to_string(&event).unwrap();
             proptest::prop_assert_eq!(normalised(&json), normalised(&derived));

@@ -454,6 +454,7 @@ impl Gateway {
             upstream_status: None,
             is_error: None,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_error: None,
         });
         self.meters.overhead.record(elapsed);
         self.meters.request(kind, event.decision, elapsed);
@@ -487,7 +488,7 @@ impl Gateway {
         let server = &inbound.grant.server;
         let mut headers = request_headers(&inbound.headers, server, true);
         if let Err(e) = self.upstream_session(inbound.session.as_ref(), &mut headers) {
-            pending.finish(None);
+            pending.fail(&e);
             return Err(e.at(id.as_ref()));
         }
         let response = match self
@@ -497,7 +498,7 @@ impl Gateway {
         {
             Ok(response) => response,
             Err(e) => {
-                pending.finish(None);
+                pending.fail(&e);
                 return Err(GatewayError::from(e).at(id.as_ref()));
             }
         };
@@ -527,7 +528,7 @@ impl Gateway {
             let bytes = match self.upstream.read_body(response).await {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    pending.finish(None);
+                    pending.fail(&e);
                     return Err(GatewayError::from(e).at(id.as_ref()));
                 }
             };
@@ -545,13 +546,11 @@ impl Gateway {
                 }
                 (Watch::ToolsList(_), None) if status.is_success() => {
                     // An answer the gateway cannot read cannot be filtered: never pass it on.
-                    pending.finish(Some(true));
-                    return Err(
-                        GatewayError::Upstream(crate::upstream::UpstreamError::Protocol(
-                            "unreadable tools/list answer".into(),
-                        ))
-                        .at(id.as_ref()),
+                    let e = crate::upstream::UpstreamError::Protocol(
+                        "unreadable tools/list answer".into(),
                     );
+                    pending.fail(&e);
+                    return Err(GatewayError::Upstream(e).at(id.as_ref()));
                 }
                 (Watch::ToolsCall(sealer), Some(message)) => match sealer.rewrite(&message) {
                     // An input_required answer, its requestState sealed (`continuation`).
@@ -598,7 +597,7 @@ impl Gateway {
     ) -> Result<Response, Rejection> {
         let server = &inbound.grant.server;
         let Some(request_id) = id.clone() else {
-            pending.finish(None);
+            pending.fail(&GatewayError::SessionNotFound);
             return Err(GatewayError::SessionNotFound.into());
         };
         let init = match (&inbound.session, message.method_kind()) {
@@ -606,7 +605,7 @@ impl Gateway {
             (Some(Session::Legacy(params)), _) => Some(params.clone()),
             (None, _) => Some(legacy::default_init_params()),
             (Some(Session::Upstream(_)), _) => {
-                pending.finish(None);
+                pending.fail(&GatewayError::SessionNotFound);
                 return Err(GatewayError::SessionNotFound.at(id.as_ref()));
             }
         };
@@ -621,7 +620,7 @@ impl Gateway {
         let mut connection = match opened.await {
             Ok(connection) => connection,
             Err(e) => {
-                pending.finish(None);
+                pending.fail(&e);
                 return Err(GatewayError::from(e).at(id.as_ref()));
             }
         };
@@ -631,7 +630,7 @@ impl Gateway {
             let event = match connection.answer_to(&self.upstream, &request_id).await {
                 Ok(event) => event,
                 Err(e) => {
-                    pending.finish(None);
+                    pending.fail(&e);
                     return Err(GatewayError::from(e).at(id.as_ref()));
                 }
             };

@@ -126,6 +126,15 @@ impl Pending {
     /// Records the outcome. `is_error`: the tool result or JSON-RPC answer reported a failure
     /// (`None`: unknown). Charges are refunded when the upstream failed or reported an error.
     pub fn finish(&mut self, is_error: Option<bool>) {
+        self.record(is_error, None);
+    }
+
+    /// Records a call that ended without a whole answer, and why (`error` and its causes).
+    pub fn fail(&mut self, error: &(dyn std::error::Error + 'static)) {
+        self.record(None, Some(portcullis_core::error_chain(error)));
+    }
+
+    fn record(&mut self, is_error: Option<bool>, upstream_error: Option<String>) {
         let Some(mut event) = self.event.take() else {
             return;
         };
@@ -135,6 +144,7 @@ impl Pending {
             upstream_status: self.status,
             is_error,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_error,
         });
         self.meters.request(self.method, event.decision, elapsed);
         self.audit.enqueue_outcome(&self.decided, &event);
@@ -156,14 +166,20 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if self.event.is_some() {
-            // The stream ended before the answer was seen (client gone, upstream closed): the
-            // call may have run, so nothing is refunded.
+            // The answer was dropped before it ended (the client went away, or the gateway
+            // shut down): the call may have run, so nothing is refunded.
             let reservation = self.reservation.take();
-            self.finish(None);
+            self.record(None, Some(CUT_OFF.into()));
             drop(reservation);
         }
     }
 }
+
+/// Why a call's answer was dropped before it ended.
+const CUT_OFF: &str = "the answer was cut off: the client went away or the gateway shut down";
+
+/// Why a watched SSE answer ended without the answer it was watched for.
+const NO_ANSWER: &str = "the upstream ended its SSE stream without answering";
 
 /// An answer body in flight.
 pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
@@ -174,6 +190,12 @@ pub fn raw(upstream: ByteStream, pending: Option<Pending>) -> Body {
         (upstream, pending),
         |(mut upstream, mut pending)| async move {
             match upstream.next().await {
+                Some(Err(e)) => {
+                    if let Some(p) = pending.as_mut() {
+                        p.fail(&e);
+                    }
+                    Some((Err(e), (upstream, pending)))
+                }
                 Some(item) => Some((item, (upstream, pending))),
                 None => {
                     if let Some(p) = pending.as_mut() {
@@ -242,6 +264,12 @@ impl SseRelay {
             pending.finish(is_error);
         }
     }
+
+    fn fail(&mut self, error: &std::io::Error) {
+        if let Some(pending) = self.pending.as_mut() {
+            pending.fail(error);
+        }
+    }
 }
 
 /// Relays an SSE stream, rewriting the one answer `watch` is about.
@@ -270,8 +298,9 @@ pub fn sse(
                         Ok(frames) => frames,
                         Err(e) => {
                             tracing::warn!(error = %e, "upstream SSE stream unusable; closing it");
-                            relay.finish(None);
-                            return Some((Err(std::io::Error::other(e.to_string())), relay));
+                            let e = std::io::Error::other(format!("unusable SSE stream: {e}"));
+                            relay.fail(&e);
+                            return Some((Err(e), relay));
                         }
                     };
                     let mut out = BytesMut::new();
@@ -283,11 +312,13 @@ pub fn sse(
                     }
                 }
                 Some(Err(e)) => {
-                    relay.finish(None);
+                    relay.fail(&e);
                     return Some((Err(e), relay));
                 }
                 None => {
-                    relay.finish(None);
+                    if let Some(pending) = relay.pending.as_mut() {
+                        pending.record(None, Some(NO_ANSWER.into()));
+                    }
                     return None;
                 }
             }

@@ -261,6 +261,7 @@ fn row(event: &AuditEvent) -> Value {
         "upstream_status": outcome.and_then(|o| o.upstream_status),
         "is_error": outcome.and_then(|o| o.is_error),
         "latency_ms": outcome.map(|o| o.latency_ms),
+        "upstream_error": outcome.and_then(|o| o.upstream_error.as_deref()),
     })
 }
 
@@ -273,20 +274,21 @@ pub async fn write_batch(db: &PgPool, events: &[AuditEvent]) -> anyhow::Result<(
     sqlx::query(
         "INSERT INTO audit_events (id, ts, tenant_id, grant_id, identity, server_id, method, tool, decision, rule,
                                    message, policy_id, policy_version, protocol, session, request_id, arg_keys,
-                                   arg_digest, arguments, upstream_status, is_error, latency_ms)
+                                   arg_digest, arguments, upstream_status, is_error, latency_ms, upstream_error)
          SELECT r.id, r.ts, r.tenant_id, r.grant_id, r.identity, r.server_id, r.method, r.tool, r.decision, r.rule,
                 r.message, r.policy_id, r.policy_version, r.protocol, r.session, r.request_id,
                 ARRAY(SELECT jsonb_array_elements_text(coalesce(r.arg_keys, '[]'::jsonb))),
-                r.arg_digest, r.arguments, r.upstream_status, r.is_error, r.latency_ms
+                r.arg_digest, r.arguments, r.upstream_status, r.is_error, r.latency_ms, r.upstream_error
            FROM jsonb_to_recordset($1::jsonb) AS r(
                 id uuid, ts timestamptz, tenant_id uuid, grant_id uuid, identity text, server_id uuid, method text,
                 tool text, decision text, rule text, message text, policy_id uuid, policy_version integer,
                 protocol text, session text, request_id text, arg_keys jsonb, arg_digest text, arguments jsonb,
-                upstream_status integer, is_error boolean, latency_ms double precision)
+                upstream_status integer, is_error boolean, latency_ms double precision, upstream_error text)
          ON CONFLICT (ts, id) DO UPDATE SET
                 upstream_status = coalesce(EXCLUDED.upstream_status, audit_events.upstream_status),
                 is_error = coalesce(EXCLUDED.is_error, audit_events.is_error),
-                latency_ms = coalesce(EXCLUDED.latency_ms, audit_events.latency_ms)",
+                latency_ms = coalesce(EXCLUDED.latency_ms, audit_events.latency_ms),
+                upstream_error = coalesce(EXCLUDED.upstream_error, audit_events.upstream_error)",
     )
     .bind(rows)
     .execute(db)
@@ -385,6 +387,7 @@ mod tests {
             upstream_status: Some(200),
             is_error: Some(false),
             latency_ms: 3.5,
+            upstream_error: Some("no answer within 60s".into()),
         };
         let merged = merge(vec![
             event(id, None),

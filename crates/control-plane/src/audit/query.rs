@@ -63,9 +63,11 @@ pub struct EventSummary {
     pub upstream_status: Option<i32>,
     /// Latency.
     pub latency_ms: Option<f64>,
+    /// Why the call ended without a whole answer, when it did.
+    pub upstream_error: Option<String>,
 }
 
-const SUMMARY: &str = "id, ts, grant_id, identity, server_id, method, tool, decision, rule, message, upstream_status, latency_ms";
+const SUMMARY: &str = "id, ts, grant_id, identity, server_id, method, tool, decision, rule, message, upstream_status, latency_ms, upstream_error";
 
 /// The filter of the list, the export and the tail. Text fields as given in the query string.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -362,7 +364,7 @@ fn csv_field(out: &mut String, text: &str) {
     }
 }
 
-const CSV_HEADER: &str = "id,ts,grant_id,identity,server_id,method,tool,decision,rule,message,upstream_status,latency_ms\n";
+const CSV_HEADER: &str = "id,ts,grant_id,identity,server_id,method,tool,decision,rule,message,upstream_status,latency_ms,upstream_error\n";
 
 fn csv_line(e: &EventSummary) -> String {
     let mut out = String::new();
@@ -379,6 +381,7 @@ fn csv_line(e: &EventSummary) -> String {
         e.message.clone().unwrap_or_default(),
         e.upstream_status.map(|s| s.to_string()).unwrap_or_default(),
         e.latency_ms.map(|l| format!("{l:.3}")).unwrap_or_default(),
+        e.upstream_error.clone().unwrap_or_default(),
     ];
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
@@ -612,7 +615,19 @@ struct Row {
     rule: String,
     message: String,
     status: String,
+    /// Why the call ended without a whole answer (the status cell's title).
+    failure: String,
     latency: String,
+}
+
+/// The list's upstream cell: the status, marked when the answer did not come whole.
+fn upstream_cell(status: Option<i32>, error: Option<&str>) -> String {
+    match (status, error) {
+        (Some(s), None) => s.to_string(),
+        (Some(s), Some(_)) => format!("{s} (cut off)"),
+        (None, Some(_)) => "no answer".into(),
+        (None, None) => String::new(),
+    }
 }
 
 struct Choice {
@@ -675,7 +690,8 @@ async fn audit_page(
             decision: e.decision.clone(),
             rule: e.rule.clone().unwrap_or_default(),
             message: e.message.clone().unwrap_or_default(),
-            status: e.upstream_status.map(|s| s.to_string()).unwrap_or_default(),
+            status: upstream_cell(e.upstream_status, e.upstream_error.as_deref()),
+            failure: e.upstream_error.clone().unwrap_or_default(),
             latency: e
                 .latency_ms
                 .map(|l| format!("{l:.1} ms"))
