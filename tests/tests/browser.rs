@@ -354,6 +354,18 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
             .fetch_one(stack.db.pool())
             .await
             .unwrap();
+    // The audit event of an allowed `list_messages` call, for the steps that simulate one.
+    let list_messages_allowed = || {
+        audit_event(
+            &tenant,
+            &sid,
+            &grant,
+            "support-agent",
+            "list_messages",
+            "allow",
+            Some("/tools/list_messages"),
+        )
+    };
     let mut mcp_client = None;
     if let Ok(Ok(client)) = connected {
         let allowed = call_tool(&client, "list_messages", json!({ "limit": 5 })).await;
@@ -381,15 +393,7 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
             "GATED: the gateway at {url} does not answer MCP yet ({connected:?}); simulating its audit events and approval"
         );
         let mut events = vec![
-            audit_event(
-                &tenant,
-                &sid,
-                &grant,
-                "support-agent",
-                "list_messages",
-                "allow",
-                Some("/tools/list_messages"),
-            ),
+            list_messages_allowed(),
             audit_event(
                 &tenant,
                 &sid,
@@ -463,15 +467,7 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
             assert_eq!(again["isError"], json!(false), "{again}");
         }
         None => {
-            let event = audit_event(
-                &tenant,
-                &sid,
-                &grant,
-                "support-agent",
-                "list_messages",
-                "allow",
-                Some("/tools/list_messages"),
-            );
+            let event = list_messages_allowed();
             push_events(&stack.redis, &[event]).await;
         }
     }
@@ -486,15 +482,7 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
         .unwrap();
     assert!(fresh.contains("list_messages"), "{fresh}");
     // A call its upstream never answered says so, live and after a reload.
-    let mut unanswered = audit_event(
-        &tenant,
-        &sid,
-        &grant,
-        "support-agent",
-        "list_messages",
-        "allow",
-        Some("/tools/list_messages"),
-    );
+    let mut unanswered = list_messages_allowed();
     let why = "request failed: client error (Connect): tcp connect error: Connection refused";
     unanswered["outcome"] = json!({ "upstream_status": null, "is_error": null, "latency_ms": 1.5,
         "upstream_error": why });
