@@ -93,7 +93,7 @@ async fn run() {
         async move {
             sqlx::query(
                 "INSERT INTO audit_events (id, ts, tenant_id, grant_id, identity, server_id, method, tool, decision, rule,
-                                           message, upstream_status, latency_ms, arg_keys)
+                                           message, upstream_status, latency_ms, arg_keys, is_error, upstream_error)
                  SELECT gen_random_uuid(),
                         now() - (i::double precision / $2 * interval '7 days'),
                         $1::uuid,
@@ -105,9 +105,11 @@ async fn run() {
                         (ARRAY['allow','allow','allow','deny','hidden','rate_limited','approval_required','error'])[1 + i % 8],
                         '/tools/tool_' || (i % 40) || '/limits/0',
                         'message',
-                        200,
+                        CASE WHEN i % 97 = 0 THEN NULL ELSE 200 END,
                         (i % 500)::double precision / 10,
-                        ARRAY['to', 'body']
+                        ARRAY['to', 'body'],
+                        i % 89 = 0,
+                        CASE WHEN i % 97 = 0 THEN 'no answer within 60s' END
                    FROM generate_series(1, $2) AS i",
             )
             .bind(tenant)
@@ -175,6 +177,12 @@ async fn run() {
         (
             "identity + decision, no match",
             "identity=agent-11&decision=deny".into(),
+        ),
+        ("outcome=failed (about 2 in 100)", "outcome=failed".into()),
+        ("tool + outcome=failed", "tool=tool_7&outcome=failed".into()),
+        (
+            "outcome=failed + since",
+            format!("outcome=failed&since={since}"),
         ),
     ];
     println!(

@@ -500,6 +500,32 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
     let failed = b.find(Locator::Css("#audit-rows td[title]")).await.unwrap();
     assert_eq!(failed.text().await.unwrap(), "no answer");
     assert_eq!(failed.attr("title").await.unwrap().as_deref(), Some(why));
+    // The outcome filter keeps only the failed call.
+    b.find(Locator::Css(
+        "select[name='outcome'] option[value='failed']",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    b.find(Locator::Css("#audit-filters button[type='submit']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        b.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains("outcome=failed")
+    );
+    let rows = b.find(Locator::Css("#audit-rows td[title]")).await.unwrap();
+    assert_eq!(rows.text().await.unwrap(), "no answer");
+    let page = text_of(b, "#audit-rows").await;
+    assert_eq!(page.lines().count(), 1, "{page}");
     b.goto(&format!("{base}/audit?decision=deny"))
         .await
         .unwrap();

@@ -852,6 +852,16 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
     assert!(future["events"].as_array().unwrap().is_empty());
     let (code, body) = api.get("/api/v1/audit?decision=maybe").await;
     assert_eq!(code, 422, "{body}");
+    // Only the call whose upstream broke off its answer failed.
+    let failed = api
+        .expect("GET", "/api/v1/audit?outcome=failed", None, 200)
+        .await;
+    let failed = failed["events"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["id"], events[1]["id"]);
+    let (code, body) = api.get("/api/v1/audit?outcome=maybe").await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["errors"][0]["pointer"], "/outcome", "{body}");
 
     let with_outcome = events[1]["id"].as_str().unwrap();
     let detail = api
