@@ -83,7 +83,7 @@
     cell(row, ev.rule, "code");
     var status = ev.upstream_status === null ? "" : String(ev.upstream_status);
     if (ev.upstream_error) {
-      status = status ? status + " (cut off)" : "no answer";
+      status = status ? status + " (failed)" : "no answer";
       cell(row, status).title = ev.upstream_error;
     } else {
       cell(row, status);

@@ -648,7 +648,7 @@ struct Row {
 fn upstream_cell(status: Option<i32>, error: Option<&str>) -> String {
     match (status, error) {
         (Some(s), None) => s.to_string(),
-        (Some(s), Some(_)) => format!("{s} (cut off)"),
+        (Some(s), Some(_)) => format!("{s} (failed)"),
         (None, Some(_)) => "no answer".into(),
         (None, None) => String::new(),
     }
