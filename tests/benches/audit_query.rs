@@ -105,11 +105,11 @@ async fn run() {
                         (ARRAY['allow','allow','allow','deny','hidden','rate_limited','approval_required','error'])[1 + i % 8],
                         '/tools/tool_' || (i % 40) || '/limits/0',
                         'message',
-                        CASE WHEN i % 97 = 0 THEN NULL ELSE 200 END,
+                        CASE WHEN i % 997 = 0 THEN NULL ELSE 200 END,
                         (i % 500)::double precision / 10,
                         ARRAY['to', 'body'],
-                        i % 89 = 0,
-                        CASE WHEN i % 97 = 0 THEN 'no answer within 60s' END
+                        i % 1009 = 0,
+                        CASE WHEN i % 997 = 0 THEN 'no answer within 60s' END
                    FROM generate_series(1, $2) AS i",
             )
             .bind(tenant)
@@ -122,10 +122,12 @@ async fn run() {
         }
     };
     fill(tenant.clone(), rows).await;
-    // A quiet server whose calls are all allowed: "its denials" match nothing.
+    // A quiet server whose calls are all allowed and all succeed: "its denials" and "its
+    // failures" match nothing.
     let quiet = uuid::Uuid::now_v7().to_string();
     sqlx::query(
-        "UPDATE audit_events SET server_id = $2::uuid, decision = 'allow'
+        "UPDATE audit_events SET server_id = $2::uuid, decision = 'allow', upstream_status = 200,
+                                 is_error = false, upstream_error = NULL
           WHERE tenant_id = $1::uuid AND identity = 'agent-11'",
     )
     .bind(&tenant)
@@ -178,8 +180,12 @@ async fn run() {
             "identity + decision, no match",
             "identity=agent-11&decision=deny".into(),
         ),
-        ("outcome=failed (about 2 in 100)", "outcome=failed".into()),
+        ("outcome=failed (1 in 500)", "outcome=failed".into()),
         ("tool + outcome=failed", "tool=tool_7&outcome=failed".into()),
+        (
+            "server + outcome=failed, no match",
+            format!("server_id={quiet}&outcome=failed"),
+        ),
         (
             "outcome=failed + since",
             format!("outcome=failed&since={since}"),
