@@ -169,45 +169,28 @@ fn shapes(route: &Route) -> (Option<Value>, Vec<(String, Value)>) {
     }
 }
 
+/// The filters the audit list, its export and its tail share.
+const AUDIT_FILTERS: [&str; 6] = [
+    "server_id",
+    "grant_id",
+    "identity",
+    "tool",
+    "decision",
+    "outcome",
+];
+
 fn query_parameters(route: &Route) -> Vec<Value> {
-    let names: &[&str] = match route.path {
-        "/api/v1/audit" => &[
-            "server_id",
-            "grant_id",
-            "identity",
-            "tool",
-            "decision",
-            "outcome",
-            "since",
-            "until",
-            "cursor",
-            "limit",
-        ],
-        "/api/v1/audit/export" => &[
-            "server_id",
-            "grant_id",
-            "identity",
-            "tool",
-            "decision",
-            "outcome",
-            "since",
-            "until",
-            "format",
-        ],
-        "/api/v1/audit/tail" => &[
-            "server_id",
-            "grant_id",
-            "identity",
-            "tool",
-            "decision",
-            "outcome",
-        ],
-        "/api/v1/approvals" => &["status"],
-        "/api/v1/grants" => &["server_id"],
-        "/api/v1/policies/{id}/diff" => &["from", "to"],
-        "/api/v1/servers/{id}/overview" => &["hours"],
-        "/api/v1/admin-audit" => &["object_kind", "before", "limit"],
-        _ => &[],
+    let audit = |extra: &[&'static str]| [&AUDIT_FILTERS[..], extra].concat();
+    let names: Vec<&str> = match route.path {
+        "/api/v1/audit" => audit(&["since", "until", "cursor", "limit"]),
+        "/api/v1/audit/export" => audit(&["since", "until", "format"]),
+        "/api/v1/audit/tail" => audit(&[]),
+        "/api/v1/approvals" => vec!["status"],
+        "/api/v1/grants" => vec!["server_id"],
+        "/api/v1/policies/{id}/diff" => vec!["from", "to"],
+        "/api/v1/servers/{id}/overview" => vec!["hours"],
+        "/api/v1/admin-audit" => vec!["object_kind", "before", "limit"],
+        _ => Vec::new(),
     };
     names
         .iter()
