@@ -27,14 +27,6 @@ impl TestRedis {
         &self.prefix
     }
 
-    /// Where the server is, for a service that makes its own connections.
-    pub fn info(&self) -> redis::ConnectionInfo {
-        redis::Client::open(crate::redis_url())
-            .expect("REDIS_URL is not a Redis URL")
-            .get_connection_info()
-            .clone()
-    }
-
     /// A connection for the test's own checks.
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()

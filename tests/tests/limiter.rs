@@ -23,7 +23,7 @@ impl Setup {
     async fn new() -> Self {
         let redis = TestRedis::new().await;
         let keys = RedisKeys::new(redis.prefix());
-        let batch = Batcher::start(redis.info(), keys.audit_stream(), Duration::from_secs(2));
+        let batch = Batcher::start(redis.conn(), keys.audit_stream(), Duration::from_secs(2));
         let limiter = Limiter::new(redis.conn(), batch, keys, Duration::from_secs(2));
         Self { redis, limiter }
     }
@@ -304,11 +304,12 @@ async fn audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_ba
     let keys = RedisKeys::new(redis.prefix());
     let proxy = portcullis_tests::ChaosProxy::start(portcullis_tests::redis_addr()).await;
     let client = redis::Client::open(format!("redis://{}", proxy.addr())).unwrap();
-    let batch = Batcher::start(
-        client.get_connection_info().clone(),
-        keys.audit_stream(),
-        Duration::from_millis(300),
-    );
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(300)))
+        .set_response_timeout(Some(Duration::from_millis(300)))
+        .set_number_of_retries(1);
+    let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config).unwrap();
+    let batch = Batcher::start(conn, keys.audit_stream(), Duration::from_millis(300));
     let calls = vec![portcullis_gateway::batch::Counter {
         key: format!("{}:{{t:x}}:calls", redis.prefix()),
         width: 600,
@@ -336,68 +337,4 @@ async fn audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_ba
     }
     assert_eq!(entries(&redis).await, [1, 2, 3, 4]);
     assert_eq!(batch.charge(calls, None).await.unwrap().refused, 0);
-}
-
-#[tokio::test]
-async fn the_batcher_logs_in_uses_its_database_and_reloads_flushed_scripts() {
-    let redis = TestRedis::new().await;
-    let keys = RedisKeys::new(redis.prefix());
-    let mut admin = redis.conn();
-    let user = format!("{}-user", redis.prefix());
-    let _: () = redis::cmd("ACL")
-        .arg(&["SETUSER", &user, "on", ">s3cret", "~*", "&*", "+@all"])
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let addr = portcullis_tests::redis_addr();
-    let info = |password: &str| {
-        redis::Client::open(format!("redis://{user}:{password}@{addr}/5"))
-            .unwrap()
-            .get_connection_info()
-            .clone()
-    };
-    let calls = vec![portcullis_gateway::batch::Counter {
-        key: format!("{}:{{t:x}}:calls", redis.prefix()),
-        width: 600,
-        max: 100,
-        cost: 1,
-    }];
-
-    let batch = Batcher::start(info("s3cret"), keys.audit_stream(), Duration::from_secs(2));
-    assert_eq!(batch.charge(calls.clone(), None).await.unwrap().refused, 0);
-    // Scripts flushed under a live connection: the next charge sends the script again.
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    assert_eq!(batch.charge(calls.clone(), None).await.unwrap().refused, 0);
-    assert!(batch.write(r#"{"n":1}"#.into()).await);
-    // Everything went to database 5, as the address asks.
-    let mut db5 = redis::Client::open(format!("redis://{addr}/5"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let used: u64 = db5.hget(&calls[0].key, "t").await.unwrap();
-    let written: usize = db5.xlen(keys.audit_stream()).await.unwrap();
-    assert_eq!((used, written), (2, 1));
-    assert!(!admin.exists::<_, bool>(&calls[0].key).await.unwrap());
-    let _: () = db5
-        .del(&[calls[0].key.as_str(), &keys.audit_stream()])
-        .await
-        .unwrap();
-
-    // A wrong password fails the charge, saying why.
-    let refused = Batcher::start(info("wrong"), keys.audit_stream(), Duration::from_secs(2));
-    let e = refused.charge(calls, None).await.unwrap_err();
-    assert!(
-        e.to_string().contains("redis refused the connection"),
-        "{e}"
-    );
-    let _: () = redis::cmd("ACL")
-        .arg(&["DELUSER", &user])
-        .query_async(&mut admin)
-        .await
-        .unwrap();
 }

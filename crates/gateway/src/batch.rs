@@ -28,9 +28,8 @@ use std::time::Duration;
 
 use portcullis_core::audit::stream;
 use redis::Script;
+use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
-
-use crate::resp::{self, Args, Commands, Reply};
 
 /// How many buckets a limiter window is cut into.
 pub const BUCKETS: u64 = 100;
@@ -191,47 +190,6 @@ fn batch_json(entries: &[&str]) -> String {
     }
 }
 
-/// An `XADD` of encoded entries (at least one) as one stream entry.
-fn xadd(stream_key: &str, entries: &[&str]) -> Args {
-    let mut xadd = Args::default();
-    xadd.arg("XADD")
-        .arg(stream_key)
-        .arg("MAXLEN")
-        .arg("~")
-        .int(stream::MAX_LEN)
-        .arg("*")
-        .arg(stream::BATCH_FIELD)
-        .arg(batch_json(entries));
-    xadd
-}
-
-/// An `XADD`'s reply: the new entry's id, or the error.
-fn written_or_error(reply: Reply) -> Result<(), BatchError> {
-    match reply {
-        Reply::Error(e) => Err(BatchError::Redis(e)),
-        _ => Ok(()),
-    }
-}
-
-/// The script's reply: its numbers.
-fn script_answer(reply: Option<Reply>) -> Result<Vec<i64>, BatchError> {
-    match reply {
-        Some(Reply::Array(Some(items))) => items
-            .into_iter()
-            .map(|item| match item {
-                Reply::Int(n) => Ok(n),
-                other => Err(BatchError::Redis(format!(
-                    "unexpected script answer {other:?}"
-                ))),
-            })
-            .collect(),
-        Some(Reply::Error(e)) => Err(BatchError::Redis(e)),
-        other => Err(BatchError::Redis(format!(
-            "unexpected script answer {other:?}"
-        ))),
-    }
-}
-
 /// One counter of a charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counter {
@@ -320,19 +278,18 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the task that talks to Redis (the server `redis` names, on a connection of its
-    /// own), writing audit entries to `stream_key`, giving up on a round trip after `timeout`.
-    /// It runs until every handle is dropped (the service's routes and the requests still in
-    /// flight), so requests draining during a graceful shutdown still reach Redis, then writes
-    /// what is left and stops.
-    pub fn start(redis: redis::ConnectionInfo, stream_key: String, timeout: Duration) -> Self {
+    /// Starts the task that talks to Redis, writing audit entries to `stream_key`, giving up on a
+    /// script call after `timeout`. It runs until every handle is dropped (the service's routes
+    /// and the requests still in flight), so requests draining during a graceful shutdown still
+    /// reach Redis, then writes what is left and stops.
+    pub fn start(redis: ConnectionManager, stream_key: String, timeout: Duration) -> Self {
         Self::spawn(redis, stream_key, timeout).0
     }
 
     /// Like [`Batcher::start`], also returning the task, which ends once every handle is gone
     /// and what was queued is written (or given up on).
     pub fn spawn(
-        redis: redis::ConnectionInfo,
+        redis: ConnectionManager,
         stream_key: String,
         timeout: Duration,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -343,7 +300,7 @@ impl Batcher {
                     seconds: metrics::histogram!("portcullis_gateway_redis_batch_seconds"),
                     size: metrics::histogram!("portcullis_gateway_redis_batch_size"),
                 },
-                redis: resp::Connection::new(redis),
+                redis,
                 stream_key,
                 script: Script::new(SCRIPT),
                 timeout,
@@ -420,7 +377,7 @@ struct BatchMetrics {
 
 struct Worker {
     metrics: BatchMetrics,
-    redis: resp::Connection,
+    redis: ConnectionManager,
     stream_key: String,
     script: Script,
     timeout: Duration,
@@ -462,20 +419,24 @@ impl Worker {
         }
     }
 
+    /// Writes encoded entries (at least one) as one stream entry.
+    async fn xadd(&self, entries: &[&str]) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.stream_key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(stream::MAX_LEN)
+            .arg("*")
+            .arg(stream::BATCH_FIELD)
+            .arg(batch_json(entries));
+        cmd.query_async::<redis::Value>(&mut conn).await.map(drop)
+    }
+
     /// Writes encoded entries as one stream entry; false when Redis did not take it in time.
-    async fn write_entries(&mut self, entries: &[&str]) -> bool {
-        let mut commands = Commands::default();
-        commands.push(&[&xadd(&self.stream_key, entries)]);
-        let written = tokio::time::timeout(self.timeout, self.redis.round_trip(&commands)).await;
-        match written.map(|r| r.map(|mut replies| replies.pop())) {
-            Ok(Ok(Some(reply))) => match written_or_error(reply) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "redis: audit entries not written");
-                    false
-                }
-            },
-            Ok(Ok(None)) => false,
+    async fn write_entries(&self, entries: &[&str]) -> bool {
+        match tokio::time::timeout(self.timeout, self.xadd(entries)).await {
+            Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "redis: audit entries not written");
                 false
@@ -497,11 +458,14 @@ impl Worker {
             .collect();
         let groups = group(&charges);
         let mut keys: Vec<&str> = Vec::new();
-        let mut argv = Args::default();
-        argv.int(BUCKETS).int(stream::MAX_LEN).int(groups.len());
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .arg(BUCKETS)
+            .arg(stream::MAX_LEN)
+            .arg(groups.len());
         for g in &groups {
             let counters = charges[g.start];
-            argv.int(g.count).int(counters.len());
+            invocation.arg(g.count).arg(counters.len());
             for c in counters {
                 let index = match keys.iter().position(|k| *k == c.key) {
                     Some(i) => i + 1,
@@ -510,9 +474,13 @@ impl Worker {
                         keys.len()
                     }
                 };
-                argv.int(index).int(c.width).int(c.max).int(c.cost);
+                invocation.arg(index).arg(c.width).arg(c.max).arg(c.cost);
             }
         }
+        for key in &keys {
+            invocation.key(*key);
+        }
+        invocation.key(&self.stream_key);
         let decisions: Vec<&str> = ops
             .iter()
             .filter_map(|op| match op {
@@ -520,16 +488,6 @@ impl Worker {
                 Op::Entry { .. } => None,
             })
             .collect();
-        argv.arg(batch_json(&decisions));
-        let script_keys = |command: &str, script: &str| {
-            let mut head = Args::default();
-            head.arg(command).arg(script).int(keys.len() + 1);
-            for key in &keys {
-                head.arg(key);
-            }
-            head.arg(&self.stream_key);
-            head
-        };
         let plain_entries: Vec<&str> = self
             .retry
             .iter()
@@ -539,75 +497,33 @@ impl Worker {
                 Op::Charge { .. } => None,
             }))
             .collect();
-        // The script call and the plain entries' XADD, in one write.
-        let mut commands = Commands::default();
-        if !charges.is_empty() {
-            commands.push(&[&script_keys("EVALSHA", self.script.get_hash()), &argv]);
-        }
-        if !plain_entries.is_empty() {
-            commands.push(&[&xadd(&self.stream_key, &plain_entries)]);
-        }
-        let redis = &mut self.redis;
-        let round_trip = async {
-            let mut replies = redis.round_trip(&commands).await?;
-            if !charges.is_empty()
-                && matches!(&replies[0], Reply::Error(e) if e.starts_with("NOSCRIPT"))
-            {
-                // A connection's first script call, or the scripts were flushed: send the source.
-                let mut again = Commands::default();
-                again.push(&[&script_keys("EVAL", SCRIPT), &argv]);
-                replies[0] = redis
-                    .round_trip(&again)
-                    .await?
-                    .pop()
-                    .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        invocation.arg(batch_json(&decisions));
+        let mut conn = self.redis.clone();
+        let script = async {
+            if charges.is_empty() {
+                return Ok(None);
             }
-            Ok::<_, std::io::Error>(replies)
+            invocation
+                .invoke_async::<Vec<i64>>(&mut conn)
+                .await
+                .map(Some)
+        };
+        let entries = async {
+            if plain_entries.is_empty() {
+                return Ok(());
+            }
+            self.xadd(&plain_entries).await
         };
         let started = std::time::Instant::now();
-        let (script, entries) = match tokio::time::timeout(self.timeout, round_trip).await {
-            Ok(Ok(replies)) => {
-                let mut replies = replies.into_iter();
-                let script = match charges.is_empty() {
-                    true => Ok(None),
-                    false => script_answer(replies.next()).map(Some),
-                };
-                let entries = match plain_entries.is_empty() {
-                    true => Ok(()),
-                    false => replies.next().map_or_else(
-                        || Err(BatchError::Redis("no reply".into())),
-                        written_or_error,
-                    ),
-                };
-                (script, entries)
-            }
-            Ok(Err(e)) => {
-                let failed = BatchError::Redis(e.to_string());
-                let script = if charges.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(failed.clone())
-                };
-                let entries = if plain_entries.is_empty() {
-                    Ok(())
-                } else {
-                    Err(failed)
-                };
-                (script, entries)
-            }
+        let answer = tokio::time::timeout(self.timeout, async { tokio::join!(script, entries) });
+        let (script, entries) = match answer.await {
+            Ok((script, entries)) => (
+                script.map_err(|e| BatchError::Redis(e.to_string())),
+                entries.map_err(|e| BatchError::Redis(e.to_string())),
+            ),
             Err(_) => {
                 let late = BatchError::Redis(format!("no answer within {:?}", self.timeout));
-                let script = if charges.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(late.clone())
-                };
-                let entries = if plain_entries.is_empty() {
-                    Ok(())
-                } else {
-                    Err(late)
-                };
-                (script, entries)
+                (Err(late.clone()), Err(late))
             }
         };
         self.metrics.seconds.record(started.elapsed());

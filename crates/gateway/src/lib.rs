@@ -34,7 +34,6 @@ pub mod meters;
 pub mod proxy;
 pub mod relay;
 pub mod replies;
-pub mod resp;
 pub mod sessions;
 pub mod upstream;
 
@@ -195,13 +194,13 @@ pub async fn build(
 }
 
 impl Service {
-    /// The routes of one worker, with its own upstream connection pool, batcher (and the
-    /// batcher's Redis connection) and Redis connection for the rest (`redis`), so that a
-    /// request runs from start to finish on the thread that accepted it. Call it on the runtime that serves the routes: the worker's tasks run there.
+    /// The routes of one worker, with its own upstream connection pool, batcher and Redis
+    /// connection (`redis`), so that a request runs from start to finish on the thread that
+    /// accepted it. Call it on the runtime that serves the routes: the worker's tasks run there.
     pub fn worker(&self, redis: ConnectionManager) -> Worker {
         let settings = &self.settings;
         let (batch, drained) = batch::Batcher::spawn(
-            self.shared.redis_client.get_connection_info().clone(),
+            redis.clone(),
             self.shared.keys.audit_stream(),
             settings.limiter_timeout,
         );
