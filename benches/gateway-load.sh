@@ -132,11 +132,27 @@ over_rounds() {
 read -r PEAK _ < <(over_rounds RPS portcullis)
 HALF=${RATE:-$(awk -v r="$PEAK" 'BEGIN { printf "%d", r / 2 }')}
 log "fixed rate (default: half of Portcullis's median peak): $HALF requests/s, $ROUNDS rounds"
-declare -A RATIO ADDED
+# Sum (s) and count of one of the gateway's histograms, from its /metrics.
+histogram() {
+  curl -s "http://127.0.0.1:$GW_PORT/metrics" |
+    awk -v n="$1" '$1 == n "_sum" { s = $2 } $1 == n "_count" { c = $2 } END { print s + 0, c + 0 }'
+}
+WAITS="overhead limiter redis_batch upstream_head"
+declare -A RATIO ADDED WAIT
 for r in $(seq 1 "$ROUNDS"); do
   for t in $TARGETS; do
+    if [ "$t" = portcullis ]; then
+      for w in $WAITS; do read -r WAIT[$w,s0] WAIT[$w,c0] < <(histogram "portcullis_gateway_${w}_seconds"); done
+    fi
     read -r _ _ p99 _ _ < <(load "$t" "-q $HALF")
     H99[$t,$r]=$p99
+    if [ "$t" = portcullis ]; then
+      for w in $WAITS; do
+        read -r s1 c1 < <(histogram "portcullis_gateway_${w}_seconds")
+        WAIT[$w,s]=$(awk -v a="${WAIT[$w,s]:-0}" -v b="$s1" -v c="${WAIT[$w,s0]}" 'BEGIN { print a + b - c }')
+        WAIT[$w,c]=$(( ${WAIT[$w,c]:-0} + ${c1%.*} - ${WAIT[$w,c0]%.*} ))
+      done
+    fi
   done
   for t in portcullis floor; do
     RATIO[$t,$r]=$(awk -v p="${RPS[$t,$r]}" -v n="${RPS[nginx,$r]}" 'BEGIN { print p / n }')
@@ -205,5 +221,11 @@ printf 'throughput floor/nginx: %.2f (%.2f-%.2f); portcullis/floor: %.2f\n' \
 printf 'p99 added at %s/s: portcullis %.3f ms (%.2f-%.2f)   nginx %.3f ms (%.2f-%.2f)\n' \
   "$HALF" "$padd" "$palo" "$pahi" "$nadd" "$nalo" "$nahi"
 printf 'p99 added at %s/s: floor %.3f ms (%.2f-%.2f)\n' "$HALF" "$fadd" "$falo" "$fahi"
+printf 'inside the gateway at %s/s, mean ms:' "$HALF"
+for w in $WAITS; do
+  awk -v w="$w" -v s="${WAIT[$w,s]}" -v c="${WAIT[$w,c]}" \
+    'BEGIN { printf " %s %.3f", w, (c > 0 ? s * 1000 / c : 0) }'
+done
+printf ' (overhead: before forwarding; limiter: a charge, asked to answered; redis_batch: a round trip; upstream_head: waiting for the answer head)\n'
 printf 'gateway RSS: %d MB idle after load, %d MB with %s open sessions\n' \
   $((RSS_BEFORE / 1024)) $((RSS_SESSIONS / 1024)) "$SESSIONS"
