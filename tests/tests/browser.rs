@@ -113,6 +113,22 @@ async fn shot(client: &Client, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
 
+/// The element `css` selects on the current page.
+async fn element(client: &Client, css: &str) -> fantoccini::elements::Element {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+}
+
+async fn click(client: &Client, css: &str) {
+    element(client, css).await.click().await.unwrap();
+}
+
+async fn type_into(client: &Client, css: &str, text: &str) {
+    element(client, css).await.send_keys(text).await.unwrap();
+}
+
 async fn text_of(client: &Client, css: &str) -> String {
     client
         .wait()
@@ -233,24 +249,19 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
     let form = b.form(Locator::Css("#register-server")).await.unwrap();
     form.set_by_name("name", "sms-gateway").await.unwrap();
     form.set_by_name("url", &upstream.url).await.unwrap();
-    b.find(Locator::Css("#register-server textarea[name='headers']"))
-        .await
-        .unwrap()
-        .send_keys("x-api-key: journey-upstream-key-42")
-        .await
-        .unwrap();
+    type_into(
+        b,
+        "#register-server textarea[name='headers']",
+        "x-api-key: journey-upstream-key-42",
+    )
+    .await;
     form.submit().await.unwrap();
     let server_path = wait_path(b, |p| p.starts_with("/servers/")).await;
     assert!(body_text(b).await.contains("x-api-key"));
     shot(b, "03-server-registered").await;
 
     // 3. Discover: risk labels appear.
-    b.find(Locator::Css("#discover"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#discover").await;
     let page = wait_text(b, "Discovered 5 tools").await;
     for label in ["read", "destructive", "financial", "write"] {
         assert!(page.contains(label), "risk label {label} missing");
@@ -258,48 +269,27 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
     shot(b, "04-discovered-tools").await;
 
     // 4. Start from the recommended policy.
-    b.find(Locator::Css("#new-policy"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#new-policy").await;
     wait_path(b, |p| p.ends_with("/policies/new")).await;
     shot(b, "05-new-policy").await;
-    b.find(Locator::Css("#create-policy"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#create-policy").await;
     let policy_path = wait_path(b, |p| p.starts_with("/policies/")).await;
     shot(b, "06-policy-recommended").await;
 
     // 5. Tighten one tool: update_contact (a write, rate-limited by the recommendation) is denied.
-    b.find(Locator::Css("tr[data-tool='update_contact'] select.mode"))
+    element(b, "tr[data-tool='update_contact'] select.mode")
         .await
-        .unwrap()
         .select_by_value("deny")
         .await
         .unwrap();
-    b.find(Locator::Css("#save-builder"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#save-builder").await;
     wait_text(b, "Saved as version 2").await;
     shot(b, "07-policy-tightened").await;
     // The tester shows the decision and the rule.
-    let tool = b.find(Locator::Css("#test-tool")).await.unwrap();
+    let tool = element(b, "#test-tool").await;
     tool.clear().await.unwrap();
     tool.send_keys("update_contact").await.unwrap();
-    b.find(Locator::Css("#run-test"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#run-test").await;
     let decision = text_of(b, "#test-decision").await;
     assert!(
         decision.contains("deny") && decision.contains("/tools/update_contact/deny_if/0"),
@@ -309,12 +299,7 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
 
     // 6. Issue a grant; the token is shown once with the client configurations.
     b.goto(&format!("{base}{policy_path}")).await.unwrap();
-    b.find(Locator::Css("#issue-grant"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#issue-grant").await;
     wait_path(b, |p| p == "/grants").await;
     let form = b.form(Locator::Css("#grant-form")).await.unwrap();
     form.set_by_name("identity", "support-agent").await.unwrap();
@@ -454,12 +439,7 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
     assert!(page.contains("/tools/update_contact/deny_if/0"), "{page}");
     shot(b, "10-audit").await;
     // The live tail: a new call appears on the open page without a reload.
-    b.find(Locator::Css("#tail-toggle"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#tail-toggle").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     match &mcp_client {
         Some(client) => {
@@ -497,24 +477,12 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
     assert_eq!(failed.attr("title").await.unwrap().as_deref(), Some(why));
     shot(b, "10b-audit-live-tail").await;
     b.goto(&format!("{base}/audit")).await.unwrap();
-    let failed = b.find(Locator::Css("#audit-rows td[title]")).await.unwrap();
+    let failed = element(b, "#audit-rows td[title]").await;
     assert_eq!(failed.text().await.unwrap(), "no answer");
     assert_eq!(failed.attr("title").await.unwrap().as_deref(), Some(why));
     // The outcome filter keeps only the failed call.
-    b.find(Locator::Css(
-        "select[name='outcome'] option[value='failed']",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
-    b.find(Locator::Css("#audit-filters button[type='submit']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "select[name='outcome'] option[value='failed']").await;
+    click(b, "#audit-filters button[type='submit']").await;
     assert!(
         eventually(Duration::from_secs(15), || async {
             b.current_url()
@@ -538,12 +506,7 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
         .await
         .unwrap();
     shot(b, "11-audit-filtered").await;
-    b.find(Locator::Css("#audit-rows a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#audit-rows a").await;
     assert!(
         body_text(b)
             .await
@@ -555,18 +518,13 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
     b.goto(&format!("{base}/approvals")).await.unwrap();
     assert!(body_text(b).await.contains("create_payment"));
     shot(b, "13-approvals-pending").await;
-    b.find(Locator::Css("form.decide input[name='note']"))
-        .await
-        .unwrap()
-        .send_keys("verified with the customer")
-        .await
-        .unwrap();
-    b.find(Locator::Css("form.decide button.approve"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(
+        b,
+        "form.decide input[name='note']",
+        "verified with the customer",
+    )
+    .await;
+    click(b, "form.decide button.approve").await;
     wait_text(b, "Approved apr_").await;
     shot(b, "14-approved").await;
     let status: String =
