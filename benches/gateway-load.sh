@@ -9,7 +9,7 @@
 #               pooled client; no parsing, policy, Redis or audit: crates/gateway/examples/
 #               floor_proxy.rs), the most any gateway built on this stack could do
 # and prints throughput, p50/p99 latency and the ratios; then the p99 each adds at half of
-# Portcullis's peak rate; then the gateway's RSS with 1,000 open sessions (their GET streams
+# Portcullis's peak rate (and where a call waits inside the gateway meanwhile); then the gateway's RSS with 1,000 open sessions (their GET streams
 # held open, upstream: the Python SDK's server). The targets take turns, ROUNDS times (default
 # 3), and each figure is the median of the rounds with its range. Everything listens on
 # 127.0.0.1.
