@@ -1270,34 +1270,42 @@ async fn server_everything_sampling_and_elicitation_round_trips() {
         {"op": "call", "name": "get-sum", "args": {"a": 2, "b": 3}}
     ])
     .to_string();
-    let out = portcullis_tests::peers::python_client(&f.url(&gw), "legacy", &plan).await;
-    let steps: Vec<Value> = serde_json::from_str(&out).unwrap();
-    let listed: Vec<String> = serde_json::from_value(steps[0]["ok"].clone()).unwrap();
-    assert!(
-        listed.contains(&"trigger-sampling-request".to_owned()),
-        "{out}"
-    );
-    assert!(listed.contains(&"echo".to_owned()), "{out}");
-    assert!(
-        !listed.contains(&"get-env".to_owned()),
-        "hidden tool listed: {out}"
-    );
-    assert!(
-        !listed.iter().any(|t| t.starts_with("toggle")),
-        "default deny lists only ruled tools: {out}"
-    );
-    let sampled = steps[1]["ok"]["text"].as_str().unwrap_or_default();
-    assert!(sampled.contains("sampled:"), "{out}");
-    let elicited = steps[2]["ok"]["text"].as_str().unwrap_or_default();
-    assert!(elicited.contains("Ada"), "{out}");
-    assert!(steps[3].to_string().contains("Unknown tool"), "{out}");
-    assert!(
-        steps[4]["ok"]["text"]
-            .as_str()
-            .unwrap_or_default()
-            .contains('5'),
-        "{out}"
-    );
+    // The session era, and a client that prefers 2026-07-28 and negotiates ("auto"):
+    // server-everything speaks only the session era, so that client falls back to initialize,
+    // through the gateway as it would directly.
+    for mode in ["legacy", "auto"] {
+        let out = portcullis_tests::peers::python_client(&f.url(&gw), mode, &plan).await;
+        let steps: Vec<Value> = serde_json::from_str(&out).unwrap();
+        let listed: Vec<String> = serde_json::from_value(steps[0]["ok"].clone()).unwrap();
+        assert!(
+            listed.contains(&"trigger-sampling-request".to_owned()),
+            "{mode}: {out}"
+        );
+        assert!(listed.contains(&"echo".to_owned()), "{mode}: {out}");
+        assert!(
+            !listed.contains(&"get-env".to_owned()),
+            "hidden tool listed ({mode}): {out}"
+        );
+        assert!(
+            !listed.iter().any(|t| t.starts_with("toggle")),
+            "default deny lists only ruled tools ({mode}): {out}"
+        );
+        let sampled = steps[1]["ok"]["text"].as_str().unwrap_or_default();
+        assert!(sampled.contains("sampled:"), "{mode}: {out}");
+        let elicited = steps[2]["ok"]["text"].as_str().unwrap_or_default();
+        assert!(elicited.contains("Ada"), "{mode}: {out}");
+        assert!(
+            steps[3].to_string().contains("Unknown tool"),
+            "{mode}: {out}"
+        );
+        assert!(
+            steps[4]["ok"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains('5'),
+            "{mode}: {out}"
+        );
+    }
     gw.stop().await.unwrap();
 }
 
