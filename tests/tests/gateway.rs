@@ -1258,6 +1258,10 @@ async fn server_everything_sampling_and_elicitation_round_trips() {
     doc["tools"]["echo"] = json!({});
     doc["hide"] = json!(["get-env"]);
     doc["tools"]["get-*"] = json!({});
+    doc["tools"]["get-tiny-image"] =
+        json!({"deny_if": [{"conditions": [], "on_deny": "No images."}]});
+    doc["tools"]["get-annotated-message"] =
+        json!({"limits": [{"counter": "annotated", "window": "minute", "max": 1}]});
     let f = stack
         .fixture(&everything.url("/mcp"), "streamable_http", doc)
         .await;
@@ -1306,6 +1310,58 @@ async fn server_everything_sampling_and_elicitation_round_trips() {
             "{mode}: {out}"
         );
     }
+
+    // The rmcp client (session era: the only one server-everything has): allowed, denied,
+    // default-denied, hidden and over-the-limit calls.
+    let client = rmcp_session(&f.url(&gw)).await;
+    let listed = tool_names(&client).await;
+    assert!(
+        listed.contains(&"echo".to_owned()) && !listed.contains(&"get-env".to_owned()),
+        "{listed:?}"
+    );
+    let echoed = client
+        .call_tool(args(
+            json!({"name": "echo", "arguments": {"message": "hi"}}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(result_text(&echoed), "Echo: hi");
+    let denied = client
+        .call_tool(args(json!({"name": "get-tiny-image", "arguments": {}})))
+        .await
+        .unwrap();
+    assert_eq!(result_text(&denied), "[POLICY DENIED] No images.");
+    let unruled = client
+        .call_tool(args(
+            json!({"name": "toggle-simulated-logging", "arguments": {}}),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        result_text(&unruled).starts_with("[POLICY DENIED]"),
+        "{unruled:?}"
+    );
+    let hidden = format!(
+        "{:?}",
+        client
+            .call_tool(args(json!({"name": "get-env", "arguments": {}})))
+            .await
+            .unwrap_err()
+    );
+    assert!(
+        hidden.contains("-32602") || hidden.contains("Unknown tool"),
+        "{hidden}"
+    );
+    let annotated =
+        json!({"name": "get-annotated-message", "arguments": {"messageType": "success"}});
+    let first = client.call_tool(args(annotated.clone())).await.unwrap();
+    assert_ne!(first.is_error, Some(true), "{first:?}");
+    let second = client.call_tool(args(annotated)).await.unwrap();
+    assert!(
+        result_text(&second).starts_with("[RATE LIMITED]"),
+        "{second:?}"
+    );
+    client.cancel().await.unwrap();
     gw.stop().await.unwrap();
 }
 
