@@ -1213,9 +1213,12 @@ async fn a_failed_continuation_refunds_the_call_it_continues() {
 
 #[tokio::test]
 async fn python_sdk_client_in_both_eras() {
-    let (stack, _upstream, f) = rmcp_stack(false, policy()).await;
+    let (stack, _upstream, rmcp) = rmcp_stack(false, policy()).await;
+    let python = portcullis_tests::peers::python_server("streamable-http", false);
+    let py = stack
+        .fixture(&python.url("/mcp"), "streamable_http", policy())
+        .await;
     let gw = stack.gateway().await;
-    let url = f.url(&gw);
     let plan = json!([
         {"op": "list"},
         {"op": "call", "name": "echo", "args": {"text": "py"}},
@@ -1224,11 +1227,15 @@ async fn python_sdk_client_in_both_eras() {
         {"op": "call", "name": "send_money", "args": {"amount": 500, "to": "eve"}}
     ])
     .to_string();
-    let (legacy, modern) = tokio::join!(
-        portcullis_tests::peers::python_client(&url, "legacy", &plan),
-        portcullis_tests::peers::python_client(&url, "2026-07-28", &plan),
+    // Both eras, to the rmcp server and to the Python SDK's.
+    let (rmcp_url, py_url) = (rmcp.url(&gw), py.url(&gw));
+    let outs = tokio::join!(
+        portcullis_tests::peers::python_client(&rmcp_url, "legacy", &plan),
+        portcullis_tests::peers::python_client(&rmcp_url, "2026-07-28", &plan),
+        portcullis_tests::peers::python_client(&py_url, "legacy", &plan),
+        portcullis_tests::peers::python_client(&py_url, "2026-07-28", &plan),
     );
-    for out in [legacy, modern] {
+    for out in [outs.0, outs.1, outs.2, outs.3] {
         let steps: Vec<Value> = serde_json::from_str(&out).unwrap();
         assert_eq!(steps[0]["ok"], json!(VISIBLE), "{out}");
         assert_eq!(steps[1]["ok"]["text"], "echo: py", "{out}");
