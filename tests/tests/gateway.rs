@@ -436,8 +436,9 @@ async fn approvals_pass_exactly_once_after_approval() {
 #[tokio::test]
 async fn a_session_continues_on_a_second_gateway_and_get_delete_pass_through() {
     let (stack, _upstream, f) = rmcp_stack(false, policy()).await;
-    let a = stack.gateway().await;
-    let b = stack.gateway().await;
+    // Two gateway processes: they share nothing but Postgres, Redis and the session keys.
+    let a = stack.gateway_process(&[]).await;
+    let b = stack.gateway_process(&[]).await;
     let session = open_session(&f.url(&a)).await;
     let headers = [
         ("mcp-session-id", session.as_str()),
@@ -470,8 +471,8 @@ async fn a_session_continues_on_a_second_gateway_and_get_delete_pass_through() {
     let (status, _, body) =
         post(&f.url(&b), &headers, &call(3, "echo", json!({"text": "c"}))).await;
     assert_eq!(status, 404, "the upstream session should be gone: {body}");
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]
@@ -1380,12 +1381,11 @@ async fn three_gateways_sharing_redis_forward_exactly_the_limit() {
     // This test is about exactness, not about a slow Redis: 600 calls at once through three
     // debug-build gateways, beside the other tests, can take longer than the default 250 ms
     // limiter timeout, and a call refused on that timeout may still have been charged.
-    let redis = portcullis_tests::redis_url();
     let patient = ["--limiter-timeout", "10s"];
     let gateways = [
-        stack.gateway_with(&redis, &patient).await,
-        stack.gateway_with(&redis, &patient).await,
-        stack.gateway_with(&redis, &patient).await,
+        stack.gateway_process(&patient).await,
+        stack.gateway_process(&patient).await,
+        stack.gateway_process(&patient).await,
     ];
     let urls: Vec<String> = gateways.iter().map(|g| f.url(g)).collect();
     let client = reqwest::Client::new();
@@ -1426,7 +1426,7 @@ async fn three_gateways_sharing_redis_forward_exactly_the_limit() {
     assert_eq!(limited, 500);
     assert_eq!(upstream.calls(), 100);
     for g in gateways {
-        g.stop().await.unwrap();
+        g.stop().await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `portcullis` command as a library, so tests start the very services the binary runs.
 
 pub mod app;
+pub mod command;
 pub mod config;
 pub mod health;
 pub mod http;

@@ -1,6 +1,9 @@
 //! Fixtures written straight into Postgres (as the control plane would), gateways started on
 //! port 0, and small clients.
 
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use portcullis::{Config, Role, Running};
@@ -29,12 +32,61 @@ pub struct Fixture {
 
 impl Fixture {
     /// The per-grant URL on a gateway.
-    pub fn url(&self, gateway: &Running) -> String {
-        format!(
-            "http://{}/g/{}/mcp",
-            gateway.gateway.unwrap(),
-            self.token.expose()
-        )
+    pub fn url(&self, gateway: &impl Gateway) -> String {
+        format!("http://{}/g/{}/mcp", gateway.addr(), self.token.expose())
+    }
+}
+
+/// A running gateway: in this test process, or a process of its own.
+pub trait Gateway {
+    /// Where it listens.
+    fn addr(&self) -> SocketAddr;
+}
+
+impl Gateway for Running {
+    fn addr(&self) -> SocketAddr {
+        self.gateway.expect("a gateway")
+    }
+}
+
+/// `portcullis gateway` in a process of its own (the command itself, built with the tests),
+/// stopped with SIGTERM by [`GatewayProcess::stop`], killed if dropped.
+pub struct GatewayProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Gateway for GatewayProcess {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl GatewayProcess {
+    /// Stops it as an orchestrator would (SIGTERM: drain, then exit) and checks it exits 0.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 10 s after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "{status}");
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -56,6 +108,11 @@ impl Stack {
 
     /// [`Stack::config`] with the database reached at `database_url` (through a proxy, say).
     pub fn config_on(&self, database_url: &str, redis_url: &str, extra: &[&str]) -> Config {
+        Config::from_flags(self.flags(database_url, redis_url, extra)).unwrap()
+    }
+
+    /// The command-line flags of a service of this stack.
+    fn flags(&self, database_url: &str, redis_url: &str, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
             "--database-url",
             database_url,
@@ -83,10 +140,47 @@ impl Stack {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        Config::from_flags(args).unwrap()
+        args
     }
 
-    /// A gateway process (in this test process) on port 0.
+    /// `portcullis gateway` as a process of its own, on port 0; `extra` flags are added.
+    pub async fn gateway_process(&self, extra: &[&str]) -> GatewayProcess {
+        let flags = self.flags(&self.db.url(), &portcullis_tests::redis_url(), extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-e2e"))
+            .arg("gateway")
+            .args(flags)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read to the end (what it prints later must not meet a closed pipe), handing over
+        // the line with its address.
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (found, address) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in stdout.lines().map_while(Result::ok) {
+                if line.starts_with("gateway:")
+                    && let Some(found) = found.take()
+                {
+                    let _ = found.send(line);
+                }
+            }
+        });
+        let line = tokio::time::timeout(Duration::from_secs(30), address)
+            .await
+            .expect("the gateway process did not start within 30 s")
+            .expect("the gateway process exited without printing its address");
+        let addr = line
+            .trim_start_matches("gateway:")
+            .trim()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        GatewayProcess { child, addr }
+    }
+
+    /// A gateway (in this test process) on port 0.
     pub async fn gateway(&self) -> Running {
         self.gateway_with(&portcullis_tests::redis_url(), &[]).await
     }
