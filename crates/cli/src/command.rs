@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use crate::{Config, Role};
 use clap::{Parser, Subcommand};
+
+use crate::{Config, Role};
 
 #[derive(Parser)]
 #[command(
