@@ -132,26 +132,26 @@ over_rounds() {
 read -r PEAK _ < <(over_rounds RPS portcullis)
 HALF=${RATE:-$(awk -v r="$PEAK" 'BEGIN { printf "%d", r / 2 }')}
 log "fixed rate (default: half of Portcullis's median peak): $HALF requests/s, $ROUNDS rounds"
-# Sum (s) and count of one of the gateway's histograms, from its /metrics.
-histogram() {
-  curl -s "http://127.0.0.1:$GW_PORT/metrics" |
-    awk -v n="$1" '$1 == n "_sum" { s = $2 } $1 == n "_count" { c = $2 } END { print s + 0, c + 0 }'
-}
 WAITS="overhead limiter redis_batch upstream_head"
-declare -A RATIO ADDED WAIT
+# The gateway's wait histograms from one read of its /metrics: a "name sum count" line each.
+waits() {
+  curl -s "http://127.0.0.1:$GW_PORT/metrics" | awk -v names="$WAITS" '
+    BEGIN { n = split(names, w, " "); for (i = 1; i <= n; i++) want["portcullis_gateway_" w[i] "_seconds"] = w[i] }
+    { name = $1; sub(/_(sum|count)$/, "", name) }
+    (name in want) && $1 ~ /_sum$/ { s[want[name]] = $2 }
+    (name in want) && $1 ~ /_count$/ { c[want[name]] = $2 }
+    END { for (i = 1; i <= n; i++) print w[i], s[w[i]] + 0, c[w[i]] + 0 }'
+}
+declare -A RATIO ADDED
+SNAPSHOTS=()
 for r in $(seq 1 "$ROUNDS"); do
   for t in $TARGETS; do
-    if [ "$t" = portcullis ]; then
-      for w in $WAITS; do read -r WAIT[$w,s0] WAIT[$w,c0] < <(histogram "portcullis_gateway_${w}_seconds"); done
-    fi
+    if [ "$t" = portcullis ]; then waits >"$WORK/waits.$r.before"; fi
     read -r _ _ p99 _ _ < <(load "$t" "-q $HALF")
     H99[$t,$r]=$p99
     if [ "$t" = portcullis ]; then
-      for w in $WAITS; do
-        read -r s1 c1 < <(histogram "portcullis_gateway_${w}_seconds")
-        WAIT[$w,s]=$(awk -v a="${WAIT[$w,s]:-0}" -v b="$s1" -v c="${WAIT[$w,s0]}" 'BEGIN { print a + b - c }')
-        WAIT[$w,c]=$(( ${WAIT[$w,c]:-0} + ${c1%.*} - ${WAIT[$w,c0]%.*} ))
-      done
+      waits >"$WORK/waits.$r.after"
+      SNAPSHOTS+=("$WORK/waits.$r.before" "$WORK/waits.$r.after")
     fi
   done
   for t in portcullis floor; do
@@ -222,10 +222,10 @@ printf 'p99 added at %s/s: portcullis %.3f ms (%.2f-%.2f)   nginx %.3f ms (%.2f-
   "$HALF" "$padd" "$palo" "$pahi" "$nadd" "$nalo" "$nahi"
 printf 'p99 added at %s/s: floor %.3f ms (%.2f-%.2f)\n' "$HALF" "$fadd" "$falo" "$fahi"
 printf 'inside the gateway at %s/s, mean ms:' "$HALF"
-for w in $WAITS; do
-  awk -v w="$w" -v s="${WAIT[$w,s]}" -v c="${WAIT[$w,c]}" \
-    'BEGIN { printf " %s %.3f", w, (c > 0 ? s * 1000 / c : 0) }'
-done
+# Each run's after minus its before, added up over the rounds.
+awk 'FNR == 1 { f++ } { k = f % 2 ? -1 : 1; s[$1] += k * $2; c[$1] += k * $3; if (f == 1) order[FNR] = $1 }
+  END { for (i = 1; i in order; i++) { w = order[i]; printf " %s %.3f", w, (c[w] > 0 ? s[w] * 1000 / c[w] : 0) } }' \
+  "${SNAPSHOTS[@]}"
 printf ' (overhead: before forwarding; limiter: a charge, asked to answered; redis_batch: a round trip; upstream_head: waiting for the answer head)\n'
 printf 'gateway RSS: %d MB idle after load, %d MB with %s open sessions\n' \
   $((RSS_BEFORE / 1024)) $((RSS_SESSIONS / 1024)) "$SESSIONS"

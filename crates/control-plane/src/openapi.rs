@@ -169,18 +169,8 @@ fn shapes(route: &Route) -> (Option<Value>, Vec<(String, Value)>) {
     }
 }
 
-/// The filters the audit list, its export and its tail share.
-const AUDIT_FILTERS: [&str; 6] = [
-    "server_id",
-    "grant_id",
-    "identity",
-    "tool",
-    "decision",
-    "outcome",
-];
-
 fn query_parameters(route: &Route) -> Vec<Value> {
-    let audit = |extra: &[&'static str]| [&AUDIT_FILTERS[..], extra].concat();
+    let audit = |extra: &[&'static str]| [&crate::audit::query::FILTERS[..], extra].concat();
     let names: Vec<&str> = match route.path {
         "/api/v1/audit" => audit(&["since", "until", "cursor", "limit"]),
         "/api/v1/audit/export" => audit(&["since", "until", "format"]),

@@ -65,20 +65,7 @@ impl Gateway for GatewayProcess {
 impl GatewayProcess {
     /// Stops it as an orchestrator would (SIGTERM: drain, then exit) and checks it exits 0.
     pub async fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still running 10 s after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let status = portcullis_tests::terminate(&mut self.child).await;
         assert!(status.success(), "{status}");
     }
 }

@@ -69,6 +69,17 @@ pub struct EventSummary {
 
 const SUMMARY: &str = "id, ts, grant_id, identity, server_id, method, tool, decision, rule, message, upstream_status, latency_ms, upstream_error";
 
+/// The query parameters that filter the list, the export and the tail alike ([`Filter`]'s
+/// first fields).
+pub const FILTERS: [&str; 6] = [
+    "server_id",
+    "grant_id",
+    "identity",
+    "tool",
+    "decision",
+    "outcome",
+];
+
 /// The filter of the list, the export and the tail. Text fields as given in the query string.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Filter {
