@@ -890,7 +890,14 @@ async fn python_sdk_server_over_streamable_http_and_legacy_sse() {
     let (status, _, body) =
         post_stateless(&fl.url(&gw), &[], 1, "echo", json!({"text": "x"})).await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(message(&body)["error"]["code"], -32022, "{body}");
+    let refused = message(&body);
+    assert_eq!(refused["error"]["code"], -32022, "{body}");
+    // ... and offered only the versions it speaks, so a negotiating client falls back at once.
+    assert_eq!(
+        refused["error"]["data"]["supported"],
+        json!(["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"]),
+        "{body}"
+    );
     gw.stop().await.unwrap();
 }
 
@@ -1373,6 +1380,106 @@ async fn server_everything_sampling_and_elicitation_round_trips() {
     gw.stop().await.unwrap();
 }
 
+/// The id of the first event of an SSE body (a priming event, when the server sends one).
+fn first_event_id(body: &str) -> String {
+    body.lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap_or_else(|| panic!("no event id in {body:?}"))
+        .trim()
+        .to_owned()
+}
+
+/// The names in a `tools/list` answer.
+fn listed_names(answer: &Value) -> Vec<String> {
+    answer["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools list: {answer}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_resumed_stream_replays_answers_with_tools_lists_filtered() {
+    let stack = Stack::new().await;
+    let everything = portcullis_tests::peers::everything_server();
+    let mut doc = policy();
+    doc["hide"] = json!(["get-env"]);
+    doc["tools"]["get-*"] = json!({});
+    let f = stack
+        .fixture(&everything.url("/mcp"), "streamable_http", doc)
+        .await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    let session = open_session(&url).await;
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let (status, _, body) = post(
+        &url,
+        &headers,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let listed = listed_names(&message(&body));
+    assert!(
+        listed.contains(&"echo".to_owned()) && !listed.contains(&"get-env".to_owned()),
+        "{listed:?}"
+    );
+
+    // A client that lost that stream resumes it (GET with the last event id it saw, here the
+    // server's priming event): the server replays the answer, which is filtered again.
+    let resumed = reqwest::Client::new()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("last-event-id", first_event_id(&body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let replayed = SseMessages::new(resumed).next().await.unwrap();
+    assert_eq!(replayed["id"], 2, "{replayed}");
+    let names = listed_names(&replayed);
+    assert!(
+        names.contains(&"echo".to_owned()) && !names.contains(&"get-env".to_owned()),
+        "the replayed list must be filtered: {names:?}"
+    );
+
+    // An upstream that answers under another id ("7" for 7) gets no unfiltered list past,
+    // as JSON or as SSE.
+    let list = r#"{"jsonrpc":"2.0","id":"7","result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"delete_all","inputSchema":{"type":"object"}}]}}"#;
+    let json_answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{list}",
+        list.len()
+    );
+    let sse_answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: {list}\n\n"
+    );
+    for answer in [json_answer, sse_answer] {
+        let port = raw_upstream(Some(&answer)).await;
+        let f = stack
+            .fixture(
+                &format!("http://127.0.0.1:{port}/mcp"),
+                "streamable_http",
+                policy(),
+            )
+            .await;
+        let (status, _, body) = post(
+            &f.url(&gw),
+            &[],
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(listed_names(&message(&body)), ["echo"], "{body}");
+    }
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn three_gateways_sharing_redis_forward_exactly_the_limit() {
     let mut doc = policy();
@@ -1474,12 +1581,14 @@ async fn upstreams_on_refused_addresses_are_never_contacted() {
 
 /// An upstream that reads each request whole, then answers `answer` (raw HTTP) and closes;
 /// with no `answer`, it holds the connection open without a word.
-async fn raw_upstream(answer: Option<&'static str>) -> u16 {
+async fn raw_upstream(answer: Option<&str>) -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let answer: Option<std::sync::Arc<str>> = answer.map(Into::into);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -1539,6 +1648,10 @@ async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n: working on it\n\n",
     ))
     .await;
+    let unauthorized_port = raw_upstream(Some(
+        "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    ))
+    .await;
     let gw = stack
         .gateway_with(
             &portcullis_tests::redis_url(),
@@ -1546,6 +1659,13 @@ async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
         )
         .await;
     let cases = [
+        // The server's stored credentials are refused: the client is not told to sign in.
+        (
+            unauthorized_port,
+            502,
+            None,
+            "the upstream refused this server's stored credentials (HTTP 401)",
+        ),
         (refused_port, 502, None, "Connection refused"),
         (silent_port, 504, None, "no answer within 300ms"),
         (

@@ -25,8 +25,8 @@ use tracing::Span;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The shared wrapper around a listener's whole app (one per connection). For each request it:
-/// - keeps the client's `x-request-id`, or sets a new one (UUID v7, so ids sort by time), on
-///   the request (handlers read it) and on the response;
+/// - keeps the client's `x-request-id` (at most 128 visible ASCII characters), or sets a new
+///   one (UUID v7, so ids sort by time), on the request (handlers read it) and on the response;
 /// - adds the client's address ([`ConnectInfo`]), for the handlers that throttle by it;
 /// - runs the handler in a `request` span (service, request id, method, and the path with a
 ///   grant token redacted; never the query string) and logs the status and latency at the end;
@@ -49,6 +49,16 @@ impl<S> Edge<S> {
     }
 }
 
+/// Longest `x-request-id` taken from a client.
+const REQUEST_ID_MAX: usize = 128;
+
+/// A client's request id is kept when it is short and visible ASCII: it goes into every log
+/// line of the request and into the audit log.
+fn is_fit_request_id(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty() && bytes.len() <= REQUEST_ID_MAX && bytes.iter().all(u8::is_ascii_graphic)
+}
+
 fn new_request_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
@@ -69,8 +79,9 @@ where
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let request_id = match request.headers().get(&REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
+            Some(id) if is_fit_request_id(id) => id.clone(),
+            // None, or one unfit to log and store (too long, invisible characters): ours.
+            _ => {
                 let id = new_request_id();
                 request.headers_mut().insert(REQUEST_ID, id.clone());
                 id
@@ -243,6 +254,23 @@ mod tests {
         let parsed = uuid::Uuid::parse_str(&id).unwrap();
         assert_eq!(parsed.get_version_num(), 7);
         assert_eq!(text(response).await, id);
+    }
+
+    #[tokio::test]
+    async fn a_request_id_unfit_to_log_is_replaced() {
+        let long = "x".repeat(REQUEST_ID_MAX + 1);
+        for unfit in [long.as_str(), "has space", "tab\there"] {
+            let response = get_path("/echo-id", Some(unfit)).await;
+            let id = response.headers()[&REQUEST_ID].to_str().unwrap().to_owned();
+            assert!(
+                uuid::Uuid::parse_str(&id).is_ok(),
+                "{unfit:?} kept as {id:?}"
+            );
+            assert_eq!(text(response).await, id);
+        }
+        let fit = "y".repeat(REQUEST_ID_MAX);
+        let response = get_path("/echo-id", Some(&fit)).await;
+        assert_eq!(text(response).await, fit);
     }
 
     #[tokio::test]

@@ -182,15 +182,15 @@ pub mod stream {
         out.raw(b",\"server_id\":");
         out.uuid(event.server_id.0);
         out.raw(b",\"method\":");
-        out.str(&event.method);
+        out.clipped(&event.method, limits::NAME);
         out.raw(b",\"tool\":");
-        out.opt_str(event.tool.as_deref());
+        out.opt_clipped(event.tool.as_deref(), limits::NAME);
         out.raw(b",\"decision\":");
         out.str(event.decision.as_str());
         out.raw(b",\"rule\":");
-        out.opt_str(event.rule.as_deref());
+        out.opt_clipped(event.rule.as_deref(), limits::TEXT);
         out.raw(b",\"message\":");
-        out.opt_str(event.message.as_deref());
+        out.opt_clipped(event.message.as_deref(), limits::TEXT);
         out.raw(b",\"policy_id\":");
         match event.policy_id {
             Some(id) => out.uuid(id.0),
@@ -202,20 +202,20 @@ pub mod stream {
             None => out.raw(b"null"),
         }
         out.raw(b",\"protocol\":");
-        out.opt_str(event.protocol.as_deref());
+        out.opt_clipped(event.protocol.as_deref(), limits::NAME);
         out.raw(b",\"session\":");
-        out.opt_str(event.session.as_deref());
+        out.opt_clipped(event.session.as_deref(), limits::TEXT);
         out.raw(b",\"request_id\":");
-        out.opt_str(event.request_id.as_deref());
+        out.opt_clipped(event.request_id.as_deref(), limits::NAME);
         out.raw(b",\"arg_keys\":[");
-        for (i, key) in event.arg_keys.iter().enumerate() {
+        for (i, key) in event.arg_keys.iter().take(limits::ARG_KEYS).enumerate() {
             if i > 0 {
                 out.raw(b",");
             }
-            out.str(key);
+            out.clipped(key, limits::NAME);
         }
         out.raw(b"],\"arg_digest\":");
-        out.opt_str(event.arg_digest.as_deref());
+        out.opt_clipped(event.arg_digest.as_deref(), limits::NAME);
         out.raw(b",\"arguments\":");
         match &event.arguments {
             Some(value) => out.serde(value),
@@ -228,6 +228,19 @@ pub mod stream {
         }
         out.raw(b"}");
         out.finish()
+    }
+
+    /// The most an entry keeps of what a client or an upstream chose. A request's method,
+    /// tool name, argument names or `x-request-id` may be megabytes long; each is cut to a
+    /// bound, so that no request writes more to the stream, Postgres and the dashboard than a
+    /// few kilobytes.
+    pub mod limits {
+        /// Names: method, tool, protocol version, request id, each argument name (bytes).
+        pub const NAME: usize = 256;
+        /// Text: the decision's message, the upstream's error, the session id (bytes).
+        pub const TEXT: usize = 2048;
+        /// Argument names listed.
+        pub const ARG_KEYS: usize = 256;
     }
 
     /// JSON text being written.
@@ -249,9 +262,21 @@ pub mod stream {
             }
         }
 
-        fn opt_str(&mut self, s: Option<&str>) {
+        /// A string cut to at most `max` bytes (at a character boundary, marked with `…`).
+        fn clipped(&mut self, s: &str, max: usize) {
+            if s.len() <= max {
+                return self.str(s);
+            }
+            let mut end = max - '…'.len_utf8();
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.str(&format!("{}…", &s[..end]));
+        }
+
+        fn opt_clipped(&mut self, s: Option<&str>, max: usize) {
             match s {
-                Some(s) => self.str(s),
+                Some(s) => self.clipped(s, max),
                 None => self.raw(b"null"),
             }
         }
@@ -310,7 +335,7 @@ pub mod stream {
             self.raw(b",\"latency_ms\":");
             self.serde(&outcome.latency_ms);
             self.raw(b",\"upstream_error\":");
-            self.opt_str(outcome.upstream_error.as_deref());
+            self.opt_clipped(outcome.upstream_error.as_deref(), limits::TEXT);
             self.raw(b"}");
         }
 
@@ -419,6 +444,43 @@ mod stream_tests {
         let batch = stream::encode_batch(&[json.clone(), json]);
         let events = stream::decode_field(stream::BATCH_FIELD, batch.as_bytes()).unwrap();
         assert_eq!(events, vec![event.clone(), event]);
+    }
+
+    #[test]
+    fn what_a_client_chose_is_kept_to_a_bound() {
+        let huge = "é".repeat(1_000_000);
+        let event = AuditEvent {
+            id: Uuid::now_v7(),
+            ts: Utc::now(),
+            tenant_id: TenantId::new(),
+            grant_id: GrantId::new(),
+            identity: "agent-1".into(),
+            server_id: ServerId::new(),
+            method: huge.clone(),
+            tool: Some(huge.clone()),
+            decision: AuditDecision::Deny,
+            rule: None,
+            message: Some(huge.clone()),
+            policy_id: None,
+            policy_version: None,
+            protocol: Some(huge.clone()),
+            session: None,
+            request_id: Some(huge.clone()),
+            arg_keys: vec![huge.clone(); 10_000],
+            arg_digest: None,
+            arguments: None,
+            outcome: None,
+        };
+        let json = stream::encode(&event);
+        assert!(json.len() < 100_000, "{} bytes", json.len());
+        let back = stream::decode(json.as_bytes()).unwrap();
+        let method = back.method;
+        assert!(
+            method.len() <= stream::limits::NAME && method.ends_with("é…"),
+            "{method}"
+        );
+        assert_eq!(back.arg_keys.len(), stream::limits::ARG_KEYS);
+        assert!(back.message.unwrap().len() <= stream::limits::TEXT);
     }
 
     #[test]

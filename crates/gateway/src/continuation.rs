@@ -83,7 +83,7 @@ pub struct Resumed {
     expires: i64,
     /// The charges of the call it continues.
     pub reservation: Option<Reservation>,
-    /// SHA-256 (hex) of the envelope as presented: the key of its one use.
+    /// SHA-256 (hex) of the sealed envelope: the key of its one use.
     pub marker: String,
 }
 
@@ -130,11 +130,13 @@ impl Round {
         };
         let digest = portcullis_core::canonical::digest(&call.arguments);
         match open(keys, grant, &call.name, &digest, state, now()) {
-            Ok(envelope) => Round::Continuation(Resumed {
+            Ok((envelope, sealed)) => Round::Continuation(Resumed {
                 state: envelope.s,
                 expires: envelope.exp,
                 reservation: envelope.r,
-                marker: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(state.as_bytes())),
+                // Of the sealed bytes, not of the text: one envelope has one marker however
+                // its text is dressed.
+                marker: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&sealed)),
             }),
             Err(refusal) => Round::Refused(refusal),
         }
@@ -279,9 +281,10 @@ fn open(
     digest: &str,
     token: &str,
     now: i64,
-) -> Result<Envelope, Refusal> {
+) -> Result<(Envelope, Vec<u8>), Refusal> {
+    // The text exactly as issued: no whitespace, no padding, no stray bits.
     let sealed = URL_SAFE_NO_PAD
-        .decode(token.trim())
+        .decode(token)
         .map_err(|_| Refusal::Unopenable)?;
     let context = portcullis_core::crypto::request_state_context(grant, tool, digest);
     let plain = keys
@@ -294,7 +297,7 @@ fn open(
     if envelope.exp <= now {
         return Err(Refusal::Expired);
     }
-    Ok(envelope)
+    Ok((envelope, sealed))
 }
 
 #[cfg(test)]
@@ -366,6 +369,16 @@ mod tests {
             (retry(&state, args, "other"), "other tool"),
             (retry(&format!("{state}x"), args, "consult"), "altered"),
             (retry("upstream-state", args, "consult"), "not an envelope"),
+            // Dressed in whitespace it would be another text for the same envelope, and
+            // another claim of its one use.
+            (
+                retry(&format!(" {state}"), args, "consult"),
+                "leading space",
+            ),
+            (
+                retry(&format!("{state}\n"), args, "consult"),
+                "trailing newline",
+            ),
         ] {
             assert!(
                 matches!(

@@ -247,13 +247,15 @@ impl Grants {
             return headers;
         };
         for (name, value) in map {
-            let (Ok(name), Some(Ok(value))) = (
+            let (Ok(name), Some(Ok(mut value))) = (
                 HeaderName::try_from(name.as_str()),
                 value.as_str().map(HeaderValue::from_str),
             ) else {
                 tracing::error!(%tenant, %server, header = %name, "skipping an unusable stored header");
                 continue;
             };
+            // A credential: never printed by `Debug`, never indexed by HTTP/2 header compression.
+            value.set_sensitive(true);
             headers.insert(name, value);
         }
         headers

@@ -240,6 +240,7 @@ impl Gateway {
             // negotiates (e.g. "auto" modes) fall back to `initialize`.
             return Err(at(portcullis_mcp::Error::UnsupportedProtocolVersion {
                 requested: version,
+                supported: &portcullis_mcp::era::HANDSHAKE_VERSIONS,
             }));
         }
         let client_session = header_str(&headers, mcp::MCP_SESSION_ID).map(str::to_owned);
@@ -410,20 +411,12 @@ impl Gateway {
                     }
                 }
             }
-            MethodKind::ToolsList => {
-                let tools = self.catalogue.tools(grant.tenant, grant.server.id).await?;
-                Ok(Prepared::Forward {
-                    watch: Watch::ToolsList(ToolFilter {
-                        policy: grant.policy.compiled.clone(),
-                        tools,
-                        block_changed: grant.server.block_changed_tools,
-                        era: inbound.era,
-                    }),
-                    reservation: None,
-                    decided: None,
-                    restored: None,
-                })
-            }
+            MethodKind::ToolsList => Ok(Prepared::Forward {
+                watch: Watch::ToolsList(self.tool_filter(grant, inbound.era).await?),
+                reservation: None,
+                decided: None,
+                restored: None,
+            }),
             _ => Ok(Prepared::Forward {
                 watch: Watch::Nothing,
                 reservation: None,
@@ -431,6 +424,20 @@ impl Gateway {
                 restored: None,
             }),
         }
+    }
+
+    /// What a grant may see of its server's tools.
+    async fn tool_filter(
+        &self,
+        grant: &Grant,
+        era: ProtocolEra,
+    ) -> Result<ToolFilter, GatewayError> {
+        Ok(ToolFilter {
+            policy: grant.policy.compiled.clone(),
+            tools: self.catalogue.tools(grant.tenant, grant.server.id).await?,
+            block_changed: grant.server.block_changed_tools,
+            era,
+        })
     }
 
     /// Records a request the gateway could not decide or forward (a malformed call, its
@@ -538,12 +545,10 @@ impl Gateway {
                 Message::parse(&bytes).ok()
             };
             let (bytes, is_error) = match (&watch, parsed) {
-                (Watch::ToolsList(filter), Some(message)) => {
-                    match filter.rewrite(&message, id.as_ref()) {
-                        Some(rewritten) => (rewritten, Some(false)),
-                        None => (bytes, Some(matches!(message, Message::Error { .. }))),
-                    }
-                }
+                (Watch::ToolsList(filter), Some(message)) => match filter.rewrite(&message) {
+                    Some(rewritten) => (rewritten, Some(false)),
+                    None => (bytes, Some(matches!(message, Message::Error { .. }))),
+                },
                 (Watch::ToolsList(_), None) if status.is_success() => {
                     // An answer the gateway cannot read cannot be filtered: never pass it on.
                     let e = crate::upstream::UpstreamError::Protocol(
@@ -749,8 +754,20 @@ impl Gateway {
         self.upstream_session(session.as_ref(), &mut upstream_headers)?;
         let response = self
             .upstream
-            .send(method, &grant.server.uri, upstream_headers, None)
+            .send(method.clone(), &grant.server.uri, upstream_headers, None)
             .await?;
+        if method == Method::GET && is_event_stream(response.headers()) {
+            // A resumed stream replays earlier answers: a tools/list among them is filtered
+            // as it was the first time.
+            let watch = Watch::Replays(self.tool_filter(&grant, ProtocolEra::Session).await?);
+            let mut headers = response_headers(response.headers());
+            self.wrap_session(&grant, response.headers(), &mut headers);
+            let status = response.status();
+            let mut out = Response::new(relay::sse(body_stream(response), watch, None, None));
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            return Ok(out);
+        }
         self.relay_plain(&grant, response)
     }
 }

@@ -50,24 +50,34 @@ impl ToolFilter {
         portcullis_policy::is_visible(self.policy.as_deref(), name, known.and_then(|t| t.category))
     }
 
-    /// Rewrites a `tools/list` answer (a whole JSON-RPC message) if it answers `id`.
-    pub fn rewrite(&self, message: &Message, id: Option<&RequestId>) -> Option<Bytes> {
-        let Message::Response { id: got, result } = message else {
+    /// Rewrites the answer to a `tools/list` (a whole JSON-RPC message). Any result is taken
+    /// for the list, whatever its id: an upstream that answers under another id (`"1"` for `1`)
+    /// must not get an unfiltered list past the gateway.
+    pub fn rewrite(&self, message: &Message) -> Option<Bytes> {
+        let Message::Response { id, result } = message else {
             return None;
         };
-        if Some(got) != id {
-            return None;
-        }
         match portcullis_mcp::filter_tools_list(result, |t| self.keep(t), self.era) {
             Ok(filtered) => Some(portcullis_mcp::message::result_response_raw(
-                got,
+                id,
                 &filtered.result,
             )),
             Err(e) => {
                 // Never let an unfiltered list out: answer with an error instead.
                 tracing::warn!(error = %e, "upstream tools/list answer cannot be filtered");
-                Some(e.to_response(Some(got)))
+                Some(e.to_response(Some(id)))
             }
+        }
+    }
+
+    /// Rewrites an answer replayed on a session's stream if it lists tools (it may answer a
+    /// `tools/list` of the session's); other answers pass as they are.
+    fn rewrite_replayed(&self, message: &Message) -> Option<Bytes> {
+        match message {
+            Message::Response { result, .. } if portcullis_mcp::tools::lists_tools(result) => {
+                self.rewrite(message)
+            }
+            _ => None,
         }
     }
 }
@@ -81,6 +91,17 @@ pub enum Watch {
     /// The answer to a `tools/call`: learn whether it failed, and seal the `requestState` of
     /// an `input_required` answer ([`crate::continuation`]).
     ToolsCall(Sealer),
+    /// A session's own stream (GET). It answers no request, but one resumed with
+    /// `Last-Event-ID` replays the answers of earlier requests, a `tools/list`'s among them:
+    /// every list in it is filtered.
+    Replays(ToolFilter),
+}
+
+impl Watch {
+    /// Whether the stream may carry a list of tools, so an unreadable message in it is dropped.
+    fn sees_lists(&self) -> bool {
+        matches!(self, Watch::ToolsList(_) | Watch::Replays(_))
+    }
 }
 
 /// A request whose outcome is not yet known. Records it (audit entry, metrics, refund) once,
@@ -219,44 +240,47 @@ struct SseRelay {
 
 impl SseRelay {
     fn frame(&mut self, frame: SseFrame, out: &mut BytesMut) {
-        if let (SseFrame::Event(event), Watch::ToolsList(_)) = (&frame, &self.watch)
-            && matches!(event.json_rpc(), Some(Err(_)))
-        {
-            // A message the gateway cannot read might be a tools list it cannot filter.
-            tracing::warn!("dropping an unreadable message from a tools/list stream");
+        let SseFrame::Event(event) = &frame else {
+            frame.encode_into(out);
             return;
-        }
-        if let SseFrame::Event(event) = &frame
-            && !matches!(self.watch, Watch::Nothing)
-            && let Some(Ok(message)) = event.json_rpc()
-            && message.is_response()
-            && message.id() == self.id.as_ref()
-        {
-            match &self.watch {
-                Watch::ToolsList(filter) => {
-                    if let Some(rewritten) = filter.rewrite(&message, self.id.as_ref()) {
-                        let mut event = event.clone();
-                        event.data = Some(String::from_utf8_lossy(&rewritten).into_owned());
-                        event.encode_into(out);
-                        self.finish(Some(false));
-                        return;
-                    }
-                    self.finish(Some(matches!(message, Message::Error { .. })));
-                }
-                Watch::ToolsCall(sealer) => {
-                    if let Some(sealed) = sealer.rewrite(&message) {
-                        let mut event = event.clone();
-                        event.data = Some(String::from_utf8_lossy(&sealed).into_owned());
-                        event.encode_into(out);
-                        self.finish(Some(false));
-                        return;
-                    }
-                    self.finish(Some(answer_is_error(&message)));
-                }
-                Watch::Nothing => {}
+        };
+        let message = match event.json_rpc() {
+            _ if matches!(self.watch, Watch::Nothing) => None,
+            Some(Ok(message)) if message.is_response() => Some(message),
+            Some(Err(_)) if self.watch.sees_lists() => {
+                // A message the gateway cannot read might be a tools list it cannot filter.
+                tracing::warn!("dropping an unreadable message from a stream that may list tools");
+                return;
             }
+            _ => None,
+        };
+        let Some(message) = message else {
+            frame.encode_into(out);
+            return;
+        };
+        let answers = message.id().is_some() && message.id() == self.id.as_ref();
+        let (rewritten, is_error) = match &self.watch {
+            Watch::ToolsList(filter) => (
+                filter.rewrite(&message),
+                matches!(message, Message::Error { .. }),
+            ),
+            Watch::Replays(filter) => (filter.rewrite_replayed(&message), false),
+            Watch::ToolsCall(sealer) if answers => {
+                (sealer.rewrite(&message), answer_is_error(&message))
+            }
+            Watch::ToolsCall(_) | Watch::Nothing => (None, false),
+        };
+        if answers {
+            self.finish(Some(rewritten.is_none() && is_error));
         }
-        frame.encode_into(out);
+        match rewritten {
+            Some(bytes) => {
+                let mut event = event.clone();
+                event.data = Some(String::from_utf8_lossy(&bytes).into_owned());
+                event.encode_into(out);
+            }
+            None => frame.encode_into(out),
+        }
     }
 
     fn finish(&mut self, is_error: Option<bool>) {
@@ -272,7 +296,7 @@ impl SseRelay {
     }
 }
 
-/// Relays an SSE stream, rewriting the one answer `watch` is about.
+/// Relays an SSE stream, rewriting the answers `watch` is about.
 pub fn sse(
     upstream: ByteStream,
     watch: Watch,

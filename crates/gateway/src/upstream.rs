@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -47,6 +47,10 @@ pub enum UpstreamError {
     /// The upstream's address is one the gateway may not connect to ([`Egress`]).
     #[error("upstream address not allowed: {0}")]
     NotAllowed(String),
+    /// The upstream refused the credentials the gateway sent for its server (HTTP 401 or
+    /// 403). Not the client's to fix: passed on, a 401 would send it to sign in again.
+    #[error("the upstream refused this server's stored credentials (HTTP {0})")]
+    CredentialsRefused(u16),
 }
 
 impl UpstreamError {
@@ -173,6 +177,18 @@ impl Upstream {
         let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
         self.head_seconds.record(started.elapsed());
         match result {
+            Ok(Ok(response))
+                if matches!(
+                    response.status(),
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                ) =>
+            {
+                metrics::counter!("portcullis_gateway_upstream_errors_total", "kind" => "credentials")
+                    .increment(1);
+                Err(UpstreamError::CredentialsRefused(
+                    response.status().as_u16(),
+                ))
+            }
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
                 metrics::counter!("portcullis_gateway_upstream_errors_total", "kind" => "request")
@@ -305,15 +321,47 @@ pub fn request_headers(client: &HeaderMap, server: &Server, has_body: bool) -> H
     out
 }
 
+/// Media types an upstream answer keeps: what MCP answers with, and plain text for errors.
+const RELAYED_TYPES: [&str; 3] = ["application/json", "text/event-stream", "text/plain"];
+
 /// The headers of an upstream answer that the client may see.
+///
+/// The answer is served from the gateway's origin, so an upstream must not be able to make a
+/// browser render it (an HTML page with script, same-site with the dashboard): any other
+/// media type becomes `application/octet-stream`, and every answer says not to sniff, run or
+/// frame it.
 pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(4);
+    let mut out = HeaderMap::with_capacity(6);
     for name in &FORWARDED_RESPONSE {
         if let Some(value) = upstream.get(name) {
             out.insert(name.clone(), value.clone());
         }
     }
+    if let Some(value) = out.get(header::CONTENT_TYPE)
+        && !is_relayed_type(value)
+    {
+        out.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    out.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    out.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; sandbox"),
+    );
     out
+}
+
+fn is_relayed_type(value: &HeaderValue) -> bool {
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let media = value.split(';').next().unwrap_or_default().trim();
+    RELAYED_TYPES.iter().any(|t| media.eq_ignore_ascii_case(t))
 }
 
 /// True when an answer is an SSE stream.
@@ -328,6 +376,31 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
     use portcullis_core::{ServerId, TenantId};
+
+    #[test]
+    fn answers_keep_only_mcp_media_types_and_are_never_rendered() {
+        for (upstream, relayed) in [
+            ("application/json", "application/json"),
+            ("text/event-stream", "text/event-stream"),
+            (
+                "Application/JSON; charset=utf-8",
+                "Application/JSON; charset=utf-8",
+            ),
+            ("text/plain", "text/plain"),
+            ("text/html; charset=utf-8", "application/octet-stream"),
+            ("image/svg+xml", "application/octet-stream"),
+            ("application/jsonx", "application/octet-stream"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(upstream));
+            headers.insert(header::SET_COOKIE, HeaderValue::from_static("pc_session=x"));
+            let out = response_headers(&headers);
+            assert_eq!(out[header::CONTENT_TYPE], relayed, "{upstream}");
+            assert_eq!(out[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+            assert!(out.contains_key(header::CONTENT_SECURITY_POLICY));
+            assert!(!out.contains_key(header::SET_COOKIE));
+        }
+    }
 
     #[test]
     fn client_credentials_never_cross_and_server_headers_are_injected() {

@@ -23,6 +23,14 @@ pub const KNOWN_VERSIONS: [&str; 5] = [
     "2026-07-28",
 ];
 
+/// The versions with the `initialize` handshake (legacy and session eras).
+pub const HANDSHAKE_VERSIONS: [&str; 4] = [
+    KNOWN_VERSIONS[0],
+    KNOWN_VERSIONS[1],
+    KNOWN_VERSIONS[2],
+    KNOWN_VERSIONS[3],
+];
+
 /// The newest protocol version.
 pub const LATEST_VERSION: &str = "2026-07-28";
 
@@ -140,6 +148,7 @@ pub fn detect<'a>(header: Option<&'a str>, msg: &'a Message) -> Result<Detected<
     let era_of = |v: &str| {
         ProtocolEra::of_version(v).ok_or_else(|| Error::UnsupportedProtocolVersion {
             requested: v.to_owned(),
+            supported: &KNOWN_VERSIONS,
         })
     };
 
@@ -166,7 +175,11 @@ pub fn detect<'a>(header: Option<&'a str>, msg: &'a Message) -> Result<Detected<
                 .transpose()?
                 .flatten()
                 .ok_or_else(|| Error::InvalidParams("initialize needs protocolVersion".into()))?;
-            let era = era_of(&version)?.min(ProtocolEra::Session);
+            // The upstream negotiates: one that does not know the version answers with one
+            // it does (the spec's rule for `initialize`), so any version goes through.
+            let era = ProtocolEra::of_version(&version)
+                .unwrap_or(ProtocolEra::Session)
+                .min(ProtocolEra::Session);
             return Ok(Detected {
                 era,
                 version,
@@ -320,17 +333,13 @@ mod tests {
             detect(None, &no_params),
             Err(Error::InvalidParams(_))
         ));
-        let bad = msg(
+        // A version the gateway cannot place is the upstream's to negotiate.
+        let unknown = msg(
             r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1.0.0"}}"#,
         );
-        let err = detect(None, &bad).unwrap_err();
-        assert_eq!(
-            err,
-            Error::UnsupportedProtocolVersion {
-                requested: "1.0.0".into()
-            }
-        );
-        assert_eq!(err.code(), -32022);
+        let detected = detect(None, &unknown).unwrap();
+        assert_eq!(detected.era, ProtocolEra::Session);
+        assert_eq!(detected.version, "1.0.0");
     }
 
     #[test]

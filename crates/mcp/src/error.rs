@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::era::KNOWN_VERSIONS;
 use crate::message::{self, RequestId, codes};
 
 /// Everything that can go wrong while reading MCP traffic.
@@ -38,6 +37,8 @@ pub enum Error {
     UnsupportedProtocolVersion {
         /// The version the peer asked for.
         requested: String,
+        /// The versions it may ask for instead.
+        supported: &'static [&'static str],
     },
     /// An upstream result did not have the shape MCP prescribes, so it cannot be rewritten safely.
     #[error("unexpected upstream result: {0}")]
@@ -90,8 +91,11 @@ impl Error {
     pub fn to_response(&self, id: Option<&RequestId>) -> Bytes {
         let id = id.or(self.id());
         let data = match self {
-            Error::UnsupportedProtocolVersion { requested } => Some(json!({
-                "supported": KNOWN_VERSIONS,
+            Error::UnsupportedProtocolVersion {
+                requested,
+                supported,
+            } => Some(json!({
+                "supported": supported,
                 "requested": requested,
             })),
             _ => None,

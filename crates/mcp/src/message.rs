@@ -18,7 +18,7 @@ use serde_json::{Number, Value};
 
 use crate::error::Error;
 use crate::method::{MethodKind, classify};
-use crate::raw_json::CowStr;
+use crate::raw_json::{self, CowStr};
 
 /// JSON-RPC and MCP error codes.
 pub mod codes {
@@ -186,6 +186,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Present<T> {
     }
 }
 
+/// The members of a JSON-RPC message the gateway reads.
+const ENVELOPE_MEMBERS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
+
 /// The members of a JSON-RPC object, each kept raw so that a type error in one member
 /// still lets the id be recovered for the error response.
 #[derive(Deserialize)]
@@ -263,6 +266,13 @@ impl Message {
             serde_json::error::Category::Data => invalid(None, &e.to_string()),
             _ => json_error(&e),
         })?;
+        if let Err(e) = raw_json::check_member_names(text, &ENVELOPE_MEMBERS) {
+            let id = match read_id(env.id.0) {
+                IdField::Valid(id) => Some(id),
+                _ => None,
+            };
+            return Err(invalid(id, &e.to_string()));
+        }
         Self::from_envelope(env)
     }
 
@@ -767,6 +777,17 @@ mod tests {
                 codes::INVALID_REQUEST,
                 None,
             ),
+            // A case variant is the same member to an upstream that ignores case.
+            (
+                r#"{"jsonrpc":"2.0","id":5,"method":"ping","METHOD":"tools/call"}"#,
+                codes::INVALID_REQUEST,
+                Some(5.into()),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":6,"Method":"tools/call"}"#,
+                codes::INVALID_REQUEST,
+                Some(6.into()),
+            ),
         ];
         for (input, code, id) in cases {
             let err = parse_str(input).expect_err(input);
@@ -895,6 +916,7 @@ mod tests {
 
         let err = Error::UnsupportedProtocolVersion {
             requested: "1900-01-01".into(),
+            supported: &crate::era::KNOWN_VERSIONS,
         };
         let body = as_value(&err.to_response(Some(&1.into())));
         assert_eq!(body["id"], json!(1));

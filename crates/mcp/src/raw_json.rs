@@ -2,9 +2,14 @@
 //!
 //! Every reader here rejects an object that repeats a member name: JSON parsers disagree on
 //! which duplicate wins, and a gateway that reads a different `name` than the upstream
-//! executes would enforce policy on the wrong tool.
+//! executes would enforce policy on the wrong tool. Names are compared as the most lenient
+//! upstreams read them: Go's `encoding/json` matches a member to a field regardless of case,
+//! with Unicode case folding (`ſ` reads as `s`, the Kelvin sign as `k`), and the last match
+//! wins. So `{"name":"read_file","NAME":"delete_file"}` repeats `name`, and a lone `"NAME"`
+//! where the gateway looks for `name` is refused rather than overlooked.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::Deserialize;
@@ -36,6 +41,93 @@ impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
         }
         d.deserialize_str(V(std::marker::PhantomData))
     }
+}
+
+/// A member name as an upstream that ignores case reads it: each character upper-cased, then
+/// lower-cased (so `ſ`, `S` and `s` are one, as are the Kelvin sign, `K` and `k`).
+pub(crate) fn fold(name: &str) -> Cow<'_, str> {
+    if name.is_ascii() {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Cow::Owned(name.to_ascii_lowercase());
+        }
+        return Cow::Borrowed(name);
+    }
+    Cow::Owned(
+        name.chars()
+            .flat_map(char::to_uppercase)
+            .flat_map(char::to_lowercase)
+            .collect(),
+    )
+}
+
+/// Whether two member names read the same to an upstream that ignores case.
+pub(crate) fn same_name(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        fold(a) == fold(b)
+    }
+}
+
+/// The member names of one object so far, as upstreams read them.
+#[derive(Default)]
+pub(crate) struct Names {
+    few: Vec<String>,
+    /// Past [`Names::FEW`] names, a set: an object of many members must not cost a scan each.
+    many: HashSet<String>,
+}
+
+impl Names {
+    const FEW: usize = 16;
+
+    /// Adds a name; an error when one that reads the same came before.
+    pub(crate) fn add<E: de::Error>(&mut self, name: &str) -> Result<(), E> {
+        let folded = fold(name).into_owned();
+        let fresh = if self.few.len() < Self::FEW {
+            let fresh = !self.few.contains(&folded);
+            if fresh {
+                self.few.push(folded);
+            }
+            fresh
+        } else {
+            if self.many.is_empty() {
+                self.many.extend(self.few.iter().cloned());
+            }
+            self.many.insert(folded)
+        };
+        if fresh {
+            Ok(())
+        } else {
+            Err(E::custom(format_args!(
+                "duplicate member {name:?} (member names are compared regardless of case)"
+            )))
+        }
+    }
+}
+
+/// Refuses a member name that is not one of `known` but reads as one of them to an upstream
+/// that ignores case: the gateway would overlook a member the upstream uses.
+pub(crate) fn check_alias<E: de::Error>(name: &str, known: &[&str]) -> Result<(), E> {
+    match known.iter().find(|k| **k != name && same_name(k, name)) {
+        Some(k) => Err(E::custom(format_args!(
+            "member {name:?} reads as {k:?} to upstreams that ignore case"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Checks the member names of a JSON object (top level only) as an upstream reads them: no
+/// two the same regardless of case, none a case variant of one of `known`. Anything that is
+/// not an object passes (its readers refuse it).
+pub(crate) fn check_member_names(obj: &str, known: &[&str]) -> Result<(), serde_json::Error> {
+    if !obj.trim_start().starts_with('{') {
+        return Ok(());
+    }
+    let members = members_of(obj)?;
+    for (name, _) in &members {
+        check_alias(name, known)?;
+    }
+    Ok(())
 }
 
 /// Finds one member of a raw JSON object; `Ok(None)` when absent or when `obj` is not an object.
@@ -77,6 +169,11 @@ impl<'de> Visitor<'de> for FindMember<'_> {
                     return Err(de::Error::custom(format_args!("duplicate member {k:?}")));
                 }
                 found = Some(map.next_value::<&'de RawValue>()?);
+            } else if same_name(&k, self.key) {
+                return Err(de::Error::custom(format_args!(
+                    "member {k:?} reads as {:?} to upstreams that ignore case",
+                    self.key
+                )));
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -102,6 +199,10 @@ pub(crate) type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 
 /// Splits a raw JSON object into its members, keeping each value's bytes.
 pub(crate) fn object_members(obj: &RawValue) -> Result<Members<'_>, serde_json::Error> {
+    members_of(obj.get())
+}
+
+fn members_of(obj: &str) -> Result<Members<'_>, serde_json::Error> {
     struct MembersVisitor;
     impl<'de> Visitor<'de> for MembersVisitor {
         type Value = Members<'de>;
@@ -110,17 +211,16 @@ pub(crate) fn object_members(obj: &RawValue) -> Result<Members<'_>, serde_json::
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out: Members<'de> = Vec::new();
+            let mut names = Names::default();
             while let Some(CowStr(k)) = map.next_key()? {
-                if out.iter().any(|(seen, _)| *seen == k) {
-                    return Err(de::Error::custom(format_args!("duplicate member {k:?}")));
-                }
+                names.add(&k)?;
                 let v = map.next_value::<&'de RawValue>()?;
                 out.push((k, v));
             }
             Ok(out)
         }
     }
-    serde_json::Deserializer::from_str(obj.get()).deserialize_map(MembersVisitor)
+    serde_json::Deserializer::from_str(obj).deserialize_map(MembersVisitor)
 }
 
 /// Writes members back as a compact JSON object; values are copied verbatim.
@@ -199,11 +299,10 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
+        let mut names = Names::default();
         while let Some(k) = map.next_key::<String>()? {
+            names.add(&k)?;
             let StrictValue(v) = map.next_value()?;
-            if out.contains_key(&k) {
-                return Err(de::Error::custom(format_args!("duplicate member {k:?}")));
-            }
             out.insert(k, v);
         }
         Ok(Value::Object(out))
@@ -264,5 +363,31 @@ mod tests {
         assert!(parse_strict(r#"{"x":[{"b":1,"b":2}]}"#).is_err());
         assert!(parse_strict(r#"{"x":{"y":{"z":1,"z":1}}}"#).is_err());
         assert!(parse_strict(r#"{"a":1} x"#).is_err());
+    }
+
+    #[test]
+    fn names_that_differ_only_in_case_are_the_same_name() {
+        // As Go's encoding/json reads them: ASCII case, `ſ` (U+017F) for s, Kelvin sign for k.
+        for dup in [
+            r#"{"name":"a","NAME":"b"}"#,
+            r#"{"path":"a","x":{},"Path":"b"}"#,
+            "{\"arguments\":{},\"argument\\u017f\":{}}",
+            "{\"kind\":1,\"\\u212aind\":2}",
+        ] {
+            assert!(parse_strict(dup).is_err(), "{dup}");
+            assert!(object_members(&raw(dup)).is_err(), "{dup}");
+        }
+        assert!(parse_strict(r#"{"x":[{"b":1,"B":2}]}"#).is_err());
+        assert!(parse_strict(r#"{"name":"a","names":"b","nam":"c"}"#).is_ok());
+        // Many members: still one lookup each, still refused when one repeats.
+        let many: String = (0..10_000).map(|i| format!("\"k{i}\":{i},")).collect();
+        assert!(parse_strict(&format!("{{{many}\"K9999\":0}}")).is_err());
+        assert!(parse_strict(&format!("{{{many}\"last\":0}}")).is_ok());
+
+        // A lone case variant of a member the gateway reads is refused, not overlooked.
+        assert!(find_member(&raw(r#"{"NAME":"x"}"#), "name").is_err());
+        assert!(check_member_names(r#"{"METHOD":"x"}"#, &["method"]).is_err());
+        assert!(check_member_names("{\"argument\\u017f\":{}}", &["arguments"]).is_err());
+        assert!(check_member_names(r#"{"method":"x","other":1}"#, &["method"]).is_ok());
     }
 }

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::message::{self, Message, RequestId, codes};
 use crate::method::names;
 use crate::mrtr::{self, Retry};
-use crate::raw_json::{CowStr, find_member, object_members, parse_strict, write_object};
+use crate::raw_json::{self, CowStr, find_member, object_members, parse_strict, write_object};
 
 /// `tools/list` result member holding the tools.
 pub const TOOLS: &str = "tools";
@@ -24,6 +24,15 @@ pub const CACHE_SCOPE: &str = "cacheScope";
 pub const TTL_MS: &str = "ttlMs";
 /// The cache scope of a list that differs per grant.
 pub const CACHE_SCOPE_PRIVATE: &str = "private";
+
+/// The members of `tools/call` params the gateway reads (or the upstream acts on).
+const CALL_MEMBERS: [&str; 5] = [
+    "name",
+    "arguments",
+    "_meta",
+    "inputResponses",
+    "requestState",
+];
 
 /// What the gateway decides on for a `tools/call`.
 #[derive(Debug, Clone)]
@@ -57,6 +66,8 @@ impl<'a> ToolCall<'a> {
         let params =
             params.ok_or_else(|| Error::InvalidParams("tools/call needs params".into()))?;
         let p: Params<'a> = serde_json::from_str(params.get())
+            .map_err(|e| Error::InvalidParams(format!("tools/call params: {e}")))?;
+        raw_json::check_member_names(params.get(), &CALL_MEMBERS)
             .map_err(|e| Error::InvalidParams(format!("tools/call params: {e}")))?;
         let arguments = match p.arguments {
             None => Value::Object(Map::new()),
@@ -175,6 +186,12 @@ pub fn filter_tools_list(
         kept,
         removed,
     })
+}
+
+/// Whether a result carries a list of tools (a `tools` member; an unreadable result counts, so
+/// that it is filtered, and refused, rather than passed on unread).
+pub fn lists_tools(result: &RawValue) -> bool {
+    find_member(result, TOOLS).map_or(true, |m| m.is_some())
 }
 
 /// [`filter_tools_list`] for a result that is already parsed; returns how many were removed.
@@ -392,6 +409,16 @@ mod tests {
             (Some(r#"{"name":"t","arguments":[1]}"#), None),
             (Some(r#"{"name":"t","arguments":"x"}"#), None),
             (Some(r#"{"name":"safe","name":"evil"}"#), None),
+            // Case variants, as an upstream that ignores case reads them (Go's encoding/json).
+            (Some(r#"{"name":"read_file","NAME":"delete_file"}"#), None),
+            (
+                Some("{\"name\":\"t\",\"argument\\u017f\":{\"path\":\"/etc\"}}"),
+                None,
+            ),
+            (
+                Some(r#"{"name":"t","arguments":{"path":"/tmp","PATH":"/etc"}}"#),
+                None,
+            ),
             (
                 Some(r#"{"name":"t","arguments":{"To":"+44","To":"+1"}}"#),
                 None,

@@ -422,7 +422,6 @@ pub async fn post_stateless(
     post(url, &headers, &stateless_call(id, name, args)).await
 }
 
-/// Opens a session-era session through the gateway; returns the session id the client sees.
 /// Opens a session's server→client stream (GET) in the 2025-11-25 era.
 pub async fn open_stream(url: &str, session: &str) -> reqwest::Response {
     reqwest::Client::new()
@@ -435,6 +434,7 @@ pub async fn open_stream(url: &str, session: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Opens a session-era session through the gateway; returns the session id the client sees.
 pub async fn open_session(url: &str) -> String {
     let (status, headers, body) = post(url, &[], &initialize(1)).await;
     assert_eq!(status, 200, "{body}");
