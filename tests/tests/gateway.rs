@@ -853,6 +853,35 @@ async fn monitor_mode_forwards_and_validation_refuses_bad_arguments() {
 }
 
 #[tokio::test]
+async fn stateless_parameter_headers_must_mirror_the_arguments() {
+    let (stack, _upstream, f) = rmcp_stack(true, policy()).await;
+    stack
+        .tool(
+            &f,
+            "echo",
+            "read",
+            json!({"type": "object",
+                   "properties": {"text": {"type": "string", "x-mcp-header": "Text"}}}),
+        )
+        .await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    let args = json!({"text": "hi"});
+    let (status, _, body) =
+        post_stateless(&url, &[("mcp-param-text", "hi")], 1, "echo", args.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(text(&message(&body)), "echo: hi");
+    // The policy decides on the body; a header that says otherwise, or is missing, is refused
+    // before anything behind the gateway can route on it.
+    for (id, headers) in [(2, vec![("mcp-param-text", "other")]), (3, vec![])] {
+        let (status, _, body) = post_stateless(&url, &headers, id, "echo", args.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(message(&body)["error"]["code"], -32020, "{body}");
+    }
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn python_sdk_server_over_streamable_http_and_legacy_sse() {
     let stack = Stack::new().await;
     let streamable = portcullis_tests::peers::python_server("streamable-http", false);

@@ -365,6 +365,9 @@ impl Gateway {
                     )
                     .into());
                 };
+                if inbound.era == ProtocolEra::Stateless {
+                    self.check_param_headers(inbound, &call).await?;
+                }
                 let keys = self.sessions.keyring();
                 let round = Round::of(keys, grant.id, &call);
                 // A continuation's retry reaches the upstream with its own `requestState` back.
@@ -424,6 +427,27 @@ impl Gateway {
                 restored: None,
             }),
         }
+    }
+
+    /// Stateless era: the `Mcp-Param-*` headers of a call must mirror the arguments the tool
+    /// marks with `x-mcp-header`. The policy decides on the body; what routes on the headers
+    /// behind the gateway must see the same values.
+    async fn check_param_headers(
+        &self,
+        inbound: &Inbound,
+        call: &portcullis_mcp::ToolCall<'_>,
+    ) -> Result<(), GatewayError> {
+        let grant = &inbound.grant;
+        let tools = self.catalogue.tools(grant.tenant, grant.server.id).await?;
+        let Some(tool) = tools.get(&call.name) else {
+            return Ok(());
+        };
+        let headers = inbound
+            .headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+        portcullis_mcp::headers::check_param_headers(headers, &tool.input_schema, &call.arguments)?;
+        Ok(())
     }
 
     /// What a grant may see of its server's tools.
