@@ -51,7 +51,7 @@ pub fn default_init_params() -> String {
 pub struct Connection {
     stream: ByteStream,
     decoder: SseDecoder,
-    queue: VecDeque<SseEvent>,
+    queue: VecDeque<SseFrame>,
     endpoint: url::Url,
 }
 
@@ -107,10 +107,22 @@ impl Connection {
         Ok(connection)
     }
 
+    /// The next event, comments skipped.
     async fn next_event(&mut self) -> Result<Option<SseEvent>, UpstreamError> {
         loop {
-            if let Some(event) = self.queue.pop_front() {
-                return Ok(Some(event));
+            match self.next_frame().await? {
+                Some(SseFrame::Event(event)) => return Ok(Some(event)),
+                Some(SseFrame::Comment(_)) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next event or comment (an upstream's keep-alive, which the client needs too).
+    async fn next_frame(&mut self) -> Result<Option<SseFrame>, UpstreamError> {
+        loop {
+            if let Some(frame) = self.queue.pop_front() {
+                return Ok(Some(frame));
             }
             let Some(chunk) = self.stream.next().await else {
                 return Ok(None);
@@ -120,11 +132,7 @@ impl Connection {
                 .decoder
                 .push(&chunk)
                 .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-            for frame in frames {
-                if let SseFrame::Event(event) = frame {
-                    self.queue.push_back(event);
-                }
-            }
+            self.queue.extend(frames);
         }
     }
 
@@ -187,7 +195,8 @@ impl Connection {
     /// The upstream's messages as an SSE stream for the client, ending after the answer to
     /// `id` (the upstream stream is closed with it). The ids of the upstream's requests to the
     /// client are sealed under `grant` ([`crate::replies`]), so the client's answers find their
-    /// way back to this upstream session.
+    /// way back to this upstream session. Comments (keep-alives) pass, so a long call's stream
+    /// is not idle for the client while the upstream keeps its own alive.
     pub fn relay_until(self, id: RequestId, keys: Arc<Keyring>, grant: GrantId) -> ByteStream {
         futures::stream::unfold(Some(self), move |connection| {
             let id = id.clone();
@@ -195,8 +204,11 @@ impl Connection {
             async move {
                 let mut connection = connection?;
                 loop {
-                    match connection.next_event().await {
-                        Ok(Some(mut event)) => {
+                    match connection.next_frame().await {
+                        Ok(Some(comment @ SseFrame::Comment(_))) => {
+                            return Some((Ok(comment.encode()), Some(connection)));
+                        }
+                        Ok(Some(SseFrame::Event(mut event))) => {
                             if !event.is_message() {
                                 continue;
                             }
@@ -265,4 +277,49 @@ pub fn init_params(message: &Message) -> String {
     message
         .params()
         .map_or_else(default_init_params, |p| p.get().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+    use super::*;
+
+    fn connection(chunks: &[&'static str]) -> Connection {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+            .collect();
+        Connection {
+            stream: futures::stream::iter(chunks).boxed(),
+            decoder: SseDecoder::new(),
+            queue: VecDeque::new(),
+            endpoint: url::Url::parse("http://127.0.0.1:1/messages?session=s").unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relayed_call_keeps_the_upstreams_keep_alives_and_ends_with_its_answer() {
+        let upstream = connection(&[
+            ": ping\n\n",
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\n",
+            ": ping\n\n",
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n",
+            ": after the answer\n\n",
+        ]);
+        let keys = Arc::new(Keyring::generate(1).0);
+        let relayed: Vec<Bytes> = upstream
+            .relay_until(RequestId::from(7), keys, GrantId::new())
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let text: String = relayed
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert_eq!(text.matches(": ping").count(), 2, "{text}");
+        assert!(text.contains("notifications/progress"), "{text}");
+        assert!(text.contains("\"id\":7"), "{text}");
+        assert!(!text.contains("after the answer"), "{text}");
+    }
 }
