@@ -702,7 +702,7 @@ impl Gateway {
             .upstream
             .send(Method::POST, &server.uri, headers, Some(body))
             .await?;
-        self.relay_plain(&inbound.grant, response)
+        Ok(self.relay(&inbound.grant, response, Watch::Nothing))
     }
 
     /// A client's message to a legacy (HTTP+SSE) upstream. A response whose id is a reply
@@ -727,18 +727,21 @@ impl Gateway {
         Ok(StatusCode::ACCEPTED.into_response())
     }
 
-    fn relay_plain(
-        &self,
-        grant: &Grant,
-        response: UpstreamResponse,
-    ) -> Result<Response, Rejection> {
+    /// Passes an upstream answer on: as bytes, or (an SSE stream with something to `watch`)
+    /// event by event.
+    fn relay(&self, grant: &Grant, response: UpstreamResponse, watch: Watch) -> Response {
         let status = response.status();
         let mut headers = response_headers(response.headers());
         self.wrap_session(grant, response.headers(), &mut headers);
-        let mut out = Response::new(Body::new(response.into_body()));
+        let body = if matches!(watch, Watch::Nothing) || !is_event_stream(response.headers()) {
+            Body::new(response.into_body())
+        } else {
+            relay::sse(body_stream(response), watch, None, None)
+        };
+        let mut out = Response::new(body);
         *out.status_mut() = status;
         *out.headers_mut() = headers;
-        Ok(out)
+        out
     }
 
     /// GET (the session's server→client stream, resumable with `Last-Event-ID`) and DELETE
@@ -780,18 +783,13 @@ impl Gateway {
             .upstream
             .send(method.clone(), &grant.server.uri, upstream_headers, None)
             .await?;
-        if method == Method::GET && is_event_stream(response.headers()) {
+        let watch = if method == Method::GET && is_event_stream(response.headers()) {
             // A resumed stream replays earlier answers: a tools/list among them is filtered
             // as it was the first time.
-            let watch = Watch::Replays(self.tool_filter(&grant, ProtocolEra::Session).await?);
-            let mut headers = response_headers(response.headers());
-            self.wrap_session(&grant, response.headers(), &mut headers);
-            let status = response.status();
-            let mut out = Response::new(relay::sse(body_stream(response), watch, None, None));
-            *out.status_mut() = status;
-            *out.headers_mut() = headers;
-            return Ok(out);
-        }
-        self.relay_plain(&grant, response)
+            Watch::Replays(self.tool_filter(&grant, ProtocolEra::Session).await?)
+        } else {
+            Watch::Nothing
+        };
+        Ok(self.relay(&grant, response, watch))
     }
 }

@@ -240,12 +240,14 @@ struct SseRelay {
 
 impl SseRelay {
     fn frame(&mut self, frame: SseFrame, out: &mut BytesMut) {
-        let SseFrame::Event(event) = &frame else {
-            frame.encode_into(out);
-            return;
+        let event = match &frame {
+            SseFrame::Event(event) if !matches!(self.watch, Watch::Nothing) => event,
+            _ => {
+                frame.encode_into(out);
+                return;
+            }
         };
         let message = match event.json_rpc() {
-            _ if matches!(self.watch, Watch::Nothing) => None,
             Some(Ok(message)) if message.is_response() => Some(message),
             Some(Err(_)) if self.watch.sees_lists() => {
                 // A message the gateway cannot read might be a tools list it cannot filter.
