@@ -1490,13 +1490,7 @@ async fn a_resumed_stream_replays_answers_with_tools_lists_filtered() {
     );
     for answer in [json_answer, sse_answer] {
         let port = raw_upstream(Some(&answer)).await;
-        let f = stack
-            .fixture(
-                &format!("http://127.0.0.1:{port}/mcp"),
-                "streamable_http",
-                policy(),
-            )
-            .await;
+        let f = loopback_fixture(&stack, port).await;
         let (status, _, body) = post(
             &f.url(&gw),
             &[],
@@ -1572,13 +1566,7 @@ async fn upstreams_on_refused_addresses_are_never_contacted() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     // A loopback address, and a name that resolves to one.
-    let by_address = stack
-        .fixture(
-            &format!("http://127.0.0.1:{port}/mcp"),
-            "streamable_http",
-            policy(),
-        )
-        .await;
+    let by_address = loopback_fixture(&stack, port).await;
     let by_name = stack
         .fixture(
             &format!("http://localhost:{port}/mcp"),
@@ -1657,6 +1645,17 @@ async fn raw_upstream(answer: Option<&str>) -> u16 {
     port
 }
 
+/// A fixture for an upstream on this machine's `port`, under the usual policy.
+async fn loopback_fixture(stack: &Stack, port: u16) -> Fixture {
+    stack
+        .fixture(
+            &format!("http://127.0.0.1:{port}/mcp"),
+            "streamable_http",
+            policy(),
+        )
+        .await
+}
+
 /// The audit entry with the outcome of the one call through `f`'s server.
 async fn outcome_of(stack: &Stack, f: &Fixture) -> Value {
     let server = f.server.0.to_string();
@@ -1705,13 +1704,7 @@ async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
         ),
     ];
     for (port, status, upstream_status, reason) in cases {
-        let f = stack
-            .fixture(
-                &format!("http://127.0.0.1:{port}/mcp"),
-                "streamable_http",
-                policy(),
-            )
-            .await;
+        let f = loopback_fixture(&stack, port).await;
         let (got, _, body) =
             post_stateless(&f.url(&gw), &[], 1, "echo", json!({"text": "hi"})).await;
         assert_eq!(got, status, "{body}");
@@ -1729,13 +1722,7 @@ async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
     }
 
     // A client that gives up first: the call may still run upstream, and the log says so.
-    let f = stack
-        .fixture(
-            &format!("http://127.0.0.1:{silent_port}/mcp"),
-            "streamable_http",
-            policy(),
-        )
-        .await;
+    let f = loopback_fixture(&stack, silent_port).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(100))
         .build()

@@ -405,9 +405,9 @@ mod stream_tests {
     use super::*;
     use crate::ids::PolicyId;
 
-    #[test]
-    fn stream_entries_round_trip() {
-        let event = AuditEvent {
+    /// An event as a denied call makes it.
+    fn denied() -> AuditEvent {
+        AuditEvent {
             id: Uuid::now_v7(),
             ts: Utc::now(),
             tenant_id: TenantId::new(),
@@ -428,7 +428,12 @@ mod stream_tests {
             arg_digest: None,
             arguments: None,
             outcome: None,
-        };
+        }
+    }
+
+    #[test]
+    fn stream_entries_round_trip() {
+        let event = denied();
         let json = stream::encode(&event);
         assert_eq!(stream::decode(json.as_bytes()).unwrap(), event);
         let mut finished = event.clone();
@@ -450,26 +455,13 @@ mod stream_tests {
     fn what_a_client_chose_is_kept_to_a_bound() {
         let huge = "é".repeat(1_000_000);
         let event = AuditEvent {
-            id: Uuid::now_v7(),
-            ts: Utc::now(),
-            tenant_id: TenantId::new(),
-            grant_id: GrantId::new(),
-            identity: "agent-1".into(),
-            server_id: ServerId::new(),
             method: huge.clone(),
             tool: Some(huge.clone()),
-            decision: AuditDecision::Deny,
-            rule: None,
             message: Some(huge.clone()),
-            policy_id: None,
-            policy_version: None,
             protocol: Some(huge.clone()),
-            session: None,
             request_id: Some(huge.clone()),
             arg_keys: vec![huge.clone(); 10_000],
-            arg_digest: None,
-            arguments: None,
-            outcome: None,
+            ..denied()
         };
         let json = stream::encode(&event);
         assert!(json.len() < 100_000, "{} bytes", json.len());
