@@ -180,31 +180,57 @@ impl<T> Default for Present<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Present<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        T::deserialize(d).map(|v| Present(Some(v)))
-    }
-}
-
 /// The members of a JSON-RPC message the gateway reads.
 const ENVELOPE_MEMBERS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
 
 /// The members of a JSON-RPC object, each kept raw so that a type error in one member
-/// still lets the id be recovered for the error response.
-#[derive(Deserialize)]
+/// still lets the id be recovered for the error response. Member names are read as upstreams
+/// that ignore case read them (`raw_json`): a repeated or case-varied member is refused.
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
     jsonrpc: Present<&'a RawValue>,
-    #[serde(borrow, default)]
     id: Present<&'a RawValue>,
-    #[serde(borrow, default)]
     method: Present<&'a RawValue>,
-    #[serde(borrow, default)]
     params: Present<&'a RawValue>,
-    #[serde(borrow, default)]
     result: Present<&'a RawValue>,
-    #[serde(borrow, default)]
     error: Present<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Envelope<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON-RPC message")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Envelope<'a>, A::Error> {
+                let mut env = Envelope::default();
+                let mut names = raw_json::Names::default();
+                while let Some(CowStr(name)) = map.next_key()? {
+                    names.add_among(&name, &ENVELOPE_MEMBERS)?;
+                    let slot = match name.as_ref() {
+                        "jsonrpc" => &mut env.jsonrpc,
+                        "id" => &mut env.id,
+                        "method" => &mut env.method,
+                        "params" => &mut env.params,
+                        "result" => &mut env.result,
+                        "error" => &mut env.error,
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Present(Some(map.next_value()?));
+                }
+                Ok(env)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 enum IdField {
@@ -266,13 +292,6 @@ impl Message {
             serde_json::error::Category::Data => invalid(None, &e.to_string()),
             _ => json_error(&e),
         })?;
-        if let Err(e) = raw_json::check_member_names(text, &ENVELOPE_MEMBERS) {
-            let id = match read_id(env.id.0) {
-                IdField::Valid(id) => Some(id),
-                _ => None,
-            };
-            return Err(invalid(id, &e.to_string()));
-        }
         Self::from_envelope(env)
     }
 
@@ -777,16 +796,17 @@ mod tests {
                 codes::INVALID_REQUEST,
                 None,
             ),
-            // A case variant is the same member to an upstream that ignores case.
+            // A case variant is the same member to an upstream that ignores case (like a
+            // repeated member, the message is not read far enough to trust its id).
             (
                 r#"{"jsonrpc":"2.0","id":5,"method":"ping","METHOD":"tools/call"}"#,
                 codes::INVALID_REQUEST,
-                Some(5.into()),
+                None,
             ),
             (
                 r#"{"jsonrpc":"2.0","id":6,"Method":"tools/call"}"#,
                 codes::INVALID_REQUEST,
-                Some(6.into()),
+                None,
             ),
         ];
         for (input, code, id) in cases {

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
@@ -45,6 +46,51 @@ pub struct ToolCall<'a> {
     pub retry: Retry<'a>,
 }
 
+/// The members of `tools/call` params the gateway reads, in one pass over them; member names
+/// are read as upstreams that ignore case read them (`raw_json`).
+struct CallParams<'a> {
+    name: CowStr<'a>,
+    arguments: Option<&'a RawValue>,
+    input_responses: Option<&'a RawValue>,
+    request_state: Option<CowStr<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for CallParams<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = CallParams<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tools/call params")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CallParams<'a>, A::Error> {
+                let mut name = None;
+                let (mut arguments, mut input_responses, mut request_state) = (None, None, None);
+                let mut names = raw_json::Names::default();
+                while let Some(CowStr(key)) = map.next_key()? {
+                    names.add_among(&key, &CALL_MEMBERS)?;
+                    match key.as_ref() {
+                        "name" => name = Some(map.next_value::<CowStr<'a>>()?),
+                        "arguments" => arguments = map.next_value()?,
+                        "inputResponses" => input_responses = map.next_value()?,
+                        "requestState" => request_state = map.next_value()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(CallParams {
+                    name: name.ok_or_else(|| de::Error::missing_field("name"))?,
+                    arguments,
+                    input_responses,
+                    request_state,
+                })
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
 impl<'a> ToolCall<'a> {
     /// Reads a `tools/call` request's params.
     ///
@@ -52,22 +98,9 @@ impl<'a> ToolCall<'a> {
     /// any depth of `params` or `arguments` is [`Error::InvalidParams`]: the gateway must
     /// see exactly the name and arguments the upstream will execute.
     pub fn from_params(params: Option<&'a RawValue>) -> Result<Self, Error> {
-        #[derive(Deserialize)]
-        struct Params<'a> {
-            #[serde(borrow)]
-            name: CowStr<'a>,
-            #[serde(borrow, default)]
-            arguments: Option<&'a RawValue>,
-            #[serde(borrow, default, rename = "inputResponses")]
-            input_responses: Option<&'a RawValue>,
-            #[serde(borrow, default, rename = "requestState")]
-            request_state: Option<CowStr<'a>>,
-        }
         let params =
             params.ok_or_else(|| Error::InvalidParams("tools/call needs params".into()))?;
-        let p: Params<'a> = serde_json::from_str(params.get())
-            .map_err(|e| Error::InvalidParams(format!("tools/call params: {e}")))?;
-        raw_json::check_member_names(params.get(), &CALL_MEMBERS)
+        let p: CallParams<'a> = serde_json::from_str(params.get())
             .map_err(|e| Error::InvalidParams(format!("tools/call params: {e}")))?;
         let arguments = match p.arguments {
             None => Value::Object(Map::new()),
