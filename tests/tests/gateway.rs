@@ -849,6 +849,12 @@ async fn monitor_mode_forwards_and_validation_refuses_bad_arguments() {
     );
     let (_, _, body) = post_stateless(&fv.url(&gw), &[], 3, "add", json!({"a": 1, "b": 2})).await;
     assert_eq!(text(&message(&body)), "3");
+    // An argument that is a case variant of a declared one: an upstream that ignores case
+    // would run with it while the policy looked at another.
+    let (status, _, body) =
+        post_stateless(&fv.url(&gw), &[], 4, "add", json!({"A": 5, "b": 2})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(message(&body)["error"]["code"], -32602, "{body}");
     gw.stop().await.unwrap();
 }
 

@@ -126,6 +126,29 @@ impl<'a> ToolCall<'a> {
     }
 }
 
+/// Refuses an argument whose name the tool's schema does not declare at the top level but
+/// which reads as a declared one to an upstream that ignores case (`"PATH"` where the schema
+/// has `path`): the policy would look at one argument while the upstream runs with another.
+pub fn check_argument_names(input_schema: &Value, arguments: &Value) -> Result<(), Error> {
+    let (Some(declared), Value::Object(arguments)) = (
+        input_schema.get("properties").and_then(Value::as_object),
+        arguments,
+    ) else {
+        return Ok(());
+    };
+    for name in arguments.keys() {
+        if declared.contains_key(name) {
+            continue;
+        }
+        if let Some(meant) = declared.keys().find(|d| raw_json::same_name(d, name)) {
+            return Err(Error::InvalidParams(format!(
+                "argument {name:?} reads as the declared {meant:?} to upstreams that ignore case"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Message {
     /// The tool call of a `tools/call` request; `None` for any other message.
     pub fn tool_call(&self) -> Option<Result<ToolCall<'_>, Error>> {
@@ -415,6 +438,26 @@ mod tests {
         }
         let list = Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).unwrap();
         assert!(list.tool_call().is_none());
+    }
+
+    #[test]
+    fn argument_names_may_not_be_case_variants_of_declared_ones() {
+        let schema = json!({"type": "object", "properties": {"path": {}, "Mode": {}, "size": {}}});
+        for ok in [
+            json!({"path": "/tmp"}),
+            json!({"Mode": 1, "other": 2}),
+            json!({}),
+        ] {
+            check_argument_names(&schema, &ok).unwrap();
+        }
+        for bad in [
+            json!({"PATH": "/etc"}),
+            json!({"mode": 1}),
+            json!({"\u{17f}ize": 1}),
+        ] {
+            assert!(check_argument_names(&schema, &bad).is_err(), "{bad}");
+        }
+        check_argument_names(&json!({"type": "object"}), &json!({"PATH": 1})).unwrap();
     }
 
     #[test]
