@@ -205,10 +205,6 @@ pub(crate) type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 
 /// Splits a raw JSON object into its members, keeping each value's bytes.
 pub(crate) fn object_members(obj: &RawValue) -> Result<Members<'_>, serde_json::Error> {
-    members_of(obj.get())
-}
-
-fn members_of(obj: &str) -> Result<Members<'_>, serde_json::Error> {
     struct MembersVisitor;
     impl<'de> Visitor<'de> for MembersVisitor {
         type Value = Members<'de>;
@@ -226,7 +222,7 @@ fn members_of(obj: &str) -> Result<Members<'_>, serde_json::Error> {
             Ok(out)
         }
     }
-    serde_json::Deserializer::from_str(obj).deserialize_map(MembersVisitor)
+    serde_json::Deserializer::from_str(obj.get()).deserialize_map(MembersVisitor)
 }
 
 /// Writes members back as a compact JSON object; values are copied verbatim.
