@@ -548,57 +548,52 @@ impl Gateway {
     ) -> Result<Response, Rejection> {
         let status = response.status();
         pending.status = Some(status.as_u16());
+        if matches!(watch, Watch::Nothing) || is_event_stream(response.headers()) {
+            return Ok(self.relay(grant, response, watch, id, Some(pending)));
+        }
+        // A JSON answer the gateway must look inside: read whole (bounded).
         let mut headers = response_headers(response.headers());
         self.wrap_session(grant, response.headers(), &mut headers);
-        let body = if matches!(watch, Watch::Nothing) {
-            // Nothing to look for: JSON or SSE, the bytes pass through untouched.
-            relay::raw(body_stream(response), Some(pending))
-        } else if is_event_stream(response.headers()) {
-            relay::sse(body_stream(response), watch, id, Some(pending))
+        let bytes = match self.upstream.read_body(response).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                pending.fail(&e);
+                return Err(GatewayError::from(e).at(id.as_ref()));
+            }
+        };
+        let parsed = if bytes.is_empty() {
+            None
         } else {
-            let bytes = match self.upstream.read_body(response).await {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    pending.fail(&e);
-                    return Err(GatewayError::from(e).at(id.as_ref()));
-                }
-            };
-            let parsed = if bytes.is_empty() {
-                None
-            } else {
-                Message::parse(&bytes).ok()
-            };
-            let (bytes, is_error) = match (&watch, parsed) {
-                (Watch::ToolsList(filter), Some(message)) => match filter.rewrite(&message) {
-                    Some(rewritten) => (rewritten, Some(false)),
-                    None => (bytes, Some(matches!(message, Message::Error { .. }))),
-                },
-                (Watch::ToolsList(_), None) if status.is_success() => {
-                    // An answer the gateway cannot read cannot be filtered: never pass it on.
-                    let e = crate::upstream::UpstreamError::Protocol(
-                        "unreadable tools/list answer".into(),
-                    );
-                    pending.fail(&e);
-                    return Err(GatewayError::Upstream(e).at(id.as_ref()));
-                }
-                (Watch::ToolsCall(sealer), Some(message)) => match sealer.rewrite(&message) {
-                    // An input_required answer, its requestState sealed (`continuation`).
-                    Some(sealed) => (sealed, Some(false)),
-                    None => (
-                        bytes,
-                        Some(relay::answer_is_error(&message) || !status.is_success()),
-                    ),
-                },
-                (_, Some(message)) => (
+            Message::parse(&bytes).ok()
+        };
+        let (bytes, is_error) = match (&watch, parsed) {
+            (Watch::ToolsList(filter), Some(message)) => match filter.rewrite(&message) {
+                Some(rewritten) => (rewritten, Some(false)),
+                None => (bytes, Some(matches!(message, Message::Error { .. }))),
+            },
+            (Watch::ToolsList(_), None) if status.is_success() => {
+                // An answer the gateway cannot read cannot be filtered: never pass it on.
+                let e =
+                    crate::upstream::UpstreamError::Protocol("unreadable tools/list answer".into());
+                pending.fail(&e);
+                return Err(GatewayError::Upstream(e).at(id.as_ref()));
+            }
+            (Watch::ToolsCall(sealer), Some(message)) => match sealer.rewrite(&message) {
+                // An input_required answer, its requestState sealed (`continuation`).
+                Some(sealed) => (sealed, Some(false)),
+                None => (
                     bytes,
                     Some(relay::answer_is_error(&message) || !status.is_success()),
                 ),
-                (_, None) => (bytes, (!status.is_success()).then_some(true)),
-            };
-            pending.finish(is_error);
-            Body::from(bytes)
+            },
+            (_, Some(message)) => (
+                bytes,
+                Some(relay::answer_is_error(&message) || !status.is_success()),
+            ),
+            (_, None) => (bytes, (!status.is_success()).then_some(true)),
         };
-        let mut out = Response::new(body);
+        pending.finish(is_error);
+        let mut out = Response::new(Body::from(bytes));
         *out.status_mut() = status;
         *out.headers_mut() = headers;
         Ok(out)
@@ -702,7 +697,7 @@ impl Gateway {
             .upstream
             .send(Method::POST, &server.uri, headers, Some(body))
             .await?;
-        Ok(self.relay(&inbound.grant, response, Watch::Nothing))
+        Ok(self.relay(&inbound.grant, response, Watch::Nothing, None, None))
     }
 
     /// A client's message to a legacy (HTTP+SSE) upstream. A response whose id is a reply
@@ -727,16 +722,24 @@ impl Gateway {
         Ok(StatusCode::ACCEPTED.into_response())
     }
 
-    /// Passes an upstream answer on: as bytes, or (an SSE stream with something to `watch`)
-    /// event by event.
-    fn relay(&self, grant: &Grant, response: UpstreamResponse, watch: Watch) -> Response {
+    /// Passes an upstream answer on as it streams: as bytes when there is nothing to `watch`
+    /// or it is not an SSE stream, else event by event (answers to `id` rewritten or inspected).
+    /// `pending`, when given, records the outcome once the answer ends.
+    fn relay(
+        &self,
+        grant: &Grant,
+        response: UpstreamResponse,
+        watch: Watch,
+        id: Option<RequestId>,
+        pending: Option<Pending>,
+    ) -> Response {
         let status = response.status();
         let mut headers = response_headers(response.headers());
         self.wrap_session(grant, response.headers(), &mut headers);
         let body = if matches!(watch, Watch::Nothing) || !is_event_stream(response.headers()) {
-            Body::new(response.into_body())
+            relay::raw(body_stream(response), pending)
         } else {
-            relay::sse(body_stream(response), watch, None, None)
+            relay::sse(body_stream(response), watch, id, pending)
         };
         let mut out = Response::new(body);
         *out.status_mut() = status;
@@ -790,6 +793,6 @@ impl Gateway {
         } else {
             Watch::Nothing
         };
-        Ok(self.relay(&grant, response, watch))
+        Ok(self.relay(&grant, response, watch, None, None))
     }
 }
