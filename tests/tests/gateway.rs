@@ -1594,6 +1594,13 @@ async fn upstreams_on_refused_addresses_are_never_contacted() {
         assert!(text.contains("upstream address not allowed"), "{body}");
         assert!(text.contains("PORTCULLIS_UPSTREAM_ALLOW"), "{body}");
     }
+    // The address a name resolved to is the operator's to know, not the tenant's.
+    let (_, _, body) = post(&by_name.url(&gw), &[], &support::initialize(2)).await;
+    assert!(body.contains("resolves to no public address"), "{body}");
+    assert!(
+        !body.contains("127.0.0.1") && !body.contains("::1"),
+        "{body}"
+    );
     let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
     assert!(
         accepted.is_err(),

@@ -113,7 +113,16 @@ pub enum DiscoveryError {
 }
 
 fn unreachable(e: reqwest::Error) -> DiscoveryError {
-    DiscoveryError::Unreachable(portcullis_core::error_chain(&e))
+    DiscoveryError::Unreachable(outbound_error(&e))
+}
+
+/// What a failed outbound request tells the tenant. An address the egress guard refused is
+/// logged for the operator: the message leaves out addresses a host name resolved to.
+pub(crate) fn outbound_error(e: &reqwest::Error) -> String {
+    if let Some(refused) = portcullis_core::egress::Refused::find(e) {
+        tracing::warn!(address = %refused.ip, "outbound address refused");
+    }
+    portcullis_core::error_chain(e)
 }
 
 /// Connects and initialises, then ends the session: "test connection".

@@ -122,7 +122,7 @@ pub(crate) async fn deliver_due(state: &AppState) -> anyhow::Result<usize> {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| portcullis_core::error_chain(&e)),
+                .map_err(|e| crate::discovery::outbound_error(&e)),
             Err(e) => Err(e.to_string()),
         };
         let (ok, status, error) = match outcome {

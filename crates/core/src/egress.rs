@@ -65,7 +65,7 @@ impl Egress {
     pub fn check_host(&self, host: &str) -> io::Result<()> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         match bare.parse::<IpAddr>() {
-            Ok(ip) if !self.permits(ip) => Err(refused(ip)),
+            Ok(ip) if !self.permits(ip) => Err(refused(ip, false)),
             _ => Ok(()),
         }
     }
@@ -90,7 +90,7 @@ impl Egress {
             .collect();
         match (permitted.is_empty(), found.first()) {
             (false, _) => Ok(permitted),
-            (true, Some(first)) => Err(refused(first.ip())),
+            (true, Some(first)) => Err(refused(first.ip(), true)),
             (true, None) => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("{host} has no address"),
@@ -101,12 +101,34 @@ impl Egress {
 
 /// A connection refused by [`Egress`]: the `io::Error`s it returns carry this inside, so a
 /// caller can tell the refusal from other failures to connect ([`Refused::find`]).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{0} is not a public address (it is loopback, private, link-local or reserved), and \
-     PORTCULLIS_UPSTREAM_ALLOW does not list its network"
-)]
-pub struct Refused(pub IpAddr);
+///
+/// The message names the address only when the URL itself did. An address a host name
+/// resolved to stays out of it: the message reaches tenants (discovery, the audit log, the
+/// agent's error), and naming it would let any tenant read the operator's internal DNS
+/// (`redis.internal` → `10.2.0.7`). Operators find it in [`Refused::ip`] (the logs).
+#[derive(Debug)]
+pub struct Refused {
+    /// The refused address.
+    pub ip: IpAddr,
+    /// Whether a host name resolved to it (rather than the URL naming it).
+    pub resolved: bool,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.resolved {
+            f.write_str("the host name resolves to no public address")?;
+        } else {
+            write!(f, "{} is not a public address", self.ip)?;
+        }
+        f.write_str(
+            " (loopback, private, link-local and reserved addresses are refused), and \
+             PORTCULLIS_UPSTREAM_ALLOW does not list the network",
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
 
 impl Refused {
     /// The refusal in `error` or its causes, if it is one.
@@ -129,8 +151,8 @@ impl Refused {
     }
 }
 
-fn refused(ip: IpAddr) -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, Refused(ip))
+fn refused(ip: IpAddr, resolved: bool) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, Refused { ip, resolved })
 }
 
 /// Whether `ip` is an address of the public internet (not loopback, private, link-local,
@@ -250,7 +272,11 @@ mod tests {
         let egress = Egress::default();
         let error = egress.check_host("169.254.169.254").unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
-        assert_eq!(Refused::find(&error).unwrap().0, ip("169.254.169.254"));
+        assert_eq!(Refused::find(&error).unwrap().ip, ip("169.254.169.254"));
+        assert!(
+            error.to_string().starts_with("169.254.169.254 is not"),
+            "{error}"
+        );
         let other = io::Error::new(io::ErrorKind::PermissionDenied, "firewall");
         assert!(Refused::find(&other).is_none());
         assert!(error.to_string().contains("PORTCULLIS_UPSTREAM_ALLOW"));
@@ -273,6 +299,18 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
+        let refused = Refused::find(&error).unwrap();
+        assert!(refused.ip.is_loopback() && refused.resolved);
+        // What it resolved to is for the operator's logs, not the message tenants read.
+        let message = error.to_string();
+        assert!(
+            message.contains("resolves to no public address"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("127.0.0.1") && !message.contains("::1"),
+            "{message}"
+        );
         let allowed: Egress = "127.0.0.0/8,::1".parse().unwrap();
         let addrs = allowed.resolve("localhost", 80).await.unwrap();
         assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");

@@ -194,7 +194,10 @@ impl Upstream {
                 metrics::counter!("portcullis_gateway_upstream_errors_total", "kind" => "request")
                     .increment(1);
                 Err(match Refused::find(&e) {
-                    Some(refused) => UpstreamError::NotAllowed(refused.to_string()),
+                    Some(refused) => {
+                        tracing::warn!(address = %refused.ip, "outbound address refused");
+                        UpstreamError::NotAllowed(refused.to_string())
+                    }
                     None => UpstreamError::Request(e.into()),
                 })
             }
