@@ -43,9 +43,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
     }
 }
 
-/// A member name as an upstream that ignores case reads it: each character upper-cased, then
-/// lower-cased (so `ſ`, `S` and `s` are one, as are the Kelvin sign, `K` and `k`). Borrowed
-/// when the name is already in that form, as nearly every name is.
+/// A member name as an upstream that ignores case reads it. Go's `encoding/json` maps each
+/// character to one representative of its simple case-folding orbit, so `ſ`, `S` and `s` are
+/// one, as are the Kelvin sign, `K` and `k`, and `ß` and `ẞ`; `ß` and `ss` are not (that
+/// would be full folding). Here each character becomes the lower case of its upper case,
+/// where each of those is one character (the simple mappings). Borrowed when the name is
+/// already in that form, as nearly every name is.
 pub(crate) fn fold(name: &str) -> Cow<'_, str> {
     if !name
         .bytes()
@@ -56,12 +59,27 @@ pub(crate) fn fold(name: &str) -> Cow<'_, str> {
     if name.is_ascii() {
         return Cow::Owned(name.to_ascii_lowercase());
     }
-    Cow::Owned(
-        name.chars()
-            .flat_map(char::to_uppercase)
-            .flat_map(char::to_lowercase)
-            .collect(),
-    )
+    Cow::Owned(name.chars().map(fold_char).collect())
+}
+
+/// One character's representative: its simple upper case, then that one's simple lower case.
+fn fold_char(c: char) -> char {
+    // Orbits that simple case folding has and the case mappings do not (CaseFolding.txt, S).
+    let c = match c {
+        '\u{1FD3}' => '\u{0390}',
+        '\u{1FE3}' => '\u{03B0}',
+        '\u{FB05}' => '\u{FB06}',
+        c => c,
+    };
+    // Where the full mapping is several characters (`ß` → `SS`), the simple one is the
+    // character itself or, for Greek with a subscript iota, a character whose lower case is
+    // the same as this one's: keeping the character gives the same representative.
+    let upper = single(c.to_uppercase()).unwrap_or(c);
+    single(upper.to_lowercase()).unwrap_or(upper)
+}
+
+fn single(mut chars: impl ExactSizeIterator<Item = char>) -> Option<char> {
+    if chars.len() == 1 { chars.next() } else { None }
 }
 
 /// Whether two member names read the same to an upstream that ignores case.
@@ -380,6 +398,24 @@ mod tests {
             assert!(object_members(&raw(dup)).is_err(), "{dup}");
         }
         assert!(parse_strict(r#"{"x":[{"b":1,"B":2}]}"#).is_err());
+        // One simple case-folding orbit each, as Go reads them; `ß` is not `ss` there.
+        for (a, b) in [
+            ("straße", "STRAẞE"),
+            ("ıd", "id"),
+            ("ǅx", "ǆx"),
+            ("ᾳ", "ᾼ"),
+            ("\u{1FD3}", "\u{0390}"),
+            ("µ", "μ"),
+            ("θ", "ϑ"),
+            ("Å", "\u{212B}"),
+        ] {
+            assert!(same_name(a, b), "{a} {b}");
+            let dup = format!(r#"{{"{a}":1,"{b}":2}}"#);
+            assert!(parse_strict(&dup).is_err(), "{dup}");
+        }
+        for (a, b) in [("straße", "strasse"), ("İd", "id"), ("ﬀ", "ff")] {
+            assert!(!same_name(a, b), "{a} {b}");
+        }
         assert!(parse_strict(r#"{"name":"a","names":"b","nam":"c"}"#).is_ok());
         // Many members: still one lookup each, still refused when one repeats.
         let many: String = (0..10_000).map(|i| format!("\"k{i}\":{i},")).collect();
