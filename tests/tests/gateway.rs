@@ -855,6 +855,13 @@ async fn monitor_mode_forwards_and_validation_refuses_bad_arguments() {
         post_stateless(&fv.url(&gw), &[], 4, "add", json!({"A": 5, "b": 2})).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(message(&body)["error"]["code"], -32602, "{body}");
+    // So is a tool name that is a case variant of a discovered one: rules match names
+    // exactly, and an upstream that ignores case would run `add`.
+    let (status, _, body) =
+        post_stateless(&fv.url(&gw), &[], 5, "ADD", json!({"a": 1, "b": 2})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(message(&body)["error"]["code"], -32602, "{body}");
+    assert!(body.contains("reads as \\\"add\\\""), "{body}");
     gw.stop().await.unwrap();
 }
 

@@ -40,6 +40,11 @@ impl ServerTools {
         self.tools.get(name)
     }
 
+    /// The names of the discovered tools.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.keys().map(String::as_str)
+    }
+
     /// The category of `name`, if discovered.
     pub fn category(&self, name: &str) -> Option<RiskCategory> {
         self.tools.get(name).and_then(|t| t.category)

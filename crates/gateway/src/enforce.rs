@@ -76,8 +76,11 @@ pub async fn tools_call(
 
     let tools = gw.catalogue.tools(grant.tenant, grant.server.id).await?;
     let known = tools.get(name);
-    if let Some(tool) = known {
-        portcullis_mcp::tools::check_argument_names(&tool.input_schema, &call.arguments)?;
+    match known {
+        Some(tool) => {
+            portcullis_mcp::tools::check_argument_names(&tool.input_schema, &call.arguments)?
+        }
+        None => portcullis_mcp::tools::check_tool_name(name, tools.names())?,
     }
     let mut decision = portcullis_policy::evaluate(
         policy,

@@ -149,6 +149,22 @@ pub fn check_argument_names(input_schema: &Value, arguments: &Value) -> Result<(
     Ok(())
 }
 
+/// Refuses a tool name that is not one of `known` (the server's discovered tools) but reads
+/// as one of them to an upstream that ignores case (`"Delete_Repository"`): policy rules
+/// match names exactly, so such a call would pass a rule written for the tool it runs.
+pub fn check_tool_name<'k>(
+    name: &str,
+    known: impl IntoIterator<Item = &'k str>,
+) -> Result<(), Error> {
+    match known.into_iter().find(|k| raw_json::same_name(k, name)) {
+        Some(meant) => Err(Error::InvalidParams(format!(
+            "unknown tool {name:?}: it reads as {meant:?} to upstreams that ignore case, and tool \
+             names are matched exactly"
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Message {
     /// The tool call of a `tools/call` request; `None` for any other message.
     pub fn tool_call(&self) -> Option<Result<ToolCall<'_>, Error>> {
@@ -458,6 +474,16 @@ mod tests {
             assert!(check_argument_names(&schema, &bad).is_err(), "{bad}");
         }
         check_argument_names(&json!({"type": "object"}), &json!({"PATH": 1})).unwrap();
+    }
+
+    #[test]
+    fn tool_names_may_not_be_case_variants_of_discovered_ones() {
+        let known = ["delete_repository", "list_issues"];
+        check_tool_name("new_tool", known).unwrap();
+        for bad in ["Delete_Repository", "LIST_ISSUES", "li\u{17f}t_issues"] {
+            let error = check_tool_name(bad, known).unwrap_err();
+            assert!(error.to_string().contains("reads as"), "{error}");
+        }
     }
 
     #[test]
