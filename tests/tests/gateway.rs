@@ -241,6 +241,14 @@ async fn refusals_have_the_right_status_and_json_rpc_error() {
     assert_eq!(status, 400);
     assert_eq!(message(&body)["error"]["code"], -32600, "{body}");
 
+    // A method call without an id is not a notification: it would pass undecided.
+    let no_id = json!({"jsonrpc": "2.0", "method": "tools/call",
+        "params": {"name": "get_secret", "arguments": {}}});
+    let (status, _, body) = post(&url, &[], &no_id.to_string()).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(message(&body)["error"]["code"], -32600, "{body}");
+    assert!(body.contains("without an id"), "{body}");
+
     // Stateless era: Mcp-Name must mirror the body, and policy is decided on the body.
     let stateless = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
         "name": "get_secret", "arguments": {},

@@ -222,6 +222,20 @@ impl Gateway {
             .await
             .map_err(|_| GatewayError::PayloadTooLarge(self.max_body))?;
         let message = Message::parse(&bytes)?;
+        if let Message::Notification { method, .. } = &message
+            && !method.starts_with(portcullis_mcp::method::names::NOTIFICATIONS)
+        {
+            // A method call without an id would pass undecided and unaudited, and an
+            // upstream that runs it anyway (some JSON-RPC servers do) would run a tool call.
+            return Err(GatewayError::from(portcullis_mcp::Error::InvalidRequest {
+                id: None,
+                detail: format!(
+                    "{method:?} without an id: a request needs one, and notifications are \
+                     notifications/… methods"
+                ),
+            })
+            .into());
+        }
         let id = message.id().cloned();
         let at = |e: portcullis_mcp::Error| GatewayError::from(e).at(id.as_ref());
         let version_header = header_str(&headers, mcp::MCP_PROTOCOL_VERSION);

@@ -4,6 +4,8 @@
 pub mod names {
     /// Session-era handshake request.
     pub const INITIALIZE: &str = "initialize";
+    /// What every notification's method starts with.
+    pub const NOTIFICATIONS: &str = "notifications/";
     /// Session-era handshake completion notification.
     pub const INITIALIZED: &str = "notifications/initialized";
     /// Lists tools (paginated).
