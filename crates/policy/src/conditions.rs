@@ -77,31 +77,76 @@ impl ArgPath {
         &self.text
     }
 
-    /// The value at this path in a call's arguments, if there is one. Never allocates.
-    pub fn resolve<'v>(&self, args: &'v Value) -> Option<&'v Value> {
+    /// The value at this path in a call's arguments, if there is one. Never allocates, but
+    /// when an upstream could read another member than the one found.
+    ///
+    /// [`Ambiguous`] when an object holds more than one member the next segments could name
+    /// (`Configuration` and `Configuration.Url` for `args.Configuration.Url`), or none by
+    /// its exact name but one that differs only in case (`Force` for `args.opts.force`): an
+    /// upstream that ignores case reads it, and a condition must not look past it. (Two
+    /// members that differ only in case are refused before: the gateway's parser does.)
+    pub fn resolve<'v>(&self, args: &'v Value) -> Result<Option<&'v Value>, Ambiguous> {
         let mut current = args;
         let mut i = 0;
         while let Some(segment) = self.segments.get(i) {
             match current {
                 Value::Object(map) => {
-                    let (value, last) = self.segments.get(i..)?.iter().enumerate().find_map(
-                        |(offset, until)| {
-                            let key = self.text.get(segment.start..until.end)?;
-                            map.get(key).map(|v| (v, i + offset))
-                        },
-                    )?;
+                    let names = self.segments.get(i..).unwrap_or_default().iter();
+                    let names = names.enumerate().filter_map(|(offset, until)| {
+                        Some((self.text.get(segment.start..until.end)?, i + offset))
+                    });
+                    let mut found = None;
+                    for (name, last) in names.clone() {
+                        if let Some(value) = map.get(name) {
+                            if found.is_some() {
+                                return Err(Ambiguous);
+                            }
+                            found = Some((value, last));
+                        }
+                    }
+                    let Some((value, last)) = found else {
+                        let variant =
+                            |key: &String| names.clone().any(|(n, _)| same_but_case(key, n));
+                        return if map.keys().any(variant) {
+                            Err(Ambiguous)
+                        } else {
+                            Ok(None)
+                        };
+                    };
                     current = value;
                     i = last + 1;
                 }
-                Value::Array(items) => {
-                    current = items.get(segment.index?)?;
-                    i += 1;
-                }
-                _ => return None,
+                Value::Array(items) => match segment.index.and_then(|n| items.get(n)) {
+                    Some(item) => {
+                        current = item;
+                        i += 1;
+                    }
+                    None => return Ok(None),
+                },
+                _ => return Ok(None),
             }
         }
-        Some(current)
+        Ok(Some(current))
     }
+}
+
+/// Arguments an upstream could read in more than one way at a path ([`ArgPath::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ambiguous;
+
+/// Whether two names differ only in case, as upstreams that ignore case compare them (Go's
+/// `encoding/json`, with Unicode folding: `ſ` is `s`, the Kelvin sign `k`). Ers on the side
+/// of "the same": two characters whose upper or lower cases are equal count as one.
+fn same_but_case(a: &str, b: &str) -> bool {
+    if a.len() == b.len() && a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    if a.is_ascii() && b.is_ascii() || a.chars().count() != b.chars().count() {
+        return false;
+    }
+    a.chars().zip(b.chars()).all(|(x, y)| {
+        x == y || x.to_lowercase().eq(y.to_lowercase()) || x.to_uppercase().eq(y.to_uppercase())
+    })
 }
 
 impl fmt::Display for ArgPath {
@@ -223,7 +268,31 @@ impl Numeric {
         }
     }
 
+    /// The number a string spells as lenient upstreams read it: Python's `int()` and
+    /// `float()` (and so pydantic) ignore surrounding whitespace and take `_` between digits,
+    /// so `" 20_000"` is 20000 there and must be here too.
     fn parse(s: &str) -> Option<Numeric> {
+        let s = s.trim_matches(|c: char| c.is_ascii_whitespace());
+        if !s.contains('_') {
+            return Self::parse_plain(s);
+        }
+        let bytes = s.as_bytes();
+        let between_digits = |i: usize| {
+            i > 0
+                && bytes[i - 1].is_ascii_digit()
+                && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
+        };
+        if !(0..bytes.len()).all(|i| bytes[i] != b'_' || between_digits(i)) {
+            return None;
+        }
+        let mut plain = StackText::default();
+        for part in s.split('_') {
+            plain.write_str(part).ok()?;
+        }
+        Self::parse_plain(plain.as_str())
+    }
+
+    fn parse_plain(s: &str) -> Option<Numeric> {
         if let Ok(i) = s.parse::<i128>() {
             return Some(Numeric::Int(i));
         }
@@ -469,13 +538,17 @@ impl Condition {
         })
     }
 
+    /// The path this condition reads.
+    pub(crate) fn path(&self) -> &ArgPath {
+        &self.path
+    }
+
     /// Whether the condition holds for these arguments. Never allocates, never panics.
-    pub(crate) fn holds(&self, args: &Value) -> bool {
-        let found = self.path.resolve(args);
-        let Some(arg) = found else {
-            return matches!(self.test, Test::Exists(false));
+    pub(crate) fn holds(&self, args: &Value) -> Result<bool, Ambiguous> {
+        let Some(arg) = self.path.resolve(args)? else {
+            return Ok(matches!(self.test, Test::Exists(false)));
         };
-        match &self.test {
+        Ok(match &self.test {
             Test::Exists(want) => *want,
             Test::Eq(expected) => expected.equals(arg),
             Test::Neq(expected) => !expected.equals(arg),
@@ -487,10 +560,20 @@ impl Condition {
             Test::Regex(re) => match arg {
                 Value::String(s) => re.is_match(s),
                 // A number or boolean is matched as its JSON text, so sending `5` instead of
-                // `"5"` cannot slip past a pattern.
+                // `"5"` cannot slip past a pattern. A whole number sent as a float (`22.0`,
+                // `2.2e1`) is what upstreams take as the integer: it matches as `22` too.
                 Value::Number(n) => {
                     let mut text = StackText::default();
-                    write!(text, "{n}").is_ok() && re.is_match(text.as_str())
+                    let whole = n.as_f64().filter(|f| {
+                        n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 // exact in an i64
+                    });
+                    (write!(text, "{n}").is_ok() && re.is_match(text.as_str()))
+                        || whole.is_some_and(|f| {
+                            let mut text = StackText::default();
+                            #[allow(clippy::cast_possible_truncation)] // whole, and < 2^53
+                            let int = f as i64;
+                            write!(text, "{int}").is_ok() && re.is_match(text.as_str())
+                        })
                 }
                 Value::Bool(b) => re.is_match(if *b { "true" } else { "false" }),
                 _ => false,
@@ -500,7 +583,7 @@ impl Condition {
                 Value::Array(items) => items.iter().any(|item| element.equals(item)),
                 _ => false,
             },
-        }
+        })
     }
 }
 
@@ -549,6 +632,7 @@ mod tests {
         Condition::compile(&path, op, value.as_ref())
             .unwrap()
             .holds(args)
+            .unwrap()
     }
 
     #[test]
@@ -574,7 +658,7 @@ mod tests {
             "0": "zero-key",
             "a": {"b.c": {"d": true}},
         });
-        let at = |p: &str| ArgPath::parse(p).unwrap().resolve(&args).cloned();
+        let at = |p: &str| ArgPath::parse(p).unwrap().resolve(&args).unwrap().cloned();
         assert_eq!(at("args.to"), Some(json!("+44")));
         assert_eq!(at("args.media.1.url"), Some(json!("https://b")));
         assert_eq!(at("args.media.2.url"), None);
@@ -588,11 +672,58 @@ mod tests {
         assert_eq!(at("args"), Some(args.clone()));
         assert_eq!(
             ArgPath::parse("args.a").unwrap().resolve(&json!(null)),
-            None
+            Ok(None)
         );
         assert_eq!(
             ArgPath::parse("args.0").unwrap().resolve(&json!(["first"])),
-            Some(&json!("first"))
+            Ok(Some(&json!("first")))
+        );
+    }
+
+    #[test]
+    fn arguments_an_upstream_could_read_another_way_are_ambiguous() {
+        let resolve = |p: &str, args: Value| {
+            ArgPath::parse(p)
+                .unwrap()
+                .resolve(&args)
+                .map(|v| v.cloned())
+        };
+        // A shorter key beside the dotted one: which one the tool takes is the upstream's call.
+        let url = "args.Configuration.Url";
+        for args in [
+            json!({"Configuration": 0, "Configuration.Url": "https://evil"}),
+            json!({"Configuration": {"Url": "https://ok"}, "Configuration.Url": "https://evil"}),
+            json!({"a": {"Configuration": {}, "Configuration.Url": 1}}),
+        ] {
+            let path = if args.get("a").is_some() {
+                "args.a.Configuration.Url"
+            } else {
+                url
+            };
+            assert_eq!(resolve(path, args.clone()), Err(Ambiguous), "{args}");
+        }
+        assert_eq!(
+            resolve(url, json!({"Configuration": {"Url": 1}})),
+            Ok(Some(json!(1)))
+        );
+        // A case variant where the exact name is missing, at any depth: an upstream that
+        // ignores case reads it.
+        for (path, args) in [
+            ("args.opts.force", json!({"opts": {"Force": true}})),
+            ("args.opts.force", json!({"OPTS": {"force": true}})),
+            ("args.size", json!({"\u{17f}ize": 1})),
+            ("args.kind", json!({"\u{212a}ind": 1})),
+            ("args.Configuration.Url", json!({"configuration.url": 1})),
+        ] {
+            assert_eq!(resolve(path, args.clone()), Err(Ambiguous), "{path} {args}");
+        }
+        assert_eq!(
+            resolve("args.opts.force", json!({"opts": {"forced": 1}})),
+            Ok(None)
+        );
+        assert_eq!(
+            resolve("args.media.0.url", json!({"media": [{"URL": 1}]})),
+            Err(Ambiguous)
         );
     }
 
@@ -602,6 +733,7 @@ mod tests {
             "n": 5, "f": 2.5, "s": "5", "word": "hello world", "neg": -3,
             "big": u64::MAX, "t": true, "nul": null,
             "list": ["a", 1, "2"], "obj": {"k": "v"}, "nan": "NaN", "inf": "inf",
+            "whole": 2.2e1, "spaced": " 20_000\n", "bad_underscore": "1__0",
         });
         let cases: Vec<(&str, &str, Option<Value>, bool)> = vec![
             // eq / neq with numeric coercion
@@ -631,6 +763,9 @@ mod tests {
             ("args.neg", "lt", Some(json!(0)), true),
             ("args.big", "gt", Some(json!(i64::MAX)), true),
             ("args.word", "gt", Some(json!(0)), false),
+            ("args.spaced", "gt", Some(json!(10_000)), true),
+            ("args.spaced", "eq", Some(json!(20_000)), true),
+            ("args.bad_underscore", "gt", Some(json!(0)), false),
             ("args.word", "lt", Some(json!(0)), false),
             ("args.t", "gt", Some(json!(0)), false),
             ("args.nul", "lt", Some(json!(1)), false),
@@ -658,6 +793,9 @@ mod tests {
             ("args.word", "regex", Some(json!("^wor")), false),
             ("args.word", "regex", Some(json!("(?i)^HELLO")), true),
             ("args.n", "regex", Some(json!("^5$")), true),
+            ("args.whole", "regex", Some(json!("^(22|3389)$")), true),
+            ("args.whole", "regex", Some(json!("^22\\.0$")), true),
+            ("args.f", "regex", Some(json!("^2$")), false),
             ("args.t", "regex", Some(json!("^true$")), true),
             ("args.obj", "regex", Some(json!(".*")), false),
             ("args.missing", "regex", Some(json!(".*")), false),

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::classify::RiskCategory;
 use crate::compile::{CategoryEntry, CompiledLimit, CompiledPolicy, CompiledRule};
-use crate::conditions::cost_of;
+use crate::conditions::{ArgPath, Condition, cost_of};
 use crate::decision::{Charge, DEFAULT_ALLOW, DEFAULT_DENY, Decision, HIDDEN, Outcome, SharedStr};
 use crate::document::{DefaultAction, Mode, Scope};
 
@@ -104,7 +104,7 @@ impl CompiledPolicy {
                             &DEFAULT_ALLOW_MESSAGE,
                         )
                     },
-                    Err(limit) => self.decision(Outcome::Deny, &limit.rule, &limit.cost_message),
+                    Err(unreadable) => self.unreadable(unreadable),
                 },
             },
             Resolved::Rule(rule) => self.apply(rule, call),
@@ -149,44 +149,80 @@ impl CompiledPolicy {
     }
 
     fn apply(&self, rule: &CompiledRule, call: &Call<'_>) -> Decision {
-        let args = call.arguments;
-        if let Some(failed) = rule.require.iter().find(|r| !r.condition.holds(args)) {
-            return self.decision(Outcome::Deny, &failed.rule, &failed.message);
+        self.apply_unambiguous(rule, call)
+            .unwrap_or_else(|(rule, path)| self.ambiguous(rule, path))
+    }
+
+    /// The denial of a call whose arguments are ambiguous at `path`.
+    fn ambiguous(&self, rule: &SharedStr, path: &ArgPath) -> Decision {
+        let message = format!(
+            "the arguments can be read more than one way at {path} (members whose names differ \
+             only in case, or that a dotted name could also mean), so the policy cannot tell \
+             what the tool would run with"
+        );
+        self.decision(Outcome::Deny, rule, &message.into())
+    }
+
+    /// The denial of a call whose limit cannot read its cost.
+    fn unreadable(&self, unreadable: Unreadable<'_>) -> Decision {
+        match unreadable {
+            Unreadable::Cost(limit) => {
+                self.decision(Outcome::Deny, &limit.rule, &limit.cost_message)
+            }
+            Unreadable::Ambiguous(limit, path) => self.ambiguous(&limit.rule, path),
         }
-        if let Some(entry) = rule
-            .deny_if
-            .iter()
-            .find(|entry| entry.conditions.iter().all(|c| c.holds(args)))
-        {
-            return self.decision(Outcome::Deny, &entry.rule, &entry.message);
+    }
+
+    /// [`Self::apply`], or the rule and the path where the arguments are ambiguous: the call
+    /// is then denied whatever the rule says, as no reading can be trusted to be the upstream's.
+    fn apply_unambiguous<'p>(
+        &'p self,
+        rule: &'p CompiledRule,
+        call: &Call<'_>,
+    ) -> Result<Decision, (&'p SharedStr, &'p ArgPath)> {
+        let args = call.arguments;
+        for required in &rule.require {
+            let condition = &required.condition;
+            if !condition
+                .holds(args)
+                .map_err(|_| (&required.rule, condition.path()))?
+            {
+                return Ok(self.decision(Outcome::Deny, &required.rule, &required.message));
+            }
+        }
+        for entry in &rule.deny_if {
+            if all_hold(&entry.conditions, args).map_err(|path| (&entry.rule, path))? {
+                return Ok(self.decision(Outcome::Deny, &entry.rule, &entry.message));
+            }
         }
         let charges = match self.charges(&rule.limits, call) {
             Ok(charges) => charges,
-            Err(limit) => return self.decision(Outcome::Deny, &limit.rule, &limit.cost_message),
+            Err(unreadable) => return Ok(self.unreadable(unreadable)),
         };
-        if let Some(approval) = &rule.approval
-            && approval
-                .when
-                .as_ref()
-                .is_none_or(|when| when.iter().all(|c| c.holds(args)))
-        {
-            return Decision {
-                charges,
-                validate: rule.validate,
-                ..self.decision(
-                    Outcome::ApprovalRequired {
-                        timeout: approval.timeout,
-                    },
-                    &approval.rule,
-                    &approval.message,
-                )
+        if let Some(approval) = &rule.approval {
+            let asks = match &approval.when {
+                None => true,
+                Some(when) => all_hold(when, args).map_err(|path| (&approval.rule, path))?,
             };
+            if asks {
+                return Ok(Decision {
+                    charges,
+                    validate: rule.validate,
+                    ..self.decision(
+                        Outcome::ApprovalRequired {
+                            timeout: approval.timeout,
+                        },
+                        &approval.rule,
+                        &approval.message,
+                    )
+                });
+            }
         }
-        Decision {
+        Ok(Decision {
             charges,
             validate: rule.validate,
             ..self.decision(Outcome::Allow, &rule.id, &ALLOWED_MESSAGE)
-        }
+        })
     }
 
     /// The charges of `limits` then `all_tools`, or the limit whose cost cannot be read.
@@ -194,15 +230,16 @@ impl CompiledPolicy {
         &'p self,
         limits: &'p [CompiledLimit],
         call: &Call<'_>,
-    ) -> Result<Vec<Charge>, &'p CompiledLimit> {
+    ) -> Result<Vec<Charge>, Unreadable<'p>> {
         let mut charges = Vec::with_capacity(limits.len() + self.all_tools.len());
         for limit in limits.iter().chain(self.all_tools.iter()) {
             let cost = match &limit.cost {
                 None => 1,
                 Some(path) => path
                     .resolve(call.arguments)
+                    .map_err(|_| Unreadable::Ambiguous(limit, path))?
                     .and_then(cost_of)
-                    .ok_or(limit)?,
+                    .ok_or(Unreadable::Cost(limit))?,
             };
             charges.push(Charge {
                 key: charge_key(limit, call),
@@ -225,6 +262,25 @@ impl CompiledPolicy {
             validate: false,
         }
     }
+}
+
+/// A limit whose cost argument cannot be used.
+enum Unreadable<'p> {
+    /// Missing, or not a non-negative number.
+    Cost(&'p CompiledLimit),
+    /// Readable more than one way.
+    Ambiguous(&'p CompiledLimit, &'p ArgPath),
+}
+
+/// Whether every condition holds (the first that does not ends the check), or the path of the
+/// first that reads ambiguous arguments.
+fn all_hold<'c>(conditions: &'c [Condition], args: &Value) -> Result<bool, &'c ArgPath> {
+    for condition in conditions {
+        if !condition.holds(args).map_err(|_| condition.path())? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// `<scope>:<subject>:<counter>` in one exactly-sized allocation. Counter names cannot contain

@@ -670,3 +670,64 @@ fn compiled_policies_can_be_shared_across_threads() {
     shareable::<CompiledPolicy>();
     shareable::<Decision>();
 }
+
+#[test]
+fn arguments_readable_more_than_one_way_are_denied_by_the_rule_that_reads_them() {
+    let p = policy(json!({
+        "version": "1",
+        "default": "allow",
+        "tools": {
+            "create_app": {"deny_if": [{"conditions": [
+                {"path": "args.Configuration.Url", "op": "regex", "value": "evil"}]}]},
+            "rm": {"require": [{"path": "args.opts.force", "op": "eq", "value": false}]},
+            "pay": {
+                "limits": [{"counter": "spend", "window": "day", "max": 100, "cost": "args.amount"}],
+                "approval": {"when": [{"path": "args.to", "op": "neq", "value": "self"}]}
+            }
+        }
+    }));
+    let cases = [
+        (
+            "create_app",
+            json!({"Configuration": 0, "Configuration.Url": "https://evil"}),
+            "/tools/create_app/deny_if/0",
+        ),
+        (
+            "rm",
+            json!({"Opts": {"force": false}}),
+            "/tools/rm/require/0",
+        ),
+        (
+            "rm",
+            json!({"opts": {"Force": true}}),
+            "/tools/rm/require/0",
+        ),
+        (
+            "pay",
+            json!({"AMOUNT": 500, "to": "self"}),
+            "/tools/pay/limits/0",
+        ),
+        (
+            "pay",
+            json!({"amount": 5, "TO": "eve"}),
+            "/tools/pay/approval",
+        ),
+    ];
+    for (tool, args, rule) in cases {
+        let d = decide(&p, tool, args.clone());
+        assert_eq!(d.outcome, Outcome::Deny, "{tool} {args}");
+        assert_eq!(&*d.rule, rule, "{tool} {args}");
+        assert!(d.message.contains("more than one way"), "{}", &*d.message);
+    }
+    // Unambiguous arguments are decided as before.
+    let d = decide(
+        &p,
+        "create_app",
+        json!({"Configuration.Url": "https://evil"}),
+    );
+    assert_eq!(d.outcome, Outcome::Deny);
+    let d = decide(&p, "rm", json!({"opts": {"force": false}}));
+    assert_eq!(d.outcome, Outcome::Allow);
+    let d = decide(&p, "pay", json!({"amount": 5, "to": "eve"}));
+    assert!(matches!(d.outcome, Outcome::ApprovalRequired { .. }));
+}
