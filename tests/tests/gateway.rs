@@ -327,6 +327,37 @@ async fn refusals_have_the_right_status_and_json_rpc_error() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(text(&message(&body)), "echo: x");
+
+    // Session era: the stateless era's mirrored headers are not checked, so not forwarded.
+    let (status, _, body) = post(
+        &url,
+        &[
+            ("mcp-session-id", &session),
+            ("mcp-protocol-version", "2025-11-25"),
+            ("mcp-method", "tools/list"),
+            ("mcp-name", "echo"),
+            ("mcp-param-x", "1"),
+        ],
+        &call(3, "whoami", json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(text(&message(&body)).ends_with("cookie="), "{body}");
+    // A header the gateway checks may come only once: it reads one copy, and what sits
+    // behind it could read the other.
+    let (status, _, body) = post(
+        &url,
+        &[
+            ("mcp-session-id", &session),
+            ("mcp-protocol-version", "2025-11-25"),
+            ("mcp-protocol-version", "2026-07-28"),
+        ],
+        &call(4, "echo", json!({"text": "x"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(message(&body)["error"]["code"], -32020, "{body}");
+    assert!(body.contains("repeated"), "{body}");
     gw.stop().await.unwrap();
 }
 

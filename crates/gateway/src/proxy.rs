@@ -35,6 +35,14 @@ type Gw = State<Arc<Gateway>>;
 
 const SESSION_HEADER: HeaderName = HeaderName::from_static(mcp::MCP_SESSION_ID);
 
+/// Headers that must come at most once: the gateway reads and checks one copy.
+const CHECKED_ONCE: [HeaderName; 4] = [
+    HeaderName::from_static(mcp::MCP_PROTOCOL_VERSION),
+    HeaderName::from_static(mcp::MCP_SESSION_ID),
+    HeaderName::from_static(mcp::MCP_METHOD),
+    HeaderName::from_static(mcp::MCP_NAME),
+];
+
 /// How the caller presented its grant.
 #[derive(Clone, Copy)]
 enum Credential<'a> {
@@ -204,7 +212,7 @@ impl Gateway {
     async fn post(
         &self,
         credential: Credential<'_>,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Body,
     ) -> Result<Response, Rejection> {
         let arrived = Instant::now();
@@ -238,6 +246,15 @@ impl Gateway {
         }
         let id = message.id().cloned();
         let at = |e: portcullis_mcp::Error| GatewayError::from(e).at(id.as_ref());
+        if let Some(name) = CHECKED_ONCE
+            .iter()
+            .find(|name| headers.get_all(*name).iter().nth(1).is_some())
+        {
+            // The gateway checks one copy; an upstream or a router behind it could read another.
+            return Err(at(portcullis_mcp::Error::HeaderMismatch(format!(
+                "the {name} header is repeated"
+            ))));
+        }
         let version_header = header_str(&headers, mcp::MCP_PROTOCOL_VERSION);
         let detected = portcullis_mcp::era::detect(version_header, &message).map_err(at)?;
         let (era, version) = (detected.era, detected.version.into_owned());
@@ -248,6 +265,19 @@ impl Gateway {
                 name: header_str(&headers, mcp::MCP_NAME),
             };
             portcullis_mcp::check_mirrored_headers(&mirrored, &message).map_err(at)?;
+        } else {
+            // Mirrored headers belong to the stateless era, the only one where they are
+            // checked: nothing behind the gateway may route on one that nobody checked.
+            headers.remove(mcp::MCP_METHOD);
+            headers.remove(mcp::MCP_NAME);
+            let params: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| name.as_str().starts_with(mcp::MCP_PARAM_PREFIX))
+                .cloned()
+                .collect();
+            for name in params {
+                headers.remove(name);
+            }
         }
         if era == ProtocolEra::Stateless && grant.server.transport == Transport::Sse {
             // An HTTP+SSE server only speaks the handshake era; saying so lets a client that

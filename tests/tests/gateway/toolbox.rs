@@ -94,8 +94,13 @@ impl Toolbox {
                 .unwrap_or("")
                 .to_owned()
         };
+        let mirrored = ["mcp-method", "mcp-name", "mcp-param-x"]
+            .iter()
+            .filter(|name| parts.headers.contains_key(**name))
+            .map(|name| format!("; {name}={}", get(name)))
+            .collect::<String>();
         format!(
-            "x-upstream-key={}; authorization={}; cookie={}",
+            "x-upstream-key={}; authorization={}; cookie={}{mirrored}",
             get("x-upstream-key"),
             get("authorization"),
             get("cookie")
