@@ -36,12 +36,39 @@ type Gw = State<Arc<Gateway>>;
 const SESSION_HEADER: HeaderName = HeaderName::from_static(mcp::MCP_SESSION_ID);
 
 /// Headers that must come at most once: the gateway reads and checks one copy.
-const CHECKED_ONCE: [HeaderName; 4] = [
-    HeaderName::from_static(mcp::MCP_PROTOCOL_VERSION),
-    HeaderName::from_static(mcp::MCP_SESSION_ID),
-    HeaderName::from_static(mcp::MCP_METHOD),
-    HeaderName::from_static(mcp::MCP_NAME),
+const CHECKED_ONCE: [&str; 4] = [
+    mcp::MCP_PROTOCOL_VERSION,
+    mcp::MCP_SESSION_ID,
+    mcp::MCP_METHOD,
+    mcp::MCP_NAME,
 ];
+
+/// One pass over a request's headers: an error when one of [`CHECKED_ONCE`] is repeated (the
+/// gateway checks one copy; an upstream or a router behind it could read another), else
+/// whether it carries any of the stateless era's mirrored headers (`Mcp-Method`, `Mcp-Name`,
+/// `Mcp-Param-*`).
+fn scan_mcp_headers(headers: &HeaderMap) -> Result<bool, portcullis_mcp::Error> {
+    let (mut seen, mut mirrored) = (0u8, false);
+    // Every value in turn: a repeated header comes up once per copy.
+    for (name, _) in headers {
+        let name = name.as_str();
+        if !name.starts_with("mcp-") {
+            continue;
+        }
+        if let Some(i) = CHECKED_ONCE.iter().position(|once| *once == name) {
+            if seen & (1 << i) != 0 {
+                return Err(portcullis_mcp::Error::HeaderMismatch(format!(
+                    "the {name} header is repeated"
+                )));
+            }
+            seen |= 1 << i;
+        }
+        mirrored |= name == mcp::MCP_METHOD
+            || name == mcp::MCP_NAME
+            || name.starts_with(mcp::MCP_PARAM_PREFIX);
+    }
+    Ok(mirrored)
+}
 
 /// How the caller presented its grant.
 #[derive(Clone, Copy)]
@@ -246,15 +273,7 @@ impl Gateway {
         }
         let id = message.id().cloned();
         let at = |e: portcullis_mcp::Error| GatewayError::from(e).at(id.as_ref());
-        if let Some(name) = CHECKED_ONCE
-            .iter()
-            .find(|name| headers.get_all(*name).iter().nth(1).is_some())
-        {
-            // The gateway checks one copy; an upstream or a router behind it could read another.
-            return Err(at(portcullis_mcp::Error::HeaderMismatch(format!(
-                "the {name} header is repeated"
-            ))));
-        }
+        let mirrored = scan_mcp_headers(&headers).map_err(at)?;
         let version_header = header_str(&headers, mcp::MCP_PROTOCOL_VERSION);
         let detected = portcullis_mcp::era::detect(version_header, &message).map_err(at)?;
         let (era, version) = (detected.era, detected.version.into_owned());
@@ -265,7 +284,7 @@ impl Gateway {
                 name: header_str(&headers, mcp::MCP_NAME),
             };
             portcullis_mcp::check_mirrored_headers(&mirrored, &message).map_err(at)?;
-        } else {
+        } else if mirrored {
             // Mirrored headers belong to the stateless era, the only one where they are
             // checked: nothing behind the gateway may route on one that nobody checked.
             headers.remove(mcp::MCP_METHOD);
