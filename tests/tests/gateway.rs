@@ -868,6 +868,9 @@ async fn monitor_mode_forwards_and_validation_refuses_bad_arguments() {
                    "required": ["a", "b"]}),
         )
         .await;
+    stack
+        .tool(&fv, "delete_repo", "destructive", json!({"type": "object"}))
+        .await;
     let gw = stack.gateway().await;
     let (_, _, body) = post_stateless(&fm.url(&gw), &[], 1, "get_secret", json!({})).await;
     assert_eq!(
@@ -901,6 +904,14 @@ async fn monitor_mode_forwards_and_validation_refuses_bad_arguments() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(message(&body)["error"]["code"], -32602, "{body}");
     assert!(body.contains("reads as \\\"add\\\""), "{body}");
+    // A variant of a tool the grant may not see is answered as that tool would be, so the
+    // answer does not confirm that a hidden tool exists (`delete_repo`: hidden, discovered).
+    let (_, _, hidden) = post_stateless(&fv.url(&gw), &[], 6, "delete_repo", json!({})).await;
+    let (_, _, variant) = post_stateless(&fv.url(&gw), &[], 6, "Delete_Repo", json!({})).await;
+    let code = |body: &str| message(body)["error"]["code"].clone();
+    assert_eq!(code(&hidden), -32602, "{hidden}");
+    assert_eq!(code(&variant), code(&hidden), "{variant}");
+    assert!(!variant.contains("reads as"), "{variant}");
     gw.stop().await.unwrap();
 }
 

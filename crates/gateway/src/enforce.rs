@@ -76,22 +76,38 @@ pub async fn tools_call(
 
     let tools = gw.catalogue.tools(grant.tenant, grant.server.id).await?;
     let known = tools.get(name);
+    // The name the policy decides on: the called one, or the discovered tool it is a case
+    // variant of, which an upstream that ignores case would run.
+    let mut decided = name;
     match known {
         Some(tool) => {
             portcullis_mcp::tools::check_argument_names(&tool.input_schema, &call.arguments)?
         }
-        None => portcullis_mcp::tools::check_tool_name(name, tools.names())?,
+        None => {
+            if let Some(meant) = portcullis_mcp::tools::case_variant(name, tools.names()) {
+                if portcullis_policy::is_visible(policy, meant, tools.category(meant)) {
+                    return Err(portcullis_mcp::Error::InvalidParams(format!(
+                        "unknown tool {name:?}: it reads as {meant:?} to upstreams that ignore \
+                         case, and tool names are matched exactly"
+                    ))
+                    .into());
+                }
+                // A tool the grant may not see: decided as that tool (hidden or denied), so
+                // the answer tells no more than calling it by its name would.
+                decided = meant;
+            }
+        }
     }
     let mut decision = portcullis_policy::evaluate(
         policy,
         &Call {
-            tool: name,
+            tool: decided,
             arguments: &call.arguments,
             grant: &grant.id_text,
             identity: &grant.identity,
             server: &grant.server_text,
             tenant: &grant.tenant_text,
-            category: known.and_then(|t| t.category),
+            category: tools.category(decided),
         },
     );
     let would_run = matches!(

@@ -43,6 +43,22 @@ const CHECKED_ONCE: [&str; 4] = [
     mcp::MCP_NAME,
 ];
 
+/// Removes the stateless era's mirrored headers from a request of another era (or a GET or
+/// DELETE, which that era has not): they are checked only in the stateless era, and nothing
+/// behind the gateway may route on a header that nobody checked.
+fn strip_mirrored(headers: &mut HeaderMap) {
+    headers.remove(mcp::MCP_METHOD);
+    headers.remove(mcp::MCP_NAME);
+    let params: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(mcp::MCP_PARAM_PREFIX))
+        .cloned()
+        .collect();
+    for name in params {
+        headers.remove(name);
+    }
+}
+
 /// One pass over a request's headers: an error when one of [`CHECKED_ONCE`] is repeated (the
 /// gateway checks one copy; an upstream or a router behind it could read another), else
 /// whether it carries any of the stateless era's mirrored headers (`Mcp-Method`, `Mcp-Name`,
@@ -273,7 +289,7 @@ impl Gateway {
         }
         let id = message.id().cloned();
         let at = |e: portcullis_mcp::Error| GatewayError::from(e).at(id.as_ref());
-        let mirrored = scan_mcp_headers(&headers).map_err(at)?;
+        let has_mirrored = scan_mcp_headers(&headers).map_err(at)?;
         let version_header = header_str(&headers, mcp::MCP_PROTOCOL_VERSION);
         let detected = portcullis_mcp::era::detect(version_header, &message).map_err(at)?;
         let (era, version) = (detected.era, detected.version.into_owned());
@@ -284,19 +300,8 @@ impl Gateway {
                 name: header_str(&headers, mcp::MCP_NAME),
             };
             portcullis_mcp::check_mirrored_headers(&mirrored, &message).map_err(at)?;
-        } else if mirrored {
-            // Mirrored headers belong to the stateless era, the only one where they are
-            // checked: nothing behind the gateway may route on one that nobody checked.
-            headers.remove(mcp::MCP_METHOD);
-            headers.remove(mcp::MCP_NAME);
-            let params: Vec<HeaderName> = headers
-                .keys()
-                .filter(|name| name.as_str().starts_with(mcp::MCP_PARAM_PREFIX))
-                .cloned()
-                .collect();
-            for name in params {
-                headers.remove(name);
-            }
+        } else if has_mirrored {
+            strip_mirrored(&mut headers);
         }
         if era == ProtocolEra::Stateless && grant.server.transport == Transport::Sse {
             // An HTTP+SSE server only speaks the handshake era; saying so lets a client that
@@ -815,10 +820,13 @@ impl Gateway {
     async fn stream(
         &self,
         credential: Credential<'_>,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         method: Method,
     ) -> Result<Response, Rejection> {
         let grant = self.authenticate(credential, &headers).await?;
+        if scan_mcp_headers(&headers).map_err(GatewayError::from)? {
+            strip_mirrored(&mut headers);
+        }
         let session = match header_str(&headers, mcp::MCP_SESSION_ID) {
             Some(s) => Some(
                 self.sessions
@@ -857,5 +865,47 @@ impl Gateway {
             Watch::Nothing
         };
         Ok(self.relay(&grant, response, watch, None, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn checked_headers_come_once_and_mirrored_ones_are_found() {
+        for name in CHECKED_ONCE {
+            let twice = headers(&[(name, "a"), ("accept", "*/*"), (name, "b")]);
+            let error = scan_mcp_headers(&twice).unwrap_err();
+            assert!(error.to_string().contains("repeated"), "{error}");
+        }
+        let plain = headers(&[
+            ("mcp-protocol-version", "2025-11-25"),
+            ("mcp-session-id", "s"),
+        ]);
+        assert!(!scan_mcp_headers(&plain).unwrap());
+        for mirrored in ["mcp-method", "mcp-name", "mcp-param-region"] {
+            let mut map = headers(&[
+                ("mcp-session-id", "s"),
+                (mirrored, "x"),
+                ("mcp-param-b", "y"),
+            ]);
+            assert!(scan_mcp_headers(&map).unwrap(), "{mirrored}");
+            strip_mirrored(&mut map);
+            assert_eq!(
+                map.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+                ["mcp-session-id"]
+            );
+        }
+        // Repeated parameter headers are the stateless check's to refuse (it names the tool's).
+        assert!(scan_mcp_headers(&headers(&[("mcp-param-a", "1"), ("mcp-param-a", "2")])).unwrap());
     }
 }

@@ -149,20 +149,13 @@ pub fn check_argument_names(input_schema: &Value, arguments: &Value) -> Result<(
     Ok(())
 }
 
-/// Refuses a tool name that is not one of `known` (the server's discovered tools) but reads
-/// as one of them to an upstream that ignores case (`"Delete_Repository"`): policy rules
-/// match names exactly, so such a call would pass a rule written for the tool it runs.
-pub fn check_tool_name<'k>(
-    name: &str,
-    known: impl IntoIterator<Item = &'k str>,
-) -> Result<(), Error> {
-    match known.into_iter().find(|k| raw_json::same_name(k, name)) {
-        Some(meant) => Err(Error::InvalidParams(format!(
-            "unknown tool {name:?}: it reads as {meant:?} to upstreams that ignore case, and tool \
-             names are matched exactly"
-        ))),
-        None => Ok(()),
-    }
+/// The one of `known` (the server's discovered tools) that `name` is a case variant of, when
+/// it is not one of them itself: an upstream that ignores case would run that tool, while
+/// policy rules match names exactly (`"Delete_Repository"` for `delete_repository`).
+pub fn case_variant<'k>(name: &str, known: impl IntoIterator<Item = &'k str>) -> Option<&'k str> {
+    known
+        .into_iter()
+        .find(|k| *k != name && raw_json::same_name(k, name))
 }
 
 impl Message {
@@ -477,12 +470,12 @@ mod tests {
     }
 
     #[test]
-    fn tool_names_may_not_be_case_variants_of_discovered_ones() {
+    fn tool_names_that_are_case_variants_of_discovered_ones_are_found() {
         let known = ["delete_repository", "list_issues"];
-        check_tool_name("new_tool", known).unwrap();
-        for bad in ["Delete_Repository", "LIST_ISSUES", "li\u{17f}t_issues"] {
-            let error = check_tool_name(bad, known).unwrap_err();
-            assert!(error.to_string().contains("reads as"), "{error}");
+        assert_eq!(case_variant("new_tool", known), None);
+        assert_eq!(case_variant("list_issues", known), None);
+        for variant in ["Delete_Repository", "LIST_ISSUES", "li\u{17f}t_issues"] {
+            assert!(case_variant(variant, known).is_some(), "{variant}");
         }
     }
 

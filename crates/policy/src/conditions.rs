@@ -3,7 +3,8 @@
 //! A condition whose path does not resolve is false, except `exists: false`, which is true.
 //! That keeps every operator fail-safe inside `require` (a missing argument fails the
 //! requirement, so the call is denied) and explicit inside `deny_if` (write `exists` to catch a
-//! missing argument).
+//! missing argument). A path that an upstream could read another way ([`Ambiguous`]) decides
+//! nothing: the rule that reads it denies the call.
 
 use std::cmp::Ordering;
 use std::fmt::{self, Write as _};
@@ -77,14 +78,14 @@ impl ArgPath {
         &self.text
     }
 
-    /// The value at this path in a call's arguments, if there is one. Never allocates, but
-    /// when an upstream could read another member than the one found.
+    /// The value at this path in a call's arguments, if there is one; [`Ambiguous`] when an
+    /// upstream could read another member than the one found. Never allocates.
     ///
-    /// [`Ambiguous`] when an object holds more than one member the next segments could name
-    /// (`Configuration` and `Configuration.Url` for `args.Configuration.Url`), or none by
-    /// its exact name but one that differs only in case (`Force` for `args.opts.force`): an
-    /// upstream that ignores case reads it, and a condition must not look past it. (Two
-    /// members that differ only in case are refused before: the gateway's parser does.)
+    /// Ambiguous: an object holds more than one member the next segments could name
+    /// (`Configuration` and `Configuration.Url` for `args.Configuration.Url`), or a member
+    /// whose name differs only in case from one they could name (`Force` for
+    /// `args.opts.force`, `configuration.url` beside `Configuration`): an upstream that
+    /// ignores case reads it, and a condition must not look past it.
     pub fn resolve<'v>(&self, args: &'v Value) -> Result<Option<&'v Value>, Ambiguous> {
         let mut current = args;
         let mut i = 0;
@@ -96,22 +97,20 @@ impl ArgPath {
                         Some((self.text.get(segment.start..until.end)?, i + offset))
                     });
                     let mut found = None;
-                    for (name, last) in names.clone() {
-                        if let Some(value) = map.get(name) {
-                            if found.is_some() {
+                    for (key, value) in map {
+                        for (name, last) in names.clone() {
+                            if key == name {
+                                if found.is_some() {
+                                    return Err(Ambiguous);
+                                }
+                                found = Some((value, last));
+                            } else if same_but_case(key, name) {
                                 return Err(Ambiguous);
                             }
-                            found = Some((value, last));
                         }
                     }
                     let Some((value, last)) = found else {
-                        let variant =
-                            |key: &String| names.clone().any(|(n, _)| same_but_case(key, n));
-                        return if map.keys().any(variant) {
-                            Err(Ambiguous)
-                        } else {
-                            Ok(None)
-                        };
+                        return Ok(None);
                     };
                     current = value;
                     i = last + 1;
@@ -135,8 +134,9 @@ impl ArgPath {
 pub struct Ambiguous;
 
 /// Whether two names differ only in case, as upstreams that ignore case compare them (Go's
-/// `encoding/json`, with Unicode folding: `ſ` is `s`, the Kelvin sign `k`). Ers on the side
-/// of "the same": two characters whose upper or lower cases are equal count as one.
+/// `encoding/json`, with Unicode simple case folding: `ſ` is `s`, the Kelvin sign `k`, `ϑ`
+/// is `ϴ`). Errs on the side of "the same": two characters count as one when their lower
+/// cases, their upper cases, or the lower cases of their upper cases are equal.
 fn same_but_case(a: &str, b: &str) -> bool {
     if a.len() == b.len() && a.eq_ignore_ascii_case(b) {
         return true;
@@ -144,8 +144,12 @@ fn same_but_case(a: &str, b: &str) -> bool {
     if a.is_ascii() && b.is_ascii() || a.chars().count() != b.chars().count() {
         return false;
     }
+    let folded = |c: char| c.to_uppercase().flat_map(char::to_lowercase);
     a.chars().zip(b.chars()).all(|(x, y)| {
-        x == y || x.to_lowercase().eq(y.to_lowercase()) || x.to_uppercase().eq(y.to_uppercase())
+        x == y
+            || x.to_lowercase().eq(y.to_lowercase())
+            || x.to_uppercase().eq(y.to_uppercase())
+            || folded(x).eq(folded(y))
     })
 }
 
@@ -269,10 +273,11 @@ impl Numeric {
     }
 
     /// The number a string spells as lenient upstreams read it: Python's `int()` and
-    /// `float()` (and so pydantic) ignore surrounding whitespace and take `_` between digits,
-    /// so `" 20_000"` is 20000 there and must be here too.
+    /// `float()` (and so pydantic) ignore surrounding whitespace (Unicode's, and the ASCII
+    /// separators `\x1c`–`\x1f`) and take `_` between digits, so `" 20_000"` is 20000 there
+    /// and must be here too.
     fn parse(s: &str) -> Option<Numeric> {
-        let s = s.trim_matches(|c: char| c.is_ascii_whitespace());
+        let s = s.trim_matches(|c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c));
         if !s.contains('_') {
             return Self::parse_plain(s);
         }
@@ -286,10 +291,12 @@ impl Numeric {
             return None;
         }
         let mut plain = StackText::default();
-        for part in s.split('_') {
-            plain.write_str(part).ok()?;
+        if s.split('_').all(|part| plain.write_str(part).is_ok()) {
+            Self::parse_plain(plain.as_str())
+        } else {
+            // Longer than the stack buffer (leading zeros, say): rare enough to allocate.
+            Self::parse_plain(&s.replace('_', ""))
         }
-        Self::parse_plain(plain.as_str())
     }
 
     fn parse_plain(s: &str) -> Option<Numeric> {
@@ -564,13 +571,16 @@ impl Condition {
                 // `2.2e1`) is what upstreams take as the integer: it matches as `22` too.
                 Value::Number(n) => {
                     let mut text = StackText::default();
+                    // Whole floats in [-2^63, 2^63) convert to an i64 exactly.
                     let whole = n.as_f64().filter(|f| {
-                        n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 // exact in an i64
+                        n.is_f64()
+                            && f.fract() == 0.0
+                            && (i64::MIN as f64..-(i64::MIN as f64)).contains(f)
                     });
                     (write!(text, "{n}").is_ok() && re.is_match(text.as_str()))
                         || whole.is_some_and(|f| {
                             let mut text = StackText::default();
-                            #[allow(clippy::cast_possible_truncation)] // whole, and < 2^53
+                            #[allow(clippy::cast_possible_truncation)] // whole and in range
                             let int = f as i64;
                             write!(text, "{int}").is_ok() && re.is_match(text.as_str())
                         })
@@ -725,6 +735,20 @@ mod tests {
             resolve("args.media.0.url", json!({"media": [{"URL": 1}]})),
             Err(Ambiguous)
         );
+        // A case variant beside an exact reading: which one the upstream takes is its call.
+        for (path, args) in [
+            (
+                url,
+                json!({"Configuration": {"Url": "ok"}, "configuration.url": "evil"}),
+            ),
+            (
+                url,
+                json!({"configuration": 0, "Configuration.Url": "evil"}),
+            ),
+            ("args.\u{3f4}", json!({"\u{3d1}": 1})),
+        ] {
+            assert_eq!(resolve(path, args.clone()), Err(Ambiguous), "{args}");
+        }
     }
 
     #[test]
@@ -734,6 +758,8 @@ mod tests {
             "big": u64::MAX, "t": true, "nul": null,
             "list": ["a", 1, "2"], "obj": {"k": "v"}, "nan": "NaN", "inf": "inf",
             "whole": 2.2e1, "spaced": " 20_000\n", "bad_underscore": "1__0",
+            "vt": "\u{b}5000\u{a0}", "long": format!("{}5_000", "0".repeat(70)),
+            "edge1": "_1", "edge2": "1_", "edge3": "1_.5", "edge4": "1e1_0", "big_whole": 1e16,
         });
         let cases: Vec<(&str, &str, Option<Value>, bool)> = vec![
             // eq / neq with numeric coercion
@@ -766,6 +792,12 @@ mod tests {
             ("args.spaced", "gt", Some(json!(10_000)), true),
             ("args.spaced", "eq", Some(json!(20_000)), true),
             ("args.bad_underscore", "gt", Some(json!(0)), false),
+            ("args.vt", "gt", Some(json!(1000)), true),
+            ("args.long", "eq", Some(json!(5000)), true),
+            ("args.edge1", "gt", Some(json!(0)), false),
+            ("args.edge2", "gt", Some(json!(0)), false),
+            ("args.edge3", "gt", Some(json!(0)), false),
+            ("args.edge4", "gt", Some(json!(0)), true),
             ("args.word", "lt", Some(json!(0)), false),
             ("args.t", "gt", Some(json!(0)), false),
             ("args.nul", "lt", Some(json!(1)), false),
@@ -796,6 +828,12 @@ mod tests {
             ("args.whole", "regex", Some(json!("^(22|3389)$")), true),
             ("args.whole", "regex", Some(json!("^22\\.0$")), true),
             ("args.f", "regex", Some(json!("^2$")), false),
+            (
+                "args.big_whole",
+                "regex",
+                Some(json!("^10000000000000000$")),
+                true,
+            ),
             ("args.t", "regex", Some(json!("^true$")), true),
             ("args.obj", "regex", Some(json!(".*")), false),
             ("args.missing", "regex", Some(json!(".*")), false),

@@ -20,7 +20,7 @@ mod validate;
 
 pub use classify::{Risk, RiskCategory, RiskLevel, ToolAnnotations, ToolDefinition, classify};
 pub use compile::{CompiledPolicy, DEFAULT_APPROVAL_TIMEOUT};
-pub use conditions::{ArgPath, Op};
+pub use conditions::{Ambiguous, ArgPath, Op};
 pub use decision::{
     Charge, DEFAULT_ALLOW, DEFAULT_DENY, Decision, HIDDEN, NO_POLICY, Outcome, SharedStr,
 };
