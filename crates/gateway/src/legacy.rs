@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use portcullis_core::{GrantId, Keyring};
 use portcullis_mcp::sse::{ENDPOINT_EVENT, SseDecoder, SseEvent, SseFrame};
-use portcullis_mcp::{Message, RequestId};
+use portcullis_mcp::{Message, ProtocolEra, RequestId};
 use serde_json::json;
 
 use crate::grants::Server;
@@ -58,7 +58,7 @@ pub struct Connection {
 impl Connection {
     /// Opens the stream and waits for the `endpoint` event.
     pub async fn open(upstream: &Upstream, server: &Server) -> Result<Self, UpstreamError> {
-        let mut headers = request_headers(&Default::default(), server, false);
+        let mut headers = request_headers(&Default::default(), server, ProtocolEra::Session, false);
         headers.insert(
             header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
@@ -254,7 +254,7 @@ pub async fn post_message(
             "the message endpoint is on another origin".into(),
         ));
     }
-    let headers = request_headers(&Default::default(), server, true);
+    let headers = request_headers(&Default::default(), server, ProtocolEra::Session, true);
     let response = upstream
         .send(
             Method::POST,

@@ -43,28 +43,10 @@ const CHECKED_ONCE: [&str; 4] = [
     mcp::MCP_NAME,
 ];
 
-/// Removes the stateless era's mirrored headers from a request of another era (or a GET or
-/// DELETE, which that era has not): they are checked only in the stateless era, and nothing
-/// behind the gateway may route on a header that nobody checked.
-fn strip_mirrored(headers: &mut HeaderMap) {
-    headers.remove(mcp::MCP_METHOD);
-    headers.remove(mcp::MCP_NAME);
-    let params: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with(mcp::MCP_PARAM_PREFIX))
-        .cloned()
-        .collect();
-    for name in params {
-        headers.remove(name);
-    }
-}
-
-/// One pass over a request's headers: an error when one of [`CHECKED_ONCE`] is repeated (the
-/// gateway checks one copy; an upstream or a router behind it could read another), else
-/// whether it carries any of the stateless era's mirrored headers (`Mcp-Method`, `Mcp-Name`,
-/// `Mcp-Param-*`).
-fn scan_mcp_headers(headers: &HeaderMap) -> Result<bool, portcullis_mcp::Error> {
-    let (mut seen, mut mirrored) = (0u8, false);
+/// Refuses a request that repeats one of [`CHECKED_ONCE`]: the gateway checks one copy, and
+/// an upstream or a router behind it could read another. One pass, without lookups.
+fn check_headers_once(headers: &HeaderMap) -> Result<(), portcullis_mcp::Error> {
+    let mut seen = 0u8;
     // Every value in turn: a repeated header comes up once per copy.
     for (name, _) in headers {
         let name = name.as_str();
@@ -79,11 +61,8 @@ fn scan_mcp_headers(headers: &HeaderMap) -> Result<bool, portcullis_mcp::Error> 
             }
             seen |= 1 << i;
         }
-        mirrored |= name == mcp::MCP_METHOD
-            || name == mcp::MCP_NAME
-            || name.starts_with(mcp::MCP_PARAM_PREFIX);
     }
-    Ok(mirrored)
+    Ok(())
 }
 
 /// How the caller presented its grant.
@@ -255,7 +234,7 @@ impl Gateway {
     async fn post(
         &self,
         credential: Credential<'_>,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Body,
     ) -> Result<Response, Rejection> {
         let arrived = Instant::now();
@@ -289,7 +268,7 @@ impl Gateway {
         }
         let id = message.id().cloned();
         let at = |e: portcullis_mcp::Error| GatewayError::from(e).at(id.as_ref());
-        let has_mirrored = scan_mcp_headers(&headers).map_err(at)?;
+        check_headers_once(&headers).map_err(at)?;
         let version_header = header_str(&headers, mcp::MCP_PROTOCOL_VERSION);
         let detected = portcullis_mcp::era::detect(version_header, &message).map_err(at)?;
         let (era, version) = (detected.era, detected.version.into_owned());
@@ -300,8 +279,6 @@ impl Gateway {
                 name: header_str(&headers, mcp::MCP_NAME),
             };
             portcullis_mcp::check_mirrored_headers(&mirrored, &message).map_err(at)?;
-        } else if has_mirrored {
-            strip_mirrored(&mut headers);
         }
         if era == ProtocolEra::Stateless && grant.server.transport == Transport::Sse {
             // An HTTP+SSE server only speaks the handshake era; saying so lets a client that
@@ -585,7 +562,7 @@ impl Gateway {
         mut pending: Pending,
     ) -> Result<Response, Rejection> {
         let server = &inbound.grant.server;
-        let mut headers = request_headers(&inbound.headers, server, true);
+        let mut headers = request_headers(&inbound.headers, server, inbound.era, true);
         if let Err(e) = self.upstream_session(inbound.session.as_ref(), &mut headers) {
             pending.fail(&e);
             return Err(e.at(id.as_ref()));
@@ -759,7 +736,7 @@ impl Gateway {
         if server.transport == Transport::Sse {
             return self.pass_legacy(&inbound, &body).await;
         }
-        let mut headers = request_headers(&inbound.headers, server, true);
+        let mut headers = request_headers(&inbound.headers, server, inbound.era, true);
         self.upstream_session(inbound.session.as_ref(), &mut headers)?;
         let response = self
             .upstream
@@ -820,13 +797,11 @@ impl Gateway {
     async fn stream(
         &self,
         credential: Credential<'_>,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         method: Method,
     ) -> Result<Response, Rejection> {
         let grant = self.authenticate(credential, &headers).await?;
-        if scan_mcp_headers(&headers).map_err(GatewayError::from)? {
-            strip_mirrored(&mut headers);
-        }
+        check_headers_once(&headers).map_err(GatewayError::from)?;
         let session = match header_str(&headers, mcp::MCP_SESSION_ID) {
             Some(s) => Some(
                 self.sessions
@@ -845,7 +820,8 @@ impl Gateway {
                 .into())
             };
         }
-        let mut upstream_headers = request_headers(&headers, &grant.server, false);
+        let mut upstream_headers =
+            request_headers(&headers, &grant.server, ProtocolEra::Session, false);
         if method == Method::GET && !headers.contains_key(header::ACCEPT) {
             upstream_headers.insert(
                 header::ACCEPT,
@@ -881,31 +857,19 @@ mod tests {
     }
 
     #[test]
-    fn checked_headers_come_once_and_mirrored_ones_are_found() {
+    fn checked_headers_come_once() {
         for name in CHECKED_ONCE {
             let twice = headers(&[(name, "a"), ("accept", "*/*"), (name, "b")]);
-            let error = scan_mcp_headers(&twice).unwrap_err();
+            let error = check_headers_once(&twice).unwrap_err();
             assert!(error.to_string().contains("repeated"), "{error}");
         }
         let plain = headers(&[
             ("mcp-protocol-version", "2025-11-25"),
             ("mcp-session-id", "s"),
+            ("mcp-method", "tools/call"),
         ]);
-        assert!(!scan_mcp_headers(&plain).unwrap());
-        for mirrored in ["mcp-method", "mcp-name", "mcp-param-region"] {
-            let mut map = headers(&[
-                ("mcp-session-id", "s"),
-                (mirrored, "x"),
-                ("mcp-param-b", "y"),
-            ]);
-            assert!(scan_mcp_headers(&map).unwrap(), "{mirrored}");
-            strip_mirrored(&mut map);
-            assert_eq!(
-                map.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
-                ["mcp-session-id"]
-            );
-        }
+        check_headers_once(&plain).unwrap();
         // Repeated parameter headers are the stateless check's to refuse (it names the tool's).
-        assert!(scan_mcp_headers(&headers(&[("mcp-param-a", "1"), ("mcp-param-a", "2")])).unwrap());
+        check_headers_once(&headers(&[("mcp-param-a", "1"), ("mcp-param-a", "2")])).unwrap();
     }
 }

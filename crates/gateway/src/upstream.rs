@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_core::egress::{Egress, Refused};
+use portcullis_mcp::ProtocolEra;
 use portcullis_mcp::headers::names as mcp;
 use tokio::net::TcpStream;
 
@@ -77,11 +78,9 @@ impl UpstreamError {
 }
 
 /// Request headers a client may send through: the MCP transport's own, and tracing context.
-const FORWARDED_REQUEST: [HeaderName; 8] = [
+const FORWARDED_REQUEST: [HeaderName; 6] = [
     header::ACCEPT,
     HeaderName::from_static(mcp::MCP_PROTOCOL_VERSION),
-    HeaderName::from_static(mcp::MCP_METHOD),
-    HeaderName::from_static(mcp::MCP_NAME),
     HeaderName::from_static(mcp::LAST_EVENT_ID),
     HeaderName::from_static("traceparent"),
     HeaderName::from_static("tracestate"),
@@ -293,17 +292,37 @@ pub fn body_stream(response: UpstreamResponse) -> crate::relay::ByteStream {
     crate::relay::boxed(http_body_util::BodyDataStream::new(response.into_body()))
 }
 
+/// The stateless era's headers that mirror the body (with `Mcp-Param-*`).
+const MIRRORED_REQUEST: [HeaderName; 2] = [
+    HeaderName::from_static(mcp::MCP_METHOD),
+    HeaderName::from_static(mcp::MCP_NAME),
+];
+
 /// The headers of a request to `server`: the client's MCP headers, then the server's own.
-pub fn request_headers(client: &HeaderMap, server: &Server, has_body: bool) -> HeaderMap {
+/// The headers that mirror the body go only with a request of the stateless `era`, the one
+/// where the gateway checks them: nothing behind it may route on a header nobody checked.
+pub fn request_headers(
+    client: &HeaderMap,
+    server: &Server,
+    era: ProtocolEra,
+    has_body: bool,
+) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(8 + server.headers.len());
-    for name in &FORWARDED_REQUEST {
+    let mirrored = if era == ProtocolEra::Stateless {
+        &MIRRORED_REQUEST[..]
+    } else {
+        &[]
+    };
+    for name in FORWARDED_REQUEST.iter().chain(mirrored) {
         for value in client.get_all(name) {
             out.append(name.clone(), value.clone());
         }
     }
-    for (name, value) in client {
-        if name.as_str().starts_with(mcp::MCP_PARAM_PREFIX) {
-            out.append(name.clone(), value.clone());
+    if era == ProtocolEra::Stateless {
+        for (name, value) in client {
+            if name.as_str().starts_with(mcp::MCP_PARAM_PREFIX) {
+                out.append(name.clone(), value.clone());
+            }
         }
     }
     if has_body {
@@ -434,7 +453,7 @@ mod tests {
             headers: server_headers,
             block_changed_tools: true,
         };
-        let out = request_headers(&client, &server, true);
+        let out = request_headers(&client, &server, ProtocolEra::Stateless, true);
         for gone in [
             "authorization",
             "cookie",
@@ -451,5 +470,16 @@ mod tests {
         assert_eq!(out["mcp-param-region"], "eu");
         assert_eq!(out["content-type"], "application/json");
         assert!(out.contains_key("accept"));
+
+        // The headers that mirror the body go only where the gateway checked them.
+        client.insert("mcp-method", HeaderValue::from_static("tools/call"));
+        client.insert("mcp-name", HeaderValue::from_static("x"));
+        let stateless = request_headers(&client, &server, ProtocolEra::Stateless, true);
+        let session = request_headers(&client, &server, ProtocolEra::Session, true);
+        for mirrored in ["mcp-method", "mcp-name", "mcp-param-region"] {
+            assert!(stateless.contains_key(mirrored), "{mirrored}");
+            assert!(!session.contains_key(mirrored), "{mirrored}");
+        }
+        assert_eq!(session["mcp-protocol-version"], "2025-11-25");
     }
 }

@@ -570,20 +570,19 @@ impl Condition {
                 // `"5"` cannot slip past a pattern. A whole number sent as a float (`22.0`,
                 // `2.2e1`) is what upstreams take as the integer: it matches as `22` too.
                 Value::Number(n) => {
-                    let mut text = StackText::default();
+                    let matches = |shown: &dyn fmt::Display| {
+                        let mut text = StackText::default();
+                        write!(text, "{shown}").is_ok() && re.is_match(text.as_str())
+                    };
                     // Whole floats in [-2^63, 2^63) convert to an i64 exactly.
                     let whole = n.as_f64().filter(|f| {
                         n.is_f64()
                             && f.fract() == 0.0
                             && (i64::MIN as f64..-(i64::MIN as f64)).contains(f)
                     });
-                    (write!(text, "{n}").is_ok() && re.is_match(text.as_str()))
-                        || whole.is_some_and(|f| {
-                            let mut text = StackText::default();
-                            #[allow(clippy::cast_possible_truncation)] // whole and in range
-                            let int = f as i64;
-                            write!(text, "{int}").is_ok() && re.is_match(text.as_str())
-                        })
+                    #[allow(clippy::cast_possible_truncation)] // whole and in range
+                    let as_integer = |f: f64| matches(&(f as i64));
+                    matches(n) || whole.is_some_and(as_integer)
                 }
                 Value::Bool(b) => re.is_match(if *b { "true" } else { "false" }),
                 _ => false,
