@@ -61,21 +61,65 @@ impl AuditSink {
     }
 }
 
-/// Argument names that look like secrets: their values never reach the audit log.
-const SECRET_WORDS: [&str; 12] = [
+/// Words that mark an argument name as a secret wherever they occur in it, once the name is
+/// normalised (ASCII-lowercased, without `_`, `-`, `.` and spaces, so `x-api-key`, `API_KEY`
+/// and `apiKey` all read `apikey`). Each is long or distinctive enough not to occur inside an
+/// ordinary name (`author`, `keyword` and `monkey` contain none of them).
+const SECRET_WORDS: [&str; 17] = [
     "password",
     "passwd",
+    "passphrase",
+    "passcode",
     "secret",
     "token",
     "apikey",
-    "api_key",
-    "api-key",
     "authorization",
     "cookie",
     "credential",
-    "private_key",
+    "privatekey",
+    "accesskey",
+    "signingkey",
+    "sshkey",
     "session",
+    "cardnumber",
+    "creditcard",
 ];
+
+/// Short words that mark a secret only as the whole normalised name or as its first or last
+/// word (names split at `_`, `-`, `.`, spaces and camelCase humps): `pin`, `userPin` and
+/// `PIN_CODE` are secret, `spinner`, `opinion` and `pinned` are not; `auth` and `x-auth` are,
+/// `author` and `authority` are not. `key` counts only as the last word (`key`, `sshKey`,
+/// `sort_key`), never as the first (`key_id`, `keyword`).
+const SECRET_END_WORDS: [&str; 10] = [
+    "pin", "otp", "totp", "cvv", "cvc", "ssn", "pwd", "jwt", "auth", "key",
+];
+
+/// Prefixes of API keys and tokens that are secrets on sight, anywhere in a string (at the start
+/// of a word, followed by at least [`MIN_TOKEN_LEN`] token characters in all). Case matters:
+/// each issuer spells its prefix one way.
+const TOKEN_PREFIXES: [&str; 17] = [
+    "pcg_",
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "sk-",
+    "github_pat_",
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "ghu_",
+    "ghr_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xoxs-",
+    "AIza",
+];
+
+/// The shortest a prefixed token can be, prefix included (an AWS access key id has 20
+/// characters; every other known shape is longer).
+const MIN_TOKEN_LEN: usize = 20;
 
 /// The arguments with secret-looking fields replaced by `"[redacted]"`, at any depth.
 pub fn redact_arguments(value: &Value) -> Value {
@@ -83,12 +127,7 @@ pub fn redact_arguments(value: &Value) -> Value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
-                    let lower = k.to_ascii_lowercase();
-                    let secret = SECRET_WORDS.iter().any(|w| lower.contains(w))
-                        || lower == "key"
-                        || lower.ends_with("_key")
-                        || lower.ends_with("-key");
-                    let v = if secret {
+                    let v = if is_secret_name(k) {
                         Value::String("[redacted]".into())
                     } else {
                         redact_arguments(v)
@@ -103,14 +142,143 @@ pub fn redact_arguments(value: &Value) -> Value {
     }
 }
 
-/// Values that are secrets whatever their field is called: bearer headers, known token shapes.
+/// Whether an argument called `name` holds a secret (see [`SECRET_WORDS`] and
+/// [`SECRET_END_WORDS`]). Names of up to 64 bytes are normalised on the stack.
+fn is_secret_name(name: &str) -> bool {
+    let mut stack = [0u8; 64];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = if name.len() <= stack.len() {
+        &mut stack
+    } else {
+        heap.resize(name.len(), 0);
+        &mut heap
+    };
+    let mut len = 0;
+    for b in name.bytes().filter(|b| !is_separator(*b)) {
+        buf[len] = b.to_ascii_lowercase();
+        len += 1;
+    }
+    let normalised = &buf[..len];
+    if SECRET_WORDS
+        .iter()
+        .any(|w| normalised.windows(w.len()).any(|x| x == w.as_bytes()))
+    {
+        return true;
+    }
+    let (first, last) = end_words(name.as_bytes());
+    SECRET_END_WORDS.iter().any(|w| {
+        let w = w.as_bytes();
+        normalised == w
+            || last.eq_ignore_ascii_case(w)
+            || (w != b"key" && first.eq_ignore_ascii_case(w))
+    })
+}
+
+/// Bytes that separate the words of an argument name.
+fn is_separator(b: u8) -> bool {
+    matches!(b, b'_' | b'-' | b'.' | b' ')
+}
+
+/// The first and the last word of a name split at separators and camelCase humps
+/// (`userPIN` → `user`, `PIN`; `OTPCode` → `OTP`, `Code`). Empty for a name of separators.
+fn end_words(name: &[u8]) -> (&[u8], &[u8]) {
+    let starts_word = |i: usize| {
+        let b = name[i];
+        i == 0
+            || is_separator(name[i - 1])
+            || (b.is_ascii_uppercase()
+                && (name[i - 1].is_ascii_lowercase()
+                    || name[i - 1].is_ascii_digit()
+                    || (name[i - 1].is_ascii_uppercase()
+                        && name.get(i + 1).is_some_and(u8::is_ascii_lowercase))))
+    };
+    let Some(start) = name.iter().position(|b| !is_separator(*b)) else {
+        return (&[], &[]);
+    };
+    let first_end = (start + 1..name.len())
+        .find(|&i| is_separator(name[i]) || starts_word(i))
+        .unwrap_or(name.len());
+    let end = name
+        .iter()
+        .rposition(|b| !is_separator(*b))
+        .map_or(0, |i| i + 1);
+    let last_start = (start..end)
+        .rev()
+        .find(|&i| starts_word(i))
+        .unwrap_or(start);
+    (&name[start..first_end], &name[last_start..end])
+}
+
+/// Values that are secrets whatever their field is called: bearer and basic credentials, known
+/// token shapes (API keys, JWTs, PEM private keys), at the start of the string or anywhere in
+/// it. Scans the bytes once, without allocating.
 fn looks_like_secret(s: &str) -> bool {
-    let lower = s.to_ascii_lowercase();
-    lower.starts_with("bearer ")
-        || lower.starts_with("basic ")
-        || ["pcg_", "sk_live_", "sk-", "ghp_", "xoxb-", "akia"]
+    let b = s.as_bytes();
+    starts_with_ignore_case(b, b"bearer ")
+        || starts_with_ignore_case(b, b"basic ")
+        || has_pem_private_key(s)
+        || (0..b.len()).any(|i| (i == 0 || !is_token_byte(b[i - 1])) && secret_at(&b[i..]))
+}
+
+/// Whether a secret starts at the start of `s` (itself at the start of a word).
+fn secret_at(s: &[u8]) -> bool {
+    let run = s.iter().take_while(|b| is_token_byte(**b)).count();
+    if run >= MIN_TOKEN_LEN && TOKEN_PREFIXES.iter().any(|p| s.starts_with(p.as_bytes())) {
+        return true;
+    }
+    // AWS access key ids, long-term (`AKIA`) and temporary (`ASIA`): exactly 16 more
+    // uppercase letters and digits.
+    if (s.starts_with(b"AKIA") || s.starts_with(b"ASIA"))
+        && run == 20
+        && s[4..20]
             .iter()
-            .any(|p| lower.starts_with(p) && s.len() >= 16)
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        return true;
+    }
+    // A JWT: base64url JSON header (`{"` encodes as `eyJ`), `.`, payload, `.`, signature.
+    if s.starts_with(b"eyJ") && run >= 10 && s.get(run) == Some(&b'.') {
+        let payload = s[run + 1..]
+            .iter()
+            .take_while(|b| is_token_byte(**b))
+            .count();
+        return payload >= 2 && s.get(run + 1 + payload) == Some(&b'.');
+    }
+    // `Authorization: Bearer …` or `Basic …` inside a longer text.
+    [b"bearer ".as_slice(), b"basic "].iter().any(|scheme| {
+        starts_with_ignore_case(s, scheme) && {
+            let rest = &s[scheme.len()..];
+            let credentials = rest
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b))
+                .count();
+            // A word is not a credential: one has digits, capitals or base64 padding.
+            credentials >= 16 && rest[1..credentials].iter().any(|b| !b.is_ascii_lowercase())
+        }
+    })
+}
+
+/// Bytes of API keys and tokens (base64url).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+/// Whether `s` holds a PEM private key (`-----BEGIN RSA PRIVATE KEY-----`,
+/// `-----BEGIN OPENSSH PRIVATE KEY-----`, `-----BEGIN PGP PRIVATE KEY BLOCK-----`…).
+fn has_pem_private_key(s: &str) -> bool {
+    s.match_indices("-----BEGIN ").any(|(i, m)| {
+        let label = &s.as_bytes()[i + m.len()..];
+        let label = &label[..label.len().min(64)];
+        label
+            .windows(5)
+            .position(|w| w == b"-----")
+            .is_some_and(|end| label[..end].windows(11).any(|w| w == b"PRIVATE KEY"))
+    })
 }
 
 #[cfg(test)]
@@ -135,5 +303,212 @@ mod tests {
         assert_eq!(out["nested"]["list"][1], "[redacted]");
         assert_eq!(out["note"], "[redacted]");
         assert_eq!(out["monkey"], "banana");
+    }
+
+    #[test]
+    fn secret_names_are_normalised_and_matched() {
+        for name in [
+            "privateKey",
+            "private_key",
+            "accessKey",
+            "signingKey",
+            "sshKey",
+            "apiKey",
+            "x-api-key",
+            "API_KEY",
+            "api key",
+            "api.key",
+            "key",
+            "sort_key",
+            "pwd",
+            "db_pwd",
+            "passphrase",
+            "pin",
+            "PIN",
+            "userPin",
+            "PIN_CODE",
+            "p-i-n",
+            "otp",
+            "otp_code",
+            "OTPCode",
+            "totp",
+            "cvv",
+            "cardCVV",
+            "cvc",
+            "ssn",
+            "customer.ssn",
+            "card_number",
+            "cardNumber",
+            "creditCard",
+            "auth",
+            "x-auth",
+            "basicAuth",
+            "auth_header",
+            "jwt",
+            "id_jwt",
+            "Cookie",
+            "session",
+            "sessionToken",
+            "session_id",
+            "refresh_token",
+            "clientSecret",
+            "credentials",
+        ] {
+            assert!(is_secret_name(name), "{name} should be redacted");
+        }
+    }
+
+    #[test]
+    fn ordinary_names_are_kept() {
+        for name in [
+            "keyword",
+            "keywords",
+            "monkey",
+            "hotkey",
+            "key_id",
+            "keyName",
+            "spinner",
+            "pinned",
+            "opinion",
+            "author",
+            "authority",
+            "authors",
+            "footprint",
+            "topic",
+            "description",
+            "passenger",
+            "compass",
+            "jwtish",
+            "cvvs",
+            "ssnumber",
+            "To",
+            "amount",
+            "query",
+            "",
+            "__",
+        ] {
+            assert!(!is_secret_name(name), "{name} should be kept");
+        }
+    }
+
+    #[test]
+    fn long_names_are_matched_too() {
+        let long = format!("{}_password", "x".repeat(100));
+        assert!(is_secret_name(&long));
+        let long = format!("{}Pin", "x".repeat(100));
+        assert!(is_secret_name(&long));
+        assert!(!is_secret_name(&"monkey".repeat(20)));
+    }
+
+    /// Test tokens are assembled at run time, so no token-shaped literal sits in the source.
+    fn token(prefix: &str, body_len: usize) -> String {
+        let body: String = "aB3dE5gH7jK9".chars().cycle().take(body_len).collect();
+        format!("{prefix}{body}")
+    }
+
+    #[test]
+    fn known_token_shapes_are_secrets_alone_and_inside_text() {
+        let jwt = format!(
+            "{}.{}.{}",
+            token("eyJ", 20),
+            token("eyJ", 30),
+            token("", 43)
+        );
+        let unsigned_jwt = format!("{}.{}.", token("eyJ", 20), token("eyJ", 30));
+        let aws = format!("AKIA{}", "IOSFODNN7EXAMPL1");
+        let aws_temp = format!("ASIA{}", "Q3EGXMPL2EXAMPLE");
+        let pem = format!(
+            "-----BEGIN {}-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+            "RSA PRIVATE KEY"
+        );
+        let openssh = format!("-----BEGIN {}-----\nb3Blbn", "OPENSSH PRIVATE KEY");
+        let secrets = [
+            jwt,
+            unsigned_jwt,
+            token("github_pat_", 82),
+            token("ghp_", 36),
+            token("gho_", 36),
+            token("ghs_", 36),
+            token("glpat-", 20),
+            token("xoxb-", 40),
+            token("xoxp-", 40),
+            token("AIza", 35),
+            aws,
+            aws_temp,
+            token("sk_live_", 24),
+            token("sk-", 48),
+            token("sk-proj-", 40),
+            token("pcg_", 43),
+            pem,
+            openssh,
+            format!("Bearer {}", token("", 32)),
+        ];
+        for secret in &secrets {
+            assert!(looks_like_secret(secret), "{secret}");
+            for text in [
+                format!("use {secret} to call it"),
+                format!("token={secret}&x=1"),
+                format!("\"{secret}\""),
+                format!("curl -H 'Authorization: {secret}' https://example.com"),
+                format!("héllo ünïcode {secret}"),
+            ] {
+                assert!(looks_like_secret(&text), "{text}");
+                let out = redact_arguments(&json!({"note": text}));
+                assert_eq!(out["note"], "[redacted]", "{text}");
+            }
+        }
+        let header = format!(
+            "curl -H 'Authorization: Bearer {}' https://example.com",
+            token("", 32)
+        );
+        assert!(looks_like_secret(&header));
+        let basic = format!("Authorization: Basic {}==", token("dXNl", 12));
+        assert!(looks_like_secret(&basic));
+    }
+
+    #[test]
+    fn token_look_alikes_are_kept() {
+        for text in [
+            "sk-learn is a machine-learning library",
+            "risk-assessment-quarterly-summary-2024",
+            "my-task-sk-something",
+            "pcg_AbCd…",
+            "ghp_short",
+            "AKIASHORT",
+            "ASIA_PACIFIC_REGION_SALES",
+            "ASIAPACIFICREGIONSALESTEAM",
+            "eyJust kidding. Really.",
+            "version 1.2.3",
+            "the basic idea",
+            "a Basic internationalization course",
+            "we bear the cost; bearer instruments",
+            "-----BEGIN CERTIFICATE-----\nMIIB",
+            "-----BEGIN PUBLIC KEY-----\nMIIB",
+            "-----BEGIN é",
+            "héllo wörld",
+            "+441234",
+            "",
+        ] {
+            assert!(!looks_like_secret(text), "{text}");
+        }
+        let args = json!({"keyword": "rust", "author": "Ann", "opinion": "good", "spinner": true});
+        assert_eq!(redact_arguments(&args), args);
+    }
+
+    #[test]
+    fn secret_names_redact_any_value() {
+        let args = json!({
+            "pin": 1234,
+            "cardNumber": "4111111111111111",
+            "auth": {"user": "a", "pass": "b"},
+            "x-api-key": ["k1", "k2"],
+            "author": {"name": "Ann"}
+        });
+        let out = redact_arguments(&args);
+        assert_eq!(out["pin"], "[redacted]");
+        assert_eq!(out["cardNumber"], "[redacted]");
+        assert_eq!(out["auth"], "[redacted]");
+        assert_eq!(out["x-api-key"], "[redacted]");
+        assert_eq!(out["author"]["name"], "Ann");
     }
 }

@@ -160,18 +160,9 @@ impl Catalogue {
                 compiled
             }
         }?;
-        match validator.validate(arguments) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                let at = error.instance_path().to_string();
-                let at = if at.is_empty() {
-                    "arguments".to_owned()
-                } else {
-                    format!("arguments{at}")
-                };
-                Err(format!("{at}: {error}"))
-            }
-        }
+        validator
+            .validate(arguments)
+            .map_err(|error| describe(&error))
     }
 
     /// Drops the catalogues an invalidation concerns.
@@ -186,5 +177,163 @@ impl Catalogue {
     /// Drops everything.
     pub fn clear(&self) {
         self.servers.clear();
+    }
+}
+
+/// Schema text quoted in a message (a pattern, `enum` options, a `const`) at most this long.
+const MAX_QUOTED: usize = 120;
+
+/// What is wrong with the arguments, for the agent and the audit log: where (the JSON pointer of
+/// the offending value, under `arguments`) and which keyword of the schema it fails, with that
+/// keyword's constraint when it is short (`arguments/token: fails "maxLength": 10`). Never the
+/// value itself, which can be a secret: the text of a `jsonschema` error quotes it.
+fn describe(error: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::{TypeKind, ValidationErrorKind as Kind};
+
+    let kind = error.kind();
+    let mut message = format!(
+        "arguments{}: fails \"{}\"",
+        error.instance_path().as_str(),
+        kind.keyword()
+    );
+    let quoted = |text: String| (text.len() <= MAX_QUOTED).then_some(text);
+    let detail = match kind {
+        Kind::MaxLength { limit }
+        | Kind::MinLength { limit }
+        | Kind::MaxItems { limit }
+        | Kind::MinItems { limit }
+        | Kind::MaxProperties { limit }
+        | Kind::MinProperties { limit } => Some(limit.to_string()),
+        Kind::Maximum { limit }
+        | Kind::Minimum { limit }
+        | Kind::ExclusiveMaximum { limit }
+        | Kind::ExclusiveMinimum { limit } => Some(limit.to_string()),
+        Kind::MultipleOf { multiple_of } => Some(multiple_of.to_string()),
+        Kind::Type {
+            kind: TypeKind::Single(t),
+        } => Some(format!("\"{t}\"")),
+        Kind::Type {
+            kind: TypeKind::Multiple(types),
+        } => Some(format!(
+            "[{}]",
+            types
+                .iter()
+                .map(|t| format!("\"{t}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Kind::Required { property } => Some(format!("{property} is missing")),
+        // Names, not values: the argument names are in the audit event already.
+        Kind::AdditionalProperties { unexpected } | Kind::UnevaluatedProperties { unexpected } => {
+            quoted(format!("{unexpected:?} not allowed"))
+        }
+        Kind::Enum { options } => quoted(options.to_string()),
+        Kind::Constant { expected_value } => quoted(expected_value.to_string()),
+        Kind::Pattern { pattern } => quoted(format!("{pattern:?}")),
+        Kind::Format { format } => Some(format!("{format:?}")),
+        Kind::ContentEncoding { content_encoding } => Some(format!("{content_encoding:?}")),
+        Kind::ContentMediaType { content_media_type } => Some(format!("{content_media_type:?}")),
+        // The rest either names nothing short, or carries text that may quote the value
+        // (`Custom` messages, regex engine failures, the inner error of `propertyNames`).
+        _ => None,
+    };
+    if let Some(detail) = detail {
+        message.push_str(": ");
+        message.push_str(&detail);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn problem(schema: Value, arguments: Value) -> String {
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        describe(&validator.validate(&arguments).unwrap_err())
+    }
+
+    #[test]
+    fn validation_messages_never_quote_the_value() {
+        let secret = format!("sk_live_{}", "0123456789abcdef".repeat(2));
+        let cases = [
+            (
+                json!({"properties": {"token": {"maxLength": 10}}}),
+                "arguments/token: fails \"maxLength\": 10",
+            ),
+            (
+                json!({"properties": {"token": {"type": "integer"}}}),
+                "arguments/token: fails \"type\": \"integer\"",
+            ),
+            (
+                json!({"properties": {"token": {"pattern": "^[0-9]+$"}}}),
+                "arguments/token: fails \"pattern\": \"^[0-9]+$\"",
+            ),
+            (
+                json!({"properties": {"token": {"enum": ["a", "b"]}}}),
+                "arguments/token: fails \"enum\": [\"a\",\"b\"]",
+            ),
+            (
+                json!({"properties": {"token": {"const": "x"}}}),
+                "arguments/token: fails \"const\": \"x\"",
+            ),
+            (
+                json!({"properties": {"token": {"not": {"type": "string"}}}}),
+                "arguments/token: fails \"not\"",
+            ),
+            (
+                json!({"properties": {"token": {"anyOf": [{"type": "integer"}, {"maxLength": 3}]}}}),
+                "arguments/token: fails \"anyOf\"",
+            ),
+            (
+                json!({"properties": {"token": false}}),
+                "arguments/token: fails \"falseSchema\"",
+            ),
+            (
+                json!({"properties": {"list": {"items": {"maxLength": 4}}}}),
+                "arguments/list/1: fails \"maxLength\": 4",
+            ),
+        ];
+        for (schema, expected) in cases {
+            let arguments = json!({"token": secret, "list": ["ok", secret]});
+            let said = problem(schema, arguments);
+            assert_eq!(said, expected);
+            assert!(!said.contains("sk_live"), "{said}");
+        }
+    }
+
+    #[test]
+    fn validation_messages_say_what_to_fix() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {}},
+                            "required": ["a", "b"], "additionalProperties": false});
+        assert_eq!(
+            problem(schema.clone(), json!({"a": 1})),
+            "arguments: fails \"required\": \"b\" is missing"
+        );
+        assert_eq!(
+            problem(schema.clone(), json!({"a": 1, "b": 2, "c": "hunter2"})),
+            "arguments: fails \"additionalProperties\": [\"c\"] not allowed"
+        );
+        assert_eq!(
+            problem(schema, json!({"a": "hunter2", "b": 2})),
+            "arguments/a: fails \"type\": \"integer\""
+        );
+        assert_eq!(
+            problem(
+                json!({"properties": {"n": {"minimum": 5}}}),
+                json!({"n": 1})
+            ),
+            "arguments/n: fails \"minimum\": 5"
+        );
+        assert_eq!(
+            problem(json!({"type": ["object", "null"]}), json!("hunter2")),
+            "arguments: fails \"type\": [\"null\", \"object\"]"
+        );
+        let long = json!({"properties": {"mode": {"enum": (0..40).map(|i| format!("option {i}")).collect::<Vec<_>>()}}});
+        assert_eq!(
+            problem(long, json!({"mode": "hunter2"})),
+            "arguments/mode: fails \"enum\""
+        );
     }
 }
