@@ -5,6 +5,12 @@
 //! announces changes on Redis pub/sub ([`crate::invalidation`]), which drops the matching
 //! entries at once; the TTL bounds staleness when an announcement is lost (twice the TTL at
 //! most, while a refresh is under way).
+//!
+//! Tokens are unauthenticated input, so a miss must not cost Postgres without limit: a token
+//! that resolved to no grant is remembered as unknown for [`UNKNOWN_TTL`], and at most
+//! [`cold_load_permits`] misses query Postgres at once. A miss that cannot start its query
+//! within the pool's acquire timeout is refused as the pool would refuse it (503). Cached grants never
+//! wait for a permit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -17,6 +23,7 @@ use portcullis_core::{
 };
 use portcullis_policy::CompiledPolicy;
 use sqlx::{PgPool, Row as _};
+use tokio::sync::Semaphore;
 
 use crate::cache::{Cache, Lookup};
 
@@ -97,37 +104,93 @@ pub struct Grants {
     db: PgPool,
     credentials: Keyring,
     entries: Cache<TokenHash, Grant>,
+    /// Tokens that resolved to no grant a moment ago.
+    unknown: Cache<TokenHash, ()>,
+    /// Permits for the misses that query Postgres.
+    cold_loads: Semaphore,
     policies: RwLock<HashMap<(PolicyId, i32), Arc<CompiledPolicy>>>,
-    /// `portcullis_gateway_grant_cache_total`, `result` = hit and miss.
+    /// `portcullis_gateway_grant_cache_total`, `result` = `hit` (a cached grant), `unknown` (a
+    /// token remembered as unknown), `miss` (a Postgres query), `busy` (refused: no permit).
     hits: metrics::Counter,
+    unknown_hits: metrics::Counter,
     misses: metrics::Counter,
+    busy: metrics::Counter,
 }
 
 /// Past this many cached entries the cache is cleared rather than grown (a crude bound that
 /// only a flood of distinct valid tokens reaches).
 const MAX_ENTRIES: usize = 100_000;
 const MAX_POLICIES: usize = 10_000;
+/// How long a token that resolved to no grant is answered as unknown without asking Postgres
+/// (never longer than the grant cache TTL). Nothing announces a token hash that starts to
+/// exist, so this is kept short; a new or rotated token is random and secret, so in practice
+/// no one has presented it before it exists.
+const UNKNOWN_TTL: Duration = Duration::from_secs(2);
+/// Past this many remembered unknown tokens they are all forgotten rather than grown (about
+/// 1 MB). A flood of distinct tokens only costs what [`cold_load_permits`] lets through.
+const MAX_UNKNOWN: usize = 10_000;
+
+/// How many misses may query Postgres at once: a quarter of the pool (4 of the 16 connections
+/// `portcullis gateway` opens), so unknown tokens can never take the connections approvals,
+/// tool catalogues and cache refreshes need.
+fn cold_load_permits(db: &PgPool) -> usize {
+    (db.options().get_max_connections() / 4).max(1) as usize
+}
 
 impl Grants {
     /// An empty cache in front of `db`.
     pub fn new(db: PgPool, credentials: Keyring, ttl: Duration) -> Self {
         Self {
+            entries: Cache::new(ttl, MAX_ENTRIES),
+            unknown: Cache::new(ttl.min(UNKNOWN_TTL), MAX_UNKNOWN),
+            cold_loads: Semaphore::new(cold_load_permits(&db)),
             db,
             credentials,
-            entries: Cache::new(ttl, MAX_ENTRIES),
             policies: RwLock::new(HashMap::new()),
             hits: metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "hit"),
+            unknown_hits: metrics::counter!(
+                "portcullis_gateway_grant_cache_total", "result" => "unknown"
+            ),
             misses: metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "miss"),
+            busy: metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "busy"),
         }
     }
 
     /// The grant of `token`, from the cache or Postgres; `None` when no grant has this token.
-    /// Revocation and expiry are the caller's to check ([`Grant::is_usable`]).
+    /// Revocation and expiry are the caller's to check ([`Grant::is_usable`]). A miss that gets
+    /// no permit to query Postgres in time is [`sqlx::Error::PoolTimedOut`].
     pub async fn resolve(
         self: &Arc<Self>,
         token: &GrantToken,
     ) -> Result<Option<Arc<Grant>>, sqlx::Error> {
         let hash = token.hash();
+        if let Some(known) = self.cached(hash) {
+            return Ok(known);
+        }
+        let wait = self.db.options().get_acquire_timeout();
+        let Ok(Ok(_permit)) = tokio::time::timeout(wait, self.cold_loads.acquire()).await else {
+            self.busy.increment(1);
+            return Err(sqlx::Error::PoolTimedOut);
+        };
+        // Concurrent misses of one token (a burst after a restart) query it once: the first
+        // to get a permit caches what it found for those behind it.
+        if let Some(known) = self.cached(hash) {
+            return Ok(known);
+        }
+        self.misses.increment(1);
+        let generation = self.entries.generation();
+        let unknown_generation = self.unknown.generation();
+        let Some(grant) = self.load(&hash).await? else {
+            self.unknown.insert(hash, Arc::new(()), unknown_generation);
+            return Ok(None);
+        };
+        let grant = Arc::new(grant);
+        self.entries.insert(hash, grant.clone(), generation);
+        Ok(Some(grant))
+    }
+
+    /// What memory knows of a token: its grant, or that it has none; `None` for a miss.
+    fn cached(self: &Arc<Self>, hash: TokenHash) -> Option<Option<Arc<Grant>>> {
         let hit = match self.entries.get(&hash) {
             Lookup::Fresh(grant) => Some(grant),
             Lookup::Stale { value, refresh } => {
@@ -141,19 +204,17 @@ impl Grants {
         };
         if let Some(grant) = hit {
             self.hits.increment(1);
-            return Ok(Some(grant));
+            return Some(Some(grant));
         }
-        self.misses.increment(1);
-        let generation = self.entries.generation();
-        let Some(grant) = self.load(&hash).await? else {
-            return Ok(None);
-        };
-        let grant = Arc::new(grant);
-        self.entries.insert(hash, grant.clone(), generation);
-        Ok(Some(grant))
+        if matches!(self.unknown.get(&hash), Lookup::Fresh(_)) {
+            self.unknown_hits.increment(1);
+            return Some(None);
+        }
+        None
     }
 
-    /// Reloads an entry that aged past the TTL, in the background.
+    /// Reloads an entry that aged past the TTL, in the background. It takes no permit: only a
+    /// cached grant (at most one reload each per TTL) gets here.
     async fn reload(&self, hash: TokenHash) {
         let generation = self.entries.generation();
         match self.load(&hash).await {
@@ -290,8 +351,10 @@ impl Grants {
         Some(compiled)
     }
 
-    /// Drops the entries an invalidation concerns.
+    /// Drops the entries an invalidation concerns, and forgets every unknown token (no message
+    /// names a token hash, and forgetting costs one query per token at most).
     pub fn invalidate(&self, message: &Invalidation) {
+        self.unknown.clear();
         self.entries.retain(|_, g| match message {
             Invalidation::Grant {
                 tenant_id,
@@ -312,5 +375,145 @@ impl Grants {
     /// Drops everything (the invalidation feed was interrupted, so anything may be stale).
     pub fn clear(&self) {
         self.entries.clear();
+        self.unknown.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+    use std::time::Instant;
+
+    use sqlx::postgres::PgPoolOptions;
+
+    use super::*;
+
+    /// The pool's acquire timeout in these tests: how long a miss waits for a permit.
+    const WAIT: Duration = Duration::from_millis(250);
+
+    /// Grants in front of a closed pool: whatever reaches Postgres fails at once with
+    /// `PoolClosed`, so an `Ok` answer proves it came from memory.
+    async fn offline(max_connections: u32) -> Grants {
+        let db = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(WAIT)
+            .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+            .unwrap();
+        db.close().await;
+        Grants::new(db, Keyring::generate(1).0, Duration::from_secs(60))
+    }
+
+    /// Remembers `token` as unknown, as `resolve` does when Postgres has no grant for it.
+    fn remember_unknown(grants: &Grants, token: &GrantToken) {
+        let generation = grants.unknown.generation();
+        grants
+            .unknown
+            .insert(token.hash(), Arc::new(()), generation);
+    }
+
+    fn cache_grant(grants: &Grants, token: &GrantToken) {
+        let tenant = TenantId::new();
+        let url = url::Url::parse("http://127.0.0.1:9/mcp").unwrap();
+        let grant = Grant {
+            id: GrantId::new(),
+            tenant,
+            identity: "someone".to_owned(),
+            server: Arc::new(Server {
+                id: ServerId::new(),
+                tenant,
+                uri: crate::upstream::uri(&url).unwrap(),
+                url,
+                transport: Transport::StreamableHttp,
+                headers: HeaderMap::new(),
+                block_changed_tools: false,
+            }),
+            policy: Arc::new(PolicyRef {
+                id: PolicyId::new(),
+                version: 1,
+                compiled: None,
+            }),
+            expires_at: None,
+            revoked: false,
+            id_text: String::new(),
+            tenant_text: String::new(),
+            server_text: String::new(),
+        };
+        let generation = grants.entries.generation();
+        grants
+            .entries
+            .insert(token.hash(), Arc::new(grant), generation);
+    }
+
+    fn went_to_postgres(answer: Result<Option<Arc<Grant>>, sqlx::Error>) -> bool {
+        matches!(answer, Err(sqlx::Error::PoolClosed))
+    }
+
+    #[tokio::test]
+    async fn cold_loads_get_a_quarter_of_the_pool() {
+        assert_eq!(offline(16).await.cold_loads.available_permits(), 4);
+        assert_eq!(offline(2).await.cold_loads.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_token_is_answered_from_memory_until_it_expires() {
+        let mut grants = offline(16).await;
+        grants.unknown = Cache::new(Duration::from_millis(40), MAX_UNKNOWN);
+        let grants = Arc::new(grants);
+        let (bad, other) = (GrantToken::generate(), GrantToken::generate());
+        remember_unknown(&grants, &bad);
+        assert!(grants.resolve(&bad).await.unwrap().is_none());
+        assert!(grants.resolve(&bad).await.unwrap().is_none());
+        assert!(went_to_postgres(grants.resolve(&other).await));
+        std::thread::sleep(Duration::from_millis(45));
+        assert!(went_to_postgres(grants.resolve(&bad).await));
+    }
+
+    #[tokio::test]
+    async fn unknown_tokens_are_bounded_and_forgotten_on_invalidation() {
+        let mut grants = offline(16).await;
+        grants.unknown = Cache::new(Duration::from_secs(60), 2);
+        let grants = Arc::new(grants);
+        let tokens: Vec<_> = (0..3).map(|_| GrantToken::generate()).collect();
+        for token in &tokens {
+            remember_unknown(&grants, token);
+        }
+        // The third one found the set full and cleared it.
+        assert!(went_to_postgres(grants.resolve(&tokens[0]).await));
+        assert!(grants.resolve(&tokens[2]).await.unwrap().is_none());
+        grants.invalidate(&Invalidation::Grant {
+            tenant_id: TenantId::new(),
+            grant_id: GrantId::new(),
+        });
+        assert!(went_to_postgres(grants.resolve(&tokens[2]).await));
+        remember_unknown(&grants, &tokens[1]);
+        grants.clear();
+        assert!(went_to_postgres(grants.resolve(&tokens[1]).await));
+    }
+
+    #[tokio::test]
+    async fn a_miss_without_a_permit_is_refused_quickly_and_a_cached_grant_never_waits() {
+        let grants = Arc::new(offline(4).await);
+        let (good, bad) = (GrantToken::generate(), GrantToken::generate());
+        cache_grant(&grants, &good);
+        let held = grants.cold_loads.acquire().await.unwrap();
+        assert_eq!(grants.cold_loads.available_permits(), 0);
+
+        let started = Instant::now();
+        assert!(grants.resolve(&good).await.unwrap().is_some());
+        assert!(started.elapsed() < WAIT);
+
+        let started = Instant::now();
+        assert!(matches!(
+            grants.resolve(&bad).await,
+            Err(sqlx::Error::PoolTimedOut)
+        ));
+        assert!(started.elapsed() >= WAIT);
+        assert!(started.elapsed() < WAIT * 4);
+
+        drop(held);
+        assert!(went_to_postgres(grants.resolve(&bad).await));
+        // The failed query gave its permit back.
+        assert_eq!(grants.cold_loads.available_permits(), 1);
     }
 }
