@@ -292,10 +292,13 @@ async fn refusals_have_the_right_status_and_json_rpc_error() {
     .await;
     assert_eq!(message(&body)["error"]["code"], -32602, "{status} {body}");
     assert_eq!(message(&body)["id"], 6);
-    let entries = stack
-        .audit_until(|e| e["method"] == "tools/call" && e["decision"] == "error")
-        .await;
-    let unread = entries.iter().find(|e| e["decision"] == "error").unwrap();
+    let unreadable = |e: &Value| {
+        e["method"] == "tools/call"
+            && e["decision"] == "error"
+            && e["message"].as_str().is_some_and(|m| m.contains("name"))
+    };
+    let entries = stack.audit_until(unreadable).await;
+    let unread = entries.iter().find(|e| unreadable(e)).unwrap();
     assert!(unread["tool"].is_null(), "{unread}");
     assert!(
         unread["message"].as_str().unwrap().contains("name"),
@@ -358,6 +361,17 @@ async fn refusals_have_the_right_status_and_json_rpc_error() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(message(&body)["error"]["code"], -32020, "{body}");
     assert!(body.contains("repeated"), "{body}");
+    // Refused before being decided, yet audited: the header mismatch, the repeated header,
+    // a batch.
+    let (status, _, body) = post(&url, &[], &format!("[{}]", call(7, "echo", json!({})))).await;
+    assert_eq!(status, 400, "{body}");
+    for said in ["Mcp-Name", "repeated", "batch"] {
+        stack
+            .audit_until(|e| {
+                e["decision"] == "error" && e["message"].as_str().is_some_and(|m| m.contains(said))
+            })
+            .await;
+    }
     gw.stop().await.unwrap();
 }
 
@@ -468,6 +482,35 @@ async fn approvals_pass_exactly_once_after_approval() {
         "a consumed approval was reused: {said}"
     );
     assert_eq!(upstream.calls(), 2);
+
+    // A consumed approval given back (its call was then rate limited) while a retry opened a
+    // new pending one for the same call: the given-back approval stands, the pending one goes.
+    let pending =
+        serde_json::to_value(&third).unwrap()["_meta"]["portcullis/decision"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    portcullis_gateway::approvals::restore(stack.db.pool(), f.tenant, &approval)
+        .await
+        .unwrap();
+    let statuses: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, status FROM approvals WHERE id IN ($1, $2) ORDER BY id = $1 DESC",
+    )
+    .bind(&approval)
+    .bind(&pending)
+    .fetch_all(stack.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        statuses,
+        [
+            (approval.clone(), "approved".into()),
+            (pending, "expired".into())
+        ]
+    );
+    let restored = client.call_tool(big()).await.unwrap();
+    assert_eq!(result_text(&restored), "sent 250 to bob");
+    assert_eq!(upstream.calls(), 3);
     client.cancel().await.unwrap();
     gw.stop().await.unwrap();
 }
@@ -990,6 +1033,18 @@ async fn python_sdk_server_over_streamable_http_and_legacy_sse() {
         json!(["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"]),
         "{body}"
     );
+    // Its sessions carry the `initialize` params in their id: they are kept small.
+    let huge = json!({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {"x": "y".repeat(10_000)},
+        "clientInfo": {"name": "raw-test", "version": "1"}}});
+    let (status, _, body) = post(
+        &fl.url(&gw),
+        &[("mcp-protocol-version", "2025-11-25")],
+        &huge.to_string(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(message(&body)["error"]["code"], -32602, "{body}");
     gw.stop().await.unwrap();
 }
 
@@ -1818,6 +1873,99 @@ async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
         done["outcome"]["latency_ms"].as_f64().unwrap() < 300.0,
         "{done:#}"
     );
+    gw.stop().await.unwrap();
+}
+
+/// A charge is refunded only when the call certainly never ran: a connection refused is
+/// refunded, an upstream that took the request and never answered is not (its tool may have
+/// run, and a slow tool must not buy unlimited calls).
+#[tokio::test]
+async fn a_call_that_may_have_run_keeps_its_charge() {
+    let stack = Stack::new().await;
+    let refused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused_port = refused.local_addr().unwrap().port();
+    drop(refused);
+    let silent_port = raw_upstream(None).await;
+    let gw = stack
+        .gateway_with(
+            &portcullis_tests::redis_url(),
+            &["--upstream-timeout", "300ms"],
+        )
+        .await;
+    let once = json!({"version": "1", "default": "deny", "tools": {
+        "echo": {"limits": [{"counter": "echo", "window": "minute", "max": 1}]}}});
+    for (port, status, refunded) in [(refused_port, 502, true), (silent_port, 504, false)] {
+        let f = stack
+            .fixture(
+                &format!("http://127.0.0.1:{port}/mcp"),
+                "streamable_http",
+                once.clone(),
+            )
+            .await;
+        let (got, _, body) =
+            post_stateless(&f.url(&gw), &[], 1, "echo", json!({"text": "hi"})).await;
+        assert_eq!(got, status, "{body}");
+        // The outcome (and any refund) is written after the answer.
+        outcome_of(&stack, &f).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_, _, body) = post_stateless(&f.url(&gw), &[], 2, "echo", json!({"text": "hi"})).await;
+        assert_eq!(
+            body.contains("[RATE LIMITED]"),
+            !refunded,
+            "port {port}: {body}"
+        );
+    }
+    gw.stop().await.unwrap();
+}
+
+/// Answers the gateway watches (a `tools/list`, a session's stream) are read as SSE events
+/// whatever their `Content-Type` says, and events of other types than `message` do not pass:
+/// a hidden or default-denied tool reaches the client in none of them.
+#[tokio::test]
+async fn watched_answers_are_filtered_whatever_their_content_type() {
+    let stack = Stack::new().await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+        {"name": "echo", "inputSchema": {"type": "object"}},
+        {"name": "delete_everything", "inputSchema": {"type": "object"}},
+        {"name": "unlisted", "inputSchema": {"type": "object"}}]}});
+    let events = format!("event: message\ndata: {list}\n\nevent: msg\ndata: {list}\n\n");
+    let gw = stack.gateway().await;
+    for content_type in ["content-type: Text/Event-Stream\r\n", ""] {
+        let answer = format!("HTTP/1.1 200 OK\r\n{content_type}connection: close\r\n\r\n{events}");
+        let port = raw_upstream(Some(&answer)).await;
+        let f = loopback_fixture(&stack, port).await;
+        let url = f.url(&gw);
+        let version = [("mcp-protocol-version", "2025-11-25")];
+        let (status, _, listed) = post(
+            &url,
+            &version,
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string(),
+        )
+        .await;
+        let streamed = reqwest::Client::new()
+            .get(&url)
+            .header("accept", "text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for body in [&listed, &streamed] {
+            assert!(
+                !body.contains("delete_everything") && !body.contains("unlisted"),
+                "{content_type:?}: {body}"
+            );
+            assert!(!body.contains("event: msg"), "{content_type:?}: {body}");
+        }
+        // A session's stream is SSE, whatever its header says: the list passes, filtered.
+        assert_eq!(listed_names(&message(&streamed)), ["echo"], "{streamed}");
+        if !content_type.is_empty() {
+            assert_eq!(status, 200, "{listed}");
+            assert_eq!(listed_names(&message(&listed)), ["echo"], "{listed}");
+        }
+    }
     gw.stop().await.unwrap();
 }
 

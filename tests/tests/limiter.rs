@@ -117,6 +117,27 @@ async fn a_charge_takes_every_counter_or_none_and_writes_its_entry_only_when_it_
     assert!(!is_ok(&s.limiter.charge(t, &calls, None).await.unwrap()));
 }
 
+/// A caller that stops waiting for its charge (its timeout answered the call) is not charged
+/// when the batch it was queued in goes to Redis, and its decision entry is not written.
+#[tokio::test]
+async fn a_charge_whose_caller_gave_up_is_not_taken() {
+    let s = Setup::new().await;
+    let t = TenantId::new();
+    let once = [charge("grant:g:once", Duration::from_secs(60), 1, 1)];
+    {
+        // Queued (the first poll sends it to the batcher), then abandoned before the batcher
+        // runs: on this single-threaded runtime nothing else runs in between.
+        let mut abandoned = std::pin::pin!(s.limiter.charge(t, &once, Some(r#"{"n":1}"#.into())));
+        assert!(futures::poll!(abandoned.as_mut()).is_pending());
+    }
+    assert!(is_ok(&s.limiter.charge(t, &once, None).await.unwrap()));
+    assert_eq!(
+        s.stream_len().await,
+        0,
+        "the abandoned charge wrote its entry"
+    );
+}
+
 #[tokio::test]
 async fn refunds_give_charges_back() {
     let s = Setup::new().await;

@@ -38,16 +38,40 @@ pub async fn consume(
 }
 
 /// Gives a consumed approval back (the call it was consumed for was then rate limited).
+///
+/// An identical retry may have opened a new pending approval meanwhile (the consumed one no
+/// longer held the call's open slot); the restored approval supersedes it. If another approval
+/// of the call was approved meanwhile, that one serves the retry and this one stays consumed.
 pub async fn restore(db: &PgPool, tenant: TenantId, id: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
     sqlx::query(
-        "UPDATE approvals SET status = 'approved', consumed_at = NULL
-          WHERE tenant_id = $1 AND id = $2 AND status = 'consumed'",
+        "UPDATE approvals SET status = 'expired'
+          WHERE status = 'pending'
+            AND (tenant_id, grant_id, fingerprint) =
+                (SELECT tenant_id, grant_id, fingerprint FROM approvals
+                  WHERE tenant_id = $1 AND id = $2 AND status = 'consumed')",
     )
     .bind(tenant.0)
     .bind(id)
-    .execute(db)
-    .await
-    .map(|_| ())
+    .execute(&mut *tx)
+    .await?;
+    let restored = sqlx::query(
+        "UPDATE approvals a SET status = 'approved', consumed_at = NULL
+          WHERE a.tenant_id = $1 AND a.id = $2 AND a.status = 'consumed'
+            AND NOT EXISTS (SELECT 1 FROM approvals o
+                             WHERE o.grant_id = a.grant_id AND o.fingerprint = a.fingerprint
+                               AND o.status IN ('pending', 'approved'))",
+    )
+    .bind(tenant.0)
+    .bind(id)
+    .execute(&mut *tx)
+    .await;
+    match restored {
+        Ok(_) => tx.commit().await,
+        // A retry opened the call's approval again between the two statements: it stands.
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The pending approval of this call: the open one if it exists, else a new one.

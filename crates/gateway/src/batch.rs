@@ -449,6 +449,9 @@ impl Worker {
     /// entries due for a retry: the script call for the charges, and the plain entries' `XADD`
     /// sent along with it. True when either failed.
     async fn call(&mut self, ops: &mut Vec<Op>) -> bool {
+        // A caller that stopped waiting (its timeout answered the call as a limiter error)
+        // must not be charged, nor its `allow` decision written.
+        ops.retain(|op| !matches!(op, Op::Charge { reply, .. } if reply.is_closed()));
         let charges: Vec<&[Counter]> = ops
             .iter()
             .filter_map(|op| match op {

@@ -103,6 +103,9 @@ pub enum Refusal {
     Expired,
     /// Already used by an earlier retry.
     Used,
+    /// The call it continues needed an approval, and Redis could not say whether this
+    /// `requestState` was used already.
+    Unclaimed,
 }
 
 impl Refusal {
@@ -117,6 +120,10 @@ impl Refusal {
             Refusal::Used => {
                 "requestState already used: each input_required answer continues one retry; \
                  call the tool again without it"
+            }
+            Refusal::Unclaimed => {
+                "requestState not checked: the rate limiter is unavailable, so a continuation of \
+                 an approved call cannot be checked for reuse; retry later"
             }
         }
     }

@@ -139,6 +139,7 @@ pub async fn tools_call(
     }
 
     let monitor = decision.monitor;
+    let needs_approval = matches!(decision.outcome, Outcome::ApprovalRequired { .. });
     event.rule = Some(decision.rule.to_string());
     event.message = Some(decision.message.to_string());
     let mut approved: Option<String> = None;
@@ -206,35 +207,59 @@ pub async fn tools_call(
     }
 
     if let Round::Continuation(resumed) = round {
-        // Continuation hook: the call it continues was charged; each envelope continues once.
+        // Continuation hook: the call it continues was charged (and, if it needed one, passed
+        // its approval); each envelope continues once. Only the claim that wins carries the
+        // charge on, so a replayed envelope can neither run an approved call again nor have
+        // that charge refunded twice.
         let claimed = gw
             .limiter
             .claim_once(grant.tenant, &resumed.marker, resumed.expires() * 1000)
             .await;
-        match claimed {
-            Ok(true) => {}
-            Ok(false) if !monitor => {
-                let refusal = continuation::Refusal::Used;
-                event.decision = AuditDecision::Deny;
-                event.rule = Some(continuation::RULE.to_owned());
-                event.message = Some(refusal.message().to_owned());
-                return Ok(Verdict::Answer(continuation::refusal_response(id, refusal)));
-            }
-            Ok(false) => {}
+        let refusal = match &claimed {
+            Ok(true) => None,
+            Ok(false) => Some(continuation::Refusal::Used),
             Err(e) => {
                 metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "continuation")
                     .increment(1);
-                let fail_open =
-                    policy.is_some_and(|p| p.on_limiter_error() == OnLimiterError::Allow);
+                // `on_limiter_error` speaks for limits: an approval is never taken on trust.
+                let fail_open = !needs_approval
+                    && policy.is_some_and(|p| p.on_limiter_error() == OnLimiterError::Allow);
                 tracing::warn!(error = %e, fail_open, "cannot claim a continuation");
-                if !fail_open && !monitor {
+                if fail_open {
+                    event.message = Some(continuation::note(event.message.as_deref()));
+                    return Ok(forward(None));
+                }
+                if needs_approval {
+                    Some(continuation::Refusal::Unclaimed)
+                } else if monitor {
+                    None
+                } else {
                     return Ok(limiter_unavailable(event, id, era));
                 }
             }
+        };
+        if let Some(refusal) = refusal {
+            (event.decision, event.rule) = match refusal {
+                continuation::Refusal::Unclaimed => {
+                    (AuditDecision::Error, Some(LIMITER_UNAVAILABLE.to_owned()))
+                }
+                _ => (AuditDecision::Deny, Some(continuation::RULE.to_owned())),
+            };
+            event.message = Some(refusal.message().to_owned());
+            if !monitor {
+                return Ok(Verdict::Answer(continuation::refusal_response(id, refusal)));
+            }
+            return Ok(forward(None));
         }
         event.message = Some(continuation::note(event.message.as_deref()));
         // The call it continues was charged: if this retry fails, that charge is refunded.
-        return Ok(forward(resumed.reservation.clone()));
+        // Only a won claim carries the charge on (in monitor mode a used envelope is forwarded
+        // too, without it).
+        return Ok(forward(if matches!(claimed, Ok(true)) {
+            resumed.reservation.clone()
+        } else {
+            None
+        }));
     }
     if decision.charges.is_empty() {
         return Ok(forward(None));

@@ -272,6 +272,10 @@ pub async fn post_message(
     Ok(())
 }
 
+/// The most `initialize` params a legacy session carries: they travel in its id, a header
+/// the client sends with every request.
+pub const MAX_INIT_PARAMS: usize = 8 * 1024;
+
 /// The `initialize` params of a message, as stored in a legacy session.
 pub fn init_params(message: &Message) -> String {
     message

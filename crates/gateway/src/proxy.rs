@@ -171,6 +171,68 @@ struct Inbound {
     ts: DateTime<Utc>,
 }
 
+/// Who an answer goes back to: the grant, and the session id the client presented (opened,
+/// and as sent).
+#[derive(Clone, Copy)]
+struct Caller<'a> {
+    grant: &'a Grant,
+    session: Option<(&'a Session, &'a str)>,
+}
+
+impl<'a> Caller<'a> {
+    fn of(inbound: &'a Inbound) -> Self {
+        Self {
+            grant: &inbound.grant,
+            session: inbound
+                .session
+                .as_ref()
+                .zip(inbound.client_session.as_deref()),
+        }
+    }
+}
+
+/// A POST's message, read and checked against its headers.
+struct Read {
+    message: Message,
+    bytes: Bytes,
+    era: ProtocolEra,
+    version: String,
+    session: Option<Session>,
+    client_session: Option<String>,
+}
+
+/// The audit event of a request through `grant`, before it is decided.
+fn audit_event(
+    grant: &Grant,
+    headers: &HeaderMap,
+    ts: DateTime<Utc>,
+    method: &str,
+    protocol: Option<String>,
+) -> AuditEvent {
+    AuditEvent {
+        id: uuid::Uuid::now_v7(),
+        ts,
+        tenant_id: grant.tenant,
+        grant_id: grant.id,
+        identity: grant.identity.clone(),
+        server_id: grant.server.id,
+        method: method.to_owned(),
+        tool: None,
+        decision: AuditDecision::Allow,
+        rule: None,
+        message: None,
+        policy_id: Some(grant.policy.id),
+        policy_version: Some(grant.policy.version),
+        protocol,
+        session: None,
+        request_id: header_str(headers, "x-request-id").map(str::to_owned),
+        arg_keys: Vec::new(),
+        arg_digest: None,
+        arguments: None,
+        outcome: None,
+    }
+}
+
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -215,7 +277,7 @@ impl Gateway {
         };
         let token = GrantToken::parse(text).ok_or(GatewayError::InvalidToken)?;
         let Some(grant) = self.grants.resolve(&token).await? else {
-            tracing::info!("refused: unknown grant token");
+            tracing::debug!("refused: unknown grant token");
             return Err(GatewayError::InvalidToken);
         };
         if !grant.is_usable(Utc::now()) {
@@ -240,77 +302,124 @@ impl Gateway {
         let arrived = Instant::now();
         let ts = Utc::now();
         let grant = self.authenticate(credential, &headers).await?;
-        if !is_json(&headers) {
-            return Err(GatewayError::UnsupportedMediaType.into());
+        let read = match self.read(&grant, &headers, body).await {
+            Ok(read) => read,
+            Err((rejection, message)) => {
+                // Refused before it could be decided: still one event in the audit log.
+                let method = message
+                    .as_ref()
+                    .and_then(Message::method)
+                    .unwrap_or_default();
+                let mut event = audit_event(&grant, &headers, ts, method, None);
+                if let Some(session) = header_str(&headers, mcp::MCP_SESSION_ID) {
+                    event.session = Some(session.to_owned());
+                }
+                let kind = message.as_ref().and_then(Message::method_kind);
+                self.failed(
+                    event,
+                    &rejection.error,
+                    arrived,
+                    kind.unwrap_or(MethodKind::Other),
+                );
+                return Err(rejection);
+            }
+        };
+        let inbound = Inbound {
+            grant,
+            headers,
+            era: read.era,
+            version: read.version,
+            session: read.session,
+            client_session: read.client_session,
+            arrived,
+            ts,
+        };
+        if read.message.is_request() {
+            self.request(inbound, read.message, read.bytes).await
+        } else {
+            self.pass_message(inbound, read.bytes).await
         }
-        let declared = header_str(&headers, header::CONTENT_LENGTH.as_str())
+    }
+
+    /// Reads a POST's message and checks it against its headers; a refusal comes with the
+    /// message when it could be read.
+    async fn read(
+        &self,
+        grant: &Grant,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Read, (Rejection, Option<Message>)> {
+        let refuse = |e: GatewayError| (e.into(), None);
+        if !is_json(headers) {
+            return Err(refuse(GatewayError::UnsupportedMediaType));
+        }
+        let declared = header_str(headers, header::CONTENT_LENGTH.as_str())
             .and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > self.max_body) {
-            return Err(GatewayError::PayloadTooLarge(self.max_body).into());
+            return Err(refuse(GatewayError::PayloadTooLarge(self.max_body)));
         }
         let bytes = axum::body::to_bytes(body, self.max_body)
             .await
-            .map_err(|_| GatewayError::PayloadTooLarge(self.max_body))?;
-        let message = Message::parse(&bytes)?;
+            .map_err(|_| refuse(GatewayError::PayloadTooLarge(self.max_body)))?;
+        let message = Message::parse(&bytes).map_err(|e| refuse(e.into()))?;
         if let Message::Notification { method, .. } = &message
             && !method.starts_with(portcullis_mcp::method::names::NOTIFICATIONS)
         {
             // A method call without an id would pass undecided and unaudited, and an
             // upstream that runs it anyway (some JSON-RPC servers do) would run a tool call.
-            return Err(GatewayError::from(portcullis_mcp::Error::InvalidRequest {
-                id: None,
-                detail: format!(
-                    "{method:?} without an id: a request needs one, and notifications are \
-                     notifications/… methods"
+            let detail = format!(
+                "{method:?} without an id: a request needs one, and notifications are \
+                 notifications/… methods"
+            );
+            let error = portcullis_mcp::Error::InvalidRequest { id: None, detail };
+            return Err((GatewayError::from(error).into(), Some(message)));
+        }
+        let checked = (|| {
+            check_headers_once(headers)?;
+            let version_header = header_str(headers, mcp::MCP_PROTOCOL_VERSION);
+            let detected = portcullis_mcp::era::detect(version_header, &message)?;
+            let (era, version) = (detected.era, detected.version.into_owned());
+            if era == ProtocolEra::Stateless {
+                let mirrored = MirroredHeaders {
+                    protocol_version: version_header,
+                    method: header_str(headers, mcp::MCP_METHOD),
+                    name: header_str(headers, mcp::MCP_NAME),
+                };
+                portcullis_mcp::check_mirrored_headers(&mirrored, &message)?;
+            }
+            if era == ProtocolEra::Stateless && grant.server.transport == Transport::Sse {
+                // An HTTP+SSE server only speaks the handshake era; saying so lets a client
+                // that negotiates (e.g. "auto" modes) fall back to `initialize`.
+                return Err(portcullis_mcp::Error::UnsupportedProtocolVersion {
+                    requested: version,
+                    supported: &portcullis_mcp::era::HANDSHAKE_VERSIONS,
+                }
+                .into());
+            }
+            let client_session = header_str(headers, mcp::MCP_SESSION_ID).map(str::to_owned);
+            let session = match &client_session {
+                Some(s) => Some(
+                    self.sessions
+                        .unwrap(grant.id, s)
+                        .ok_or(GatewayError::SessionNotFound)?,
                 ),
-            })
-            .into());
-        }
-        let id = message.id().cloned();
-        let at = |e: portcullis_mcp::Error| GatewayError::from(e).at(id.as_ref());
-        check_headers_once(&headers).map_err(at)?;
-        let version_header = header_str(&headers, mcp::MCP_PROTOCOL_VERSION);
-        let detected = portcullis_mcp::era::detect(version_header, &message).map_err(at)?;
-        let (era, version) = (detected.era, detected.version.into_owned());
-        if era == ProtocolEra::Stateless {
-            let mirrored = MirroredHeaders {
-                protocol_version: version_header,
-                method: header_str(&headers, mcp::MCP_METHOD),
-                name: header_str(&headers, mcp::MCP_NAME),
+                None => None,
             };
-            portcullis_mcp::check_mirrored_headers(&mirrored, &message).map_err(at)?;
-        }
-        if era == ProtocolEra::Stateless && grant.server.transport == Transport::Sse {
-            // An HTTP+SSE server only speaks the handshake era; saying so lets a client that
-            // negotiates (e.g. "auto" modes) fall back to `initialize`.
-            return Err(at(portcullis_mcp::Error::UnsupportedProtocolVersion {
-                requested: version,
-                supported: &portcullis_mcp::era::HANDSHAKE_VERSIONS,
-            }));
-        }
-        let client_session = header_str(&headers, mcp::MCP_SESSION_ID).map(str::to_owned);
-        let session = match &client_session {
-            Some(s) => Some(
-                self.sessions
-                    .unwrap(grant.id, s)
-                    .ok_or_else(|| GatewayError::SessionNotFound.at(id.as_ref()))?,
-            ),
-            None => None,
-        };
-        let inbound = Inbound {
-            grant,
-            headers,
-            era,
-            version,
-            session,
-            client_session,
-            arrived,
-            ts,
-        };
-        if message.is_request() {
-            self.request(inbound, message, bytes).await
-        } else {
-            self.pass_message(inbound, bytes).await
+            Ok::<_, GatewayError>((era, version, session, client_session))
+        })();
+        match checked {
+            Ok((era, version, session, client_session)) => Ok(Read {
+                message,
+                bytes,
+                era,
+                version,
+                session,
+                client_session,
+            }),
+            Err(e) => {
+                let rejection = e.at(message.id());
+                Err((rejection, Some(message)))
+            }
         }
     }
 
@@ -323,28 +432,14 @@ impl Gateway {
         let id = message.id().cloned();
         let kind = message.method_kind().unwrap_or(MethodKind::Other);
         let grant = inbound.grant.clone();
-        let mut event = AuditEvent {
-            id: uuid::Uuid::now_v7(),
-            ts: inbound.ts,
-            tenant_id: grant.tenant,
-            grant_id: grant.id,
-            identity: grant.identity.clone(),
-            server_id: grant.server.id,
-            method: message.method().unwrap_or_default().to_owned(),
-            tool: None,
-            decision: AuditDecision::Allow,
-            rule: None,
-            message: None,
-            policy_id: Some(grant.policy.id),
-            policy_version: Some(grant.policy.version),
-            protocol: Some(inbound.version.clone()),
-            session: inbound.client_session.clone(),
-            request_id: header_str(&inbound.headers, "x-request-id").map(str::to_owned),
-            arg_keys: Vec::new(),
-            arg_digest: None,
-            arguments: None,
-            outcome: None,
-        };
+        let mut event = audit_event(
+            &grant,
+            &inbound.headers,
+            inbound.ts,
+            message.method().unwrap_or_default(),
+            Some(inbound.version.clone()),
+        );
+        event.session.clone_from(&inbound.client_session);
         let prepared = self.prepare(&inbound, &message, kind, &mut event).await;
         let (watch, reservation, decided) = match prepared {
             Err(error) => {
@@ -564,7 +659,7 @@ impl Gateway {
         let server = &inbound.grant.server;
         let mut headers = request_headers(&inbound.headers, server, inbound.era, true);
         if let Err(e) = self.upstream_session(inbound.session.as_ref(), &mut headers) {
-            pending.fail(&e);
+            pending.fail_unsent(&e);
             return Err(e.at(id.as_ref()));
         }
         let response = match self
@@ -574,18 +669,18 @@ impl Gateway {
         {
             Ok(response) => response,
             Err(e) => {
-                pending.fail(&e);
+                pending.fail_upstream(&e);
                 return Err(GatewayError::from(e).at(id.as_ref()));
             }
         };
-        self.answer(&inbound.grant, response, watch, id, pending)
+        self.answer(Caller::of(&inbound), response, watch, id, pending)
             .await
     }
 
     /// Streams an upstream answer back, filtering or inspecting what `watch` asks for.
     async fn answer(
         &self,
-        grant: &Grant,
+        caller: Caller<'_>,
         response: UpstreamResponse,
         watch: Watch,
         id: Option<RequestId>,
@@ -594,11 +689,11 @@ impl Gateway {
         let status = response.status();
         pending.status = Some(status.as_u16());
         if matches!(watch, Watch::Nothing) || is_event_stream(response.headers()) {
-            return Ok(self.relay(grant, response, watch, id, Some(pending)));
+            return Ok(self.relay(caller, response, watch, id, Some(pending)));
         }
         // A JSON answer the gateway must look inside: read whole (bounded).
         let mut headers = response_headers(response.headers());
-        self.wrap_session(grant, response.headers(), &mut headers);
+        self.wrap_session(caller, response.headers(), &mut headers);
         let bytes = match self.upstream.read_body(response).await {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -644,11 +739,20 @@ impl Gateway {
         Ok(out)
     }
 
-    fn wrap_session(&self, grant: &Grant, upstream: &HeaderMap, out: &mut HeaderMap) {
+    fn wrap_session(&self, caller: Caller<'_>, upstream: &HeaderMap, out: &mut HeaderMap) {
         if let Some(id) = upstream.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+            if let Some((Session::Upstream(presented), text)) = caller.session
+                && presented == id
+                && let Ok(value) = HeaderValue::from_str(text)
+            {
+                // The session the client presented, unchanged: its own id serves again (no
+                // sealing per answer, so the key seals once per session, not per request).
+                out.insert(SESSION_HEADER, value);
+                return;
+            }
             let wrapped = self
                 .sessions
-                .wrap(grant.id, &Session::Upstream(id.to_owned()));
+                .wrap(caller.grant.id, &Session::Upstream(id.to_owned()));
             if let Ok(value) = HeaderValue::from_str(&wrapped) {
                 out.insert(SESSION_HEADER, value);
             }
@@ -666,7 +770,7 @@ impl Gateway {
     ) -> Result<Response, Rejection> {
         let server = &inbound.grant.server;
         let Some(request_id) = id.clone() else {
-            pending.fail(&GatewayError::SessionNotFound);
+            pending.fail_unsent(&GatewayError::SessionNotFound);
             return Err(GatewayError::SessionNotFound.into());
         };
         let init = match (&inbound.session, message.method_kind()) {
@@ -674,22 +778,49 @@ impl Gateway {
             (Some(Session::Legacy(params)), _) => Some(params.clone()),
             (None, _) => Some(legacy::default_init_params()),
             (Some(Session::Upstream(_)), _) => {
-                pending.fail(&GatewayError::SessionNotFound);
+                pending.fail_unsent(&GatewayError::SessionNotFound);
                 return Err(GatewayError::SessionNotFound.at(id.as_ref()));
             }
         };
+        if init.is_none()
+            && message
+                .params()
+                .is_some_and(|p| p.get().len() > legacy::MAX_INIT_PARAMS)
+        {
+            let e = GatewayError::from(portcullis_mcp::Error::InvalidParams(format!(
+                "initialize params over {} bytes: this server's sessions carry them in their id",
+                legacy::MAX_INIT_PARAMS
+            )));
+            pending.fail_unsent(&e);
+            return Err(e.at(id.as_ref()));
+        }
         let opened = async {
             let mut connection = Connection::open(&self.upstream, server).await?;
             if let Some(params) = &init {
                 connection.handshake(&self.upstream, server, params).await?;
             }
-            connection.post(&self.upstream, server, body).await?;
             Ok::<_, crate::upstream::UpstreamError>(connection)
         };
-        let mut connection = match opened.await {
+        // Until the request itself is posted and accepted, nothing of it has run (a post the
+        // endpoint refuses, or one to another origin, is a protocol error).
+        let posted = match opened.await {
+            Ok(mut connection) => match connection.post(&self.upstream, server, body).await {
+                Ok(()) => Ok(connection),
+                Err(e) => {
+                    let refused = matches!(e, crate::upstream::UpstreamError::Protocol(_));
+                    Err((e, refused))
+                }
+            },
+            Err(e) => Err((e, true)),
+        };
+        let mut connection = match posted {
             Ok(connection) => connection,
-            Err(e) => {
-                pending.fail(&e);
+            Err((e, unsent)) => {
+                if unsent {
+                    pending.fail_unsent(&e);
+                } else {
+                    pending.fail_upstream(&e);
+                }
                 return Err(GatewayError::from(e).at(id.as_ref()));
             }
         };
@@ -742,7 +873,7 @@ impl Gateway {
             .upstream
             .send(Method::POST, &server.uri, headers, Some(body))
             .await?;
-        Ok(self.relay(&inbound.grant, response, Watch::Nothing, None, None))
+        Ok(self.relay(Caller::of(&inbound), response, Watch::Nothing, None, None))
     }
 
     /// A client's message to a legacy (HTTP+SSE) upstream. A response whose id is a reply
@@ -767,12 +898,14 @@ impl Gateway {
         Ok(StatusCode::ACCEPTED.into_response())
     }
 
-    /// Passes an upstream answer on as it streams: as bytes when there is nothing to `watch`
-    /// or it is not an SSE stream, else event by event (answers to `id` rewritten or inspected).
+    /// Passes an upstream answer on as it streams: as bytes when there is nothing to `watch`,
+    /// else as an SSE stream, event by event (answers to `id` rewritten or inspected). A
+    /// watched answer is therefore read as SSE whatever its `Content-Type` says: what the
+    /// gateway cannot read as events does not reach the client unfiltered.
     /// `pending`, when given, records the outcome once the answer ends.
     fn relay(
         &self,
-        grant: &Grant,
+        caller: Caller<'_>,
         response: UpstreamResponse,
         watch: Watch,
         id: Option<RequestId>,
@@ -780,8 +913,8 @@ impl Gateway {
     ) -> Response {
         let status = response.status();
         let mut headers = response_headers(response.headers());
-        self.wrap_session(grant, response.headers(), &mut headers);
-        let body = if matches!(watch, Watch::Nothing) || !is_event_stream(response.headers()) {
+        self.wrap_session(caller, response.headers(), &mut headers);
+        let body = if matches!(watch, Watch::Nothing) {
             relay::raw(body_stream(response), pending)
         } else {
             relay::sse(body_stream(response), watch, id, pending)
@@ -833,14 +966,20 @@ impl Gateway {
             .upstream
             .send(method.clone(), &grant.server.uri, upstream_headers, None)
             .await?;
-        let watch = if method == Method::GET && is_event_stream(response.headers()) {
+        let watch = if method == Method::GET && response.status().is_success() {
             // A resumed stream replays earlier answers: a tools/list among them is filtered
-            // as it was the first time.
+            // as it was the first time. A GET stream is SSE, whatever its header says.
             Watch::Replays(self.tool_filter(&grant, ProtocolEra::Session).await?)
         } else {
             Watch::Nothing
         };
-        Ok(self.relay(&grant, response, watch, None, None))
+        let caller = Caller {
+            grant: &grant,
+            session: session
+                .as_ref()
+                .zip(header_str(&headers, mcp::MCP_SESSION_ID)),
+        };
+        Ok(self.relay(caller, response, watch, None, None))
     }
 }
 

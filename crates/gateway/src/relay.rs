@@ -117,6 +117,8 @@ pub struct Pending {
     arrived: Instant,
     /// HTTP status of the upstream answer, once known.
     pub status: Option<u16>,
+    /// The request certainly did not reach the upstream's tool ([`Pending::fail_unsent`]).
+    unsent: bool,
     method: MethodKind,
     meters: Arc<Meters>,
 }
@@ -140,6 +142,7 @@ impl Pending {
             reservation,
             arrived,
             status: None,
+            unsent: false,
             method,
         }
     }
@@ -151,8 +154,26 @@ impl Pending {
     }
 
     /// Records a call that ended without a whole answer, and why (`error` and its causes).
+    /// Without an answer head the call may still have run (a timeout, a reset after the
+    /// request was written), so its charge stands.
     pub fn fail(&mut self, error: &(dyn std::error::Error + 'static)) {
         self.record(None, Some(portcullis_core::error_chain(error)));
+    }
+
+    /// Records a call that failed before it could reach the upstream's tool: its charge is
+    /// refunded.
+    pub fn fail_unsent(&mut self, error: &(dyn std::error::Error + 'static)) {
+        self.unsent = true;
+        self.fail(error);
+    }
+
+    /// Records an upstream error: refunded when it shows the call never ran.
+    pub fn fail_upstream(&mut self, error: &crate::upstream::UpstreamError) {
+        if error.never_ran() {
+            self.fail_unsent(error);
+        } else {
+            self.fail(error);
+        }
     }
 
     fn record(&mut self, is_error: Option<bool>, upstream_error: Option<String>) {
@@ -160,7 +181,7 @@ impl Pending {
             return;
         };
         let elapsed = self.arrived.elapsed();
-        let failed_upstream = self.status.is_none_or(|s| s >= 400);
+        let failed_upstream = self.unsent || self.status.is_some_and(|s| s >= 400);
         event.outcome = Some(AuditOutcome {
             upstream_status: self.status,
             is_error,
@@ -236,6 +257,9 @@ struct SseRelay {
     watch: Watch,
     id: Option<RequestId>,
     pending: Option<Pending>,
+    /// The request's answer went by: a second one (a protocol error) is dropped, so one
+    /// call's charge is never sealed into two continuations.
+    answered: bool,
 }
 
 impl SseRelay {
@@ -247,6 +271,15 @@ impl SseRelay {
                 return;
             }
         };
+        if self.watch.sees_lists()
+            && !event.is_message()
+            && event.data.as_deref().is_some_and(|d| !d.is_empty())
+        {
+            // MCP sends its messages as `message` events; another event type's data is read by
+            // no SDK, but a client that reads every event's data would get it unfiltered.
+            tracing::warn!("dropping a non-message event from a stream that may list tools");
+            return;
+        }
         let message = match event.json_rpc() {
             Some(Ok(message)) if message.is_response() => Some(message),
             Some(Err(_)) if self.watch.sees_lists() => {
@@ -261,6 +294,10 @@ impl SseRelay {
             return;
         };
         let answers = message.id().is_some() && message.id() == self.id.as_ref();
+        if answers && std::mem::replace(&mut self.answered, true) {
+            tracing::warn!("dropping a second answer to one request");
+            return;
+        }
         let (rewritten, is_error) = match &self.watch {
             Watch::ToolsList(filter) => (
                 filter.rewrite(&message),
@@ -311,6 +348,7 @@ pub fn sse(
         watch,
         id,
         pending,
+        answered: false,
     };
     let stream = futures::stream::unfold(relay, |mut relay| async move {
         loop {

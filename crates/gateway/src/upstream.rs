@@ -55,6 +55,20 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// True when the request certainly never reached the upstream's tool: the connection
+    /// could not be made or was not allowed, or the upstream refused the server's credentials.
+    /// Anything else (a timeout, a reset after the request was written) may come after the
+    /// tool ran.
+    pub fn never_ran(&self) -> bool {
+        match self {
+            Self::NotAllowed(_) | Self::CredentialsRefused(_) => true,
+            Self::Request(e) => e
+                .downcast_ref::<hyper_util::client::legacy::Error>()
+                .is_some_and(hyper_util::client::legacy::Error::is_connect),
+            Self::Timeout(_) | Self::TooLarge(_) | Self::Protocol(_) => false,
+        }
+    }
+
     /// True for timeouts (answered 504 rather than 502), connecting included.
     pub fn is_timeout(&self) -> bool {
         match self {
@@ -386,12 +400,15 @@ fn is_relayed_type(value: &HeaderValue) -> bool {
     RELAYED_TYPES.iter().any(|t| media.eq_ignore_ascii_case(t))
 }
 
-/// True when an answer is an SSE stream.
+/// True when an answer is an SSE stream (media types are case-insensitive).
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+        .is_some_and(|v| {
+            let media = v.split(';').next().unwrap_or_default().trim();
+            media.eq_ignore_ascii_case("text/event-stream")
+        })
 }
 
 #[cfg(test)]

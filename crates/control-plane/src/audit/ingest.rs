@@ -214,13 +214,20 @@ async fn claim_stale(
 
 /// Merges the entries of one batch by event id: the decision entry and the outcome entry
 /// become one row, so the upsert touches each row once.
+///
+/// The entry with the outcome is the gateway's last word on the call, so its decision stands:
+/// a charge the gateway stopped waiting for may still have been taken by Redis, with its
+/// `allow` decision entry, while the call was answered as a limiter error.
 fn merge(events: Vec<AuditEvent>) -> Vec<AuditEvent> {
     let mut by_id: HashMap<uuid::Uuid, AuditEvent> = HashMap::with_capacity(events.len());
     let mut order = Vec::with_capacity(events.len());
     for event in events {
         match by_id.get_mut(&event.id) {
             Some(existing) => {
-                if existing.outcome.is_none() {
+                if existing.outcome.is_none() && event.outcome.is_some() {
+                    existing.decision = event.decision;
+                    existing.rule = event.rule;
+                    existing.message = event.message;
                     existing.outcome = event.outcome;
                 }
             }
@@ -285,6 +292,13 @@ pub async fn write_batch(db: &PgPool, events: &[AuditEvent]) -> anyhow::Result<(
                 protocol text, session text, request_id text, arg_keys jsonb, arg_digest text, arguments jsonb,
                 upstream_status integer, is_error boolean, latency_ms double precision, upstream_error text)
          ON CONFLICT (ts, id) DO UPDATE SET
+                -- The entry with the outcome carries the call's final decision (see `merge`).
+                decision = CASE WHEN audit_events.latency_ms IS NULL AND EXCLUDED.latency_ms IS NOT NULL
+                                THEN EXCLUDED.decision ELSE audit_events.decision END,
+                rule = CASE WHEN audit_events.latency_ms IS NULL AND EXCLUDED.latency_ms IS NOT NULL
+                            THEN EXCLUDED.rule ELSE audit_events.rule END,
+                message = CASE WHEN audit_events.latency_ms IS NULL AND EXCLUDED.latency_ms IS NOT NULL
+                               THEN EXCLUDED.message ELSE audit_events.message END,
                 upstream_status = coalesce(EXCLUDED.upstream_status, audit_events.upstream_status),
                 is_error = coalesce(EXCLUDED.is_error, audit_events.is_error),
                 latency_ms = coalesce(EXCLUDED.latency_ms, audit_events.latency_ms),
@@ -398,5 +412,28 @@ mod tests {
         assert_eq!(merged[0].id, id);
         assert_eq!(merged[0].outcome, Some(outcome));
         assert!(merged[1].outcome.is_none());
+    }
+
+    #[test]
+    fn the_entry_with_the_outcome_decides_in_either_order() {
+        let id = uuid::Uuid::now_v7();
+        let answered = AuditOutcome {
+            upstream_status: None,
+            is_error: None,
+            latency_ms: 250.0,
+            upstream_error: None,
+        };
+        let mut refused = event(id, Some(answered));
+        refused.decision = AuditDecision::Error;
+        refused.rule = Some("(limiter unavailable)".into());
+        for entries in [
+            vec![event(id, None), refused.clone()],
+            vec![refused.clone(), event(id, None)],
+        ] {
+            let merged = merge(entries);
+            assert_eq!(merged.len(), 1);
+            assert_eq!(merged[0].decision, AuditDecision::Error);
+            assert_eq!(merged[0].rule.as_deref(), Some("(limiter unavailable)"));
+        }
     }
 }
