@@ -1366,6 +1366,82 @@ async fn a_failed_continuation_refunds_the_call_it_continues() {
     gw.stop().await.unwrap();
 }
 
+/// A continuation of a call that needed approval is never taken on trust: when Redis cannot say
+/// whether its envelope was used already, it is refused, even under `on_limiter_error: allow`
+/// (which speaks for limits), since a replayed envelope would run the approved call again.
+#[tokio::test]
+async fn an_approved_call_never_continues_unchecked() {
+    let stack = Stack::new().await;
+    let upstream = portcullis_tests::peers::python_server("streamable-http", false);
+    let mut doc = policy();
+    doc["on_limiter_error"] = json!("allow");
+    doc["tools"]["consult"] = json!({"approval": {}});
+    let f = stack
+        .fixture(&upstream.url("/mcp"), "streamable_http", doc)
+        .await;
+    let proxy = portcullis_tests::ChaosProxy::start(portcullis_tests::redis_addr()).await;
+    let gw = stack
+        .gateway_with(
+            &format!("redis://{}", proxy.addr()),
+            &["--limiter-timeout", "200ms"],
+        )
+        .await;
+    let url = f.url(&gw);
+    let (_, _, body) = consult(&url, 1, "tides", None, None).await;
+    let asked = message(&body);
+    assert!(text(&asked).starts_with("[APPROVAL REQUIRED]"), "{body}");
+    let approval = asked["result"]["_meta"]["portcullis/decision"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sqlx::query("UPDATE approvals SET status = 'approved', decided_at = now() WHERE id = $1")
+        .bind(&approval)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    let (_, _, body) = consult(&url, 2, "tides", None, None).await;
+    let first = message(&body);
+    assert_eq!(first["result"]["resultType"], "input_required", "{body}");
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    let responses = input_responses(&first["result"]["inputRequests"], "Ada");
+
+    proxy.cut();
+    let (_, _, body) = consult(&url, 3, "tides", Some((&responses, &state)), None).await;
+    let refused = message(&body);
+    assert_eq!(refused["error"]["code"], -32602, "{body}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("requestState not checked")),
+        "{body}"
+    );
+    proxy.restore();
+    // With Redis back the envelope continues the call, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = consult(&url, 4, "tides", Some((&responses, &state)), None).await;
+        let answer = message(&body);
+        if answer.get("result").is_some() {
+            assert_eq!(
+                text(&answer),
+                "Ada asked about tides; sampled: Tell me about tides",
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, _, body) = consult(&url, 5, "tides", Some((&responses, &state)), None).await;
+    assert!(
+        message(&body)["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("requestState already used")),
+        "{body}"
+    );
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn python_sdk_client_in_both_eras() {
     let (stack, _upstream, rmcp) = rmcp_stack(false, policy()).await;
