@@ -743,10 +743,12 @@ impl Gateway {
         if let Some(id) = upstream.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
             if let Some((Session::Upstream(presented), text)) = caller.session
                 && presented == id
+                && self.sessions.sealed_by_active(text)
                 && let Ok(value) = HeaderValue::from_str(text)
             {
                 // The session the client presented, unchanged: its own id serves again (no
-                // sealing per answer, so the key seals once per session, not per request).
+                // sealing per answer, so the key seals once per session, not per request;
+                // an id sealed by an older key is sealed anew, so old keys can retire).
                 out.insert(SESSION_HEADER, value);
                 return;
             }

@@ -60,6 +60,18 @@ impl SessionKeys {
         URL_SAFE_NO_PAD.encode(sealed)
     }
 
+    /// Whether a session id the client holds was sealed by the ring's active key (an id sealed
+    /// by an older key is sealed again when next returned, so old keys can be retired).
+    pub fn sealed_by_active(&self, client_id: &str) -> bool {
+        // The first 24 characters are the first 18 bytes: the header (format, key id, nonce).
+        let head = client_id.trim().get(..24).unwrap_or_default();
+        URL_SAFE_NO_PAD
+            .decode(head)
+            .ok()
+            .and_then(|b| Keyring::sealed_by(&b))
+            .is_some_and(|id| id == self.keys.active_id())
+    }
+
     /// Opens a client's session id; `None` when it was not issued under `grant` by a key of
     /// the ring (or was altered).
     pub fn unwrap(&self, grant: GrantId, client_id: &str) -> Option<Session> {
@@ -81,6 +93,20 @@ impl SessionKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_sealed_by_an_older_key_are_told_apart() {
+        let (old, old_spec) = Keyring::generate(1);
+        let (_, new_spec) = Keyring::generate(2);
+        let rotated = SessionKeys::new(Keyring::parse(&format!("{new_spec},{old_spec}")).unwrap());
+        let grant = GrantId::new();
+        let session = Session::Upstream("abc-123".into());
+        let before = SessionKeys::new(old).wrap(grant, &session);
+        assert_eq!(rotated.unwrap(grant, &before), Some(session.clone()));
+        assert!(!rotated.sealed_by_active(&before));
+        assert!(rotated.sealed_by_active(&rotated.wrap(grant, &session)));
+        assert!(!rotated.sealed_by_active("short"));
+    }
 
     #[test]
     fn sessions_open_only_under_their_grant() {
