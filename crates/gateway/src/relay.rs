@@ -13,7 +13,7 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt as _};
 use portcullis_core::audit::{AuditEvent, AuditOutcome};
-use portcullis_mcp::sse::{SseDecoder, SseFrame};
+use portcullis_mcp::sse::{SseDecoder, SseEvent, SseFrame};
 use portcullis_mcp::{Message, MethodKind, ProtocolEra, RequestId};
 use portcullis_policy::CompiledPolicy;
 use serde_json::Value;
@@ -313,11 +313,13 @@ impl SseRelay {
             self.finish(Some(rewritten.is_none() && is_error));
         }
         match rewritten {
-            Some(bytes) => {
-                let mut event = event.clone();
-                event.data = Some(String::from_utf8_lossy(&bytes).into_owned());
-                event.encode_into(out);
+            Some(bytes) => SseEvent {
+                event: event.event.clone(),
+                data: Some(String::from_utf8_lossy(&bytes).into_owned()),
+                id: event.id.clone(),
+                retry: event.retry,
             }
+            .encode_into(out),
             None => frame.encode_into(out),
         }
     }

@@ -22,6 +22,10 @@ pub const ENDPOINT_EVENT: &str = "endpoint";
 /// Default limit on one event's buffered size (and on one unterminated line).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
+/// The line buffer's capacity kept between lines: a stream that once carried a long line
+/// gives the rest back.
+const KEPT_LINE_CAPACITY: usize = 64 * 1024;
+
 /// One dispatched event; each field is `None` when the block did not set it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SseEvent {
@@ -229,6 +233,8 @@ impl SseDecoder {
                 self.process_line(&line);
                 self.line = line;
                 self.line.clear();
+                // A long stream must not keep the buffer of its largest line for good.
+                self.line.shrink_to(KEPT_LINE_CAPACITY);
             }
             self.check_size()?;
             rest = &rest[i + 1..];
@@ -375,6 +381,17 @@ mod tests {
 
     fn comment(s: &str) -> SseFrame {
         SseFrame::Comment(s.to_owned())
+    }
+
+    #[test]
+    fn a_long_line_does_not_keep_its_buffer() {
+        let mut decoder = SseDecoder::new();
+        let long = "x".repeat(1024 * 1024);
+        assert_eq!(decoder.push(b"data: ").unwrap().count(), 0);
+        assert_eq!(decoder.push(long.as_bytes()).unwrap().count(), 0);
+        let frames: Vec<SseFrame> = decoder.push(b"\n\n").unwrap().collect();
+        assert_eq!(frames.len(), 1);
+        assert!(decoder.line.capacity() <= KEPT_LINE_CAPACITY);
     }
 
     #[test]
