@@ -39,6 +39,10 @@ pub async fn consume(
 
 /// Gives a consumed approval back (the call it was consumed for was then rate limited).
 ///
+/// Its transaction's future is large: callers on the request path box it (`Box::pin`), or it
+/// would make every call's future larger (and a call's future is moved, so copied, a few
+/// times per call) for a branch few calls take.
+///
 /// An identical retry may have opened a new pending approval meanwhile (the consumed one no
 /// longer held the call's open slot); the restored approval supersedes it. If another approval
 /// of the call was approved meanwhile, that one serves the retry and this one stays consumed.

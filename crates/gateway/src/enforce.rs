@@ -294,7 +294,7 @@ pub async fn tools_call(
             }
             if let Some(approval) = approved {
                 // The approval was not used: give it back for the retry.
-                crate::approvals::restore(&gw.db, grant.tenant, &approval).await?;
+                Box::pin(crate::approvals::restore(&gw.db, grant.tenant, &approval)).await?;
             }
             let text = format!("[RATE LIMITED] {message}.");
             let meta = meta(
@@ -324,7 +324,7 @@ pub async fn tools_call(
                 return Ok(forward(None));
             }
             if let Some(approval) = approved {
-                crate::approvals::restore(&gw.db, grant.tenant, &approval).await?;
+                Box::pin(crate::approvals::restore(&gw.db, grant.tenant, &approval)).await?;
             }
             Ok(limiter_unavailable(event, id, era))
         }

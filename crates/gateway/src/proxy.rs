@@ -805,7 +805,10 @@ impl Gateway {
         };
         // Until the request itself is posted and accepted, nothing of it has run (a post the
         // endpoint refuses, or one to another origin, is a protocol error).
-        let posted = match opened.await {
+        // Awaited on its own: a future awaited in a `match` scrutinee keeps its storage through
+        // the arms, and the arm awaits another.
+        let opened = opened.await;
+        let posted = match opened {
             Ok(mut connection) => match connection.post(&self.upstream, server, body).await {
                 Ok(()) => Ok(connection),
                 Err(e) => {
