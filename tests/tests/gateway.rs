@@ -1856,6 +1856,12 @@ async fn raw_upstream(answer: Option<&str>) -> u16 {
     port
 }
 
+/// A port on this machine nothing listens on (connections to it are refused).
+async fn closed_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 /// A fixture for an upstream on this machine's `port`, under the usual policy.
 async fn loopback_fixture(stack: &Stack, port: u16) -> Fixture {
     stack
@@ -1878,10 +1884,7 @@ async fn outcome_of(stack: &Stack, f: &Fixture) -> Value {
 #[tokio::test]
 async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
     let stack = Stack::new().await;
-    // Nothing listens on `refused`'s port.
-    let refused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let refused_port = refused.local_addr().unwrap().port();
-    drop(refused);
+    let refused_port = closed_port().await;
     let silent_port = raw_upstream(None).await;
     let cut_port = raw_upstream(Some(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n: working on it\n\n",
@@ -1968,9 +1971,7 @@ async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
 #[tokio::test]
 async fn a_call_that_may_have_run_keeps_its_charge() {
     let stack = Stack::new().await;
-    let refused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let refused_port = refused.local_addr().unwrap().port();
-    drop(refused);
+    let refused_port = closed_port().await;
     let silent_port = raw_upstream(None).await;
     let gw = stack
         .gateway_with(

@@ -62,8 +62,8 @@ impl AuditSink {
 }
 
 /// Words that mark an argument name as a secret wherever they occur in it, once the name is
-/// normalised (ASCII-lowercased, without `_`, `-`, `.` and spaces, so `x-api-key`, `API_KEY`
-/// and `apiKey` all read `apikey`). Each is long or distinctive enough not to occur inside an
+/// normalised (its words, lowercased and joined, so `x-api-key`, `API_KEY` and `apiKey` all
+/// read `apikey`). Each is long or distinctive enough not to occur inside an
 /// ordinary name (`author`, `keyword` and `monkey` contain none of them).
 const SECRET_WORDS: [&str; 17] = [
     "password",
@@ -86,7 +86,7 @@ const SECRET_WORDS: [&str; 17] = [
 ];
 
 /// Short words that mark a secret only as the whole normalised name or as its first or last
-/// word (names split at `_`, `-`, `.`, spaces and camelCase humps): `pin`, `userPin` and
+/// word (names split at anything not alphanumeric and at camelCase humps): `pin`, `userPin` and
 /// `PIN_CODE` are secret, `spinner`, `opinion` and `pinned` are not; `auth` and `x-auth` are,
 /// `author` and `authority` are not. `key` counts only as the last word (`key`, `sshKey`,
 /// `sort_key`), never as the first (`key_id`, `keyword`).
@@ -143,70 +143,19 @@ pub fn redact_arguments(value: &Value) -> Value {
 }
 
 /// Whether an argument called `name` holds a secret (see [`SECRET_WORDS`] and
-/// [`SECRET_END_WORDS`]). Names of up to 64 bytes are normalised on the stack.
+/// [`SECRET_END_WORDS`]), read in the words discovery reads names in.
 fn is_secret_name(name: &str) -> bool {
-    let mut stack = [0u8; 64];
-    let mut heap = Vec::new();
-    let buf: &mut [u8] = if name.len() <= stack.len() {
-        &mut stack
-    } else {
-        heap.resize(name.len(), 0);
-        &mut heap
-    };
-    let mut len = 0;
-    for b in name.bytes().filter(|b| !is_separator(*b)) {
-        buf[len] = b.to_ascii_lowercase();
-        len += 1;
-    }
-    let normalised = &buf[..len];
-    if SECRET_WORDS
-        .iter()
-        .any(|w| normalised.windows(w.len()).any(|x| x == w.as_bytes()))
-    {
+    let words = portcullis_policy::identifier_words(name);
+    let normalised = words.concat();
+    if SECRET_WORDS.iter().any(|w| normalised.contains(w)) {
         return true;
     }
-    let (first, last) = end_words(name.as_bytes());
+    let (first, last) = (words.first(), words.last());
     SECRET_END_WORDS.iter().any(|w| {
-        let w = w.as_bytes();
-        normalised == w
-            || last.eq_ignore_ascii_case(w)
-            || (w != b"key" && first.eq_ignore_ascii_case(w))
+        normalised == *w
+            || last.is_some_and(|l| l == w)
+            || (*w != "key" && first.is_some_and(|f| f == w))
     })
-}
-
-/// Bytes that separate the words of an argument name.
-fn is_separator(b: u8) -> bool {
-    matches!(b, b'_' | b'-' | b'.' | b' ')
-}
-
-/// The first and the last word of a name split at separators and camelCase humps
-/// (`userPIN` → `user`, `PIN`; `OTPCode` → `OTP`, `Code`). Empty for a name of separators.
-fn end_words(name: &[u8]) -> (&[u8], &[u8]) {
-    let starts_word = |i: usize| {
-        let b = name[i];
-        i == 0
-            || is_separator(name[i - 1])
-            || (b.is_ascii_uppercase()
-                && (name[i - 1].is_ascii_lowercase()
-                    || name[i - 1].is_ascii_digit()
-                    || (name[i - 1].is_ascii_uppercase()
-                        && name.get(i + 1).is_some_and(u8::is_ascii_lowercase))))
-    };
-    let Some(start) = name.iter().position(|b| !is_separator(*b)) else {
-        return (&[], &[]);
-    };
-    let first_end = (start + 1..name.len())
-        .find(|&i| is_separator(name[i]) || starts_word(i))
-        .unwrap_or(name.len());
-    let end = name
-        .iter()
-        .rposition(|b| !is_separator(*b))
-        .map_or(0, |i| i + 1);
-    let last_start = (start..end)
-        .rev()
-        .find(|&i| starts_word(i))
-        .unwrap_or(start);
-    (&name[start..first_end], &name[last_start..end])
 }
 
 /// Values that are secrets whatever their field is called: bearer and basic credentials, known

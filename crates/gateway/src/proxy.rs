@@ -208,6 +208,7 @@ fn audit_event(
     ts: DateTime<Utc>,
     method: &str,
     protocol: Option<String>,
+    session: Option<String>,
 ) -> AuditEvent {
     AuditEvent {
         id: uuid::Uuid::now_v7(),
@@ -224,7 +225,7 @@ fn audit_event(
         policy_id: Some(grant.policy.id),
         policy_version: Some(grant.policy.version),
         protocol,
-        session: None,
+        session,
         request_id: header_str(headers, "x-request-id").map(str::to_owned),
         arg_keys: Vec::new(),
         arg_digest: None,
@@ -310,10 +311,8 @@ impl Gateway {
                     .as_ref()
                     .and_then(Message::method)
                     .unwrap_or_default();
-                let mut event = audit_event(&grant, &headers, ts, method, None);
-                if let Some(session) = header_str(&headers, mcp::MCP_SESSION_ID) {
-                    event.session = Some(session.to_owned());
-                }
+                let session = header_str(&headers, mcp::MCP_SESSION_ID).map(str::to_owned);
+                let event = audit_event(&grant, &headers, ts, method, None, session);
                 let kind = message.as_ref().and_then(Message::method_kind);
                 self.failed(
                     event,
@@ -438,8 +437,8 @@ impl Gateway {
             inbound.ts,
             message.method().unwrap_or_default(),
             Some(inbound.version.clone()),
+            inbound.client_session.clone(),
         );
-        event.session.clone_from(&inbound.client_session);
         let prepared = self.prepare(&inbound, &message, kind, &mut event).await;
         let (watch, reservation, decided) = match prepared {
             Err(error) => {

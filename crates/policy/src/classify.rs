@@ -795,7 +795,7 @@ impl NameWords {
 
 /// Lower-case words of an identifier or sentence: splits on anything not alphanumeric and on
 /// camelCase boundaries (`CreateMessage`, `sendSMSNow` → send, sms, now; `V2010` stays whole).
-fn words(text: &str) -> Vec<String> {
+pub fn words(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for chunk in text
         .split(|c: char| !c.is_alphanumeric())

@@ -18,7 +18,10 @@ mod glob;
 mod recommend;
 mod validate;
 
-pub use classify::{Risk, RiskCategory, RiskLevel, ToolAnnotations, ToolDefinition, classify};
+pub use classify::{
+    Risk, RiskCategory, RiskLevel, ToolAnnotations, ToolDefinition, classify,
+    words as identifier_words,
+};
 pub use compile::{CompiledPolicy, DEFAULT_APPROVAL_TIMEOUT};
 pub use conditions::{Ambiguous, ArgPath, Op};
 pub use decision::{
