@@ -224,7 +224,7 @@ fn read_json(file: &Path) -> Result<Value, Failure> {
 }
 
 fn parse_json(label: &str, text: &str) -> Result<Value, Failure> {
-    serde_json::from_str(text).map_err(|e| {
+    let value = serde_json::from_str(text).map_err(|e| {
         // serde_json appends " at line L column C"; say it first, once.
         let full = e.to_string();
         let reason = full
@@ -235,5 +235,8 @@ fn parse_json(label: &str, text: &str) -> Result<Value, Failure> {
             e.line(),
             e.column()
         ))
-    })
+    })?;
+    portcullis_policy::json_text::unique_keys(text)
+        .map_err(|e| Failure(format!("{label}: {e}")))?;
+    Ok(value)
 }

@@ -8,17 +8,48 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
-/// A JSON body; a malformed one answers 400 with the crate's error shape.
+/// A JSON body; a malformed one answers 400 with the crate's error shape, and one that names
+/// a member twice in an object answers 422 with its pointer (a JSON reader keeps one copy, so a
+/// repeated key in a policy would drop a rule without a word).
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Error;
     async fn from_request(req: Request, state: &S) -> Result<Self> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(Error::BadRequest(rejection.body_text())),
+        if !is_json(req.headers()) {
+            return Err(Error::BadRequest(
+                "expected a request with Content-Type: application/json".into(),
+            ));
         }
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| Error::BadRequest(rejection.body_text()))?;
+        let value = axum::Json::<T>::from_bytes(&bytes)
+            .map_err(|rejection| Error::BadRequest(rejection.body_text()))?;
+        // Well-formed, so only a repeated name can be reported here.
+        let text = std::str::from_utf8(&bytes).map_err(|e| Error::BadRequest(e.to_string()))?;
+        portcullis_policy::json_text::unique_keys(text)
+            .map_err(|e| Error::field(e.pointer, e.message))?;
+        Ok(Self(value.0))
     }
+}
+
+/// `application/json`, or a `+json` type, parameters aside.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// A form body (dashboard); a malformed one answers 400.

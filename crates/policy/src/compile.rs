@@ -203,8 +203,7 @@ impl FromStr for CompiledPolicy {
 
     /// Parses JSON text; malformed JSON is one error carrying its line and column.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| vec![PolicyError::new("", format!("invalid JSON: {e}"))])?;
+        let value = crate::json_text::parse(text).map_err(|e| vec![e])?;
         Self::from_json(&value)
     }
 }

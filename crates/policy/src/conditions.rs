@@ -9,13 +9,16 @@
 use std::cmp::Ordering;
 use std::fmt::{self, Write as _};
 
-use regex::{Regex, RegexBuilder};
+use regex_automata::meta::Regex;
 use serde_json::{Number, Value};
 
 /// Deeper argument paths than this are refused: no tool schema nests that far.
 const MAX_SEGMENTS: usize = 32;
 /// Compiled-size cap per regex, so a hostile policy cannot make the gateway build a huge automaton.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// What all of a policy's regexes may take of the heap once compiled. Each replica keeps every
+/// policy in use compiled, so many regexes just under the cap of one must not add up.
+pub(crate) const REGEX_BUDGET: usize = 4 << 20;
 
 /// A parsed argument path: `args`, `args.to`, `args.media.0.url`.
 ///
@@ -253,12 +256,25 @@ enum Numeric {
 }
 
 impl Numeric {
-    /// A number, or a string that is a finite number (`"150"`, `"12.5"`); nothing else.
+    /// A number, or a string that is a number (`"150"`, `"12.5"`, `"inf"`, `"1e309"`; `"nan"`
+    /// reads as NaN, which equals and orders against nothing); nothing else.
     fn of(value: &Value) -> Option<Numeric> {
         match value {
             Value::Number(n) => Self::from_number(n),
             Value::String(s) => Self::parse(s),
             _ => None,
+        }
+    }
+
+    /// An argument's number, as [`Numeric::of`], or [`Ambiguous`] where upstreams read it
+    /// differently: a string Python's `float()` reads as NaN (which passes every comparison an
+    /// upstream's own check would make), and an integral JSON number too large for 64 bits
+    /// (Python keeps it exact; here it is already rounded to a double).
+    fn of_argument(value: &Value) -> Result<Option<Numeric>, Ambiguous> {
+        match Self::of(value) {
+            Some(Numeric::Float(f)) if f.is_nan() => Err(Ambiguous),
+            Some(Numeric::Float(f)) if value.is_number() && is_rounded_integer(f) => Err(Ambiguous),
+            other => Ok(other),
         }
     }
 
@@ -303,11 +319,8 @@ impl Numeric {
         if let Ok(i) = s.parse::<i128>() {
             return Some(Numeric::Int(i));
         }
-        // `f64::from_str` also accepts "inf" and "NaN", which are not numbers an argument means.
-        s.parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite())
-            .map(Numeric::Float)
+        // Like Python's `float()`, this reads "inf", "-Infinity", "1e309" (infinite) and "nan".
+        s.parse::<f64>().ok().map(Numeric::Float)
     }
 
     fn as_f64(self) -> f64 {
@@ -322,9 +335,25 @@ impl Numeric {
     fn compare(self, other: Numeric) -> Option<Ordering> {
         match (self, other) {
             (Numeric::Int(a), Numeric::Int(b)) => Some(a.cmp(&b)),
+            // A whole double compares exactly with an integer: 1e23 is not 10^23 + 1.
+            (Numeric::Int(a), Numeric::Float(b)) if b.fract() == 0.0 && b.abs() < I128_BOUND => {
+                Some(a.cmp(&(b as i128)))
+            }
+            (Numeric::Float(a), Numeric::Int(b)) if a.fract() == 0.0 && a.abs() < I128_BOUND => {
+                Some((a as i128).cmp(&b))
+            }
             _ => self.as_f64().partial_cmp(&other.as_f64()),
         }
     }
+}
+
+/// 2^127: every whole double below it in magnitude converts to `i128` exactly.
+const I128_BOUND: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+
+/// A whole double of 2^63 or more, which JSON can only have brought as a rounded integer
+/// (smaller integers arrive exact, as `i64` or `u64`).
+fn is_rounded_integer(f: f64) -> bool {
+    f.fract() == 0.0 && f.abs() >= 9_223_372_036_854_775_808.0
 }
 
 /// The cost of a call taken from an argument: a non-negative number (or numeric string),
@@ -363,17 +392,41 @@ impl Expected {
         }
     }
 
+    /// An operand that compares exactly: a whole number past 64 bits arrives rounded, so
+    /// it must be written as a string.
+    fn exact(value: &Value) -> Result<Self, ValueProblem> {
+        if let Value::Number(n) = value
+            && n.as_f64().is_some_and(is_rounded_integer)
+        {
+            return Err(ValueProblem::Invalid(format!(
+                "the number {n} is too large to compare exactly (JSON readers round it); \
+                 write it as a string of its digits"
+            )));
+        }
+        Ok(Self::new(value))
+    }
+
     /// Equality with numeric coercion: a number equals a string that parses to the same number.
     /// Two strings compare as text ("5.0" is not "5"); arrays and objects compare structurally.
-    fn equals(&self, arg: &Value) -> bool {
-        match (arg, &self.value) {
-            (Value::Number(a), Value::Number(_) | Value::String(_)) => {
-                same_number(Numeric::from_number(a), self.numeric)
+    /// A number an upstream would read more exactly than this gateway is [`Ambiguous`].
+    fn equals(&self, arg: &Value) -> Result<bool, Ambiguous> {
+        Ok(match (arg, &self.value) {
+            (Value::Number(_), Value::Number(_) | Value::String(_)) => {
+                same_number(Numeric::of_argument(arg)?, self.numeric)
             }
             (Value::String(a), Value::Number(_)) => same_number(Numeric::parse(a), self.numeric),
             (arg, expected) => arg == expected,
+        })
+    }
+}
+
+fn any_equals(list: &[Expected], arg: &Value) -> Result<bool, Ambiguous> {
+    for expected in list {
+        if expected.equals(arg)? {
+            return Ok(true);
         }
     }
+    Ok(false)
 }
 
 fn same_number(a: Option<Numeric>, b: Option<Numeric>) -> bool {
@@ -440,7 +493,7 @@ impl Test {
         };
         let list = |op: Op| -> Result<Box<[Expected]>, ValueProblem> {
             match required()? {
-                Value::Array(items) => Ok(items.iter().map(Expected::new).collect()),
+                Value::Array(items) => items.iter().map(Expected::exact).collect(),
                 other => Err(ValueProblem::Invalid(format!(
                     "op {op} needs an array of values, found {}",
                     kind(other)
@@ -448,8 +501,8 @@ impl Test {
             }
         };
         Ok(match op {
-            Op::Eq => Test::Eq(Expected::new(required()?)),
-            Op::Neq => Test::Neq(Expected::new(required()?)),
+            Op::Eq => Test::Eq(Expected::exact(required()?)?),
+            Op::Neq => Test::Neq(Expected::exact(required()?)?),
             Op::Lt => Test::Compare(Comparison::Lt, number(op)?),
             Op::Lte => Test::Compare(Comparison::Lte, number(op)?),
             Op::Gt => Test::Compare(Comparison::Gt, number(op)?),
@@ -488,28 +541,33 @@ impl Test {
     }
 }
 
-/// Checks a condition's operand without keeping the compiled test.
-pub(crate) fn check_operand(op: Op, value: Option<&Value>) -> Result<(), ValueProblem> {
-    Test::compile(op, value).map(drop)
+/// Checks a condition's operand without keeping the compiled test; what it would take of the
+/// heap once compiled (a regex's automata; nothing for the other operators).
+pub(crate) fn check_operand(op: Op, value: Option<&Value>) -> Result<usize, ValueProblem> {
+    Test::compile(op, value).map(|test| match test {
+        Test::Regex(re) => re.memory_usage(),
+        _ => 0,
+    })
 }
 
 /// Compiles an RE2-syntax pattern with a size cap; the error is one plain line.
 pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, String> {
-    RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::Syntax(text) => {
+    Regex::builder()
+        .configure(Regex::config().nfa_size_limit(Some(REGEX_SIZE_LIMIT)))
+        .build(pattern)
+        .map_err(|e| {
+            if let Some(syntax) = e.syntax_error() {
+                let text = syntax.to_string();
                 let reason = text
                     .lines()
                     .find_map(|line| line.trim().strip_prefix("error: "))
                     .unwrap_or("syntax error");
                 format!("invalid regex {pattern:?}: {reason}")
-            }
-            regex::Error::CompiledTooBig(_) => {
+            } else if e.size_limit().is_some() {
                 format!("regex {pattern:?} is too large once compiled; simplify it")
+            } else {
+                format!("invalid regex {pattern:?}: {e}")
             }
-            other => format!("invalid regex {pattern:?}: {other}"),
         })
 }
 
@@ -557,13 +615,13 @@ impl Condition {
         };
         Ok(match &self.test {
             Test::Exists(want) => *want,
-            Test::Eq(expected) => expected.equals(arg),
-            Test::Neq(expected) => !expected.equals(arg),
-            Test::Compare(comparison, bound) => Numeric::of(arg)
+            Test::Eq(expected) => expected.equals(arg)?,
+            Test::Neq(expected) => !expected.equals(arg)?,
+            Test::Compare(comparison, bound) => Numeric::of_argument(arg)?
                 .and_then(|n| n.compare(*bound))
                 .is_some_and(|ordering| comparison.accepts(ordering)),
-            Test::In(list) => list.iter().any(|e| e.equals(arg)),
-            Test::NotIn(list) => !list.iter().any(|e| e.equals(arg)),
+            Test::In(list) => any_equals(list, arg)?,
+            Test::NotIn(list) => !any_equals(list, arg)?,
             Test::Regex(re) => match arg {
                 Value::String(s) => re.is_match(s),
                 // A number or boolean is matched as its JSON text, so sending `5` instead of
@@ -589,7 +647,14 @@ impl Condition {
             },
             Test::Contains { needle, element } => match arg {
                 Value::String(s) => needle.as_deref().is_some_and(|n| s.contains(n)),
-                Value::Array(items) => items.iter().any(|item| element.equals(item)),
+                Value::Array(items) => {
+                    for item in items {
+                        if element.equals(item)? {
+                            return Ok(true);
+                        }
+                    }
+                    false
+                }
                 _ => false,
             },
         })
@@ -642,6 +707,41 @@ mod tests {
             .unwrap()
             .holds(args)
             .unwrap()
+    }
+
+    #[test]
+    fn numbers_upstreams_read_otherwise_are_ambiguous() {
+        let compiled = |op: &str, value: Value| {
+            let op = Op::from_name(op).unwrap();
+            Condition::compile(&ArgPath::parse("args.n").unwrap(), op, Some(&value)).unwrap()
+        };
+        let gt = compiled("gt", json!(10_000));
+        for huge in ["1e309", "inf", "+Infinity", " 1E400 "] {
+            assert_eq!(gt.holds(&json!({"n": huge})), Ok(true), "{huge}");
+        }
+        // NaN passes every check an upstream would make with it: no rule can decide on it.
+        for nan in ["nan", "NaN", "-nan"] {
+            assert_eq!(gt.holds(&json!({"n": nan})), Err(Ambiguous), "{nan}");
+        }
+        // Integers past 64 bits: exact in Python, rounded here.
+        let big: Value = serde_json::from_str(r#"{"n": 100000000000000000004242}"#).unwrap();
+        assert_eq!(gt.holds(&big), Err(Ambiguous));
+        let rounded = serde_json::from_str(r#"[100000000000000000000001]"#).unwrap();
+        assert!(Test::compile(Op::In, Some(&rounded)).is_err());
+        let allowed = compiled("in", json!(["100000000000000000000001"]));
+        assert_eq!(allowed.holds(&big), Err(Ambiguous));
+        assert_eq!(
+            allowed.holds(&json!({"n": "100000000000000000004242"})),
+            Ok(false)
+        );
+        assert_eq!(
+            allowed.holds(&json!({"n": "100000000000000000000001"})),
+            Ok(true)
+        );
+        // A whole double compares exactly with an integer string.
+        let eq = compiled("eq", json!(1.5e18));
+        assert_eq!(eq.holds(&json!({"n": "1500000000000000001"})), Ok(false));
+        assert_eq!(eq.holds(&json!({"n": "1500000000000000000"})), Ok(true));
     }
 
     #[test]
@@ -800,8 +900,9 @@ mod tests {
             ("args.word", "lt", Some(json!(0)), false),
             ("args.t", "gt", Some(json!(0)), false),
             ("args.nul", "lt", Some(json!(1)), false),
-            ("args.nan", "lt", Some(json!(1)), false),
-            ("args.inf", "gt", Some(json!(1)), false),
+            // Python reads "inf" (and "1e309") as infinity: more than any bound.
+            ("args.inf", "gt", Some(json!(1)), true),
+            ("args.inf", "lt", Some(json!(1)), false),
             ("args.list", "gt", Some(json!(0)), false),
             ("args.missing", "lt", Some(json!(1)), false),
             // in / not_in

@@ -242,7 +242,7 @@ impl CompiledPolicy {
                     .ok_or(Unreadable::Cost(limit))?,
             };
             charges.push(Charge {
-                key: charge_key(limit, call),
+                key: charge_key(limit, call, self.mode == Mode::Monitor),
                 window: limit.window,
                 max: limit.max,
                 cost,
@@ -285,7 +285,10 @@ fn all_hold<'c>(conditions: &'c [Condition], args: &Value) -> Result<bool, &'c A
 
 /// `<scope>:<subject>:<counter>` in one exactly-sized allocation. Counter names cannot contain
 /// `:`, so the key splits unambiguously from the right whatever the subject holds.
-fn charge_key(limit: &CompiledLimit, call: &Call<'_>) -> String {
+/// `<scope>:<subject>:<counter>`; in `mode: monitor`, `monitor:` first, so trying a policy
+/// counts on counters of its own and never spends what enforced policies share.
+fn charge_key(limit: &CompiledLimit, call: &Call<'_>, monitor: bool) -> String {
+    const MONITOR: &str = "monitor:";
     let subject = match limit.scope {
         Scope::Grant => call.grant,
         Scope::Identity => call.identity,
@@ -293,7 +296,12 @@ fn charge_key(limit: &CompiledLimit, call: &Call<'_>) -> String {
         Scope::Tenant => call.tenant,
     };
     let scope = limit.scope.as_str();
-    let mut key = String::with_capacity(scope.len() + subject.len() + limit.counter.len() + 2);
+    let mut key = String::with_capacity(
+        MONITOR.len() + scope.len() + subject.len() + limit.counter.len() + 2,
+    );
+    if monitor {
+        key.push_str(MONITOR);
+    }
     key.push_str(scope);
     key.push(':');
     key.push_str(subject);

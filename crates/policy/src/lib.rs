@@ -15,6 +15,7 @@ mod duration;
 mod error;
 mod evaluate;
 mod glob;
+pub mod json_text;
 mod recommend;
 mod validate;
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::classify::RiskCategory;
-use crate::conditions::{ArgPath, Op, ValueProblem, check_operand, kind};
+use crate::conditions::{ArgPath, Op, REGEX_BUDGET, ValueProblem, check_operand, kind};
 use crate::document::{PolicyDocument, Scope};
 use crate::duration::Span;
 use crate::error::{PolicyError, child, index};
@@ -58,6 +58,8 @@ struct Walk {
     errors: Vec<PolicyError>,
     /// The first window seen for each counter and scope, with where it was seen.
     windows: BTreeMap<(String, Scope), (Duration, String, String)>,
+    /// What the regexes seen so far take of the heap once compiled.
+    regex_bytes: usize,
 }
 
 impl Walk {
@@ -291,7 +293,20 @@ impl Walk {
         };
         if let Some(op) = op {
             match check_operand(op, map.get("value")) {
-                Ok(()) => {}
+                Ok(bytes) => {
+                    let before = self.regex_bytes;
+                    self.regex_bytes = before.saturating_add(bytes);
+                    if before <= REGEX_BUDGET && self.regex_bytes > REGEX_BUDGET {
+                        self.error(
+                            child(pointer, "value"),
+                            format!(
+                                "the policy's regexes take more than {} MiB once compiled, \
+                                 counting this one; simplify them or use fewer",
+                                REGEX_BUDGET >> 20
+                            ),
+                        );
+                    }
+                }
                 Err(ValueProblem::Missing) => self.error(
                     pointer,
                     format!("missing required key \"value\" (op {op} needs one)"),

@@ -613,6 +613,16 @@ fn monitor_mode_and_policy_settings_are_reported() {
     assert_eq!(d.outcome, Outcome::Deny);
     assert!(d.monitor);
     assert!(decide(&p, "other", json!({})).monitor);
+    // A policy on trial counts on counters of its own.
+    let limited = |mode: &str| {
+        let p = policy(
+            json!({"version": "1", "mode": mode, "tools": {"t": {"limits": [
+            {"counter": "spend", "window": "day", "max": 5, "scope": "tenant"}]}}}),
+        );
+        decide(&p, "t", json!({})).charges[0].key.clone()
+    };
+    assert_eq!(limited("monitor"), "monitor:tenant:acme:spend");
+    assert_eq!(limited("enforce"), "tenant:acme:spend");
     assert_eq!(p.mode(), Mode::Monitor);
     assert_eq!(p.on_limiter_error(), OnLimiterError::Allow);
     assert_eq!(p.audit_arguments(), AuditArguments::Values);

@@ -508,3 +508,29 @@ fn from_str_reports_malformed_json_with_line_and_column() {
     );
     assert!("{\"version\": \"1\"}".parse::<CompiledPolicy>().is_ok());
 }
+
+#[test]
+fn a_key_given_twice_is_an_error_not_a_lost_rule() {
+    let err = r#"{"version":"1","tools":{"send":{"deny_if":[{"on_deny":"never"}],"deny_if":[]}}}"#
+        .parse::<CompiledPolicy>()
+        .unwrap_err();
+    assert_eq!(err.len(), 1);
+    assert_eq!(err[0].pointer, "/tools/send/deny_if");
+    assert!(err[0].message.starts_with("duplicate key \"deny_if\""));
+}
+
+#[test]
+fn the_regexes_of_a_policy_share_one_memory_budget() {
+    // Each is under the cap of one regex (about 1.1 MB compiled); four of them are not.
+    let condition = json!({"path": "args.a", "op": "regex", "value": "\\w{20}"});
+    let document = json!({"version": "1", "tools": {"t": {"require": vec![condition.clone(); 6]}}});
+    let errors = errors(document);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].pointer, "/tools/t/require/3/value");
+    assert!(
+        errors[0].message.contains("MiB once compiled"),
+        "{errors:?}"
+    );
+    let document = json!({"version": "1", "tools": {"t": {"require": vec![condition; 3]}}});
+    assert!(CompiledPolicy::from_json(&document).is_ok());
+}

@@ -79,8 +79,8 @@ async fn new_submit(
         let document = match form.start.as_str() {
             "recommended" => super::recommended(state.db(), tenant.id, server).await?,
             "empty" => json!({ "version": "1", "default": "deny", "tools": {} }),
-            _ => serde_json::from_str(&form.document)
-                .map_err(|e| Error::field("", format!("not valid JSON: {e}")))?,
+            _ => portcullis_policy::json_text::parse(&form.document)
+                .map_err(|e| Error::field(e.pointer, e.message))?,
         };
         super::create(&state, &tenant, server, &form.name, &document).await
     }
@@ -320,8 +320,8 @@ async fn json_submit(
 ) -> Result<Response> {
     let id: PolicyId = input::id(&id)?;
     let policy = super::find(state.db(), tenant.id, id).await?;
-    let parsed: Result<Value> = serde_json::from_str(&form.document)
-        .map_err(|e| Error::Validation(vec![FieldError::new("", format!("not valid JSON: {e}"))]));
+    let parsed: Result<Value> = portcullis_policy::json_text::parse(&form.document)
+        .map_err(|e| Error::Validation(vec![FieldError::new(e.pointer, e.message)]));
     if form.action == "test" {
         // Testing changes nothing, so every member may use the tester.
         let outcome = async {
