@@ -613,6 +613,30 @@ async fn shutdown_writes_every_audit_entry_and_closes_streams_after_the_grace_pe
     assert_eq!(outcomes, 8, "outcome entries missing: {calls:#?}");
 }
 
+/// Makes `doc` version `version` of `f`'s policy, its current one, and tells the gateways.
+async fn publish_policy_version(stack: &Stack, f: &Fixture, version: i32, doc: &Value) {
+    sqlx::query("INSERT INTO policy_versions (tenant_id, policy_id, version, document) VALUES ($1, $2, $3, $4)")
+        .bind(f.tenant.0)
+        .bind(f.policy.0)
+        .bind(version)
+        .bind(doc)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE policies SET current_version = $2 WHERE id = $1")
+        .bind(f.policy.0)
+        .bind(version)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    stack
+        .publish(&Invalidation::Policy {
+            tenant_id: f.tenant,
+            policy_id: f.policy,
+        })
+        .await;
+}
+
 #[tokio::test]
 async fn revocation_and_policy_changes_apply_within_a_second() {
     let (stack, _upstream, f) = rmcp_stack(true, policy()).await;
@@ -629,25 +653,8 @@ async fn revocation_and_policy_changes_apply_within_a_second() {
     // A new policy version that denies echo.
     let mut doc = policy();
     doc["tools"]["echo"] = json!({"deny_if": [{"conditions": [], "on_deny": "No more echoes."}]});
-    sqlx::query("INSERT INTO policy_versions (tenant_id, policy_id, version, document) VALUES ($1, $2, 2, $3)")
-        .bind(f.tenant.0)
-        .bind(f.policy.0)
-        .bind(&doc)
-        .execute(stack.db.pool())
-        .await
-        .unwrap();
-    sqlx::query("UPDATE policies SET current_version = 2 WHERE id = $1")
-        .bind(f.policy.0)
-        .execute(stack.db.pool())
-        .await
-        .unwrap();
     let started = Instant::now();
-    stack
-        .publish(&Invalidation::Policy {
-            tenant_id: f.tenant,
-            policy_id: f.policy,
-        })
-        .await;
+    publish_policy_version(&stack, &f, 2, &doc).await;
     loop {
         let (_, _, body) = send(2, "echo").await;
         if text(&message(&body)) == "[POLICY DENIED] No more echoes." {
@@ -1052,6 +1059,28 @@ async fn python_sdk_server_over_streamable_http_and_legacy_sse() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(message(&body)["error"]["code"], -32602, "{body}");
+    // A request other than a tool's is answered, and logged as answered.
+    let ping = json!({"jsonrpc": "2.0", "id": 3, "method": "ping"}).to_string();
+    let (status, _, body) = post(
+        &fl.url(&gw),
+        &[("mcp-protocol-version", "2025-11-25")],
+        &ping,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(message(&body)["id"], 3, "{body}");
+    let server = fl.server.0.to_string();
+    let pinged = |e: &Value| {
+        e["server_id"] == server.as_str() && e["method"] == "ping" && !e["outcome"].is_null()
+    };
+    let entry = stack
+        .audit_until(pinged)
+        .await
+        .into_iter()
+        .find(pinged)
+        .unwrap();
+    assert!(entry["outcome"]["upstream_error"].is_null(), "{entry:#}");
+    assert_eq!(entry["outcome"]["is_error"], false, "{entry:#}");
     gw.stop().await.unwrap();
 }
 
@@ -1449,6 +1478,62 @@ async fn an_approved_call_never_continues_unchecked() {
         assert_state_refused(&body, "requestState already used");
     }
     assert_state_refused(&checked(5).await, "requestState already used");
+    gw.stop().await.unwrap();
+}
+
+/// A continuation skips the approval only of a call that passed one: when the policy asks for
+/// an approval after the first round (or the first round ran in `mode: monitor`), the retry
+/// asks too, and passes once approved.
+#[tokio::test]
+async fn a_continuation_needs_the_approval_its_call_did_not_pass() {
+    let stack = Stack::new().await;
+    let upstream = portcullis_tests::peers::python_server("streamable-http", false);
+    let mut doc = policy();
+    doc["tools"]["consult"] = json!({});
+    let f = stack
+        .fixture(&upstream.url("/mcp"), "streamable_http", doc.clone())
+        .await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    let (_, _, body) = consult(&url, 1, "tides", None, None).await;
+    let first = message(&body);
+    assert_eq!(first["result"]["resultType"], "input_required", "{body}");
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    let responses = input_responses(&first["result"]["inputRequests"], "Ada");
+
+    doc["tools"]["consult"] = json!({"approval": {}});
+    publish_policy_version(&stack, &f, 2, &doc).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let asked = loop {
+        let (_, _, body) = consult(&url, 2, "tides", Some((&responses, &state)), None).await;
+        let answer = message(&body);
+        if text(&answer).starts_with("[APPROVAL REQUIRED]") {
+            break answer;
+        }
+        // Before the change reaches the gateway the retry runs, which uses the envelope.
+        assert!(
+            answer["result"]["resultType"] != "complete" && Instant::now() < deadline,
+            "{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let approval = asked["result"]["_meta"]["portcullis/decision"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sqlx::query("UPDATE approvals SET status = 'approved', decided_at = now() WHERE id = $1")
+        .bind(&approval)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    let (_, _, body) = consult(&url, 3, "tides", Some((&responses, &state)), None).await;
+    assert_eq!(
+        text(&message(&body)),
+        "Ada asked about tides; sampled: Tell me about tides",
+        "{body}"
+    );
+    let (_, _, body) = consult(&url, 4, "tides", Some((&responses, &state)), None).await;
+    assert_state_refused(&body, "requestState already used");
     gw.stop().await.unwrap();
 }
 
@@ -2053,6 +2138,57 @@ async fn watched_answers_are_filtered_whatever_their_content_type() {
             assert_eq!(listed_names(&message(&listed)), ["echo"], "{listed}");
         }
     }
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn answers_to_another_request_never_reach_the_client() {
+    let stack = Stack::new().await;
+    let hidden = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+        {"name": "echo", "inputSchema": {"type": "object"}},
+        {"name": "delete_everything", "inputSchema": {"type": "object"}}]}});
+    let answer = json!({"jsonrpc": "2.0", "id": 2, "result": {"content": [{"type": "text", "text": "done"}]}});
+    let sse = format!("event: message\ndata: {hidden}\n\nevent: message\ndata: {answer}\n\n");
+    let json_body = hidden.to_string();
+    let answers = [
+        // A tools list for a pending `tools/list` (id 1) in a `tools/call`'s stream: dropped.
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{sse}"
+        ),
+        // As the JSON answer to the `tools/call` (id 2): refused.
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json_body}",
+            json_body.len()
+        ),
+    ];
+    let gw = stack.gateway().await;
+    let version = [("mcp-protocol-version", "2025-11-25")];
+    for (i, raw) in answers.iter().enumerate() {
+        let f = loopback_fixture(&stack, raw_upstream(Some(raw)).await).await;
+        let (status, _, body) = post(&f.url(&gw), &version, &call(2, "echo", json!({}))).await;
+        assert!(!body.contains("delete_everything"), "{i}: {body}");
+        if i == 0 {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(text(&message(&body)), "done");
+        } else {
+            assert_eq!(message(&body)["error"]["code"], -32603, "{body}");
+            assert_eq!(message(&body)["id"], 2, "{body}");
+        }
+    }
+    // A failure's body the gateway cannot read is not passed on for a `tools/list`: its status
+    // is (a 404 says the session is gone), with an error of the gateway's.
+    let unreadable =
+        r#"{"jsonrpc":"2.0","id":1,"id":1,"result":{"tools":[{"name":"delete_everything"}]}}"#;
+    let raw = format!(
+        "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{unreadable}",
+        unreadable.len()
+    );
+    let f = loopback_fixture(&stack, raw_upstream(Some(&raw)).await).await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
+    let (status, _, body) = post(&f.url(&gw), &version, &list).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.contains("delete_everything"), "{body}");
+    assert_eq!(message(&body)["error"]["code"], -32603, "{body}");
     gw.stop().await.unwrap();
 }
 

@@ -250,6 +250,22 @@ async fn absurd_limits_and_costs_never_break_the_batch_they_share() {
     );
 }
 
+#[tokio::test]
+async fn a_charge_of_nothing_fits_a_counter_over_its_max() {
+    let s = Setup::new().await;
+    let t = TenantId::new();
+    let minute = Duration::from_secs(60);
+    let ten = [charge("tenant:t:spend", minute, 10, 10)];
+    assert!(is_ok(&s.limiter.charge(t, &ten, None).await.unwrap()));
+    // The max lowered since (or another policy's, sharing the counter): 10 held against 5.
+    let free = [charge("tenant:t:spend", minute, 5, 0)];
+    let one = [charge("tenant:t:spend", minute, 5, 1)];
+    assert!(is_ok(&s.limiter.charge(t, &free, None).await.unwrap()));
+    assert!(!is_ok(&s.limiter.charge(t, &one, None).await.unwrap()));
+    let results = concurrently(&s, t, &free, 10).await;
+    assert!(results.iter().all(is_ok), "a run of free charges fits too");
+}
+
 /// Charges `n` concurrent calls of `c` (so that most share a round trip); returns the results.
 async fn concurrently(s: &Setup, t: TenantId, c: &[Charge], n: usize) -> Vec<Charged> {
     let limiter = Arc::new(s.limiter.clone());

@@ -134,8 +134,9 @@ for _ = 1, tonumber(ARGV[3]) do
     local k, width, max, cost = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
     local st = state(k, width)
     local room = max - st.used - st.add
+    -- A charge of 0 always fits, even in a counter over its max (lowered since, or shared).
     local fits = count
-    if room < 0 then fits = 0 elseif cost > 0 then fits = math.min(count, math.floor(room / cost)) end
+    if cost > 0 then fits = math.max(0, math.min(count, math.floor(room / cost))) end
     if fits < admitted then admitted, refused = fits, i end
   end
   for i = 1, n do

@@ -25,7 +25,8 @@
 //!   carries them on: the retry that ends the call refunds them if it fails, as the first round
 //!   would have.
 //! - An envelope continues one retry only: the first continuation claims it in Redis (a key
-//!   that expires with the envelope), and presenting it again is refused like an altered one.
+//!   that expires [`CLAIM_MARGIN`] after the envelope, as replicas' clocks may run behind
+//!   Redis's), and presenting it again is refused like an altered one.
 //!   Otherwise an agent could replay one retry forever without being charged. When Redis
 //!   cannot be reached, the policy's `on_limiter_error` decides, as for limits.
 
@@ -65,6 +66,9 @@ struct Envelope {
     /// The charges of the call it continues, refunded if the continuation fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     r: Option<Reservation>,
+    /// The call it continues passed an approval (consumed one), so its retries need none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    a: bool,
 }
 
 /// How a `tools/call` relates to an earlier `input_required` answer.
@@ -83,14 +87,23 @@ pub struct Resumed {
     expires: i64,
     /// The charges of the call it continues.
     pub reservation: Option<Reservation>,
+    /// The call it continues passed an approval: its retries need none. (A call that needed
+    /// none then, or ran in `mode: monitor`, is asked for one when the policy now wants it.)
+    pub approved: bool,
     /// SHA-256 (hex) of the sealed envelope: the key of its one use.
     pub marker: String,
 }
 
+/// How long a claim outlives its envelope. The envelope's expiry is read on the gateway's
+/// clock, the claim's on Redis's: a replica whose clock runs behind must not find the claim gone
+/// while it still takes the envelope as valid (and so let it be replayed).
+pub const CLAIM_MARGIN: Duration = Duration::from_secs(600);
+
 impl Resumed {
-    /// When the envelope expires, Unix seconds.
-    pub fn expires(&self) -> i64 {
-        self.expires
+    /// Until when its one-use claim is kept, Unix milliseconds.
+    pub fn claim_expires_ms(&self) -> i64 {
+        let margin = i64::try_from(CLAIM_MARGIN.as_millis()).unwrap_or(i64::MAX);
+        self.expires.saturating_mul(1000).saturating_add(margin)
     }
 }
 
@@ -141,6 +154,7 @@ impl Round {
                 state: envelope.s,
                 expires: envelope.exp,
                 reservation: envelope.r,
+                approved: envelope.a,
                 // Of the sealed bytes, not of the text: one envelope has one marker however
                 // its text is dressed.
                 marker: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&sealed)),
@@ -204,11 +218,13 @@ pub struct Sealer {
     digest: String,
     expires: Option<i64>,
     reservation: Option<Reservation>,
+    approved: bool,
 }
 
 impl Sealer {
     /// For the call `tool` with arguments of canonical digest `digest`, in `round`, holding
-    /// `reservation` (its own charges, or those of the call it continues).
+    /// `reservation` (its own charges, or those of the call it continues); `approved` when the
+    /// call passed an approval (in this round or the one it continues).
     pub fn new(
         keys: Arc<Keyring>,
         grant: GrantId,
@@ -216,6 +232,7 @@ impl Sealer {
         digest: String,
         round: &Round,
         reservation: Option<Reservation>,
+        approved: bool,
     ) -> Self {
         let expires = match round {
             Round::Continuation(resumed) => Some(resumed.expires),
@@ -228,6 +245,7 @@ impl Sealer {
             digest,
             expires,
             reservation,
+            approved,
         }
     }
 
@@ -258,6 +276,7 @@ impl Sealer {
                 exp: expires,
                 s: input.request_state.map(Cow::into_owned),
                 r: self.reservation.clone(),
+                a: self.approved,
             },
         );
         match mrtr::set_request_state(result, Some(&sealed)) {
@@ -339,7 +358,15 @@ mod tests {
         let grant = GrantId::new();
         let args = r#"{"b":2,"a":1}"#;
         let digest = portcullis_core::canonical::digest(&serde_json::from_str(args).unwrap());
-        let sealer = Sealer::new(keys.clone(), grant, "consult", digest, &Round::Fresh, None);
+        let sealer = Sealer::new(
+            keys.clone(),
+            grant,
+            "consult",
+            digest,
+            &Round::Fresh,
+            None,
+            false,
+        );
         let answer = sealed_answer(
             &sealer,
             r#"{"resultType":"input_required","inputRequests":{"k":{"method":"elicitation/create","params":{}}},"requestState":"upstream-state"}"#,
@@ -425,6 +452,7 @@ mod tests {
             digest.clone(),
             &Round::Fresh,
             Some(charged.clone()),
+            true,
         );
         let answer = sealed_answer(&sealer, r#"{"resultType":"input_required"}"#);
         let state = answer["result"]["requestState"]
@@ -438,6 +466,7 @@ mod tests {
         };
         assert!(resumed.state.is_none());
         assert_eq!(resumed.reservation.as_ref(), Some(&charged));
+        assert!(resumed.approved);
         let restored: Value = serde_json::from_slice(&resumed.restore(&message).unwrap()).unwrap();
         assert!(
             restored["params"].get("requestState").is_none(),
@@ -452,9 +481,11 @@ mod tests {
             digest.clone(),
             &round,
             resumed.reservation.clone(),
+            resumed.approved,
         );
         assert_eq!(later.expires, Some(resumed.expires));
         assert_eq!(later.reservation, Some(charged));
+        assert!(later.approved);
         let expired = seal(
             &keys,
             grant,
@@ -465,6 +496,7 @@ mod tests {
                 exp: now() - 1,
                 s: None,
                 r: None,
+                a: false,
             },
         );
         assert_eq!(

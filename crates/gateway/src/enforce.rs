@@ -38,6 +38,8 @@ pub enum Verdict {
         reservation: Option<Reservation>,
         /// The decision's audit entry, when it was written with the charge (same round trip).
         decided: Option<String>,
+        /// The call passed an approval (here or in the round it continues).
+        approved: bool,
     },
     /// Answer it with this JSON-RPC message (HTTP 200).
     Answer(Bytes),
@@ -129,7 +131,13 @@ pub async fn tools_call(
             Some(tool) => gw.catalogue.validate(tool, &call.arguments).err(),
         };
         if let Some(problem) = problem {
-            let rule = format!("{}/validate", decision.rule);
+            // The `validate` key sits in the rule whose decision this is: an approval's
+            // decision names the rule's `approval` key.
+            let rule_id = decision
+                .rule
+                .strip_suffix("/approval")
+                .unwrap_or(&decision.rule);
+            let rule = format!("{rule_id}/validate");
             decision = refuse(
                 &decision,
                 rule.into(),
@@ -164,10 +172,28 @@ pub async fn tools_call(
         }
         Outcome::ApprovalRequired { timeout } => {
             event.decision = AuditDecision::ApprovalRequired;
-            if round.is_continuation() {
+            if matches!(round, Round::Continuation(resumed) if resumed.approved) {
                 // Continuation hook: the call it continues passed the approval.
                 event.decision = AuditDecision::Allow;
             } else if !monitor {
+                // A fresh call, or a continuation of one that passed no approval (it needed
+                // none then, or ran in `mode: monitor`): approved calls pass once each. A used
+                // envelope asks no approver anything.
+                if let Round::Continuation(resumed) = round {
+                    // Boxed: a rare branch's future must not grow every call's future.
+                    let claimed = Box::pin(gw.limiter.claimed(grant.tenant, &resumed.marker));
+                    let refusal = match claimed.await {
+                        Ok(false) => None,
+                        Ok(true) => Some(continuation::Refusal::Used),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot check a continuation");
+                            Some(continuation::Refusal::Unclaimed)
+                        }
+                    };
+                    if let Some(refusal) = refusal {
+                        return Ok(refused_continuation(event, id, refusal));
+                    }
+                }
                 let fingerprint =
                     portcullis_core::canonical::call_fingerprint(name, &call.arguments);
                 match crate::approvals::consume(&gw.db, grant, &fingerprint).await? {
@@ -205,6 +231,14 @@ pub async fn tools_call(
         }
         Outcome::Allow => event.decision = AuditDecision::Allow,
     }
+    // Carried in a continuation's envelope: its retries need no approval again.
+    let approval_passed =
+        approved.is_some() || matches!(round, Round::Continuation(resumed) if resumed.approved);
+    let forward = |reservation| Verdict::Forward {
+        reservation,
+        decided: None,
+        approved: approval_passed,
+    };
 
     if let Round::Continuation(resumed) = round {
         // Continuation hook: the call it continues was charged (and, if it needed one, passed
@@ -213,7 +247,7 @@ pub async fn tools_call(
         // that charge refunded twice.
         let claimed = gw
             .limiter
-            .claim_once(grant.tenant, &resumed.marker, resumed.expires() * 1000)
+            .claim_once(grant.tenant, &resumed.marker, resumed.claim_expires_ms())
             .await;
         let refusal = match &claimed {
             Ok(true) => None,
@@ -239,17 +273,15 @@ pub async fn tools_call(
             }
         };
         if let Some(refusal) = refusal {
-            (event.decision, event.rule) = match refusal {
-                continuation::Refusal::Unclaimed => {
-                    (AuditDecision::Error, Some(LIMITER_UNAVAILABLE.to_owned()))
-                }
-                _ => (AuditDecision::Deny, Some(continuation::RULE.to_owned())),
-            };
-            event.message = Some(refusal.message().to_owned());
-            if !monitor {
-                return Ok(Verdict::Answer(continuation::refusal_response(id, refusal)));
+            if monitor {
+                note_refusal(event, refusal);
+                return Ok(forward(None));
             }
-            return Ok(forward(None));
+            if let Some(approval) = &approved {
+                // Consumed for this retry, which does not run: give it back.
+                Box::pin(crate::approvals::restore(&gw.db, grant.tenant, approval)).await?;
+            }
+            return Ok(refused_continuation(event, id, refusal));
         }
         event.message = Some(continuation::note(event.message.as_deref()));
         // The call it continues was charged: if this retry fails, that charge is refunded.
@@ -274,6 +306,7 @@ pub async fn tools_call(
         Ok(Charged::Ok(reservation)) => Ok(Verdict::Forward {
             reservation: Some(reservation),
             decided: Some(entry),
+            approved: approval_passed,
         }),
         Ok(Charged::Exceeded { index, retry_after }) => {
             let charge = &decision.charges[index.min(decision.charges.len() - 1)];
@@ -331,6 +364,27 @@ pub async fn tools_call(
     }
 }
 
+/// Audits a continuation's refusal.
+fn note_refusal(event: &mut AuditEvent, refusal: continuation::Refusal) {
+    (event.decision, event.rule) = match refusal {
+        continuation::Refusal::Unclaimed => {
+            (AuditDecision::Error, Some(LIMITER_UNAVAILABLE.to_owned()))
+        }
+        _ => (AuditDecision::Deny, Some(continuation::RULE.to_owned())),
+    };
+    event.message = Some(refusal.message().to_owned());
+}
+
+/// The answer to a continuation refused, audited.
+fn refused_continuation(
+    event: &mut AuditEvent,
+    id: &RequestId,
+    refusal: continuation::Refusal,
+) -> Verdict {
+    note_refusal(event, refusal);
+    Verdict::Answer(continuation::refusal_response(id, refusal))
+}
+
 /// The answer to a call refused because the limiter (Redis) cannot be reached and the policy's
 /// `on_limiter_error` is `deny`.
 fn limiter_unavailable(event: &mut AuditEvent, id: &RequestId, era: ProtocolEra) -> Verdict {
@@ -345,14 +399,6 @@ fn limiter_unavailable(event: &mut AuditEvent, id: &RequestId, era: ProtocolEra)
         event.message.as_deref().unwrap_or("")
     );
     Verdict::Answer(tool_error_response(id, &text, Some(meta(event, None)), era))
-}
-
-/// Forward, with the decision's audit entry still to write.
-fn forward(reservation: Option<Reservation>) -> Verdict {
-    Verdict::Forward {
-        reservation,
-        decided: None,
-    }
 }
 
 fn refuse(decision: &Decision, rule: SharedStr, message: &str) -> Decision {

@@ -18,7 +18,7 @@
 //! belongs to; on a fresh stream it would reach a session that never saw the request it is
 //! about.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use axum::http::{HeaderValue, Method, header};
@@ -26,12 +26,14 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use portcullis_core::{GrantId, Keyring};
 use portcullis_mcp::sse::{ENDPOINT_EVENT, SseDecoder, SseEvent, SseFrame};
-use portcullis_mcp::{Message, ProtocolEra, RequestId};
+use portcullis_mcp::{Message, RequestId};
 use serde_json::json;
 
 use crate::grants::Server;
 use crate::relay::ByteStream;
-use crate::upstream::{Upstream, UpstreamError, body_stream, is_event_stream, request_headers};
+use crate::upstream::{
+    Mirrored, Upstream, UpstreamError, body_stream, is_event_stream, request_headers,
+};
 
 /// The id of the replayed `initialize`; a client cannot collide with it on this connection,
 /// which carries nothing else before the handshake ends.
@@ -58,7 +60,7 @@ pub struct Connection {
 impl Connection {
     /// Opens the stream and waits for the `endpoint` event.
     pub async fn open(upstream: &Upstream, server: &Server) -> Result<Self, UpstreamError> {
-        let mut headers = request_headers(&Default::default(), server, ProtocolEra::Session, false);
+        let mut headers = request_headers(&Default::default(), server, Mirrored::None, false);
         headers.insert(
             header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
@@ -186,7 +188,14 @@ impl Connection {
             json!({"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": params});
         self.post(upstream, server, Bytes::from(init.to_string()))
             .await?;
-        self.answer_to(upstream, &RequestId::from(INIT_ID)).await?;
+        let answer = self.answer_to(upstream, &RequestId::from(INIT_ID)).await?;
+        if let Some(Ok(Message::Error { error, .. })) = answer.json_rpc() {
+            // The client's request would go to a session that never began.
+            return Err(UpstreamError::Protocol(format!(
+                "the upstream refused the session's initialize: {}",
+                error.message
+            )));
+        }
         let done = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         self.post(upstream, server, Bytes::from(done.to_string()))
             .await
@@ -197,16 +206,20 @@ impl Connection {
     /// client are sealed under `grant` ([`crate::replies`]), so the client's answers find their
     /// way back to this upstream session. Comments (keep-alives) pass, so a long call's stream
     /// is not idle for the client while the upstream keeps its own alive.
+    ///
+    /// A `notifications/cancelled` about one of those requests names it by the token the client
+    /// got (tokens are sealed with a fresh nonce, so the relay remembers the ones it issued).
     pub fn relay_until(self, id: RequestId, keys: Arc<Keyring>, grant: GrantId) -> ByteStream {
-        futures::stream::unfold(Some(self), move |connection| {
+        let issued: HashMap<RequestId, RequestId> = HashMap::new();
+        futures::stream::unfold(Some((self, issued)), move |state| {
             let id = id.clone();
             let keys = keys.clone();
             async move {
-                let mut connection = connection?;
+                let (mut connection, mut issued) = state?;
                 loop {
                     match connection.next_frame().await {
                         Ok(Some(comment @ SseFrame::Comment(_))) => {
-                            return Some((Ok(comment.encode()), Some(connection)));
+                            return Some((Ok(comment.encode()), Some((connection, issued))));
                         }
                         Ok(Some(SseFrame::Event(mut event))) => {
                             if !event.is_message() {
@@ -214,20 +227,41 @@ impl Connection {
                             }
                             let message = match event.json_rpc() {
                                 Some(Ok(message)) => message,
-                                _ => return Some((Ok(event.encode()), Some(connection))),
+                                _ => {
+                                    return Some((Ok(event.encode()), Some((connection, issued))));
+                                }
                             };
-                            let last = message.is_response() && message.id() == Some(&id);
-                            if let Some(sealed) = crate::replies::seal_request(
-                                &keys,
-                                grant,
-                                &connection.endpoint,
-                                message,
-                            ) {
+                            let last = message.is_response()
+                                && message.id().is_some_and(|answer| id.answered_by(answer));
+                            let relayed = match message {
+                                Message::Request { id, method, params } => {
+                                    let token = crate::replies::seal(
+                                        &keys,
+                                        grant,
+                                        &connection.endpoint,
+                                        &id,
+                                    );
+                                    if issued.len() < MAX_ISSUED {
+                                        issued.insert(id, token.clone());
+                                    }
+                                    Some(Message::Request {
+                                        id: token,
+                                        method,
+                                        params,
+                                    })
+                                }
+                                Message::Notification { method, params } => {
+                                    cancelled_by_token(&issued, &method, params.as_deref())
+                                        .map(|params| Message::Notification { method, params })
+                                }
+                                _ => None,
+                            };
+                            if let Some(relayed) = relayed {
                                 event.data =
-                                    Some(String::from_utf8_lossy(&sealed.encode()).into_owned());
+                                    Some(String::from_utf8_lossy(&relayed.encode()).into_owned());
                             }
                             let bytes = event.encode();
-                            return Some((Ok(bytes), (!last).then_some(connection)));
+                            return Some((Ok(bytes), (!last).then_some((connection, issued))));
                         }
                         Ok(None) => return None,
                         Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
@@ -237,6 +271,27 @@ impl Connection {
         })
         .boxed()
     }
+}
+
+/// The most server→client request tokens one relayed call remembers.
+const MAX_ISSUED: usize = 1024;
+
+/// The params of a `notifications/cancelled` about a request relayed with a token, naming it by
+/// that token; `None` for any other notification (passed on as it is).
+fn cancelled_by_token(
+    issued: &HashMap<RequestId, RequestId>,
+    method: &str,
+    params: Option<&serde_json::value::RawValue>,
+) -> Option<Option<Box<serde_json::value::RawValue>>> {
+    if method != "notifications/cancelled" {
+        return None;
+    }
+    let mut params: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(params?.get()).ok()?;
+    let original: RequestId = serde_json::from_value(params.get("requestId")?.clone()).ok()?;
+    let token = issued.get(&original)?;
+    params.insert("requestId".into(), serde_json::to_value(token).ok()?);
+    serde_json::value::to_raw_value(&params).ok().map(Some)
 }
 
 /// POSTs one message to a legacy server's message endpoint, with the server's credential
@@ -254,7 +309,7 @@ pub async fn post_message(
             "the message endpoint is on another origin".into(),
         ));
     }
-    let headers = request_headers(&Default::default(), server, ProtocolEra::Session, true);
+    let headers = request_headers(&Default::default(), server, Mirrored::None, true);
     let response = upstream
         .send(
             Method::POST,
@@ -325,5 +380,33 @@ mod tests {
         assert!(text.contains("notifications/progress"), "{text}");
         assert!(text.contains("\"id\":7"), "{text}");
         assert!(!text.contains("after the answer"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_request_is_named_by_the_token_the_client_knows() {
+        let upstream = connection(&[
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"sampling/createMessage\",\"params\":{\"maxTokens\":5}}\n\n",
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":5,\"reason\":\"t\"}}\n\n",
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":6}}\n\n",
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n",
+        ]);
+        let keys = Arc::new(Keyring::generate(1).0);
+        let relayed: Vec<serde_json::Value> = upstream
+            .relay_until(RequestId::from(7), keys, GrantId::new())
+            .map(|b| {
+                let b = b.unwrap();
+                let text = String::from_utf8_lossy(&b);
+                serde_json::from_str(text.split("data: ").nth(1).unwrap().trim()).unwrap()
+            })
+            .collect()
+            .await;
+        let token = &relayed[0]["id"];
+        assert!(token.is_string(), "{relayed:?}");
+        assert_eq!(relayed[0]["params"]["maxTokens"], 5);
+        assert_eq!(&relayed[1]["params"]["requestId"], token);
+        assert_eq!(relayed[1]["params"]["reason"], "t");
+        // Not one of the relayed requests: passed on as it is.
+        assert_eq!(relayed[2]["params"]["requestId"], 6);
+        assert_eq!(relayed[3]["id"], 7);
     }
 }

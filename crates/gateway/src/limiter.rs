@@ -196,6 +196,17 @@ impl Limiter {
         Ok(set.is_some())
     }
 
+    /// Whether a one-use `marker` of `tenant` was claimed already (and has not expired).
+    pub async fn claimed(&self, tenant: TenantId, marker: &str) -> Result<bool, LimiterError> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.keys.continuation(tenant, marker));
+        let mut conn = self.redis.clone();
+        let found: i64 = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout))??;
+        Ok(found > 0)
+    }
+
     /// Gives back the charges of a call that failed upstream (those still inside the window).
     pub async fn refund(&self, reservation: &Reservation) -> Result<(), LimiterError> {
         let mut invocation = self.refund.prepare_invoke();

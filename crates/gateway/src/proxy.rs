@@ -22,13 +22,14 @@ use portcullis_mcp::{Message, MethodKind, MirroredHeaders, ProtocolEra, RequestI
 use crate::Gateway;
 use crate::continuation::{Round, Sealer};
 use crate::enforce::Verdict;
-use crate::error::{GatewayError, Rejection};
+use crate::error::{GatewayError, INTERNAL_CODE, Rejection};
 use crate::grants::{Grant, Transport};
 use crate::legacy::{self, Connection};
 use crate::relay::{self, Pending, ToolFilter, Watch};
 use crate::sessions::Session;
 use crate::upstream::{
-    UpstreamResponse, body_stream, is_event_stream, request_headers, response_headers,
+    Mirrored, UpstreamError, UpstreamResponse, body_stream, is_event_stream, request_headers,
+    response_headers,
 };
 
 type Gw = State<Arc<Gateway>>;
@@ -164,6 +165,8 @@ struct Inbound {
     grant: Arc<Grant>,
     headers: HeaderMap,
     era: ProtocolEra,
+    /// The headers mirroring the body that were checked, and so go upstream.
+    mirrored: Mirrored,
     version: String,
     session: Option<Session>,
     client_session: Option<String>,
@@ -327,6 +330,13 @@ impl Gateway {
             grant,
             headers,
             era: read.era,
+            mirrored: Mirrored::checked(
+                read.era,
+                read.message
+                    .is_request()
+                    .then(|| read.message.method())
+                    .flatten(),
+            ),
             version: read.version,
             session: read.session,
             client_session: read.client_session,
@@ -529,6 +539,7 @@ impl Gateway {
                     Verdict::Forward {
                         reservation,
                         decided,
+                        approved,
                     } => {
                         let digest = event
                             .arg_digest
@@ -543,6 +554,7 @@ impl Gateway {
                             digest,
                             &round,
                             reservation.clone(),
+                            approved,
                         );
                         Ok(Prepared::Forward {
                             watch: Watch::ToolsCall(sealer),
@@ -584,7 +596,9 @@ impl Gateway {
         let headers = inbound
             .headers
             .iter()
-            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+            // A value that is not visible ASCII still counts (as one that matches nothing),
+            // so it can be neither repeated nor sent for an argument without a value.
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap_or("\u{FFFD}")));
         portcullis_mcp::headers::check_param_headers(headers, &tool.input_schema, &call.arguments)?;
         Ok(())
     }
@@ -656,7 +670,7 @@ impl Gateway {
         mut pending: Pending,
     ) -> Result<Response, Rejection> {
         let server = &inbound.grant.server;
-        let mut headers = request_headers(&inbound.headers, server, inbound.era, true);
+        let mut headers = request_headers(&inbound.headers, server, inbound.mirrored, true);
         if let Err(e) = self.upstream_session(inbound.session.as_ref(), &mut headers) {
             pending.fail_unsent(&e);
             return Err(e.at(id.as_ref()));
@@ -705,6 +719,17 @@ impl Gateway {
         } else {
             Message::parse(&bytes).ok()
         };
+        if let Some(other) = parsed.as_ref().and_then(Message::id)
+            && !id
+                .as_ref()
+                .is_some_and(|request| request.answered_by(other))
+        {
+            // A client matches answers by id: this one would settle another request (a
+            // pending `tools/list`, say) with what nobody filtered.
+            let e = UpstreamError::Protocol("the upstream answered another request".into());
+            pending.fail(&e);
+            return Err(GatewayError::Upstream(e).at(id.as_ref()));
+        }
         let (bytes, is_error) = match (&watch, parsed) {
             (Watch::ToolsList(filter), Some(message)) => match filter.rewrite(&message) {
                 Some(rewritten) => (rewritten, Some(false)),
@@ -712,10 +737,21 @@ impl Gateway {
             },
             (Watch::ToolsList(_), None) if status.is_success() => {
                 // An answer the gateway cannot read cannot be filtered: never pass it on.
-                let e =
-                    crate::upstream::UpstreamError::Protocol("unreadable tools/list answer".into());
+                let e = UpstreamError::Protocol("unreadable tools/list answer".into());
                 pending.fail(&e);
                 return Err(GatewayError::Upstream(e).at(id.as_ref()));
+            }
+            (Watch::ToolsList(_), None) => {
+                // A failure's body the gateway cannot read might still list tools: its status
+                // goes back (a 404 tells the client its session is gone), its body does not.
+                let detail = format!("the upstream answered {status}");
+                let body =
+                    portcullis_mcp::error_response(id.as_ref(), INTERNAL_CODE, &detail, None);
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                (body, Some(true))
             }
             (Watch::ToolsCall(sealer), Some(message)) => match sealer.rewrite(&message) {
                 // An input_required answer, its requestState sealed (`continuation`).
@@ -800,7 +836,7 @@ impl Gateway {
             if let Some(params) = &init {
                 connection.handshake(&self.upstream, server, params).await?;
             }
-            Ok::<_, crate::upstream::UpstreamError>(connection)
+            Ok::<_, UpstreamError>(connection)
         };
         // Until the request itself is posted and accepted, nothing of it has run (a post the
         // endpoint refuses, or one to another origin, is a protocol error).
@@ -811,7 +847,7 @@ impl Gateway {
             Ok(mut connection) => match connection.post(&self.upstream, server, body).await {
                 Ok(()) => Ok(connection),
                 Err(e) => {
-                    let refused = matches!(e, crate::upstream::UpstreamError::Protocol(_));
+                    let refused = matches!(e, UpstreamError::Protocol(_));
                     Err((e, refused))
                 }
             },
@@ -838,11 +874,14 @@ impl Gateway {
                     return Err(GatewayError::from(e).at(id.as_ref()));
                 }
             };
-            pending.finish(Some(false));
-            let session = Session::Legacy(legacy::init_params(message));
+            let refused = matches!(event.json_rpc(), Some(Ok(Message::Error { .. })));
+            pending.finish(Some(refused));
             let mut headers = HeaderMap::new();
-            if let Ok(value) =
-                HeaderValue::from_str(&self.sessions.wrap(inbound.grant.id, &session))
+            let session = Session::Legacy(legacy::init_params(message));
+            // A refused `initialize` began no session: there is nothing to replay.
+            if !refused
+                && let Ok(value) =
+                    HeaderValue::from_str(&self.sessions.wrap(inbound.grant.id, &session))
             {
                 headers.insert(SESSION_HEADER, value);
             }
@@ -871,7 +910,7 @@ impl Gateway {
         if server.transport == Transport::Sse {
             return self.pass_legacy(&inbound, &body).await;
         }
-        let mut headers = request_headers(&inbound.headers, server, inbound.era, true);
+        let mut headers = request_headers(&inbound.headers, server, inbound.mirrored, true);
         self.upstream_session(inbound.session.as_ref(), &mut headers)?;
         let response = self
             .upstream
@@ -957,8 +996,7 @@ impl Gateway {
                 .into())
             };
         }
-        let mut upstream_headers =
-            request_headers(&headers, &grant.server, ProtocolEra::Session, false);
+        let mut upstream_headers = request_headers(&headers, &grant.server, Mirrored::None, false);
         if method == Method::GET && !headers.contains_key(header::ACCEPT) {
             upstream_headers.insert(
                 header::ACCEPT,

@@ -265,7 +265,13 @@ struct SseRelay {
 impl SseRelay {
     fn frame(&mut self, frame: SseFrame, out: &mut BytesMut) {
         let event = match &frame {
-            SseFrame::Event(event) if !matches!(self.watch, Watch::Nothing) => event,
+            // An unwatched stream is read only for the outcome of the call it answers (a
+            // legacy upstream's; Streamable HTTP answers nobody watches go through `raw`).
+            SseFrame::Event(event)
+                if !matches!(self.watch, Watch::Nothing) || self.pending.is_some() =>
+            {
+                event
+            }
             _ => {
                 frame.encode_into(out);
                 return;
@@ -293,7 +299,16 @@ impl SseRelay {
             frame.encode_into(out);
             return;
         };
-        let answers = message.id().is_some() && message.id() == self.id.as_ref();
+        let answers = message
+            .id()
+            .zip(self.id.as_ref())
+            .is_some_and(|(answer, request)| request.answered_by(answer));
+        if !answers && self.id.is_some() {
+            // A POST's stream answers its own request: an answer to another (a client matches
+            // answers by id) could carry a tools list to a pending `tools/list`, unfiltered.
+            tracing::warn!("dropping an answer to another request from a request's stream");
+            return;
+        }
         if answers && std::mem::replace(&mut self.answered, true) {
             tracing::warn!("dropping a second answer to one request");
             return;
@@ -307,7 +322,8 @@ impl SseRelay {
             Watch::ToolsCall(sealer) if answers => {
                 (sealer.rewrite(&message), answer_is_error(&message))
             }
-            Watch::ToolsCall(_) | Watch::Nothing => (None, false),
+            Watch::ToolsCall(_) => (None, false),
+            Watch::Nothing => (None, answer_is_error(&message)),
         };
         if answers {
             self.finish(Some(rewritten.is_none() && is_error));

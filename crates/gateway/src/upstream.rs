@@ -306,33 +306,65 @@ pub fn body_stream(response: UpstreamResponse) -> crate::relay::ByteStream {
     crate::relay::boxed(http_body_util::BodyDataStream::new(response.into_body()))
 }
 
-/// The stateless era's headers that mirror the body (with `Mcp-Param-*`).
-const MIRRORED_REQUEST: [HeaderName; 2] = [
-    HeaderName::from_static(mcp::MCP_METHOD),
-    HeaderName::from_static(mcp::MCP_NAME),
-];
+/// Which of the client's headers that mirror the body the gateway checked against it: the
+/// only ones forwarded, since nothing behind the gateway may route on a header nobody checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mirrored {
+    /// None: the session era, GET and DELETE, notifications and responses.
+    #[default]
+    None,
+    /// A stateless-era request: `Mcp-Method`, and `Mcp-Name` when its method has a name.
+    Method {
+        /// Whether the method has a name that `Mcp-Name` mirrors.
+        name: bool,
+    },
+    /// A stateless-era `tools/call`: `Mcp-Method`, `Mcp-Name` and `Mcp-Param-*`.
+    Call,
+}
+
+impl Mirrored {
+    /// What was checked for a message of `era` whose method is `request_method` (`None` for
+    /// a notification or a response).
+    pub fn checked(era: ProtocolEra, request_method: Option<&str>) -> Self {
+        match (era, request_method) {
+            (ProtocolEra::Stateless, Some(portcullis_mcp::method::names::TOOLS_CALL)) => Self::Call,
+            (ProtocolEra::Stateless, Some(method)) => Self::Method {
+                name: portcullis_mcp::headers::name_source(method).is_some(),
+            },
+            _ => Self::None,
+        }
+    }
+}
 
 /// The headers of a request to `server`: the client's MCP headers, then the server's own.
-/// The headers that mirror the body go only with a request of the stateless `era`, the one
-/// where the gateway checks them: nothing behind it may route on a header nobody checked.
+/// Of the headers that mirror the body, only those `mirrored` names go.
 pub fn request_headers(
     client: &HeaderMap,
     server: &Server,
-    era: ProtocolEra,
+    mirrored: Mirrored,
     has_body: bool,
 ) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(8 + server.headers.len());
-    let mirrored = if era == ProtocolEra::Stateless {
-        &MIRRORED_REQUEST[..]
-    } else {
-        &[]
-    };
-    for name in FORWARDED_REQUEST.iter().chain(mirrored) {
+    let copy = |out: &mut HeaderMap, name: &HeaderName| {
         for value in client.get_all(name) {
             out.append(name.clone(), value.clone());
         }
+    };
+    for name in FORWARDED_REQUEST.iter() {
+        copy(&mut out, name);
     }
-    if era == ProtocolEra::Stateless {
+    let (method, name, params) = match mirrored {
+        Mirrored::None => (false, false, false),
+        Mirrored::Method { name } => (true, name, false),
+        Mirrored::Call => (true, true, true),
+    };
+    if method {
+        copy(&mut out, &HeaderName::from_static(mcp::MCP_METHOD));
+    }
+    if name {
+        copy(&mut out, &HeaderName::from_static(mcp::MCP_NAME));
+    }
+    if params {
         for (name, value) in client {
             if name.as_str().starts_with(mcp::MCP_PARAM_PREFIX) {
                 out.append(name.clone(), value.clone());
@@ -470,7 +502,7 @@ mod tests {
             headers: server_headers,
             block_changed_tools: true,
         };
-        let out = request_headers(&client, &server, ProtocolEra::Stateless, true);
+        let out = request_headers(&client, &server, Mirrored::Call, true);
         for gone in [
             "authorization",
             "cookie",
@@ -491,12 +523,27 @@ mod tests {
         // The headers that mirror the body go only where the gateway checked them.
         client.insert("mcp-method", HeaderValue::from_static("tools/call"));
         client.insert("mcp-name", HeaderValue::from_static("x"));
-        let stateless = request_headers(&client, &server, ProtocolEra::Stateless, true);
-        let session = request_headers(&client, &server, ProtocolEra::Session, true);
-        for mirrored in ["mcp-method", "mcp-name", "mcp-param-region"] {
-            assert!(stateless.contains_key(mirrored), "{mirrored}");
-            assert!(!session.contains_key(mirrored), "{mirrored}");
-        }
+        let forwarded = |era, method| {
+            let out = request_headers(&client, &server, Mirrored::checked(era, method), true);
+            ["mcp-method", "mcp-name", "mcp-param-region"].map(|h| out.contains_key(h))
+        };
+        let stateless = ProtocolEra::Stateless;
+        assert_eq!(forwarded(stateless, Some("tools/call")), [true; 3]);
+        assert_eq!(
+            forwarded(stateless, Some("prompts/get")),
+            [true, true, false]
+        );
+        assert_eq!(
+            forwarded(stateless, Some("tools/list")),
+            [true, false, false]
+        );
+        // A notification or a response is not checked against its headers.
+        assert_eq!(forwarded(stateless, None), [false; 3]);
+        assert_eq!(
+            forwarded(ProtocolEra::Session, Some("tools/call")),
+            [false; 3]
+        );
+        let session = request_headers(&client, &server, Mirrored::None, true);
         assert_eq!(session["mcp-protocol-version"], "2025-11-25");
     }
 }

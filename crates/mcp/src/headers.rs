@@ -184,6 +184,25 @@ pub fn check_mirrored_headers(headers: &MirroredHeaders<'_>, msg: &Message) -> R
     Ok(())
 }
 
+/// Whether a header spells the body's number: integers exactly (a double cannot tell 2^53
+/// from 2^53 + 1), other numbers by value, so `42.0` still equals `42`.
+fn numbers_equal(header: &str, body: &serde_json::Number) -> bool {
+    let integer = body
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| body.as_u64().map(i128::from));
+    match (integer, header.parse::<i128>()) {
+        (Some(b), Ok(h)) => b == h,
+        // A double holds every integer up to 2^53 exactly; past that only the integer
+        // spelling can be compared.
+        (Some(b), Err(_)) if b.unsigned_abs() > 1 << 53 => false,
+        _ => match (header.parse::<f64>(), body.as_f64()) {
+            (Ok(h), Some(b)) => h == b,
+            _ => false,
+        },
+    }
+}
+
 /// A tool parameter the server asked clients to mirror into `Mcp-Param-{name}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamHeader {
@@ -280,10 +299,7 @@ pub fn check_param_headers<'h>(
                 let equal = match body {
                     Value::String(s) => *s == decoded,
                     Value::Bool(b) => decoded == if *b { "true" } else { "false" },
-                    Value::Number(n) => match (decoded.trim().parse::<f64>(), n.as_f64()) {
-                        (Ok(h), Some(b)) => h == b,
-                        _ => false,
-                    },
+                    Value::Number(n) => numbers_equal(decoded.trim(), n),
                     _ => false,
                 };
                 if !equal {
@@ -576,6 +592,21 @@ mod tests {
             )
             .is_err()
         );
+        // Integers compare exactly, past what a double holds.
+        let big =
+            json!({"region": "r", "query": "q", "opts": {"shard": 9_007_199_254_740_993_u64}});
+        let with = |shard| [("mcp-param-region", "r"), ("mcp-param-shard", shard)];
+        check_param_headers(with("9007199254740993"), &schema, &big).unwrap();
+        for wrong in [
+            "9007199254740992",
+            "9.007199254740993e15",
+            "9007199254740993.0",
+        ] {
+            assert!(
+                check_param_headers(with(wrong), &schema, &big).is_err(),
+                "{wrong}"
+            );
+        }
         // A schema without annotations ignores every header.
         check_param_headers([("mcp-param-x", "1")], &json!({"type": "object"}), &args).unwrap();
     }

@@ -50,14 +50,35 @@ pub mod codes {
 /// A JSON-RPC request id: MCP allows a string or an integer, never `null`.
 ///
 /// Integers are kept as `serde_json::Number`, so every integer JSON can carry (i64 and u64)
-/// is echoed back byte for byte. A non-integer number (which MCP forbids) keeps its value but
-/// may be re-spelled (`1e3` echoes as `1000.0`).
+/// is echoed back byte for byte. A non-integer number (which MCP forbids: `1.5`, `1e3`, or an
+/// integer past 64 bits) is refused, as it could not be echoed as it was spelled.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RequestId {
     /// A numeric id.
     Number(Number),
     /// A string id.
     String(String),
+}
+
+impl RequestId {
+    /// Whether an answer under `answer` can only be taken for this request: the same id, or a
+    /// number and a string of the same integer (the TypeScript SDK matches answers by
+    /// `Number(id)`, so `"7"` answers `7` there, and an upstream may echo ids that way).
+    pub fn answered_by(&self, answer: &RequestId) -> bool {
+        let integer = |n: &Number, s: &str| {
+            let s = s.trim();
+            match (n.as_i64(), n.as_u64()) {
+                (Some(n), _) => s.parse::<i64>() == Ok(n),
+                (_, Some(n)) => s.parse::<u64>() == Ok(n),
+                _ => false,
+            }
+        };
+        match (self, answer) {
+            (RequestId::Number(n), RequestId::String(s))
+            | (RequestId::String(s), RequestId::Number(n)) => integer(n, s),
+            _ => self == answer,
+        }
+    }
 }
 
 impl From<i64> for RequestId {
@@ -111,10 +132,10 @@ impl<'de> Deserialize<'de> for RequestId {
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RequestId, E> {
                 Ok(RequestId::Number(v.into()))
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RequestId, E> {
-                Number::from_f64(v)
-                    .map(RequestId::Number)
-                    .ok_or_else(|| E::custom("id is not a finite number"))
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<RequestId, E> {
+                // MCP ids are strings or integers; a fraction, an exponent or an integer past
+                // 64 bits would come back spelled differently, so no answer would match it.
+                Err(E::custom("id must be a string or an integer"))
             }
         }
         d.deserialize_any(IdVisitor)
@@ -678,6 +699,11 @@ mod tests {
             );
         }
         assert_ne!(RequestId::from("1"), RequestId::from(1));
+        assert!(RequestId::from(7).answered_by(&RequestId::from(" 7")));
+        assert!(RequestId::from("7").answered_by(&RequestId::from(7)));
+        assert!(!RequestId::from(7).answered_by(&RequestId::from(8)));
+        assert!(!RequestId::from(7).answered_by(&RequestId::from("7a")));
+        assert!(!RequestId::from("a").answered_by(&RequestId::from("b")));
         assert_eq!(RequestId::from("1").to_string(), r#""1""#);
         assert_eq!(RequestId::from(1).to_string(), "1");
     }
@@ -728,6 +754,21 @@ mod tests {
             ),
             (
                 r#"{"jsonrpc":"2.0","id":true,"method":"ping"}"#,
+                codes::INVALID_REQUEST,
+                None,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+                codes::INVALID_REQUEST,
+                None,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1e3,"method":"ping"}"#,
+                codes::INVALID_REQUEST,
+                None,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":18446744073709551616,"method":"ping"}"#,
                 codes::INVALID_REQUEST,
                 None,
             ),
