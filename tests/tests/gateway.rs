@@ -2175,6 +2175,51 @@ async fn answers_to_another_request_never_reach_the_client() {
             assert_eq!(message(&body)["id"], 2, "{body}");
         }
     }
+    // What the gateway cannot read may be read by a client as another request's answer (the
+    // TypeScript SDK takes `3.0` for `3`, and reads a JSON array as a batch): dropped from a
+    // stream, refused as a JSON answer.
+    let odd = r#"{"jsonrpc":"2.0","id":2.0,"result":{"tools":[{"name":"delete_everything"}]}}"#;
+    let batch = format!("[{hidden}]");
+    let unreadable_answers = [
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\nevent: message\ndata: {odd}\n\nevent: message\ndata: {answer}\n\n"
+        ),
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{odd}",
+            odd.len()
+        ),
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{batch}",
+            batch.len()
+        ),
+    ];
+    for (i, raw) in unreadable_answers.iter().enumerate() {
+        let f = loopback_fixture(&stack, raw_upstream(Some(raw)).await).await;
+        let (status, _, body) = post(&f.url(&gw), &version, &call(2, "echo", json!({}))).await;
+        assert!(!body.contains("delete_everything"), "{i}: {body}");
+        if i == 0 {
+            assert_eq!(text(&message(&body)), "done", "{body}");
+        } else {
+            assert_eq!(status, 502, "{i}: {body}");
+        }
+    }
+    // An error under an id of the upstream's own (the Python SDK answers HTTP-level errors
+    // with `"id": "server-error"`) carries no list: it passes, with its status (a 404 tells
+    // the client its session is gone).
+    let gone = r#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Session not found"}}"#;
+    let raw = format!(
+        "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{gone}",
+        gone.len()
+    );
+    let f = loopback_fixture(&stack, raw_upstream(Some(&raw)).await).await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
+    let (status, _, body) = post(&f.url(&gw), &version, &list).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        message(&body)["error"]["message"],
+        "Session not found",
+        "{body}"
+    );
     // A failure's body the gateway cannot read is not passed on for a `tools/list`: its status
     // is (a 404 says the session is gone), with an error of the gateway's.
     let unreadable =
@@ -2184,7 +2229,6 @@ async fn answers_to_another_request_never_reach_the_client() {
         unreadable.len()
     );
     let f = loopback_fixture(&stack, raw_upstream(Some(&raw)).await).await;
-    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
     let (status, _, body) = post(&f.url(&gw), &version, &list).await;
     assert_eq!(status, 404, "{body}");
     assert!(!body.contains("delete_everything"), "{body}");

@@ -136,7 +136,7 @@ impl Refusal {
             }
             Refusal::Unclaimed => {
                 "requestState not checked: the rate limiter is unavailable, so a continuation of \
-                 an approved call cannot be checked for reuse; retry later"
+                 a call that needs approval cannot be checked for reuse; retry later"
             }
         }
     }
@@ -201,9 +201,14 @@ pub fn refusal_response(id: &RequestId, refusal: Refusal) -> Bytes {
     )
 }
 
-/// The audit message of a continuation.
-pub fn note(message: Option<&str>) -> String {
-    let note = "continuation of an input_required call: limits and approval not charged again";
+/// The audit message of a continuation; `approval_taken` when this retry took an approval of
+/// its own (the call it continues passed none).
+pub fn note(message: Option<&str>, approval_taken: bool) -> String {
+    let note = if approval_taken {
+        "continuation of an input_required call: limits not charged again"
+    } else {
+        "continuation of an input_required call: limits and approval not charged again"
+    };
     match message {
         Some(m) if !m.is_empty() => format!("{m} ({note})"),
         _ => note.to_owned(),

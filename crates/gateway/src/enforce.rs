@@ -186,6 +186,8 @@ pub async fn tools_call(
                         Ok(false) => None,
                         Ok(true) => Some(continuation::Refusal::Used),
                         Err(e) => {
+                            metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "continuation")
+                                .increment(1);
                             tracing::warn!(error = %e, "cannot check a continuation");
                             Some(continuation::Refusal::Unclaimed)
                         }
@@ -260,7 +262,10 @@ pub async fn tools_call(
                     && policy.is_some_and(|p| p.on_limiter_error() == OnLimiterError::Allow);
                 tracing::warn!(error = %e, fail_open, "cannot claim a continuation");
                 if fail_open {
-                    event.message = Some(continuation::note(event.message.as_deref()));
+                    event.message = Some(continuation::note(
+                        event.message.as_deref(),
+                        approved.is_some(),
+                    ));
                     return Ok(forward(None));
                 }
                 if needs_approval {
@@ -283,7 +288,10 @@ pub async fn tools_call(
             }
             return Ok(refused_continuation(event, id, refusal));
         }
-        event.message = Some(continuation::note(event.message.as_deref()));
+        event.message = Some(continuation::note(
+            event.message.as_deref(),
+            approved.is_some(),
+        ));
         // The call it continues was charged: if this retry fails, that charge is refunded.
         // Only a won claim carries the charge on (in monitor mode a used envelope is forwarded
         // too, without it).

@@ -4,6 +4,9 @@
 //! Policy outcomes (deny, hidden, rate limited, approval) are not errors: they are ordinary
 //! JSON-RPC answers built by the enforcement code.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_mcp::{RequestId, error_response};
@@ -107,6 +110,55 @@ impl GatewayError {
     }
 }
 
+/// Failures that come in floods (an upstream or the database down, a burst of unknown tokens
+/// waiting for the database) warn at most once a second each; the line says how many it stands
+/// for. The metrics count every one.
+static UPSTREAM_FAILURES: Throttle = Throttle::new();
+static DATABASE_FAILURES: Throttle = Throttle::new();
+
+/// At most one log line a second.
+struct Throttle {
+    /// When the next line may be written, Unix milliseconds.
+    next_ms: AtomicU64,
+    /// Lines not written since the last one.
+    skipped: AtomicU64,
+}
+
+impl Throttle {
+    const INTERVAL: Duration = Duration::from_secs(1);
+
+    const fn new() -> Self {
+        Self {
+            next_ms: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines skipped since the last)` when a line may be written at `now`.
+    fn admit(&self, now: SystemTime) -> Option<u64> {
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let next = self.next_ms.load(Ordering::Relaxed);
+        let interval = u64::try_from(Self::INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if now_ms < next
+            || self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now_ms.saturating_add(interval),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.skipped.swap(0, Ordering::Relaxed))
+    }
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         Rejection {
@@ -121,11 +173,17 @@ impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let Rejection { error, id } = self;
         let status = error.status();
-        match &error {
-            GatewayError::Upstream(_) | GatewayError::Database(_) => {
-                tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "request failed");
+        let flood = match &error {
+            GatewayError::Upstream(_) => Some(&UPSTREAM_FAILURES),
+            GatewayError::Database(_) => Some(&DATABASE_FAILURES),
+            _ => None,
+        };
+        match flood.map(|throttle| throttle.admit(SystemTime::now())) {
+            Some(Some(skipped)) => {
+                tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), skipped, "request failed");
             }
-            _ => tracing::debug!(error = %error, "request refused"),
+            Some(None) => {}
+            None => tracing::debug!(error = %error, "request refused"),
         }
         let body = match &error {
             GatewayError::Mcp(e) => e.to_response(id.as_ref()),
@@ -156,5 +214,23 @@ impl IntoResponse for Rejection {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_failures_writes_a_line_a_second_counting_the_rest() {
+        let throttle = Throttle::new();
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms);
+        assert_eq!(throttle.admit(at(0)), Some(0));
+        for ms in 1..1000 {
+            assert_eq!(throttle.admit(at(ms)), None);
+        }
+        assert_eq!(throttle.admit(at(1000)), Some(999));
+        assert_eq!(throttle.admit(at(1500)), None);
+        assert_eq!(throttle.admit(at(5000)), Some(1));
     }
 }

@@ -165,7 +165,7 @@ impl Connection {
                 };
                 if let Some(Ok(message)) = event.json_rpc()
                     && message.is_response()
-                    && message.id() == Some(id)
+                    && message.id().is_some_and(|answer| id.answered_by(answer))
                 {
                     return Ok(event);
                 }

@@ -719,31 +719,32 @@ impl Gateway {
         } else {
             Message::parse(&bytes).ok()
         };
-        if let Some(other) = parsed.as_ref().and_then(Message::id)
-            && !id
-                .as_ref()
-                .is_some_and(|request| request.answered_by(other))
-        {
-            // A client matches answers by id: this one would settle another request (a
-            // pending `tools/list`, say) with what nobody filtered.
-            let e = UpstreamError::Protocol("the upstream answered another request".into());
-            pending.fail(&e);
-            return Err(GatewayError::Upstream(e).at(id.as_ref()));
-        }
+        // A client matches answers by id: a result under another request's id could settle a
+        // pending `tools/list` with what nobody filtered. (An error carries no list, and some
+        // servers answer HTTP-level errors under an id of their own.)
+        let foreign = matches!(&parsed, Some(Message::Response { id: other, .. })
+            if !id.as_ref().is_some_and(|request| request.answered_by(other)));
         let (bytes, is_error) = match (&watch, parsed) {
+            _ if foreign => {
+                let e = UpstreamError::Protocol("the upstream answered another request".into());
+                pending.fail(&e);
+                return Err(GatewayError::Upstream(e).at(id.as_ref()));
+            }
+            (_, None) if bytes.is_empty() => (bytes, (!status.is_success()).then_some(true)),
             (Watch::ToolsList(filter), Some(message)) => match filter.rewrite(&message) {
                 Some(rewritten) => (rewritten, Some(false)),
                 None => (bytes, Some(matches!(message, Message::Error { .. }))),
             },
-            (Watch::ToolsList(_), None) if status.is_success() => {
-                // An answer the gateway cannot read cannot be filtered: never pass it on.
-                let e = UpstreamError::Protocol("unreadable tools/list answer".into());
+            (_, None) if status.is_success() => {
+                // An answer the gateway cannot read can be neither filtered nor told apart
+                // from another request's (a client may read it another way): never pass it on.
+                let e = UpstreamError::Protocol("unreadable answer".into());
                 pending.fail(&e);
                 return Err(GatewayError::Upstream(e).at(id.as_ref()));
             }
-            (Watch::ToolsList(_), None) => {
-                // A failure's body the gateway cannot read might still list tools: its status
-                // goes back (a 404 tells the client its session is gone), its body does not.
+            (_, None) => {
+                // Nor a failure's body: its status goes back (a 404 tells the client its
+                // session is gone), its body does not.
                 let detail = format!("the upstream answered {status}");
                 let body =
                     portcullis_mcp::error_response(id.as_ref(), INTERNAL_CODE, &detail, None);
@@ -765,7 +766,6 @@ impl Gateway {
                 bytes,
                 Some(relay::answer_is_error(&message) || !status.is_success()),
             ),
-            (_, None) => (bytes, (!status.is_success()).then_some(true)),
         };
         pending.finish(is_error);
         let mut out = Response::new(Body::from(bytes));

@@ -288,9 +288,10 @@ impl SseRelay {
         }
         let message = match event.json_rpc() {
             Some(Ok(message)) if message.is_response() => Some(message),
-            Some(Err(_)) if self.watch.sees_lists() => {
-                // A message the gateway cannot read might be a tools list it cannot filter.
-                tracing::warn!("dropping an unreadable message from a stream that may list tools");
+            Some(Err(_)) if self.watch.sees_lists() || self.id.is_some() => {
+                // A message the gateway cannot read might be a tools list it cannot filter, or
+                // an answer a client reads as another request's.
+                tracing::warn!("dropping an unreadable message from a watched stream");
                 return;
             }
             _ => None,
@@ -303,9 +304,10 @@ impl SseRelay {
             .id()
             .zip(self.id.as_ref())
             .is_some_and(|(answer, request)| request.answered_by(answer));
-        if !answers && self.id.is_some() {
-            // A POST's stream answers its own request: an answer to another (a client matches
+        if !answers && self.id.is_some() && matches!(message, Message::Response { .. }) {
+            // A POST's stream answers its own request: a result for another (a client matches
             // answers by id) could carry a tools list to a pending `tools/list`, unfiltered.
+            // (An error carries no list.)
             tracing::warn!("dropping an answer to another request from a request's stream");
             return;
         }

@@ -313,7 +313,8 @@ pub enum Mirrored {
     /// None: the session era, GET and DELETE, notifications and responses.
     #[default]
     None,
-    /// A stateless-era request: `Mcp-Method`, and `Mcp-Name` when its method has a name.
+    /// A stateless-era request or notification: `Mcp-Method`, and `Mcp-Name` when its method
+    /// has a name.
     Method {
         /// Whether the method has a name that `Mcp-Name` mirrors.
         name: bool,
@@ -323,10 +324,10 @@ pub enum Mirrored {
 }
 
 impl Mirrored {
-    /// What was checked for a message of `era` whose method is `request_method` (`None` for
-    /// a notification or a response).
-    pub fn checked(era: ProtocolEra, request_method: Option<&str>) -> Self {
-        match (era, request_method) {
+    /// What was checked for a message of `era` whose method is `method` (`None` for a
+    /// response; a notification's `Mcp-Method`, if any, was checked too).
+    pub fn checked(era: ProtocolEra, method: Option<&str>) -> Self {
+        match (era, method) {
             (ProtocolEra::Stateless, Some(portcullis_mcp::method::names::TOOLS_CALL)) => Self::Call,
             (ProtocolEra::Stateless, Some(method)) => Self::Method {
                 name: portcullis_mcp::headers::name_source(method).is_some(),
@@ -537,7 +538,11 @@ mod tests {
             forwarded(stateless, Some("tools/list")),
             [true, false, false]
         );
-        // A notification or a response is not checked against its headers.
+        // A notification's method is checked when sent; a response has none.
+        assert_eq!(
+            forwarded(stateless, Some("notifications/cancelled")),
+            [true, false, false]
+        );
         assert_eq!(forwarded(stateless, None), [false; 3]);
         assert_eq!(
             forwarded(ProtocolEra::Session, Some("tools/call")),

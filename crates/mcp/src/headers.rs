@@ -115,15 +115,26 @@ pub struct MirroredHeaders<'a> {
     pub name: Option<&'a str>,
 }
 
-/// Checks a stateless-era request's mirrored headers against its body.
+/// Checks a stateless-era message's mirrored headers against its body.
 ///
-/// Only requests are checked: the spec defines no header requirements for notification
-/// POSTs. Missing, malformed or disagreeing headers are [`Error::HeaderMismatch`] (400,
+/// A request's are required. A notification's `Mcp-Method`, when sent, must name its method
+/// (some clients send it on every POST, and an upstream may route on it); responses carry
+/// no method. Missing, malformed or disagreeing headers are [`Error::HeaderMismatch`] (400,
 /// -32020); a request without the required `_meta` version is [`Error::InvalidParams`]
 /// (400, -32602). An `Mcp-Name` on a method that has no name is not defined by the spec
-/// and is ignored, since the gateway never routes on it. Comparisons are exact: header
-/// values are case-sensitive.
+/// and is ignored (and not forwarded). Comparisons are exact: header values are
+/// case-sensitive.
 pub fn check_mirrored_headers(headers: &MirroredHeaders<'_>, msg: &Message) -> Result<(), Error> {
+    if let Message::Notification { method, .. } = msg
+        && let Some(method_header) = headers.method
+    {
+        check_chars("Mcp-Method", method_header)?;
+        if method_header != method {
+            return Err(mismatch(format!(
+                "Mcp-Method header value '{method_header}' does not match body value '{method}'"
+            )));
+        }
+    }
     let Message::Request { method, params, .. } = msg else {
         return Ok(());
     };
@@ -446,12 +457,19 @@ mod tests {
     }
 
     #[test]
-    fn only_requests_are_checked() {
+    fn only_requests_must_mirror_and_a_notification_method_sent_must_match() {
         let note = Message::parse(
             br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#,
         )
         .unwrap();
         check_mirrored_headers(&MirroredHeaders::default(), &note).unwrap();
+        let said = |method| MirroredHeaders {
+            method: Some(method),
+            ..MirroredHeaders::default()
+        };
+        check_mirrored_headers(&said("notifications/cancelled"), &note).unwrap();
+        let err = check_mirrored_headers(&said("tools/call"), &note).unwrap_err();
+        assert!(matches!(err, Error::HeaderMismatch(_)));
         let resp = Message::parse(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).unwrap();
         check_mirrored_headers(&MirroredHeaders::default(), &resp).unwrap();
     }

@@ -16,6 +16,10 @@ use serde_json::{Number, Value};
 const MAX_SEGMENTS: usize = 32;
 /// Compiled-size cap per regex, so a hostile policy cannot make the gateway build a huge automaton.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// The most a regex's lazy DFA may cache per thread that matches with it (2 MiB by default;
+/// a policy may hold hundreds of patterns, each cached on every gateway thread). A pattern
+/// whose lazy DFA needs more runs on the slower engines, still in linear time.
+const REGEX_CACHE_CAPACITY: usize = 256 << 10;
 /// What all of a policy's regexes may take of the heap once compiled. Each replica keeps every
 /// policy in use compiled, so many regexes just under the cap of one must not add up.
 pub(crate) const REGEX_BUDGET: usize = 4 << 20;
@@ -553,7 +557,11 @@ pub(crate) fn check_operand(op: Op, value: Option<&Value>) -> Result<usize, Valu
 /// Compiles an RE2-syntax pattern with a size cap; the error is one plain line.
 pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, String> {
     Regex::builder()
-        .configure(Regex::config().nfa_size_limit(Some(REGEX_SIZE_LIMIT)))
+        .configure(
+            Regex::config()
+                .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+                .hybrid_cache_capacity(REGEX_CACHE_CAPACITY),
+        )
         .build(pattern)
         .map_err(|e| {
             if let Some(syntax) = e.syntax_error() {

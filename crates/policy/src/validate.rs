@@ -291,7 +291,10 @@ impl Walk {
                 None
             }
         };
-        if let Some(op) = op {
+        // Past the budget (reported once), regexes are not compiled: a document full of them
+        // must not cost a compilation each.
+        let over_budget = op == Some(Op::Regex) && self.regex_bytes > REGEX_BUDGET;
+        if let Some(op) = op.filter(|_| !over_budget) {
             match check_operand(op, map.get("value")) {
                 Ok(bytes) => {
                     let before = self.regex_bytes;

@@ -308,13 +308,13 @@ pub fn build(base: &Value, form: &[(String, String)]) -> Result<Value, Vec<Field
                 }
                 tools.insert(name.clone(), Value::Object(rule));
             }
-            "custom" => match serde_json::from_str::<Value>(&get("custom")) {
+            "custom" => match portcullis_policy::json_text::parse(&get("custom")) {
                 Ok(rule) => {
                     tools.insert(name.clone(), rule);
                 }
                 Err(e) => errors.push(FieldError::new(
-                    pointer,
-                    format!("the custom rule is not valid JSON: {e}"),
+                    format!("{pointer}{}", e.pointer),
+                    format!("the custom rule: {}", e.message),
                 )),
             },
             other => errors.push(FieldError::new(
