@@ -2050,6 +2050,50 @@ async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
     gw.stop().await.unwrap();
 }
 
+/// An approved call that never reaches the tool (its upstream refuses the connection) does not
+/// use up its approval: the retry passes once the upstream is back.
+#[tokio::test]
+async fn an_approval_is_given_back_when_its_call_never_ran() {
+    let stack = Stack::new().await;
+    let gw = stack.gateway().await;
+    let doc = json!({"version": "1", "default": "deny", "tools": {"echo": {"approval": {}}}});
+    let f = stack
+        .fixture(
+            &format!("http://127.0.0.1:{}/mcp", closed_port().await),
+            "streamable_http",
+            doc,
+        )
+        .await;
+    let url = f.url(&gw);
+    let (_, _, body) = post_stateless(&url, &[], 1, "echo", json!({"text": "hi"})).await;
+    let asked = message(&body);
+    let approval = asked["result"]["_meta"]["portcullis/decision"]["approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
+    sqlx::query("UPDATE approvals SET status = 'approved', decided_at = now() WHERE id = $1")
+        .bind(&approval)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    let (status, _, body) = post_stateless(&url, &[], 2, "echo", json!({"text": "hi"})).await;
+    assert_eq!(status, 502, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (state,): (String,) = sqlx::query_as("SELECT status FROM approvals WHERE id = $1")
+            .bind(&approval)
+            .fetch_one(stack.db.pool())
+            .await
+            .unwrap();
+        if state == "approved" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the approval stayed {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.stop().await.unwrap();
+}
+
 /// A charge is refunded only when the call certainly never ran: a connection refused is
 /// refunded, an upstream that took the request and never answered is not (its tool may have
 /// run, and a slow tool must not buy unlimited calls).
@@ -2203,6 +2247,27 @@ async fn answers_to_another_request_never_reach_the_client() {
             assert_eq!(status, 502, "{i}: {body}");
         }
     }
+    // A stateless notification's Mcp-Method, when sent, names its method.
+    let cancelled =
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}})
+            .to_string();
+    let stateless = |method: &'static str| {
+        [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+        ]
+    };
+    let sse_port = raw_upstream(Some(&answers[0])).await;
+    let f = loopback_fixture(&stack, sse_port).await;
+    let (status, _, body) = post(&f.url(&gw), &stateless("tools/call"), &cancelled).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(message(&body)["error"]["code"], -32020, "{body}");
+    // The same in the SSE answer to a request the gateway does not otherwise read.
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}).to_string();
+    let (status, _, body) = post(&f.url(&gw), &version, &ping).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("delete_everything"), "{body}");
+    assert_eq!(message(&body)["id"], 2, "{body}");
     // An error under an id of the upstream's own (the Python SDK answers HTTP-level errors
     // with `"id": "server-error"`) carries no list: it passes, with its status (a 404 tells
     // the client its session is gone).

@@ -37,7 +37,8 @@ pub async fn consume(
     .await
 }
 
-/// Gives a consumed approval back (the call it was consumed for was then rate limited).
+/// Gives a consumed approval back (the call it was consumed for was then rate limited, refused
+/// as a used continuation, or never reached the upstream's tool).
 ///
 /// Its transaction's future is large: callers on the request path box it (`Box::pin`), or it
 /// would make every call's future larger (and a call's future is moved, so copied, a few

@@ -40,6 +40,8 @@ pub enum Verdict {
         decided: Option<String>,
         /// The call passed an approval (here or in the round it continues).
         approved: bool,
+        /// The approval this round consumed: given back if the call never reaches the tool.
+        approval: Option<String>,
     },
     /// Answer it with this JSON-RPC message (HTTP 200).
     Answer(Bytes),
@@ -240,6 +242,7 @@ pub async fn tools_call(
         reservation,
         decided: None,
         approved: approval_passed,
+        approval: approved.clone(),
     };
 
     if let Round::Continuation(resumed) = round {
@@ -315,6 +318,7 @@ pub async fn tools_call(
             reservation: Some(reservation),
             decided: Some(entry),
             approved: approval_passed,
+            approval: approved,
         }),
         Ok(Charged::Exceeded { index, retry_after }) => {
             let charge = &decision.charges[index.min(decision.charges.len() - 1)];

@@ -4,8 +4,9 @@
 //! Policy outcomes (deny, hidden, rate limited, approval) are not errors: they are ordinary
 //! JSON-RPC answers built by the enforcement code.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -116,9 +117,16 @@ impl GatewayError {
 static UPSTREAM_FAILURES: Throttle = Throttle::new();
 static DATABASE_FAILURES: Throttle = Throttle::new();
 
+/// Time since the process's first throttled line: a clock that never steps back (a wall clock
+/// set back would silence the lines until it caught up).
+fn since_start() -> Duration {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
 /// At most one log line a second.
 struct Throttle {
-    /// When the next line may be written, Unix milliseconds.
+    /// When the next line may be written, in milliseconds of [`since_start`].
     next_ms: AtomicU64,
     /// Lines not written since the last one.
     skipped: AtomicU64,
@@ -134,11 +142,9 @@ impl Throttle {
         }
     }
 
-    /// `Some(lines skipped since the last)` when a line may be written at `now`.
-    fn admit(&self, now: SystemTime) -> Option<u64> {
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    /// `Some(lines skipped since the last)` when a line may be written at `now` (since start).
+    fn admit(&self, now: Duration) -> Option<u64> {
+        let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
         let next = self.next_ms.load(Ordering::Relaxed);
         let interval = u64::try_from(Self::INTERVAL.as_millis()).unwrap_or(u64::MAX);
         if now_ms < next
@@ -178,7 +184,7 @@ impl IntoResponse for Rejection {
             GatewayError::Database(_) => Some(&DATABASE_FAILURES),
             _ => None,
         };
-        match flood.map(|throttle| throttle.admit(SystemTime::now())) {
+        match flood.map(|throttle| throttle.admit(since_start())) {
             Some(Some(skipped)) => {
                 tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), skipped, "request failed");
             }
@@ -224,7 +230,7 @@ mod tests {
     #[test]
     fn a_flood_of_failures_writes_a_line_a_second_counting_the_rest() {
         let throttle = Throttle::new();
-        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms);
+        let at = Duration::from_millis;
         assert_eq!(throttle.admit(at(0)), Some(0));
         for ms in 1..1000 {
             assert_eq!(throttle.admit(at(ms)), None);

@@ -76,6 +76,9 @@ enum Credential<'a> {
 }
 
 /// What [`Gateway::prepare`] made of a request.
+// Taken apart as soon as it is made, never held across an await: boxing the large variant
+// would cost an allocation on every forwarded call to save a copy of a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 enum Prepared {
     /// The gateway answers it (a refusal, an approval pending).
     Answer(Bytes),
@@ -89,6 +92,8 @@ enum Prepared {
         decided: Option<String>,
         /// The body to send instead of the client's (a continuation's retry).
         restored: Option<Bytes>,
+        /// The approval consumed, given back if the call never reaches the tool.
+        approval: Option<String>,
     },
 }
 
@@ -330,13 +335,7 @@ impl Gateway {
             grant,
             headers,
             era: read.era,
-            mirrored: Mirrored::checked(
-                read.era,
-                read.message
-                    .is_request()
-                    .then(|| read.message.method())
-                    .flatten(),
-            ),
+            mirrored: Mirrored::checked(read.era, read.message.method()),
             version: read.version,
             session: read.session,
             client_session: read.client_session,
@@ -391,7 +390,10 @@ impl Gateway {
             if era == ProtocolEra::Stateless {
                 let mirrored = MirroredHeaders {
                     protocol_version: version_header,
-                    method: header_str(headers, mcp::MCP_METHOD),
+                    // A value that is not text still counts, as one that matches nothing.
+                    method: headers
+                        .get(mcp::MCP_METHOD)
+                        .map(|v| v.to_str().unwrap_or("\u{FFFD}")),
                     name: header_str(headers, mcp::MCP_NAME),
                 };
                 portcullis_mcp::check_mirrored_headers(&mirrored, &message)?;
@@ -450,7 +452,7 @@ impl Gateway {
             inbound.client_session.clone(),
         );
         let prepared = self.prepare(&inbound, &message, kind, &mut event).await;
-        let (watch, reservation, decided) = match prepared {
+        let (watch, reservation, decided, approval) = match prepared {
             Err(error) => {
                 self.failed(event, &error, inbound.arrived, kind);
                 return Err(error.at(id.as_ref()));
@@ -464,18 +466,23 @@ impl Gateway {
                 reservation,
                 decided,
                 restored,
+                approval,
             }) => {
                 if let Some(restored) = restored {
                     body = restored;
                 }
-                (watch, reservation, decided)
+                (watch, reservation, decided, approval)
             }
         };
         let decided = match decided {
             Some(json) => json,
             None => self.audit.write_now(&event).await,
         };
-        let pending = Pending::new(self, kind, event, decided, reservation, inbound.arrived);
+        let held = relay::Held {
+            reservation,
+            approval,
+        };
+        let pending = Pending::new(self, kind, event, decided, held, inbound.arrived);
         self.meters.overhead.record(inbound.arrived.elapsed());
         match grant.server.transport {
             Transport::StreamableHttp => self.forward(inbound, id, body, watch, pending).await,
@@ -540,6 +547,7 @@ impl Gateway {
                         reservation,
                         decided,
                         approved,
+                        approval,
                     } => {
                         let digest = event
                             .arg_digest
@@ -561,6 +569,7 @@ impl Gateway {
                             reservation,
                             decided,
                             restored,
+                            approval,
                         })
                     }
                 }
@@ -570,12 +579,14 @@ impl Gateway {
                 reservation: None,
                 decided: None,
                 restored: None,
+                approval: None,
             }),
             _ => Ok(Prepared::Forward {
                 watch: Watch::Nothing,
                 reservation: None,
                 decided: None,
                 restored: None,
+                approval: None,
             }),
         }
     }
@@ -957,10 +968,15 @@ impl Gateway {
         let status = response.status();
         let mut headers = response_headers(response.headers());
         self.wrap_session(caller, response.headers(), &mut headers);
-        let body = if matches!(watch, Watch::Nothing) {
-            relay::raw(body_stream(response), pending)
-        } else {
+        // A request's SSE answer is read even when nothing in it is rewritten: the outcome
+        // comes from its answer, and a result under another request's id, or a message the
+        // gateway cannot read, is dropped. Other bodies stream through as bytes.
+        let read = !matches!(watch, Watch::Nothing)
+            || (id.is_some() && is_event_stream(response.headers()));
+        let body = if read {
             relay::sse(body_stream(response), watch, id, pending)
+        } else {
+            relay::raw(body_stream(response), pending)
         };
         let mut out = Response::new(body);
         *out.status_mut() = status;

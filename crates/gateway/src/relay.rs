@@ -104,6 +104,14 @@ impl Watch {
     }
 }
 
+/// What a forwarded call holds that is given back when it certainly never reached the tool.
+pub struct Held {
+    /// Its charges (also given back when it failed).
+    pub reservation: Option<Reservation>,
+    /// The approval it consumed.
+    pub approval: Option<String>,
+}
+
 /// A request whose outcome is not yet known. Records it (audit entry, metrics, refund) once,
 /// when told or when dropped (a client that went away mid-stream).
 pub struct Pending {
@@ -114,6 +122,8 @@ pub struct Pending {
     /// outcome added.
     decided: String,
     reservation: Option<Reservation>,
+    /// The approval consumed, given back (with the database to do it) if the call never ran.
+    approval: Option<(String, sqlx::PgPool)>,
     arrived: Instant,
     /// HTTP status of the upstream answer, once known.
     pub status: Option<u16>,
@@ -130,7 +140,7 @@ impl Pending {
         method: MethodKind,
         event: AuditEvent,
         decided: String,
-        reservation: Option<Reservation>,
+        held: Held,
         arrived: Instant,
     ) -> Self {
         Self {
@@ -139,7 +149,8 @@ impl Pending {
             meters: gw.meters.clone(),
             event: Some(event),
             decided,
-            reservation,
+            reservation: held.reservation,
+            approval: held.approval.map(|id| (id, gw.db.clone())),
             arrived,
             status: None,
             unsent: false,
@@ -189,6 +200,17 @@ impl Pending {
             upstream_error,
         });
         self.meters.request(self.method, event.decision, elapsed);
+        if self.unsent
+            && let Some((approval, db)) = self.approval.take()
+        {
+            // The approved call never reached the tool: the approval stands for its retry.
+            let tenant = event.tenant_id;
+            tokio::spawn(async move {
+                if let Err(e) = crate::approvals::restore(&db, tenant, &approval).await {
+                    tracing::warn!(error = %e, %approval, "cannot give an unused approval back");
+                }
+            });
+        }
         self.audit.enqueue_outcome(&self.decided, &event);
         if let Some(reservation) = self.reservation.take()
             && (is_error == Some(true) || (failed_upstream && is_error.is_none()))
@@ -265,8 +287,8 @@ struct SseRelay {
 impl SseRelay {
     fn frame(&mut self, frame: SseFrame, out: &mut BytesMut) {
         let event = match &frame {
-            // An unwatched stream is read only for the outcome of the call it answers (a
-            // legacy upstream's; Streamable HTTP answers nobody watches go through `raw`).
+            // An unwatched stream is read for the answer to its request (its outcome, and what
+            // must not pass under another request's id).
             SseFrame::Event(event)
                 if !matches!(self.watch, Watch::Nothing) || self.pending.is_some() =>
             {

@@ -293,8 +293,19 @@ impl Walk {
         };
         // Past the budget (reported once), regexes are not compiled: a document full of them
         // must not cost a compilation each.
-        let over_budget = op == Some(Op::Regex) && self.regex_bytes > REGEX_BUDGET;
-        if let Some(op) = op.filter(|_| !over_budget) {
+        if op == Some(Op::Regex) && self.regex_bytes > REGEX_BUDGET {
+            match map.get("value") {
+                None => self.error(
+                    pointer,
+                    "missing required key \"value\" (op regex needs one)",
+                ),
+                Some(Value::String(_)) => {}
+                Some(other) => self.error(
+                    child(pointer, "value"),
+                    format!("op regex needs a pattern string, found {}", kind(other)),
+                ),
+            }
+        } else if let Some(op) = op {
             match check_operand(op, map.get("value")) {
                 Ok(bytes) => {
                     let before = self.regex_bytes;

@@ -531,6 +531,20 @@ fn the_regexes_of_a_policy_share_one_memory_budget() {
         errors[0].message.contains("MiB once compiled"),
         "{errors:?}"
     );
-    let document = json!({"version": "1", "tools": {"t": {"require": vec![condition; 3]}}});
+    let document = json!({"version": "1", "tools": {"t": {"require": vec![condition.clone(); 3]}}});
     assert!(CompiledPolicy::from_json(&document).is_ok());
+    // Past the budget, patterns are no longer compiled, but still read.
+    let mut require = vec![condition; 5];
+    require.push(json!({"path": "args.a", "op": "regex"}));
+    require.push(json!({"path": "args.a", "op": "regex", "value": 5}));
+    let found = self::errors(json!({"version": "1", "tools": {"t": {"require": require}}}));
+    let pointers: Vec<&str> = found.iter().map(|e| e.pointer.as_str()).collect();
+    assert_eq!(
+        pointers,
+        [
+            "/tools/t/require/3/value",
+            "/tools/t/require/5",
+            "/tools/t/require/6/value"
+        ]
+    );
 }
