@@ -1425,15 +1425,7 @@ async fn an_approved_call_never_continues_unchecked() {
     let (_, _, body) = consult(&url, 1, "tides", None, None).await;
     let asked = message(&body);
     assert!(text(&asked).starts_with("[APPROVAL REQUIRED]"), "{body}");
-    let approval = asked["result"]["_meta"]["portcullis/decision"]["approval_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    sqlx::query("UPDATE approvals SET status = 'approved', decided_at = now() WHERE id = $1")
-        .bind(&approval)
-        .execute(stack.db.pool())
-        .await
-        .unwrap();
+    approve_asked(&stack, &asked).await;
     let (_, _, body) = consult(&url, 2, "tides", None, None).await;
     let first = message(&body);
     assert_eq!(first["result"]["resultType"], "input_required", "{body}");
@@ -1517,15 +1509,7 @@ async fn a_continuation_needs_the_approval_its_call_did_not_pass() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let approval = asked["result"]["_meta"]["portcullis/decision"]["approval_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    sqlx::query("UPDATE approvals SET status = 'approved', decided_at = now() WHERE id = $1")
-        .bind(&approval)
-        .execute(stack.db.pool())
-        .await
-        .unwrap();
+    approve_asked(&stack, &asked).await;
     let (_, _, body) = consult(&url, 3, "tides", Some((&responses, &state)), None).await;
     assert_eq!(
         text(&message(&body)),
@@ -2050,6 +2034,20 @@ async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
     gw.stop().await.unwrap();
 }
 
+/// Approves the approval an `[APPROVAL REQUIRED]` answer names, as an approver would; its id.
+async fn approve_asked(stack: &Stack, asked: &Value) -> String {
+    let approval = asked["result"]["_meta"]["portcullis/decision"]["approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no approval asked: {asked}"))
+        .to_owned();
+    sqlx::query("UPDATE approvals SET status = 'approved', decided_at = now() WHERE id = $1")
+        .bind(&approval)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    approval
+}
+
 /// An approved call that never reaches the tool (its upstream refuses the connection) does not
 /// use up its approval: the retry passes once the upstream is back.
 #[tokio::test]
@@ -2067,15 +2065,7 @@ async fn an_approval_is_given_back_when_its_call_never_ran() {
     let url = f.url(&gw);
     let (_, _, body) = post_stateless(&url, &[], 1, "echo", json!({"text": "hi"})).await;
     let asked = message(&body);
-    let approval = asked["result"]["_meta"]["portcullis/decision"]["approval_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{body}"))
-        .to_owned();
-    sqlx::query("UPDATE approvals SET status = 'approved', decided_at = now() WHERE id = $1")
-        .bind(&approval)
-        .execute(stack.db.pool())
-        .await
-        .unwrap();
+    let approval = approve_asked(&stack, &asked).await;
     let (status, _, body) = post_stateless(&url, &[], 2, "echo", json!({"text": "hi"})).await;
     assert_eq!(status, 502, "{body}");
     let deadline = Instant::now() + Duration::from_secs(5);
