@@ -2063,6 +2063,16 @@ async fn an_approval_is_given_back_when_its_call_never_ran() {
         )
         .await;
     let url = f.url(&gw);
+    // An approval binds exact arguments: one past 64 bits cannot be told from its neighbours.
+    let inexact: Value =
+        serde_json::from_str(r#"{"text": "hi", "n": 10000000000000000000001}"#).unwrap();
+    let (_, _, body) = post_stateless(&url, &[], 1, "echo", inexact).await;
+    assert!(
+        text(&message(&body)).starts_with(
+            "[POLICY DENIED] this call needs approval, and its arguments hold a number too large"
+        ),
+        "{body}"
+    );
     let (_, _, body) = post_stateless(&url, &[], 1, "echo", json!({"text": "hi"})).await;
     let asked = message(&body);
     let approval = approve_asked(&stack, &asked).await;

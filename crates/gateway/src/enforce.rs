@@ -181,6 +181,19 @@ pub async fn tools_call(
                 // A fresh call, or a continuation of one that passed no approval (it needed
                 // none then, or ran in `mode: monitor`): approved calls pass once each. A used
                 // envelope asks no approver anything.
+                if portcullis_core::canonical::holds_rounded_integer(&call.arguments) {
+                    // An approval binds the exact arguments; these cannot be told apart from
+                    // their neighbours, so none is asked for.
+                    event.decision = AuditDecision::Deny;
+                    event.message = Some(INEXACT_APPROVAL.to_owned());
+                    let text = format!("[POLICY DENIED] {INEXACT_APPROVAL}.");
+                    return Ok(Verdict::Answer(tool_error_response(
+                        id,
+                        &text,
+                        Some(meta(event, None)),
+                        era,
+                    )));
+                }
                 if let Round::Continuation(resumed) = round {
                     // Boxed: a rare branch's future must not grow every call's future.
                     let claimed = Box::pin(gw.limiter.claimed(grant.tenant, &resumed.marker));
@@ -375,6 +388,10 @@ pub async fn tools_call(
         }
     }
 }
+
+/// Why a call that needs approval is refused when its arguments hold an inexact number.
+const INEXACT_APPROVAL: &str = "this call needs approval, and its arguments hold a number too \
+     large to approve exactly (an integer past 64 bits); send it as a string";
 
 /// Audits a continuation's refusal.
 fn note_refusal(event: &mut AuditEvent, refusal: continuation::Refusal) {
