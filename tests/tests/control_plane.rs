@@ -977,6 +977,39 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
         .await
         .unwrap();
     assert!(page.contains("<svg") && page.contains("/tools/send_message/limits/0"));
+    // A burst of more than a page in one second is sent whole.
+    let mut tail = stack
+        .http
+        .get(format!("{}/api/v1/audit/tail?tool=burst_tool", stack.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let burst: Vec<Value> = (0..450)
+        .map(|_| {
+            audit_event(
+                &api.tenant_id,
+                &sid,
+                &grant,
+                "agent-a",
+                "burst_tool",
+                "allow",
+                None,
+            )
+        })
+        .collect();
+    push_events(&stack.redis, &burst).await;
+    let mut received = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while received.matches("\"burst_tool\"").count() < 450 && tokio::time::Instant::now() < deadline
+    {
+        if let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(1), tail.next()).await
+        {
+            received.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert_eq!(received.matches("\"burst_tool\"").count(), 450);
 }
 
 #[tokio::test]

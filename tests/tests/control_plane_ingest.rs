@@ -24,6 +24,23 @@ async fn count(db: &TestDatabase) -> i64 {
         .unwrap()
 }
 
+/// How many entries of `stream` were read but not acknowledged.
+async fn pending_entries(conn: &mut redis::aio::ConnectionManager, stream: &str) -> u64 {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(portcullis_core::audit::stream::GROUP)
+        .query_async(conn)
+        .await
+        .unwrap();
+    match summary {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
 async fn exactly_once_across_a_crash(events: usize) {
     let db = TestDatabase::new().await;
     let redis = TestRedis::new().await;
@@ -118,19 +135,7 @@ async fn exactly_once_across_a_crash(events: usize) {
     let stream = keys.audit_stream();
     let mut pending = u64::MAX;
     for _ in 0..100 {
-        let summary: redis::Value = redis::cmd("XPENDING")
-            .arg(&stream)
-            .arg(portcullis_core::audit::stream::GROUP)
-            .query_async(&mut redis_conn)
-            .await
-            .unwrap();
-        pending = match summary {
-            redis::Value::Array(items) => match items.first() {
-                Some(redis::Value::Int(n)) => *n as u64,
-                _ => 0,
-            },
-            _ => 0,
-        };
+        pending = pending_entries(&mut redis_conn, &stream).await;
         if pending == 0 {
             break;
         }
@@ -238,4 +243,88 @@ async fn ingestion_survives_a_postgres_outage_without_loss_or_duplicates() {
         .await
         .unwrap();
     assert_eq!((count(&db).await, distinct), (20_000, 20_000));
+}
+
+/// An event Postgres cannot store (a NUL in its text, as gateways before it was replaced wrote
+/// it) is set aside: it holds back neither the events read with it nor, read again forever,
+/// the stream.
+#[tokio::test]
+async fn an_event_postgres_refuses_is_set_aside_and_the_rest_arrive() {
+    let db = TestDatabase::new().await;
+    let redis = TestRedis::new().await;
+    let keys = portcullis_core::redis_keys::RedisKeys::new(redis.prefix());
+    let client = redis::Client::open(portcullis_tests::redis_url()).unwrap();
+    let tenant = uuid::Uuid::now_v7().to_string();
+    let event = |tool: &str| audit_event(&tenant, &tenant, &tenant, "agent", tool, "allow", None);
+    let mut conn = redis.conn();
+    for e in [event("before"), event("a\u{0}b"), event("after")] {
+        let _: String = redis::cmd("XADD")
+            .arg(keys.audit_stream())
+            .arg("*")
+            .arg(portcullis_core::audit::stream::FIELD)
+            .arg(e.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let stop = CancellationToken::new();
+    let ingester = tokio::spawn(ingest::run(
+        db.pool().clone(),
+        client,
+        keys.clone(),
+        ingest::Config {
+            batch: 500,
+            claim_idle: Duration::from_secs(1),
+            consumer: Some("one".to_owned()),
+        },
+        stop.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&db).await < 2 || pending_entries(&mut conn, &keys.audit_stream()).await > 0 {
+        assert!(Instant::now() < deadline, "{} stored", count(&db).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    ingester.await.unwrap();
+    let tools: Vec<String> = sqlx::query_scalar("SELECT tool FROM audit_events ORDER BY tool")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(tools, ["after", "before"]);
+}
+
+/// A row dated ahead of the partitions made so far (a gateway clock far ahead) waits in the
+/// default partition; its day's partition is still created when its time comes, and takes it.
+#[tokio::test]
+async fn a_day_whose_rows_arrived_early_still_gets_its_partition() {
+    let db = TestDatabase::new().await;
+    let tenant = uuid::Uuid::now_v7().to_string();
+    let mut early = audit_event(&tenant, &tenant, &tenant, "agent", "t", "allow", None);
+    early["ts"] = json!(chrono::Utc::now() + chrono::Duration::days(20));
+    let event = portcullis_core::audit::stream::decode(early.to_string().as_bytes()).unwrap();
+    ingest::write_batch(db.pool(), &[event]).await.unwrap();
+    let in_default: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events_default")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(in_default, 1);
+    sqlx::query(
+        "SELECT portcullis_ensure_audit_partitions((now() AT TIME ZONE 'UTC')::date + 19, 3)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let (partitions, in_default, total): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                  WHERE i.inhparent = 'audit_events'::regclass AND c.relname IN (
+                        'audit_events_' || to_char((now() AT TIME ZONE 'UTC')::date + 19, 'YYYYMMDD'),
+                        'audit_events_' || to_char((now() AT TIME ZONE 'UTC')::date + 20, 'YYYYMMDD'),
+                        'audit_events_' || to_char((now() AT TIME ZONE 'UTC')::date + 21, 'YYYYMMDD'))),
+                (SELECT count(*) FROM audit_events_default),
+                (SELECT count(*) FROM audit_events)",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!((partitions, in_default, total), (3, 0, 1));
 }

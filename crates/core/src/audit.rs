@@ -218,7 +218,10 @@ pub mod stream {
         out.opt_clipped(event.arg_digest.as_deref(), limits::NAME);
         out.raw(b",\"arguments\":");
         match &event.arguments {
-            Some(value) => out.serde(value),
+            Some(value) => {
+                let mut budget = limits::ARGUMENTS;
+                out.bounded(value, 0, &mut budget);
+            }
             None => out.raw(b"null"),
         }
         out.raw(b",\"outcome\":");
@@ -241,6 +244,11 @@ pub mod stream {
         pub const TEXT: usize = 2048;
         /// Argument names listed.
         pub const ARG_KEYS: usize = 256;
+        /// Argument values kept (`audit.arguments: values`): about this many bytes of their
+        /// strings and names in all; what is past it, or nested deeper than [`DEPTH`], is `"…"`.
+        pub const ARGUMENTS: usize = 16 * 1024;
+        /// How deep argument values are kept.
+        pub const DEPTH: usize = 32;
     }
 
     /// JSON text being written.
@@ -251,9 +259,12 @@ pub mod stream {
             self.0.extend_from_slice(bytes);
         }
 
-        /// A string; copied as it is unless it holds something to escape.
+        /// A string; copied as it is unless it holds something to escape. NUL becomes U+FFFD:
+        /// Postgres text cannot hold it, and one would fail every insert of its batch.
         fn str(&mut self, s: &str) {
-            if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            if s.contains('\0') {
+                self.serde(&s.replace('\0', "\u{FFFD}"));
+            } else if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
                 self.serde(s);
             } else {
                 self.0.push(b'"');
@@ -272,6 +283,61 @@ pub mod stream {
                 end -= 1;
             }
             self.str(&format!("{}…", &s[..end]));
+        }
+
+        /// Argument values within `budget` bytes of strings and names and [`limits::DEPTH`]
+        /// levels; what does not fit is `"…"`.
+        fn bounded(&mut self, value: &serde_json::Value, depth: usize, budget: &mut usize) {
+            use serde_json::Value;
+            const CUT: &str = "…";
+            let nested = matches!(value, Value::Array(_) | Value::Object(_));
+            if *budget == 0 || (nested && depth >= limits::DEPTH) {
+                return self.str(CUT);
+            }
+            match value {
+                Value::String(s) => {
+                    let max = s.len().min(*budget).max(CUT.len() + 4);
+                    *budget = budget.saturating_sub(s.len());
+                    self.clipped(s, max);
+                }
+                Value::Array(items) => {
+                    self.0.push(b'[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            self.0.push(b',');
+                        }
+                        if *budget == 0 {
+                            self.str(CUT);
+                            break;
+                        }
+                        self.bounded(item, depth + 1, budget);
+                    }
+                    self.0.push(b']');
+                }
+                Value::Object(map) => {
+                    self.0.push(b'{');
+                    for (i, (key, item)) in map.iter().enumerate() {
+                        if i > 0 {
+                            self.0.push(b',');
+                        }
+                        if *budget == 0 {
+                            self.str(CUT);
+                            self.raw(b":");
+                            self.str(CUT);
+                            break;
+                        }
+                        *budget = budget.saturating_sub(key.len());
+                        self.clipped(key, limits::NAME);
+                        self.0.push(b':');
+                        self.bounded(item, depth + 1, budget);
+                    }
+                    self.0.push(b'}');
+                }
+                scalar => {
+                    *budget = budget.saturating_sub(8);
+                    self.serde(scalar);
+                }
+            }
         }
 
         fn opt_clipped(&mut self, s: Option<&str>, max: usize) {
@@ -560,16 +626,65 @@ mod stream_tests {
         }
     }
 
+    #[test]
+    fn nul_never_reaches_the_stream() {
+        let mut event = full_event();
+        event.tool = Some("a\0b".into());
+        event.arg_keys = vec!["k\0".into()];
+        event.arguments = Some(serde_json::json!({"x\0": ["\0"]}));
+        let json = stream::encode(&event);
+        assert!(!json.contains("\\u0000"), "{json}");
+        let decoded = stream::decode(json.as_bytes()).unwrap();
+        assert_eq!(decoded.tool.as_deref(), Some("a\u{FFFD}b"));
+        assert_eq!(decoded.arg_keys, ["k\u{FFFD}"]);
+        assert_eq!(
+            decoded.arguments,
+            Some(serde_json::json!({"x\u{FFFD}": ["\u{FFFD}"]}))
+        );
+    }
+
+    #[test]
+    fn argument_values_are_kept_within_bounds() {
+        // Nested as deep as a request may nest them, inside the batch array the gateway writes.
+        let mut deep = serde_json::json!("bottom");
+        for _ in 0..126 {
+            deep = serde_json::json!([deep]);
+        }
+        let mut event = full_event();
+        event.arguments = Some(serde_json::json!({"a": "x".repeat(1 << 20), "b": [1, 2]}));
+        let big = stream::encode(&event);
+        assert!(big.len() < 20 * 1024, "{}", big.len());
+        event.arguments = Some(serde_json::json!({"deep": deep}));
+        let nested = stream::encode(&event);
+        let batch = stream::encode_batch(&[big.as_str(), nested.as_str()]);
+        let decoded = stream::decode_field(stream::BATCH_FIELD, batch.as_bytes()).unwrap();
+        let kept = decoded[0].arguments.as_ref().unwrap();
+        assert!(kept["a"].as_str().unwrap().ends_with('…'));
+        // What is past the budget is one `"…": "…"`.
+        assert_eq!(kept.get("b"), None);
+        assert_eq!(kept["…"], "…");
+        let kept = decoded[1].arguments.as_ref().unwrap();
+        let mut level = &kept["deep"];
+        let mut depth = 1;
+        while let Some(inner) = level.get(0) {
+            level = inner;
+            depth += 1;
+        }
+        assert_eq!(depth, stream::limits::DEPTH);
+        assert_eq!(level, "…");
+    }
+
     proptest::proptest! {
         #[test]
         fn any_event_round_trips(
-            identity in ".*",
-            tool in proptest::option::of(".*"),
-            keys in proptest::collection::vec(".*", 0..4),
+            // NUL aside: the encoder replaces it (`nul_never_reaches_the_stream`).
+            identity in "[^\x00]*",
+            tool in proptest::option::of("[^\x00]*"),
+            keys in proptest::collection::vec("[^\x00]*", 0..4),
             secs in 0i64..253_402_300_799,
             nanos in 0u32..1_000_000_000,
             latency in 0.0f64..1e9,
-            upstream_error in proptest::option::of(".*"),
+            upstream_error in proptest::option::of("[^\x00]*"),
         ) {
             let mut event = full_event();
             event.identity = identity;

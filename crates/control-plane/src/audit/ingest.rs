@@ -188,7 +188,14 @@ async fn claim_stale(
             .query_async(conn)
             .await?;
         if !reply.deleted_ids.is_empty() {
-            // Trimmed away before anyone ingested them: nothing to do but stop tracking them.
+            // Trimmed away before anyone ingested them (the stream reached its cap while
+            // ingestion lagged): lost, and said so; nothing to do but stop tracking them.
+            metrics::counter!("portcullis_audit_trimmed_total")
+                .increment(reply.deleted_ids.len() as u64);
+            tracing::error!(
+                entries = reply.deleted_ids.len(),
+                "audit entries trimmed from the stream before they were stored"
+            );
             let _: () = redis::cmd("XACK")
                 .arg(stream_key)
                 .arg(stream::GROUP)
@@ -310,6 +317,19 @@ pub async fn write_batch(db: &PgPool, events: &[AuditEvent]) -> anyhow::Result<(
     Ok(())
 }
 
+/// Whether Postgres refused the statement for its data (SQLSTATE classes 22, data exception,
+/// e.g. a NUL in text; 23, integrity; 54, program limit), rather than failing to run it.
+fn refused_by_database(error: &anyhow::Error) -> bool {
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(e)) => e.code().is_some_and(|code| {
+            ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        _ => false,
+    }
+}
+
 async fn ingest(
     db: &PgPool,
     conn: &mut MultiplexedConnection,
@@ -334,6 +354,11 @@ async fn ingest(
                 metrics::counter!("portcullis_audit_malformed_total").increment(1);
                 tracing::error!(entry = %entry.id, error = %e, "dropping a malformed audit entry");
             }
+            // A pending entry trimmed from the stream comes back empty.
+            None if entry.map.is_empty() => {
+                metrics::counter!("portcullis_audit_trimmed_total").increment(1);
+                tracing::error!(entry = %entry.id, "audit entry trimmed from the stream before it was stored");
+            }
             None => {
                 metrics::counter!("portcullis_audit_malformed_total").increment(1);
                 tracing::error!(entry = %entry.id, "dropping an audit entry without an event field");
@@ -341,7 +366,25 @@ async fn ingest(
         }
     }
     let events = merge(events);
-    write_batch(db, &events).await?;
+    if let Err(e) = write_batch(db, &events).await {
+        if !refused_by_database(&e) {
+            // Postgres unreachable: the entries stay pending and come back.
+            return Err(e);
+        }
+        // Postgres refused the batch for what it holds: one event it cannot store must hold
+        // back neither the others nor, coming back forever, the whole stream. One by one,
+        // setting aside those it refuses.
+        tracing::warn!(error = %e, events = events.len(), "audit batch refused; storing its events one by one");
+        for event in &events {
+            if let Err(e) = write_batch(db, std::slice::from_ref(event)).await {
+                if !refused_by_database(&e) {
+                    return Err(e);
+                }
+                metrics::counter!("portcullis_audit_rejected_total").increment(1);
+                tracing::error!(event = %event.id, error = %e, "dropping an audit event the database refuses");
+            }
+        }
+    }
     // Acknowledge only after the commit: a crash before this line means redelivery, not loss.
     let _: () = redis::pipe()
         .cmd("XACK")

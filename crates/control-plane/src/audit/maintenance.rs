@@ -51,8 +51,8 @@ pub(crate) async fn once(db: &PgPool, default_retention: i32) -> anyhow::Result<
 
 async fn work(conn: &mut sqlx::PgConnection, default_retention: i32) -> anyhow::Result<()> {
     // Today and a week ahead; yesterday's partition exists from the migration or an earlier run.
-    // A failure here (e.g. the default partition already holds rows of a day to create, from a
-    // gateway clock far ahead) must not stop retention below.
+    // A day whose rows arrived early (a gateway clock far ahead) takes them over from the
+    // default partition. A failure here must not stop retention below.
     if let Err(e) = sqlx::query(
         "SELECT portcullis_ensure_audit_partitions((now() AT TIME ZONE 'UTC')::date, 8)",
     )

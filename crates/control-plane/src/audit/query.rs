@@ -384,8 +384,9 @@ enum Format {
 }
 
 fn csv_field(out: &mut String, text: &str) {
-    // A leading =, +, - or @ would make a spreadsheet evaluate the cell: neutralise it.
-    let guarded = if text.starts_with(['=', '+', '-', '@']) {
+    // A leading =, +, - or @ (or a tab or carriage return before one) would make a
+    // spreadsheet evaluate the cell: neutralise it.
+    let guarded = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{text}")
     } else {
         text.to_owned()
@@ -517,6 +518,10 @@ async fn export(
 
 /// How far back the tail looks for events ingested late.
 const TAIL_LOOKBACK: chrono::Duration = chrono::Duration::seconds(30);
+/// Events per query of the tail.
+const TAIL_PAGE: i64 = 200;
+/// Queries per second of the tail, at most: past 5,000 new events a second it shows the newest.
+const TAIL_PAGES: usize = 25;
 
 fn tail_stream(
     state: AppState,
@@ -540,14 +545,34 @@ fn tail_stream(
                         (Utc::now() - TAIL_LOOKBACK).max(started - chrono::Duration::seconds(5));
                     filter.since = Some(filter.since.map_or(floor, |s| s.max(floor)));
                     filter.cursor = None;
-                    filter.limit = 200;
-                    let events = match page(state.db(), tenant, &filter).await {
-                        Ok((events, _)) => events,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "audit tail query failed");
-                            continue;
+                    filter.limit = TAIL_PAGE;
+                    // Newest first, page after page, down to what was sent already (or the
+                    // look-back): a burst of more than a page a second is sent whole.
+                    let mut events = Vec::new();
+                    let mut failed = false;
+                    for _ in 0..TAIL_PAGES {
+                        match page(state.db(), tenant, &filter).await {
+                            Ok((more, next)) => {
+                                let reached = more.iter().any(|e| seen.contains(&e.id));
+                                events.extend(more);
+                                match next {
+                                    Some(cursor) if !reached => {
+                                        filter.cursor = decode_cursor(&cursor);
+                                    }
+                                    _ => break,
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "audit tail query failed");
+                                failed = true;
+                                break;
+                            }
                         }
-                    };
+                    }
+                    filter.cursor = None;
+                    if failed {
+                        continue;
+                    }
                     let fresh: Vec<&EventSummary> = events
                         .iter()
                         .rev()
@@ -892,6 +917,12 @@ mod tests {
         let mut out = String::new();
         csv_field(&mut out, "=cmd()");
         assert_eq!(out, "'=cmd()");
+        let mut out = String::new();
+        csv_field(&mut out, "\t=cmd()");
+        assert_eq!(out, "'\t=cmd()");
+        let mut out = String::new();
+        csv_field(&mut out, "\r=cmd()");
+        assert_eq!(out, "\"'\r=cmd()\"");
     }
 
     #[test]
