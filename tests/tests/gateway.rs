@@ -706,6 +706,48 @@ async fn behind_chaos(stack: &Stack) -> (portcullis_tests::ChaosProxy, Running) 
     (proxy, gw)
 }
 
+/// While the invalidation feed is down (Redis out of reach), announcements are missed: the
+/// gateway keeps what it caches for at most half a second, so a revocation made meanwhile still
+/// takes effect within a second.
+#[tokio::test]
+async fn a_revocation_missed_while_the_feed_is_down_applies_within_a_second() {
+    let (stack, _upstream, f) = rmcp_stack(true, policy()).await;
+    let (proxy, gw) = behind_chaos(&stack).await;
+    let url = f.url(&gw);
+    let call = |id: i64| {
+        let url = url.clone();
+        async move {
+            post_stateless(&url, &[], id, "echo", json!({"text": "x"}))
+                .await
+                .0
+        }
+    };
+    assert_eq!(call(1).await, 200);
+    proxy.cut();
+    // Long enough for the reconnection attempts to back off to their longest wait, with the
+    // grant in use (and cached) all along.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert_eq!(call(2).await, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::query("UPDATE grants SET revoked_at = now() WHERE id = $1")
+        .bind(f.grant.0)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    while call(3).await != 401 {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(1),
+            "the revoked grant still works"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.restore();
+    gw.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn when_redis_is_down_on_limiter_error_decides_fast() {
     let limited = json!({"limits": [{"counter": "c", "window": "minute", "max": 100}]});

@@ -262,10 +262,12 @@ pub mod stream {
         /// A string; copied as it is unless it holds something to escape. NUL becomes U+FFFD:
         /// Postgres text cannot hold it, and one would fail every insert of its batch.
         fn str(&mut self, s: &str) {
-            if s.contains('\0') {
-                self.serde(&s.replace('\0', "\u{FFFD}"));
-            } else if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-                self.serde(s);
+            if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+                if s.contains('\0') {
+                    self.serde(&s.replace('\0', "\u{FFFD}"));
+                } else {
+                    self.serde(s);
+                }
             } else {
                 self.0.push(b'"');
                 self.raw(s.as_bytes());

@@ -55,6 +55,10 @@ type Validator = Arc<jsonschema::Validator>;
 
 /// Past this many cached catalogues the cache is cleared rather than grown.
 const MAX_SERVERS: usize = 10_000;
+/// Past this many compiled validators (one per tool definition ever validated) they are
+/// dropped rather than grown: an upstream whose definitions keep changing must not grow every
+/// replica's memory for good.
+const MAX_VALIDATORS: usize = 10_000;
 
 /// Cached tool catalogues and compiled validators.
 pub struct Catalogue {
@@ -153,10 +157,11 @@ impl Catalogue {
                 let compiled = jsonschema::validator_for(&tool.input_schema)
                     .map(Arc::new)
                     .map_err(|e| format!("the tool's input schema is invalid: {e}"));
-                self.validators
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(tool.definition_hash.clone(), compiled.clone());
+                let mut validators = self.validators.write().unwrap_or_else(|e| e.into_inner());
+                if validators.len() >= MAX_VALIDATORS {
+                    validators.clear();
+                }
+                validators.insert(tool.definition_hash.clone(), compiled.clone());
                 compiled
             }
         }?;

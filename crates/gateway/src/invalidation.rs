@@ -2,9 +2,12 @@
 //! changes on Redis pub/sub, and every replica drops the matching cache entries at once.
 //!
 //! When the subscription breaks (Redis restarted, connection cut) announcements may have been
-//! missed, so the caches are cleared and the subscriber reconnects; a periodic ping notices a
-//! connection that died without closing.
+//! missed, so the caches are cleared and the subscriber reconnects; until it is subscribed again
+//! they are cleared every [`UNWATCHED_FOR`], so an announcement missed meanwhile (a revocation)
+//! still takes effect within it. A periodic ping notices a connection that died without
+//! closing.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +20,9 @@ use crate::grants::Grants;
 
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// While the feed is down, what is cached is kept at most this long.
+const UNWATCHED_FOR: Duration = Duration::from_millis(500);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Runs the subscriber until `shutdown`.
 pub async fn run(
@@ -26,9 +32,34 @@ pub async fn run(
     catalogue: Arc<Catalogue>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
+    let mut first = true;
     while !shutdown.is_cancelled() {
-        match subscribe_and_listen(&client, &channel, &grants, &catalogue, &shutdown).await {
+        if !first {
+            // Announcements may be missed from now until subscribed again.
+            let slept = tokio::time::sleep(backoff);
+            tokio::select! {
+                () = unwatched(&grants, &catalogue, slept) => {}
+                () = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        first = false;
+        let subscribed = unwatched(&grants, &catalogue, subscribe(&client, &channel)).await;
+        let (sink, stream) = match subscribed {
+            Ok(feed) => feed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to the invalidation feed; retrying");
+                metrics::counter!("portcullis_gateway_invalidation_reconnects_total").increment(1);
+                continue;
+            }
+        };
+        backoff = FIRST_BACKOFF;
+        // Whatever was cached before this subscription may have missed announcements.
+        grants.clear();
+        catalogue.clear();
+        tracing::debug!(channel, "invalidation feed subscribed");
+        match listen(sink, stream, &grants, &catalogue, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "invalidation feed interrupted; caches cleared, resubscribing");
@@ -37,30 +68,45 @@ pub async fn run(
         }
         grants.clear();
         catalogue.clear();
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = shutdown.cancelled() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
-async fn subscribe_and_listen(
-    client: &redis::Client,
-    channel: &str,
+/// Runs `fut` while the feed is down: the caches are cleared every [`UNWATCHED_FOR`].
+async fn unwatched<F: Future>(grants: &Grants, catalogue: &Catalogue, fut: F) -> F::Output {
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(UNWATCHED_FOR);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tick.tick() => {
+                grants.clear();
+                catalogue.clear();
+            }
+        }
+    }
+}
+
+type Sink = redis::aio::PubSubSink;
+type Messages = redis::aio::PubSubStream;
+
+async fn subscribe(client: &redis::Client, channel: &str) -> anyhow::Result<(Sink, Messages)> {
+    let pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+        .await
+        .map_err(|_| anyhow::anyhow!("connect timed out"))??;
+    let (mut sink, stream) = pubsub.split();
+    tokio::time::timeout(Duration::from_secs(2), sink.subscribe(channel))
+        .await
+        .map_err(|_| anyhow::anyhow!("subscribe timed out"))??;
+    Ok((sink, stream))
+}
+
+async fn listen(
+    mut sink: Sink,
+    mut stream: Messages,
     grants: &Grants,
     catalogue: &Catalogue,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
-        .await
-        .map_err(|_| anyhow::anyhow!("connect timed out"))??;
-    let (mut sink, mut stream) = pubsub.split();
-    sink.subscribe(channel).await?;
-    // Whatever was cached before this subscription may have missed announcements.
-    grants.clear();
-    catalogue.clear();
-    tracing::debug!(channel, "invalidation feed subscribed");
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {

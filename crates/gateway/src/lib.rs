@@ -55,23 +55,43 @@ pub struct Settings {
     pub gateway_max_body: usize,
 
     /// How long connecting to an upstream may take.
-    #[arg(long, env = "PORTCULLIS_UPSTREAM_CONNECT_TIMEOUT", default_value = "3s", value_parser = portcullis_core::settings::parse_duration)]
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_CONNECT_TIMEOUT", default_value = "3s", value_parser = positive_duration)]
     pub upstream_connect_timeout: Duration,
 
     /// How long an upstream may take to start answering (and to finish a JSON answer); SSE
     /// streams may then run as long as they like.
-    #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = portcullis_core::settings::parse_duration)]
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
     pub upstream_timeout: Duration,
 
     /// How long a resolved grant, its policy and its server's tools stay cached without an
-    /// invalidation (changes announced by the control plane apply at once).
-    #[arg(long, env = "PORTCULLIS_GRANT_CACHE_TTL", default_value = "5s", value_parser = portcullis_core::settings::parse_duration)]
+    /// invalidation (changes announced by the control plane apply at once). From 100ms (0
+    /// would send every request to Postgres) to 60s (the bound on staleness if an announcement
+    /// is lost).
+    #[arg(long, env = "PORTCULLIS_GRANT_CACHE_TTL", default_value = "5s", value_parser = cache_ttl)]
     pub grant_cache_ttl: Duration,
 
     /// How long the limiter (and the audit write before forwarding) may take before Redis is
     /// considered unreachable and the policy's `on_limiter_error` decides.
-    #[arg(long, env = "PORTCULLIS_LIMITER_TIMEOUT", default_value = "250ms", value_parser = portcullis_core::settings::parse_duration)]
+    #[arg(long, env = "PORTCULLIS_LIMITER_TIMEOUT", default_value = "250ms", value_parser = positive_duration)]
     pub limiter_timeout: Duration,
+}
+
+/// A duration above zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d = portcullis_core::settings::parse_duration(text)?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
+}
+
+/// The grant cache TTL: 100ms to 60s.
+fn cache_ttl(text: &str) -> Result<Duration, String> {
+    let d = portcullis_core::settings::parse_duration(text)?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&d) {
+        return Err("must be from 100ms to 60s".into());
+    }
+    Ok(d)
 }
 
 impl Default for Settings {
@@ -243,4 +263,20 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
                 .delete(proxy::delete_by_server),
         )
         .with_state(gateway)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_and_the_cache_ttl_are_kept_in_range() {
+        assert!(positive_duration("0s").is_err());
+        assert_eq!(positive_duration("250ms"), Ok(Duration::from_millis(250)));
+        for refused in ["0s", "50ms", "61s", "1h"] {
+            assert!(cache_ttl(refused).is_err(), "{refused}");
+        }
+        assert_eq!(cache_ttl("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(cache_ttl("60s"), Ok(Duration::from_secs(60)));
+    }
 }
