@@ -1507,3 +1507,41 @@ async fn invitations_join_through_the_dashboard() {
         .unwrap();
     assert_eq!(again.status(), 404);
 }
+
+/// A change is announced to the gateways even when Redis refuses the first try: the request
+/// returns, and the announcement is tried again until Redis takes it.
+#[tokio::test]
+async fn an_announcement_redis_refused_is_sent_when_it_is_back() {
+    let proxy = portcullis_tests::ChaosProxy::start(portcullis_tests::redis_addr()).await;
+    let through_proxy = redis::Client::open(format!("redis://{}", proxy.addr())).unwrap();
+    let redis = redis::aio::ConnectionManager::new(through_proxy)
+        .await
+        .unwrap();
+    let channel = format!("test-{}:invalidate", uuid::Uuid::now_v7());
+    let listener = redis::Client::open(portcullis_tests::redis_url()).unwrap();
+    let mut pubsub = listener.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(&channel).await.unwrap();
+    let mut messages = pubsub.into_on_message();
+
+    proxy.cut();
+    let tenant_id = portcullis_core::TenantId::new();
+    let announced = portcullis_control_plane::invalidations::publish(
+        redis,
+        channel.clone(),
+        portcullis_core::Invalidation::Tenant { tenant_id },
+    );
+    tokio::time::timeout(Duration::from_secs(5), announced)
+        .await
+        .expect("the request waits for the first try only");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    let message = tokio::time::timeout(Duration::from_secs(8), messages.next())
+        .await
+        .expect("the announcement never came")
+        .unwrap();
+    let text: String = message.get_payload().unwrap();
+    assert_eq!(
+        portcullis_core::Invalidation::from_json(&text),
+        Some(portcullis_core::Invalidation::Tenant { tenant_id })
+    );
+}

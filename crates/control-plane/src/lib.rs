@@ -26,6 +26,7 @@ pub mod discovery;
 mod error;
 mod grants;
 mod input;
+pub mod invalidations;
 mod members;
 mod openapi;
 mod overview;
@@ -195,22 +196,15 @@ impl AppState {
         &self.shared.db
     }
 
-    /// Announces a change to every gateway. A failed publish is logged, not fatal: gateways
-    /// also expire their caches on a short timer, so the change still lands, only later.
+    /// Announces a change to every gateway ([`invalidations::publish`]): returns after the
+    /// first try; a failed one is tried again in the background.
     pub(crate) async fn publish(&self, message: portcullis_core::Invalidation) {
-        let mut redis = self.shared.redis.clone();
-        let result: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(self.shared.keys.invalidation_channel())
-            .arg(message.to_json())
-            .query_async(&mut redis)
-            .await;
-        match result {
-            Ok(_) => metrics::counter!("portcullis_invalidations_published_total").increment(1),
-            Err(e) => {
-                metrics::counter!("portcullis_invalidations_failed_total").increment(1);
-                tracing::error!(error = %e, ?message, "cannot publish an invalidation");
-            }
-        }
+        invalidations::publish(
+            self.shared.redis.clone(),
+            self.shared.keys.invalidation_channel(),
+            message,
+        )
+        .await;
     }
 }
 
