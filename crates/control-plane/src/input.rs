@@ -16,40 +16,21 @@ pub struct JsonBody<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Error;
     async fn from_request(req: Request, state: &S) -> Result<Self> {
-        if !is_json(req.headers()) {
-            return Err(Error::BadRequest(
-                "expected a request with Content-Type: application/json".into(),
-            ));
-        }
-        let bytes = bytes::Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| Error::BadRequest(rejection.body_text()))?;
-        let value = axum::Json::<T>::from_bytes(&bytes)
-            .map_err(|rejection| Error::BadRequest(rejection.body_text()))?;
-        // Well-formed, so only a repeated name can be reported here.
-        let text = std::str::from_utf8(&bytes).map_err(|e| Error::BadRequest(e.to_string()))?;
-        portcullis_policy::json_text::unique_keys(text)
+        // Read as raw JSON text first (axum checks the content type and the syntax), so a
+        // repeated name can be found before a reader keeps one copy.
+        let rejected = |rejection: axum::extract::rejection::JsonRejection| {
+            Error::BadRequest(rejection.body_text())
+        };
+        let axum::Json(raw) =
+            axum::Json::<Box<serde_json::value::RawValue>>::from_request(req, state)
+                .await
+                .map_err(rejected)?;
+        portcullis_policy::json_text::unique_keys(raw.get())
             .map_err(|e| Error::field(e.pointer, e.message))?;
-        Ok(Self(value.0))
+        let axum::Json(value) =
+            axum::Json::<T>::from_bytes(raw.get().as_bytes()).map_err(rejected)?;
+        Ok(Self(value))
     }
-}
-
-/// `application/json`, or a `+json` type, parameters aside.
-fn is_json(headers: &axum::http::HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// A form body (dashboard); a malformed one answers 400.

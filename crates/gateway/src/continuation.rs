@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::limiter::Reservation;
+use crate::relay::Held;
 
 /// How long an envelope stays valid after the call that was charged.
 pub const LIFETIME: Duration = Duration::from_secs(3600);
@@ -228,17 +229,19 @@ pub struct Sealer {
 
 impl Sealer {
     /// For the call `tool` with arguments of canonical digest `digest`, in `round`, holding
-    /// `reservation` (its own charges, or those of the call it continues); `approved` when the
-    /// call passed an approval (in this round or the one it continues).
+    /// `held` (its own charges, or those of the call it continues, and the approval it
+    /// consumed, if any).
     pub fn new(
         keys: Arc<Keyring>,
         grant: GrantId,
         tool: &str,
         digest: String,
         round: &Round,
-        reservation: Option<Reservation>,
-        approved: bool,
+        held: &Held,
     ) -> Self {
+        // Approved here, or in the round it continues: its retries need no approval again.
+        let approved = held.approval.is_some()
+            || matches!(round, Round::Continuation(resumed) if resumed.approved);
         let expires = match round {
             Round::Continuation(resumed) => Some(resumed.expires),
             _ => None,
@@ -249,7 +252,7 @@ impl Sealer {
             tool: tool.to_owned(),
             digest,
             expires,
-            reservation,
+            reservation: held.reservation.clone(),
             approved,
         }
     }
@@ -369,8 +372,7 @@ mod tests {
             "consult",
             digest,
             &Round::Fresh,
-            None,
-            false,
+            &Held::default(),
         );
         let answer = sealed_answer(
             &sealer,
@@ -456,8 +458,10 @@ mod tests {
             "t",
             digest.clone(),
             &Round::Fresh,
-            Some(charged.clone()),
-            true,
+            &Held {
+                reservation: Some(charged.clone()),
+                approval: Some("apr_x".into()),
+            },
         );
         let answer = sealed_answer(&sealer, r#"{"resultType":"input_required"}"#);
         let state = answer["result"]["requestState"]
@@ -485,8 +489,10 @@ mod tests {
             "t",
             digest.clone(),
             &round,
-            resumed.reservation.clone(),
-            resumed.approved,
+            &Held {
+                reservation: resumed.reservation.clone(),
+                approval: None,
+            },
         );
         assert_eq!(later.expires, Some(resumed.expires));
         assert_eq!(later.reservation, Some(charged));

@@ -20,7 +20,8 @@ use crate::Gateway;
 use crate::continuation::{self, Round};
 use crate::error::GatewayError;
 use crate::grants::Grant;
-use crate::limiter::{Charged, Reservation};
+use crate::limiter::Charged;
+use crate::relay::Held;
 
 /// The `_meta` key under which answers carry the gateway's decision.
 pub const META_KEY: &str = "portcullis/decision";
@@ -34,14 +35,11 @@ pub const LIMITER_UNAVAILABLE: &str = "(limiter unavailable)";
 pub enum Verdict {
     /// Forward it, holding these charges.
     Forward {
-        /// The charges taken, to refund if the call fails.
-        reservation: Option<Reservation>,
+        /// The charges taken and the approval consumed, given back if the call fails or never
+        /// reaches the tool.
+        held: Held,
         /// The decision's audit entry, when it was written with the charge (same round trip).
         decided: Option<String>,
-        /// The call passed an approval (here or in the round it continues).
-        approved: bool,
-        /// The approval this round consumed: given back if the call never reaches the tool.
-        approval: Option<String>,
     },
     /// Answer it with this JSON-RPC message (HTTP 200).
     Answer(Bytes),
@@ -248,14 +246,12 @@ pub async fn tools_call(
         }
         Outcome::Allow => event.decision = AuditDecision::Allow,
     }
-    // Carried in a continuation's envelope: its retries need no approval again.
-    let approval_passed =
-        approved.is_some() || matches!(round, Round::Continuation(resumed) if resumed.approved);
     let forward = |reservation| Verdict::Forward {
-        reservation,
+        held: Held {
+            reservation,
+            approval: approved.clone(),
+        },
         decided: None,
-        approved: approval_passed,
-        approval: approved.clone(),
     };
 
     if let Round::Continuation(resumed) = round {
@@ -328,10 +324,11 @@ pub async fn tools_call(
         .await
     {
         Ok(Charged::Ok(reservation)) => Ok(Verdict::Forward {
-            reservation: Some(reservation),
+            held: Held {
+                reservation: Some(reservation),
+                approval: approved,
+            },
             decided: Some(entry),
-            approved: approval_passed,
-            approval: approved,
         }),
         Ok(Charged::Exceeded { index, retry_after }) => {
             let charge = &decision.charges[index.min(decision.charges.len() - 1)];

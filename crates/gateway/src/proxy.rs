@@ -86,14 +86,12 @@ enum Prepared {
     Forward {
         /// What to do with the answer.
         watch: Watch,
-        /// Charges to refund if the call fails.
-        reservation: Option<crate::limiter::Reservation>,
+        /// Charges and approval to give back if the call fails or never reaches the tool.
+        held: relay::Held,
         /// The decision entry, when it was written with the charge.
         decided: Option<String>,
         /// The body to send instead of the client's (a continuation's retry).
         restored: Option<Bytes>,
-        /// The approval consumed, given back if the call never reaches the tool.
-        approval: Option<String>,
     },
 }
 
@@ -452,7 +450,7 @@ impl Gateway {
             inbound.client_session.clone(),
         );
         let prepared = self.prepare(&inbound, &message, kind, &mut event).await;
-        let (watch, reservation, decided, approval) = match prepared {
+        let (watch, held, decided) = match prepared {
             Err(error) => {
                 self.failed(event, &error, inbound.arrived, kind);
                 return Err(error.at(id.as_ref()));
@@ -463,24 +461,19 @@ impl Gateway {
             }
             Ok(Prepared::Forward {
                 watch,
-                reservation,
+                held,
                 decided,
                 restored,
-                approval,
             }) => {
                 if let Some(restored) = restored {
                     body = restored;
                 }
-                (watch, reservation, decided, approval)
+                (watch, held, decided)
             }
         };
         let decided = match decided {
             Some(json) => json,
             None => self.audit.write_now(&event).await,
-        };
-        let held = relay::Held {
-            reservation,
-            approval,
         };
         let pending = Pending::new(self, kind, event, decided, held, inbound.arrived);
         self.meters.overhead.record(inbound.arrived.elapsed());
@@ -543,50 +536,35 @@ impl Gateway {
                 .await?;
                 match verdict {
                     Verdict::Answer(answer) => Ok(Prepared::Answer(answer)),
-                    Verdict::Forward {
-                        reservation,
-                        decided,
-                        approved,
-                        approval,
-                    } => {
+                    Verdict::Forward { held, decided } => {
                         let digest = event
                             .arg_digest
                             .clone()
                             .unwrap_or_else(|| portcullis_core::canonical::digest(&call.arguments));
                         // An `input_required` answer carries the charges on to the retry that
                         // ends the call, which refunds them if it fails.
-                        let sealer = Sealer::new(
-                            keys.clone(),
-                            grant.id,
-                            &call.name,
-                            digest,
-                            &round,
-                            reservation.clone(),
-                            approved,
-                        );
+                        let sealer =
+                            Sealer::new(keys.clone(), grant.id, &call.name, digest, &round, &held);
                         Ok(Prepared::Forward {
                             watch: Watch::ToolsCall(sealer),
-                            reservation,
+                            held,
                             decided,
                             restored,
-                            approval,
                         })
                     }
                 }
             }
             MethodKind::ToolsList => Ok(Prepared::Forward {
                 watch: Watch::ToolsList(self.tool_filter(grant, inbound.era).await?),
-                reservation: None,
+                held: relay::Held::default(),
                 decided: None,
                 restored: None,
-                approval: None,
             }),
             _ => Ok(Prepared::Forward {
                 watch: Watch::Nothing,
-                reservation: None,
+                held: relay::Held::default(),
                 decided: None,
                 restored: None,
-                approval: None,
             }),
         }
     }

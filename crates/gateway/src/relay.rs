@@ -105,6 +105,7 @@ impl Watch {
 }
 
 /// What a forwarded call holds that is given back when it certainly never reached the tool.
+#[derive(Debug, Default)]
 pub struct Held {
     /// Its charges (also given back when it failed).
     pub reservation: Option<Reservation>,
