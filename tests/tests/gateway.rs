@@ -557,6 +557,18 @@ async fn a_session_continues_on_a_second_gateway_and_get_delete_pass_through() {
     b.stop().await;
 }
 
+/// Stops `gw`, checking it takes little more than its 1 s grace period: what is still open
+/// then is closed, not waited for.
+async fn stop_within_the_grace_period(gw: Running) {
+    let started = Instant::now();
+    gw.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn shutdown_writes_every_audit_entry_and_closes_streams_after_the_grace_period() {
     let (stack, _upstream, f) = rmcp_stack(false, policy()).await;
@@ -581,14 +593,7 @@ async fn shutdown_writes_every_audit_entry_and_closes_streams_after_the_grace_pe
     let mut stream = open_stream(&f.url(&gw), &session).await;
     assert_eq!(stream.status(), 200);
 
-    let started = Instant::now();
-    gw.stop().await.unwrap();
-    // The grace period is 1 s: what is still open then is closed, not waited for.
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "stop took {:?}",
-        started.elapsed()
-    );
+    stop_within_the_grace_period(gw).await;
     let ended = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             match stream.chunk().await {
@@ -2076,6 +2081,96 @@ async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
     gw.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn calls_still_open_after_the_grace_period_are_audited_as_cut_off() {
+    let stack = Stack::new().await;
+    let silent_port = raw_upstream(None).await;
+    let f = loopback_fixture(&stack, silent_port).await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    // A call the upstream never answers: still open when the 1 s grace period ends.
+    let call =
+        tokio::spawn(
+            async move { post_stateless(&url, &[], 1, "echo", json!({"text": "hi"})).await },
+        );
+    let server = f.server.0.to_string();
+    stack
+        .audit_until(|e| e["server_id"] == server.as_str() && e["decision"] == "allow")
+        .await;
+    stop_within_the_grace_period(gw).await;
+    // Its outcome was written before `stop` returned, not left in a queue that died with the
+    // worker.
+    let entries = stack.audit().await;
+    let done = entries
+        .iter()
+        .find(|e| e["server_id"] == server.as_str() && !e["outcome"].is_null())
+        .unwrap_or_else(|| panic!("no outcome entry: {entries:#?}"));
+    assert_eq!(
+        done["outcome"]["upstream_error"],
+        "the answer was cut off: the client went away or the gateway shut down",
+        "{done:#}"
+    );
+    let _ = call.await;
+}
+
+/// `portcullis check-policies` on the stack's database: exit status and standard output.
+fn check_policies(stack: &Stack) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis-e2e"))
+        .args([
+            "check-policies",
+            "--database-url",
+            &stack.db.url(),
+            "--log",
+            "warn",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), stdout)
+}
+
+#[tokio::test]
+async fn check_policies_lists_the_stored_policies_this_release_refuses() {
+    let stack = Stack::new().await;
+    let good = stack
+        .fixture("http://127.0.0.1:9/mcp", "streamable_http", policy())
+        .await;
+    // Stored by an older release, or written straight into the table: this one refuses it.
+    let mut refused = policy();
+    refused["default"] = json!("maybe");
+    let bad = stack
+        .fixture("http://127.0.0.1:9/mcp", "streamable_http", refused)
+        .await;
+    let (ok, out) = check_policies(&stack);
+    assert!(!ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("refused: ")
+            && lines[0].contains(&bad.policy.0.to_string())
+            && lines[0].ends_with("version 1, 1 live grant"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("  /default"), "{out}");
+    assert!(!out.contains(&good.policy.0.to_string()), "{out}");
+    assert_eq!(
+        lines[2],
+        "checked 2 policies: 1 refused (every call through their grants is denied until a fixed \
+         version is saved)"
+    );
+
+    // A fixed version is current: nothing is left.
+    publish_policy_version(&stack, &bad, 2, &policy()).await;
+    let (ok, out) = check_policies(&stack);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim_end(), "checked 2 policies: all compile");
+}
+
 /// Approves the approval an `[APPROVAL REQUIRED]` answer names, as an approver would; its id.
 async fn approve_asked(stack: &Stack, asked: &Value) -> String {
     let approval = asked["result"]["_meta"]["portcullis/decision"]["approval_id"]
@@ -2346,12 +2441,25 @@ async fn answers_to_another_request_never_reach_the_client() {
 #[tokio::test]
 async fn the_gateway_refuses_to_start_without_session_keys() {
     let stack = Stack::new().await;
+    // Both services: the control plane, started first, must not stay behind when the gateway
+    // cannot start.
+    let control_plane = closed_port().await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], control_plane));
     let mut config = stack.config(&portcullis_tests::redis_url(), &[]);
+    config.control_plane_addr = addr;
     config.gateway.session_keys = None;
-    let error = portcullis::start(&config, portcullis::Role::Gateway)
+    let error = portcullis::start(&config, portcullis::Role::Both)
         .await
         .err()
         .unwrap()
         .to_string();
     assert!(error.contains("PORTCULLIS_SESSION_KEYS"), "{error}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the control plane still listens after the start failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -335,18 +335,26 @@ async fn entries(redis: &TestRedis) -> Vec<i64> {
     found
 }
 
-#[tokio::test]
-async fn audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_back() {
+/// A batcher reaching Redis through a proxy the test can cut, giving up after `timeout`.
+async fn batcher_behind_chaos(
+    timeout: Duration,
+) -> (TestRedis, portcullis_tests::ChaosProxy, Batcher) {
     let redis = TestRedis::new().await;
     let keys = RedisKeys::new(redis.prefix());
     let proxy = portcullis_tests::ChaosProxy::start(portcullis_tests::redis_addr()).await;
     let client = redis::Client::open(format!("redis://{}", proxy.addr())).unwrap();
     let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(300)))
-        .set_response_timeout(Some(Duration::from_millis(300)))
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
         .set_number_of_retries(1);
     let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config).unwrap();
-    let batch = Batcher::start(conn, keys.audit_stream(), Duration::from_millis(300));
+    let batch = Batcher::start(conn, keys.audit_stream(), timeout);
+    (redis, proxy, batch)
+}
+
+#[tokio::test]
+async fn audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_back() {
+    let (redis, proxy, batch) = batcher_behind_chaos(Duration::from_millis(300)).await;
     let calls = vec![portcullis_gateway::batch::Counter {
         key: format!("{}:{{t:x}}:calls", redis.prefix()),
         width: 600,
@@ -374,4 +382,28 @@ async fn audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_ba
     }
     assert_eq!(entries(&redis).await, [1, 2, 3, 4]);
     assert_eq!(batch.charge(calls, None).await.unwrap().refused, 0);
+}
+
+#[tokio::test]
+async fn audit_entries_outlive_a_redis_outage_of_seconds() {
+    let (redis, proxy, batch) = batcher_behind_chaos(Duration::from_millis(200)).await;
+    proxy.cut();
+    // Entries keep coming through an outage many round trips long (a failover, say), more
+    // of them than one round trip sends again.
+    let total = 2_000;
+    for n in 1..=total {
+        batch.enqueue(format!(r#"{{"n":{n}}}"#));
+        if n % 250 == 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while entries(&redis).await.len() < total && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every one, exactly once.
+    let expected: Vec<i64> = (1..=i64::try_from(total).unwrap()).collect();
+    assert_eq!(entries(&redis).await, expected);
 }

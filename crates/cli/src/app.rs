@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use portcullis_core::Keyring;
 use portcullis_core::redis_keys::RedisKeys;
+use portcullis_gateway::Leftover;
 
 use crate::config::{Config, Validated};
 use crate::health::{self, Dependencies};
@@ -141,6 +142,8 @@ pub async fn start_with(
     let shutdown = CancellationToken::new();
     // Cancelled when the grace period is over: what is still open is closed.
     let force = CancellationToken::new();
+    // A failure below stops what was started before it (listeners, background tasks).
+    let started = (shutdown.clone().drop_guard(), force.clone().drop_guard());
     let mut servers = Vec::new();
     let mut control_plane = None;
     let mut gateway = None;
@@ -162,7 +165,7 @@ pub async fn start_with(
             "control-plane",
             router,
             &deps,
-            &shutdown,
+            (&shutdown, &force),
         )
         .await?;
         control_plane = Some(addr);
@@ -179,8 +182,8 @@ pub async fn start_with(
         let service =
             portcullis_gateway::build(shared, config.gateway.clone(), shutdown.clone()).await?;
         let client = conns.redis_client.clone();
-        let make = move || {
-            let worker = service.worker(redis_manager(&client)?);
+        let make = move |force: CancellationToken| {
+            let worker = service.worker(redis_manager(&client)?, force);
             Ok((worker.router, worker.drained))
         };
         let threads = config
@@ -199,6 +202,9 @@ pub async fn start_with(
         servers.push(server);
     }
 
+    let (shutdown_guard, force_guard) = started;
+    shutdown_guard.disarm();
+    force_guard.disarm();
     let grace = config.shutdown_grace;
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -216,8 +222,10 @@ pub async fn start_with(
                     ?grace,
                     "requests still open after the shutdown grace period; closing them"
                 );
+                // The listeners end at once now; the gateway's workers first write the audit
+                // entries of the requests they close.
                 force.cancel();
-                Ok(())
+                all.await
             }
         }
     });
@@ -268,9 +276,12 @@ async fn serve(
         .await
 }
 
-/// What a worker thread serves, made on that thread: its routes, and a task to wait for once
-/// they are dropped.
-type MakeWorker = dyn Fn() -> anyhow::Result<(Router, JoinHandle<()>)> + Send + Sync;
+/// What a worker thread serves, made on that thread (given the token that ends the grace
+/// period): its routes, and a task to wait for once they are dropped, which ends at once when
+/// forced, with the audit entries still to write.
+type MakeWorker = dyn Fn(CancellationToken) -> anyhow::Result<(Router, JoinHandle<Option<Leftover>>)>
+    + Send
+    + Sync;
 
 /// Binds `addr` and serves it from `threads` threads, each with a single-threaded runtime of
 /// its own accepting on the one listening socket, so a request runs from start to finish on
@@ -280,7 +291,10 @@ async fn bind_workers(
     addr: SocketAddr,
     service: &'static str,
     threads: usize,
-    make: impl Fn() -> anyhow::Result<(Router, JoinHandle<()>)> + Send + Sync + 'static,
+    make: impl Fn(CancellationToken) -> anyhow::Result<(Router, JoinHandle<Option<Leftover>>)>
+    + Send
+    + Sync
+    + 'static,
     deps: &Dependencies,
     (shutdown, force): (&CancellationToken, &CancellationToken),
 ) -> anyhow::Result<(SocketAddr, Server)> {
@@ -320,7 +334,7 @@ async fn bind_workers(
                 let result = runtime.block_on(async move {
                     let made = TcpListener::from_std(listener)
                         .map_err(anyhow::Error::from)
-                        .and_then(|listener| Ok((listener, make()?)));
+                        .and_then(|listener| Ok((listener, make(force.clone())?)));
                     let (listener, (router, drained)) = match made {
                         Ok(made) => {
                             let _ = started.send(Ok(()));
@@ -328,20 +342,27 @@ async fn bind_workers(
                         }
                         Err(e) => {
                             let _ = started.send(Err(e));
-                            return Ok(());
+                            return Ok(None);
                         }
                     };
                     let served = serve(listener, app(router, &deps), service, shutdown);
                     tokio::select! {
                         result = served => result?,
-                        () = force.cancelled() => return Ok(()),
-                    }
-                    tokio::select! {
-                        _ = drained => {}
                         () = force.cancelled() => {}
                     }
-                    Ok(())
+                    // Ends once the requests are gone and their entries written, or at once
+                    // when forced, with what is left to write.
+                    Ok(drained.await.ok().flatten())
                 });
+                // Dropping the runtime drops the requests still open: each queues its outcome
+                // entry ("cut off") on the forced worker's queue, written here before the
+                // thread ends.
+                drop(runtime);
+                let result = match result {
+                    Ok(Some(leftover)) => write_leftover(leftover),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
                 let _ = finished.send(result);
             })
             .with_context(|| format!("cannot start a {service} thread"))?;
@@ -365,6 +386,15 @@ async fn bind_workers(
     Ok((local, server))
 }
 
+/// Writes a forced worker's last audit entries on a runtime of their own (the worker's is gone).
+fn write_leftover(leftover: Leftover) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(leftover.write());
+    Ok(())
+}
+
 /// A non-blocking listening socket on `addr` that other sockets of this process may share.
 fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -382,15 +412,22 @@ async fn bind(
     service: &'static str,
     router: Router,
     deps: &Dependencies,
-    shutdown: &CancellationToken,
+    (shutdown, force): (&CancellationToken, &CancellationToken),
 ) -> anyhow::Result<(SocketAddr, Server)> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for the {service}"))?;
     let local = listener.local_addr()?;
     let app = app(router, deps);
-    let token = shutdown.clone();
-    let server = tokio::spawn(async move { Ok(serve(listener, app, service, token).await?) });
+    let (token, force) = (shutdown.clone(), force.clone());
+    let server = tokio::spawn(async move {
+        tokio::select! {
+            served = serve(listener, app, service, token) => served?,
+            // The connections still open are left to the process's end.
+            () = force.cancelled() => {}
+        }
+        Ok(())
+    });
     tracing::info!(service, %local, "listening");
     Ok((local, server))
 }

@@ -27,6 +27,10 @@ enum Command {
     Gateway(#[command(flatten)] Config),
     /// Apply the database migrations (creating the database if needed) and exit.
     Migrate(#[command(flatten)] Config),
+    /// Compile every policy stored in the database as this release does, and list those it
+    /// refuses (their grants' calls would all be denied); exits 1 when there are any. Run it
+    /// with a new release before upgrading.
+    CheckPolicies(#[command(flatten)] Config),
     /// Check, evaluate and recommend policies, offline.
     Policy {
         #[command(subcommand)]
@@ -71,18 +75,28 @@ pub fn main() -> ExitCode {
             Command::Policy { .. } => unreachable!("handled above"),
             Command::Keygen { id } => {
                 println!("{}", portcullis_core::Keyring::generate(id).1);
-                Ok(())
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::CheckPolicies(config) => {
+                crate::telemetry::init(&config);
+                let report = crate::stored_policies::check(&config).await?;
+                println!("{}", report.render());
+                Ok(if report.refused.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
             }
             Command::Migrate(config) => {
                 crate::telemetry::init(&config);
                 let applied = crate::migrate(&config).await?;
                 println!("migrations: {applied} applied, database up to date");
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => fail(&e),
     }
 }
@@ -93,7 +107,7 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+async fn serve(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     config.validate()?;
     crate::telemetry::init(&config);
     let running = crate::start(&config, role).await?;
@@ -111,7 +125,7 @@ async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     });
     running.wait().await?;
     tracing::info!("stopped");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait_for_signal() {

@@ -30,6 +30,7 @@ use portcullis_core::audit::stream;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// How many buckets a limiter window is cut into.
 pub const BUCKETS: u64 = 100;
@@ -40,8 +41,15 @@ const MAX_BATCH: usize = 512;
 const QUEUE: usize = 65_536;
 /// How long an entry nobody waits for may wait for a round trip that has to go anyway.
 const LINGER: Duration = Duration::from_millis(5);
-/// Tries of an entry's write before it is dropped (and counted).
-const ATTEMPTS: u32 = 3;
+/// Bytes of audit entries a worker keeps for another try while Redis cannot take them (a
+/// minute or so of a busy worker's entries); past it the oldest are dropped (and counted).
+const RETRY_BYTES: usize = 32 << 20;
+/// Kept entries sent again per round trip, oldest first, so a backlog goes in bounded pieces.
+const RETRY_PER_TRIP: usize = MAX_BATCH;
+/// Failed round trips in a row after which a stopping worker gives up what it still holds.
+const LAST_TRIES: u32 = 3;
+/// How long a worker whose last round trip failed waits before trying again with no new work.
+const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// ARGV: BUCKETS, MAXLEN, the number of groups; per group: how many charges it holds, its
 /// counter count n, then per counter `key index, bucket width (ms), max, cost`; then the
@@ -284,31 +292,24 @@ impl Batcher {
     /// and the requests still in flight), so requests draining during a graceful shutdown still
     /// reach Redis, then writes what is left and stops.
     pub fn start(redis: ConnectionManager, stream_key: String, timeout: Duration) -> Self {
-        Self::spawn(redis, stream_key, timeout).0
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(Worker::new(redis, stream_key, timeout).run(rx, None));
+        Self { tx }
     }
 
     /// Like [`Batcher::start`], also returning the task, which ends once every handle is gone
-    /// and what was queued is written (or given up on).
+    /// and what was queued is written (or given up on), or as soon as `force` is cancelled:
+    /// then it hands over what it still holds, as a [`Leftover`] to write over a connection
+    /// from `client` once the requests still open are dropped (their outcome entries join it).
     pub fn spawn(
         redis: ConnectionManager,
         stream_key: String,
         timeout: Duration,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+        (client, force): (redis::Client, CancellationToken),
+    ) -> (Self, tokio::task::JoinHandle<Option<Leftover>>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(
-            Worker {
-                metrics: BatchMetrics {
-                    seconds: metrics::histogram!("portcullis_gateway_redis_batch_seconds"),
-                    size: metrics::histogram!("portcullis_gateway_redis_batch_size"),
-                },
-                redis,
-                stream_key,
-                script: Script::new(SCRIPT),
-                timeout,
-                retry: VecDeque::new(),
-            }
-            .run(rx),
-        );
+        let worker = Worker::new(redis, stream_key, timeout);
+        let task = tokio::spawn(worker.run(rx, Some((client, force))));
         (Self { tx }, task)
     }
 
@@ -364,10 +365,54 @@ impl Batcher {
     }
 }
 
-/// An entry whose write failed, waiting for another try.
-struct Retry {
-    json: String,
-    attempts: u32,
+/// Entries whose write failed, oldest first, waiting for another try; bounded by
+/// [`RETRY_BYTES`].
+#[derive(Default)]
+struct Kept {
+    entries: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Keeps `json` for another try, dropping the oldest entries past the bound; how many.
+    fn keep(&mut self, json: String) -> usize {
+        self.bytes += json.len();
+        self.entries.push_back(json);
+        let mut dropped = 0;
+        while self.bytes > RETRY_BYTES
+            && let Some(old) = self.entries.pop_front()
+        {
+            self.bytes -= old.len();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// The first `n` entries were written.
+    fn written(&mut self, n: usize) {
+        for json in self.entries.drain(..n) {
+            self.bytes -= json.len();
+        }
+    }
+
+    /// Gives everything up; how many.
+    fn give_up(&mut self) -> usize {
+        let n = self.entries.len();
+        *self = Self::default();
+        n
+    }
+}
+
+/// Counts and reports audit entries given up.
+fn dropped(n: usize, why: &str) {
+    if n > 0 {
+        metrics::counter!("portcullis_gateway_audit_dropped_total").increment(n as u64);
+        tracing::error!(entries = n, "audit entries dropped: {why}");
+    }
 }
 
 /// The batcher's metric handles, looked up once.
@@ -382,41 +427,135 @@ struct Worker {
     stream_key: String,
     script: Script,
     timeout: Duration,
-    retry: VecDeque<Retry>,
+    retry: Kept,
+    /// Whether the last round trip failed (kept entries then wait [`RETRY_DELAY`]).
+    failing: bool,
+}
+
+/// What a batcher stopped by force still holds: its queue (still open, so the requests dropped
+/// after it stopped can add their outcome entries) and the entries it was retrying.
+pub struct Leftover {
+    rx: mpsc::Receiver<Op>,
+    ops: Vec<Op>,
+    retry: Kept,
+    stream_key: String,
+    timeout: Duration,
+    client: redis::Client,
+}
+
+impl Leftover {
+    /// Writes everything queued, over a connection of its own (the worker's belonged to a
+    /// runtime that is gone): the same tries as a drain, so it ends within a few timeouts even
+    /// when Redis is down.
+    pub async fn write(self) {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let conn = match ConnectionManager::new_lazy_with_config(self.client, config) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the last audit entries");
+                return;
+            }
+        };
+        let mut worker = Worker::new(conn, self.stream_key, self.timeout);
+        worker.retry = self.retry;
+        let mut rx = self.rx;
+        worker.drain(&mut rx, self.ops).await;
+    }
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+    fn new(redis: ConnectionManager, stream_key: String, timeout: Duration) -> Self {
+        Worker {
+            metrics: BatchMetrics {
+                seconds: metrics::histogram!("portcullis_gateway_redis_batch_seconds"),
+                size: metrics::histogram!("portcullis_gateway_redis_batch_size"),
+            },
+            redis,
+            stream_key,
+            script: Script::new(SCRIPT),
+            timeout,
+            retry: Kept::default(),
+            failing: false,
+        }
+    }
+
+    /// Serves until every handle is gone and what they queued is written; or, once `force` is
+    /// cancelled, hands what it holds over, with `client` to write it.
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Op>,
+        force: Option<(redis::Client, CancellationToken)>,
+    ) -> Option<Leftover> {
+        let (client, force) = force.unzip();
+        let forced = async {
+            match force {
+                Some(force) => force.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(forced);
         let mut ops = Vec::with_capacity(MAX_BATCH);
-        let mut stopping = false;
         loop {
-            if !stopping {
-                tokio::select! {
-                    n = rx.recv_many(&mut ops, MAX_BATCH) => if n == 0 { stopping = true },
-                    // Failed entries are retried even when no new work arrives.
-                    () = tokio::time::sleep(Duration::from_millis(200)), if !self.retry.is_empty() => {}
+            let delay = if self.failing {
+                RETRY_DELAY
+            } else {
+                Duration::ZERO
+            };
+            tokio::select! {
+                n = rx.recv_many(&mut ops, MAX_BATCH) => if n == 0 { break },
+                // Kept entries are sent again even when no new work arrives: at once while
+                // Redis answers (a backlog in pieces), else after a pause.
+                () = tokio::time::sleep(delay), if !self.retry.is_empty() => {}
+                () = &mut forced, if client.is_some() => {
+                    return client.map(|client| Leftover {
+                        rx,
+                        ops,
+                        retry: self.retry,
+                        stream_key: self.stream_key,
+                        timeout: self.timeout,
+                        client,
+                    });
                 }
             }
-            if !stopping && !ops.is_empty() && ops.iter().all(Op::can_wait) {
-                stopping = !linger(&mut rx, &mut ops).await;
+            if !ops.is_empty() && ops.iter().all(Op::can_wait) && !linger(&mut rx, &mut ops).await {
+                break;
             }
-            if stopping {
-                rx.close();
-                while let Ok(op) = rx.try_recv() {
-                    ops.push(op);
-                }
+            if !ops.is_empty() || !self.retry.is_empty() {
+                self.call(&mut ops).await;
+            }
+        }
+        self.drain(&mut rx, ops).await;
+        None
+    }
+
+    /// Writes `ops`, what is queued and what waits for a retry, taking nothing more; gives
+    /// what is left up after [`LAST_TRIES`] failed round trips in a row.
+    async fn drain(&mut self, rx: &mut mpsc::Receiver<Op>, mut ops: Vec<Op>) {
+        rx.close();
+        let mut failures = 0;
+        loop {
+            while let Ok(op) = rx.try_recv() {
+                ops.push(op);
             }
             if ops.is_empty() && self.retry.is_empty() {
-                if stopping {
-                    return;
-                }
+                return;
+            }
+            if !self.call(&mut ops).await {
+                failures = 0;
                 continue;
             }
-            let failed = self.call(&mut ops).await;
-            if stopping && failed {
-                // Last tries for what is left, then give up.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            failures += 1;
+            if failures == LAST_TRIES {
+                dropped(
+                    self.retry.give_up(),
+                    "Redis did not take them before the worker stopped",
+                );
+                return;
             }
+            tokio::time::sleep(RETRY_DELAY).await;
         }
     }
 
@@ -492,10 +631,13 @@ impl Worker {
                 Op::Entry { .. } => None,
             })
             .collect();
+        let retried = self.retry.entries.len().min(RETRY_PER_TRIP);
         let plain_entries: Vec<&str> = self
             .retry
+            .entries
             .iter()
-            .map(|r| r.json.as_str())
+            .take(retried)
+            .map(String::as_str)
             .chain(ops.iter().filter_map(|op| match op {
                 Op::Entry { json, .. } => Some(json.as_str()),
                 Op::Charge { .. } => None,
@@ -547,13 +689,10 @@ impl Worker {
         if let Err(e) = &entries {
             tracing::warn!(error = %e, "redis: audit entries not written");
         }
-        let mut plain: Vec<(String, u32, Option<oneshot::Sender<bool>>)> = Vec::new();
-        let mut retry = std::mem::take(&mut self.retry);
-        if entries_failed {
-            for mut r in retry.drain(..) {
-                r.attempts += 1;
-                plain.push((r.json, r.attempts, None));
-            }
+        // Entries to keep for another try, with their waiters (told `false`).
+        let mut failed: Vec<(String, Option<oneshot::Sender<bool>>)> = Vec::new();
+        if !entries_failed {
+            self.retry.written(retried);
         }
         if let Ok(decided) = &result
             && !decided.written
@@ -570,7 +709,7 @@ impl Worker {
                 .filter_map(|(entry, answer)| entry.filter(|_| answer.refused == 0))
                 .collect();
             if !charged.is_empty() && !self.write_entries(&charged).await {
-                plain.extend(charged.iter().map(|json| ((*json).to_owned(), 1, None)));
+                failed.extend(charged.iter().map(|json| ((*json).to_owned(), None)));
             }
         }
         let mut answers = match &result {
@@ -589,25 +728,26 @@ impl Worker {
                 }
                 Op::Entry { json, written } => {
                     if entries_failed {
-                        plain.push((json, 1, written));
+                        failed.push((json, written));
                     } else if let Some(w) = written {
                         let _ = w.send(true);
                     }
                 }
             }
         }
-        for (json, attempts, written) in plain {
+        let mut lost = 0;
+        for (json, written) in failed {
             if let Some(w) = written {
                 let _ = w.send(false);
             }
-            if attempts >= ATTEMPTS || self.retry.len() >= QUEUE {
-                metrics::counter!("portcullis_gateway_audit_dropped_total").increment(1);
-                tracing::error!(attempts, "audit entry dropped after failed writes");
-            } else {
-                self.retry.push_back(Retry { json, attempts });
-            }
+            lost += self.retry.keep(json);
         }
-        entries_failed || result.is_err()
+        dropped(
+            lost,
+            "Redis has not taken them for too long; the oldest kept went first",
+        );
+        self.failing = entries_failed || result.is_err();
+        self.failing
     }
 }
 

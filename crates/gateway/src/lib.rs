@@ -37,6 +37,7 @@ pub mod replies;
 pub mod sessions;
 pub mod upstream;
 
+pub use batch::Leftover;
 pub use error::GatewayError;
 
 /// Settings of this service alone; the `portcullis` command flattens them into its one
@@ -163,8 +164,9 @@ pub struct Worker {
     /// The gateway's routes.
     pub router: Router,
     /// Ends when the routes (and every request holding them) are gone and the worker's queued
-    /// Redis work is written.
-    pub drained: tokio::task::JoinHandle<()>,
+    /// Redis work is written; or, when the worker is forced to stop, with what it still holds
+    /// (see [`Leftover`]).
+    pub drained: tokio::task::JoinHandle<Option<Leftover>>,
 }
 
 /// Builds the service and starts its invalidation listener, which stops when `shutdown` is
@@ -217,12 +219,14 @@ impl Service {
     /// The routes of one worker, with its own upstream connection pool, batcher and Redis
     /// connection (`redis`), so that a request runs from start to finish on the thread that
     /// accepted it. Call it on the runtime that serves the routes: the worker's tasks run there.
-    pub fn worker(&self, redis: ConnectionManager) -> Worker {
+    /// Cancelling `force` (the shutdown's grace period is over) stops its batcher at once.
+    pub fn worker(&self, redis: ConnectionManager, force: CancellationToken) -> Worker {
         let settings = &self.settings;
         let (batch, drained) = batch::Batcher::spawn(
             redis.clone(),
             self.shared.keys.audit_stream(),
             settings.limiter_timeout,
+            (self.shared.redis_client.clone(), force),
         );
         let gateway = Gateway {
             db: self.shared.db.clone(),
