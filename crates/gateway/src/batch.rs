@@ -357,8 +357,7 @@ impl Batcher {
 
     fn queue(&self, op: Op) -> bool {
         if self.tx.try_send(op).is_err() {
-            metrics::counter!("portcullis_gateway_audit_dropped_total").increment(1);
-            tracing::error!("audit queue full; an audit entry was dropped");
+            dropped(1, "the audit queue is full");
             return false;
         }
         true
