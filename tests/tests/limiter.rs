@@ -10,6 +10,7 @@ use portcullis_core::TenantId;
 use portcullis_core::redis_keys::RedisKeys;
 use portcullis_gateway::batch::{BUCKETS, Batcher};
 use portcullis_gateway::limiter::{Charged, Limiter};
+use portcullis_gateway::spill::Spill;
 use portcullis_policy::Charge;
 use portcullis_tests::TestRedis;
 use redis::AsyncCommands as _;
@@ -23,7 +24,12 @@ impl Setup {
     async fn new() -> Self {
         let redis = TestRedis::new().await;
         let keys = RedisKeys::new(redis.prefix());
-        let batch = Batcher::start(redis.conn(), keys.audit_stream(), Duration::from_secs(2));
+        let batch = Batcher::start(
+            redis.conn(),
+            keys.audit_stream(),
+            Duration::from_secs(2),
+            None,
+        );
         let limiter = Limiter::new(redis.conn(), batch, keys, Duration::from_secs(2));
         Self { redis, limiter }
     }
@@ -342,14 +348,76 @@ async fn batcher_behind_chaos(
     let redis = TestRedis::new().await;
     let keys = RedisKeys::new(redis.prefix());
     let proxy = portcullis_tests::ChaosProxy::start(portcullis_tests::redis_addr()).await;
+    let (_, conn) = through(&proxy, timeout);
+    let batch = Batcher::start(conn, keys.audit_stream(), timeout, None);
+    (redis, proxy, batch)
+}
+
+/// A client of Redis through `proxy`, and a connection from it giving up after `timeout`.
+fn through(
+    proxy: &portcullis_tests::ChaosProxy,
+    timeout: Duration,
+) -> (redis::Client, redis::aio::ConnectionManager) {
     let client = redis::Client::open(format!("redis://{}", proxy.addr())).unwrap();
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(1);
-    let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config).unwrap();
-    let batch = Batcher::start(conn, keys.audit_stream(), timeout);
-    (redis, proxy, batch)
+    let conn = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config).unwrap();
+    (client, conn)
+}
+
+#[tokio::test]
+async fn audit_entries_redis_never_took_wait_on_disk_until_it_is_back() {
+    let timeout = Duration::from_millis(200);
+    let redis = TestRedis::new().await;
+    let keys = RedisKeys::new(redis.prefix());
+    let proxy = portcullis_tests::ChaosProxy::start(portcullis_tests::redis_addr()).await;
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-spill-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let spill = Spill::open(&dir).unwrap();
+    let force = tokio_util::sync::CancellationToken::new();
+    let (client, conn) = through(&proxy, timeout);
+    let (batch, task) = Batcher::spawn(
+        conn,
+        keys.audit_stream(),
+        timeout,
+        Some(spill.clone()),
+        (client, force.clone()),
+    );
+    proxy.cut();
+    let total = 300;
+    for n in 1..=total {
+        batch.enqueue(format!(r#"{{"n":{n}}}"#));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The gateway is stopped by force while Redis is still down: what its worker holds
+    // cannot be written, and goes to disk.
+    force.cancel();
+    let leftover = task.await.unwrap().expect("stopped by force");
+    drop(batch);
+    leftover.write().await;
+    assert!(entries(&redis).await.is_empty());
+    assert!(spill.has_files(), "the entries wait on disk");
+
+    // Any gateway using the directory sends them once Redis answers, each once.
+    proxy.restore();
+    let _later = Batcher::start(
+        redis.conn(),
+        keys.audit_stream(),
+        timeout,
+        Some(Spill::open(&dir).unwrap()),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while entries(&redis).await.len() < total && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected: Vec<i64> = (1..=i64::try_from(total).unwrap()).collect();
+    assert_eq!(entries(&redis).await, expected);
+    assert!(!spill.has_files(), "a file is deleted once taken");
+    std::fs::remove_dir(&dir).unwrap();
 }
 
 #[tokio::test]

@@ -51,23 +51,6 @@ pub fn call_fingerprint(tool: &str, arguments: &Value) -> String {
     finish(hash, arguments)
 }
 
-/// Whether `value` holds a number a fingerprint cannot tell apart from its neighbours: a whole
-/// number of magnitude 2^63 or more that is not a 64-bit integer. JSON readers here round it
-/// to a double (`10000000000000000000001` and `10000000000000000000002` read the same), while
-/// an upstream may keep it exact (Python does).
-pub fn holds_rounded_integer(value: &Value) -> bool {
-    match value {
-        Value::Number(n) => {
-            !(n.is_i64() || n.is_u64())
-                && n.as_f64()
-                    .is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9_223_372_036_854_775_808.0)
-        }
-        Value::Array(items) => items.iter().any(holds_rounded_integer),
-        Value::Object(map) => map.values().any(holds_rounded_integer),
-        _ => false,
-    }
-}
-
 /// `hash`, continued with the canonical JSON of `value`, in hex.
 fn finish(mut hash: Sha256, value: &Value) -> String {
     // Hashing cannot fail.
@@ -85,19 +68,6 @@ mod tests {
         let mut out = Vec::new();
         write(value, &mut out).unwrap();
         String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn integers_past_64_bits_are_told_apart_from_the_rest() {
-        let big: Value =
-            serde_json::from_str(r#"{"a": [1, {"n": 10000000000000000000001}]}"#).unwrap();
-        assert!(holds_rounded_integer(&big));
-        for fine in [
-            json!({"n": u64::MAX, "m": i64::MIN, "f": 1.5e18, "s": "10000000000000000000001"}),
-            json!([0.1, -3, null, true]),
-        ] {
-            assert!(!holds_rounded_integer(&fine), "{fine}");
-        }
     }
 
     #[test]

@@ -18,8 +18,10 @@
 //! through the script: Redis's Lua copies and hashes every byte of every argument a script
 //! gets, which made the plain entries most of Redis's work per call. A caller that
 //! waits for a write (a charge, the decision entry of a call about to be forwarded) is answered
-//! only after Redis has it. Entries whose write failed are kept and retried a few times (they
-//! must survive a short Redis outage, and must not grow without bound during a long one).
+//! only after Redis has it. Entries whose write failed are kept and sent again (they must
+//! survive a Redis outage), in memory up to a bound, then in the spill directory when there is
+//! one ([`crate::spill`]), which is also where a worker that stops before Redis is back leaves
+//! them.
 //!
 //! Counters are Redis hashes of time buckets; see [`crate::limiter`] for the model.
 
@@ -30,7 +32,10 @@ use portcullis_core::audit::stream;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::spill::Spill;
 
 /// How many buckets a limiter window is cut into.
 pub const BUCKETS: u64 = 100;
@@ -42,7 +47,8 @@ const QUEUE: usize = 65_536;
 /// How long an entry nobody waits for may wait for a round trip that has to go anyway.
 const LINGER: Duration = Duration::from_millis(5);
 /// Bytes of audit entries a worker keeps for another try while Redis cannot take them (a
-/// minute or so of a busy worker's entries); past it the oldest are dropped (and counted).
+/// minute or so of a busy worker's entries); past it the oldest are spilled to disk down to
+/// half of it (with a spill directory), or dropped (and counted).
 const RETRY_BYTES: usize = 32 << 20;
 /// Kept entries sent again per round trip, oldest first, so a backlog goes in bounded pieces.
 const RETRY_PER_TRIP: usize = MAX_BATCH;
@@ -50,6 +56,8 @@ const RETRY_PER_TRIP: usize = MAX_BATCH;
 const LAST_TRIES: u32 = 3;
 /// How long a worker whose last round trip failed waits before trying again with no new work.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
+/// How often an idle, healthy worker looks for spilled entries to send.
+const SPILL_CHECK: Duration = Duration::from_secs(10);
 
 /// ARGV: BUCKETS, MAXLEN, the number of groups; per group: how many charges it holds, its
 /// counter count n, then per counter `key index, bucket width (ms), max, cost`; then the
@@ -291,10 +299,14 @@ impl Batcher {
     /// script call after `timeout`. It runs until every handle is dropped (the service's routes
     /// and the requests still in flight), so requests draining during a graceful shutdown still
     /// reach Redis, then writes what is left and stops.
-    pub fn start(redis: ConnectionManager, stream_key: String, timeout: Duration) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(Worker::new(redis, stream_key, timeout).run(rx, None));
-        Self { tx }
+    /// Entries Redis does not take in time go to `spill` rather than being given up.
+    pub fn start(
+        redis: ConnectionManager,
+        stream_key: String,
+        timeout: Duration,
+        spill: Option<Spill>,
+    ) -> Self {
+        Self::launch(Worker::new(redis, stream_key, timeout, spill), None).0
     }
 
     /// Like [`Batcher::start`], also returning the task, which ends once every handle is gone
@@ -305,12 +317,21 @@ impl Batcher {
         redis: ConnectionManager,
         stream_key: String,
         timeout: Duration,
+        spill: Option<Spill>,
         (client, force): (redis::Client, CancellationToken),
     ) -> (Self, tokio::task::JoinHandle<Option<Leftover>>) {
+        Self::launch(
+            Worker::new(redis, stream_key, timeout, spill),
+            Some((client, force)),
+        )
+    }
+
+    fn launch(
+        worker: Worker,
+        force: Option<(redis::Client, CancellationToken)>,
+    ) -> (Self, tokio::task::JoinHandle<Option<Leftover>>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let worker = Worker::new(redis, stream_key, timeout);
-        let task = tokio::spawn(worker.run(rx, Some((client, force))));
-        (Self { tx }, task)
+        (Self { tx }, tokio::spawn(worker.run(rx, force)))
     }
 
     /// Checks and takes every counter, all or none, in the next round trip; `entry` (an
@@ -377,18 +398,25 @@ impl Kept {
         self.entries.is_empty()
     }
 
-    /// Keeps `json` for another try, dropping the oldest entries past the bound; how many.
-    fn keep(&mut self, json: String) -> usize {
+    /// Keeps `json` for another try.
+    fn keep(&mut self, json: String) {
         self.bytes += json.len();
         self.entries.push_back(json);
-        let mut dropped = 0;
-        while self.bytes > RETRY_BYTES
-            && let Some(old) = self.entries.pop_front()
-        {
-            self.bytes -= old.len();
-            dropped += 1;
+    }
+
+    /// When more than `limit` bytes are kept, takes the oldest entries out until no more than
+    /// `down_to` are left.
+    fn trim(&mut self, limit: usize, down_to: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.bytes > limit {
+            while self.bytes > down_to
+                && let Some(old) = self.entries.pop_front()
+            {
+                self.bytes -= old.len();
+                out.push(old);
+            }
         }
-        dropped
+        out
     }
 
     /// The first `n` entries were written.
@@ -398,12 +426,19 @@ impl Kept {
         }
     }
 
-    /// Gives everything up; how many.
-    fn give_up(&mut self) -> usize {
-        let n = self.entries.len();
-        *self = Self::default();
-        n
+    /// Takes everything out.
+    fn take_all(&mut self) -> Vec<String> {
+        std::mem::take(self).entries.into()
     }
+}
+
+/// Runs file work off the worker's thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Counts and reports audit entries given up.
@@ -429,6 +464,10 @@ struct Worker {
     retry: Kept,
     /// Whether the last round trip failed (kept entries then wait [`RETRY_DELAY`]).
     failing: bool,
+    /// Where entries go that Redis has not taken for too long.
+    spill: Option<Spill>,
+    /// When to look for spilled entries next.
+    spill_check: Instant,
 }
 
 /// What a batcher stopped by force still holds: its queue (still open, so the requests dropped
@@ -436,9 +475,9 @@ struct Worker {
 pub struct Leftover {
     rx: mpsc::Receiver<Op>,
     ops: Vec<Op>,
-    retry: Kept,
-    stream_key: String,
-    timeout: Duration,
+    /// The stopped worker, with its retry queue; its connection belonged to the runtime that
+    /// is gone and is replaced before it writes again.
+    worker: Worker,
     client: redis::Client,
 }
 
@@ -447,26 +486,34 @@ impl Leftover {
     /// runtime that is gone): the same tries as a drain, so it ends within a few timeouts even
     /// when Redis is down.
     pub async fn write(self) {
+        let Self {
+            mut rx,
+            ops,
+            mut worker,
+            client,
+        } = self;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(worker.timeout))
+            .set_response_timeout(Some(worker.timeout))
             .set_number_of_retries(1);
-        let conn = match ConnectionManager::new_lazy_with_config(self.client, config) {
-            Ok(conn) => conn,
+        match ConnectionManager::new_lazy_with_config(client, config) {
+            Ok(conn) => worker.redis = conn,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write the last audit entries");
                 return;
             }
-        };
-        let mut worker = Worker::new(conn, self.stream_key, self.timeout);
-        worker.retry = self.retry;
-        let mut rx = self.rx;
-        worker.drain(&mut rx, self.ops).await;
+        }
+        worker.drain(&mut rx, ops).await;
     }
 }
 
 impl Worker {
-    fn new(redis: ConnectionManager, stream_key: String, timeout: Duration) -> Self {
+    fn new(
+        redis: ConnectionManager,
+        stream_key: String,
+        timeout: Duration,
+        spill: Option<Spill>,
+    ) -> Self {
         Worker {
             metrics: BatchMetrics {
                 seconds: metrics::histogram!("portcullis_gateway_redis_batch_seconds"),
@@ -478,6 +525,8 @@ impl Worker {
             timeout,
             retry: Kept::default(),
             failing: false,
+            spill,
+            spill_check: Instant::now(),
         }
     }
 
@@ -496,6 +545,9 @@ impl Worker {
             }
         };
         tokio::pin!(forced);
+        // One timer for the whole run, reset after each look (not one per round trip).
+        let spill_check = tokio::time::sleep_until(self.spill_check);
+        tokio::pin!(spill_check);
         let mut ops = Vec::with_capacity(MAX_BATCH);
         loop {
             let delay = if self.failing {
@@ -508,13 +560,18 @@ impl Worker {
                 // Kept entries are sent again even when no new work arrives: at once while
                 // Redis answers (a backlog in pieces), else after a pause.
                 () = tokio::time::sleep(delay), if !self.retry.is_empty() => {}
+                // Spilled entries come back while Redis takes what is sent and nothing waits.
+                () = &mut spill_check,
+                    if self.spill.is_some() && !self.failing && self.retry.is_empty() =>
+                {
+                    self.take_spilled().await;
+                    spill_check.as_mut().reset(self.spill_check);
+                }
                 () = &mut forced, if client.is_some() => {
                     return client.map(|client| Leftover {
                         rx,
                         ops,
-                        retry: self.retry,
-                        stream_key: self.stream_key,
-                        timeout: self.timeout,
+                        worker: self,
                         client,
                     });
                 }
@@ -548,10 +605,9 @@ impl Worker {
             }
             failures += 1;
             if failures == LAST_TRIES {
-                dropped(
-                    self.retry.give_up(),
-                    "Redis did not take them before the worker stopped",
-                );
+                let held = self.retry.take_all();
+                self.let_go(held, "Redis did not take them before the worker stopped")
+                    .await;
                 return;
             }
             tokio::time::sleep(RETRY_DELAY).await;
@@ -734,19 +790,70 @@ impl Worker {
                 }
             }
         }
-        let mut lost = 0;
         for (json, written) in failed {
             if let Some(w) = written {
                 let _ = w.send(false);
             }
-            lost += self.retry.keep(json);
+            self.retry.keep(json);
         }
-        dropped(
-            lost,
+        // A spill takes a large piece at once, so a long outage writes few files.
+        let down_to = if self.spill.is_some() {
+            RETRY_BYTES / 2
+        } else {
+            RETRY_BYTES
+        };
+        let over = self.retry.trim(RETRY_BYTES, down_to);
+        self.let_go(
+            over,
             "Redis has not taken them for too long; the oldest kept went first",
-        );
+        )
+        .await;
         self.failing = entries_failed || result.is_err();
         self.failing
+    }
+
+    /// Entries this worker no longer holds: written to the spill directory, else given up.
+    async fn let_go(&self, entries: Vec<String>, why: &str) {
+        if entries.is_empty() {
+            return;
+        }
+        let Some(spill) = self.spill.clone() else {
+            dropped(entries.len(), why);
+            return;
+        };
+        let n = entries.len();
+        match blocking(move || spill.write(&entries)).await {
+            Ok(()) => {
+                metrics::counter!("portcullis_gateway_audit_spilled_total").increment(n as u64);
+                tracing::warn!(entries = n, "audit entries spilled to disk: {why}");
+            }
+            Err(e) => dropped(n, &format!("{why}, and the spill failed: {e}")),
+        }
+    }
+
+    /// Takes the oldest spill file back into the entries to send, if there is one.
+    async fn take_spilled(&mut self) {
+        self.spill_check = Instant::now() + SPILL_CHECK;
+        let Some(spill) = self.spill.clone() else {
+            return;
+        };
+        let (entries, invalid) = match blocking(move || spill.take_oldest()).await {
+            Ok(Some(taken)) => taken,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the audit spill directory");
+                return;
+            }
+        };
+        dropped(invalid, "a spill file line is not JSON");
+        metrics::counter!("portcullis_gateway_audit_unspilled_total")
+            .increment(entries.len() as u64);
+        tracing::info!(entries = entries.len(), "spilled audit entries taken back");
+        for json in entries {
+            self.retry.keep(json);
+        }
+        // The next file, if any, once these are written.
+        self.spill_check = Instant::now();
     }
 }
 
@@ -830,6 +937,24 @@ mod tests {
             max: 10,
             cost,
         }
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_kept_entries_are_taken_out() {
+        let mut kept = Kept::default();
+        for n in 0..10 {
+            kept.keep(format!("{{\"n\":{n}}}"));
+        }
+        // 10 entries of 7 bytes: within 70 bytes nothing is taken out.
+        assert!(kept.trim(70, 35).is_empty());
+        kept.keep(r#"{"n":10}"#.into());
+        // Past it, the oldest go until no more than `down_to` bytes are left.
+        let out = kept.trim(70, 35);
+        assert_eq!(out.len(), 7);
+        assert_eq!(out[0], r#"{"n":0}"#);
+        assert_eq!((kept.entries.len(), kept.bytes), (4, 29));
+        assert_eq!(kept.take_all().len(), 4);
+        assert!(kept.is_empty() && kept.bytes == 0);
     }
 
     fn entry(waiter: bool) -> Op {

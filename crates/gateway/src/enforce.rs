@@ -179,7 +179,7 @@ pub async fn tools_call(
                 // A fresh call, or a continuation of one that passed no approval (it needed
                 // none then, or ran in `mode: monitor`): approved calls pass once each. A used
                 // envelope asks no approver anything.
-                if portcullis_core::canonical::holds_rounded_integer(&call.arguments) {
+                if portcullis_policy::holds_rounded_integer(&call.arguments) {
                     // An approval binds the exact arguments; these cannot be told apart from
                     // their neighbours, so none is asked for.
                     event.decision = AuditDecision::Deny;

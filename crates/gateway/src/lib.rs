@@ -35,6 +35,7 @@ pub mod proxy;
 pub mod relay;
 pub mod replies;
 pub mod sessions;
+pub mod spill;
 pub mod upstream;
 
 pub use batch::Leftover;
@@ -75,6 +76,13 @@ pub struct Settings {
     /// considered unreachable and the policy's `on_limiter_error` decides.
     #[arg(long, env = "PORTCULLIS_LIMITER_TIMEOUT", default_value = "250ms", value_parser = positive_duration)]
     pub limiter_timeout: Duration,
+
+    /// A directory for audit entries Redis has not taken for too long (an outage of minutes,
+    /// or one that outlasts the process): they are written there instead of being dropped,
+    /// and sent from there once Redis is back, by any gateway using the directory. Created
+    /// if missing (mode 0700). Unset: such entries are dropped and counted.
+    #[arg(long, env = "PORTCULLIS_AUDIT_SPILL_DIR")]
+    pub audit_spill_dir: Option<std::path::PathBuf>,
 }
 
 /// A duration above zero.
@@ -104,6 +112,7 @@ impl Default for Settings {
             upstream_timeout: Duration::from_secs(60),
             grant_cache_ttl: Duration::from_secs(5),
             limiter_timeout: Duration::from_millis(250),
+            audit_spill_dir: None,
         }
     }
 }
@@ -157,6 +166,8 @@ pub struct Service {
     sessions: sessions::SessionKeys,
     /// The upstream client each worker copies with a pool of its own.
     upstream: upstream::Upstream,
+    /// Where audit entries Redis has not taken go.
+    spill: Option<spill::Spill>,
 }
 
 /// One worker's routes, and the task that writes its last audit entries once they are dropped.
@@ -184,6 +195,15 @@ pub async fn build(
              (generate a key with `portcullis keygen`; every replica needs the same)"
         ),
     };
+    let spill = settings
+        .audit_spill_dir
+        .as_ref()
+        .map(|dir| {
+            spill::Spill::open(dir).map_err(|e| {
+                anyhow::anyhow!("invalid PORTCULLIS_AUDIT_SPILL_DIR {}: {e}", dir.display())
+            })
+        })
+        .transpose()?;
     let upstream = upstream::Upstream::new(
         settings.upstream_connect_timeout,
         settings.upstream_timeout,
@@ -212,6 +232,7 @@ pub async fn build(
         catalogue,
         sessions: sessions::SessionKeys::new(session_keys),
         upstream,
+        spill,
     })
 }
 
@@ -226,6 +247,7 @@ impl Service {
             redis.clone(),
             self.shared.keys.audit_stream(),
             settings.limiter_timeout,
+            self.spill.clone(),
             (self.shared.redis_client.clone(), force),
         );
         let gateway = Gateway {

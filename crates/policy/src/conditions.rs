@@ -360,6 +360,22 @@ fn is_rounded_integer(f: f64) -> bool {
     f.fract() == 0.0 && f.abs() >= 9_223_372_036_854_775_808.0
 }
 
+/// Whether `value` holds a number that JSON readers here cannot tell apart from its
+/// neighbours: a whole number of magnitude 2^63 or more that is not a 64-bit integer. It is
+/// read as a double (`10000000000000000000001` and `10000000000000000000002` read the same),
+/// while an upstream may keep it exact (Python does), so nothing that must bind the exact
+/// arguments (an approval's fingerprint) can be decided on it.
+pub fn holds_rounded_integer(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => {
+            !(n.is_i64() || n.is_u64()) && n.as_f64().is_some_and(is_rounded_integer)
+        }
+        Value::Array(items) => items.iter().any(holds_rounded_integer),
+        Value::Object(map) => map.values().any(holds_rounded_integer),
+        _ => false,
+    }
+}
+
 /// The cost of a call taken from an argument: a non-negative number (or numeric string),
 /// rounded up so a fractional amount is never under-charged.
 pub(crate) fn cost_of(value: &Value) -> Option<u64> {
@@ -715,6 +731,19 @@ mod tests {
             .unwrap()
             .holds(args)
             .unwrap()
+    }
+
+    #[test]
+    fn integers_past_64_bits_are_told_apart_from_the_rest() {
+        let big: Value =
+            serde_json::from_str(r#"{"a": [1, {"n": 10000000000000000000001}]}"#).unwrap();
+        assert!(holds_rounded_integer(&big));
+        for fine in [
+            json!({"n": u64::MAX, "m": i64::MIN, "f": 1.5e18, "s": "10000000000000000000001"}),
+            json!([0.1, -3, null, true]),
+        ] {
+            assert!(!holds_rounded_integer(&fine), "{fine}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use classify::{
     words as identifier_words,
 };
 pub use compile::{CompiledPolicy, DEFAULT_APPROVAL_TIMEOUT};
-pub use conditions::{Ambiguous, ArgPath, Op};
+pub use conditions::{Ambiguous, ArgPath, Op, holds_rounded_integer};
 pub use decision::{
     Charge, DEFAULT_ALLOW, DEFAULT_DENY, Decision, HIDDEN, NO_POLICY, Outcome, SharedStr,
 };
