@@ -24,12 +24,17 @@ const REGEX_CACHE_CAPACITY: usize = 256 << 10;
 /// policy in use compiled, so many regexes just under the cap of one must not add up.
 pub(crate) const REGEX_BUDGET: usize = 4 << 20;
 
-/// A parsed argument path: `args`, `args.to`, `args.media.0.url`.
+/// A parsed argument path: `args`, `args.to`, `args.media.0.url`, `args.media[].url`.
 ///
 /// Resolution walks objects by key and arrays by index. MCP tools generated from OpenAPI often
 /// have argument names that contain dots (`Configuration.Url`), so when a segment is not a key
 /// the next segments are tried joined by dots, shortest first: `args.Configuration.Url` finds
 /// `{"Configuration": {"Url": …}}` and `{"Configuration.Url": …}` alike.
+///
+/// A segment ending in `[]` enters every element of the array it names, so the path has one
+/// reading per element (`args.media[].url`: the `url` of each); a value there that is not an
+/// array is read as the one element (a tool may take `"a"` for `["a"]`). See [`Condition::holds`]
+/// for how a condition reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgPath {
     text: Box<str>,
@@ -38,9 +43,12 @@ pub struct ArgPath {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
+    /// The name's range in the path's text (without a `[]` suffix).
     start: usize,
     end: usize,
     index: Option<usize>,
+    /// Written with `[]`: every element of the array found.
+    each: bool,
 }
 
 impl ArgPath {
@@ -55,7 +63,11 @@ impl ArgPath {
                 ));
             };
             let mut start = PREFIX.len();
-            for part in rest.split('.') {
+            for written in rest.split('.') {
+                let (part, each) = match written.strip_suffix("[]") {
+                    Some(part) => (part, true),
+                    None => (written, false),
+                };
                 if part.is_empty() {
                     return Err(format!("path {text:?} has an empty segment"));
                 }
@@ -65,8 +77,13 @@ impl ArgPath {
                 } else {
                     None
                 };
-                segments.push(Segment { start, end, index });
-                start = end + 1;
+                segments.push(Segment {
+                    start,
+                    end,
+                    index,
+                    each,
+                });
+                start += written.len() + 1;
             }
         }
         if segments.len() > MAX_SEGMENTS {
@@ -86,7 +103,8 @@ impl ArgPath {
     }
 
     /// The value at this path in a call's arguments, if there is one; [`Ambiguous`] when an
-    /// upstream could read another member than the one found. Never allocates.
+    /// upstream could read another member than the one found. Never allocates. For a path
+    /// through `[]`, the first reading ([`ArgPath::readings`] gives them all).
     ///
     /// Ambiguous: an object holds more than one member the next segments could name
     /// (`Configuration` and `Configuration.Url` for `args.Configuration.Url`), or a member
@@ -94,13 +112,43 @@ impl ArgPath {
     /// `args.opts.force`, `configuration.url` beside `Configuration`): an upstream that
     /// ignores case reads it, and a condition must not look past it.
     pub fn resolve<'v>(&self, args: &'v Value) -> Result<Option<&'v Value>, Ambiguous> {
-        let mut current = args;
-        let mut i = 0;
+        let mut first = None;
+        self.readings(args, &mut |value| {
+            first = value;
+            Ok(true)
+        })?;
+        Ok(first)
+    }
+
+    /// Gives `visit` each reading of this path in `args`, in order (one for a path without
+    /// `[]`; `None` where the path does not resolve), until it returns `true`; whether it did.
+    /// [`Ambiguous`] as in [`ArgPath::resolve`], for any element. Never allocates.
+    pub fn readings<'v>(
+        &self,
+        args: &'v Value,
+        visit: &mut dyn FnMut(Option<&'v Value>) -> Result<bool, Ambiguous>,
+    ) -> Result<bool, Ambiguous> {
+        self.walk(args, 0, visit)
+    }
+
+    fn walk<'v>(
+        &self,
+        mut current: &'v Value,
+        mut i: usize,
+        visit: &mut dyn FnMut(Option<&'v Value>) -> Result<bool, Ambiguous>,
+    ) -> Result<bool, Ambiguous> {
         while let Some(segment) = self.segments.get(i) {
-            match current {
+            let last = match current {
                 Value::Object(map) => {
-                    let names = self.segments.get(i..).unwrap_or_default().iter();
-                    let names = names.enumerate().filter_map(|(offset, until)| {
+                    // Names joined by dots from this segment on, up to one written with `[]`
+                    // (`a[].b` names no key `a.b`).
+                    let rest = self.segments.get(i..).unwrap_or_default();
+                    let joinable = rest
+                        .iter()
+                        .position(|s| s.each)
+                        .map_or(rest.len(), |n| n + 1);
+                    let names = rest.iter().take(joinable).enumerate();
+                    let names = names.filter_map(|(offset, until)| {
                         Some((self.text.get(segment.start..until.end)?, i + offset))
                     });
                     let mut found = None;
@@ -117,22 +165,35 @@ impl ArgPath {
                         }
                     }
                     let Some((value, last)) = found else {
-                        return Ok(None);
+                        return visit(None);
                     };
                     current = value;
-                    i = last + 1;
+                    last
                 }
                 Value::Array(items) => match segment.index.and_then(|n| items.get(n)) {
                     Some(item) => {
                         current = item;
-                        i += 1;
+                        i
                     }
-                    None => return Ok(None),
+                    None => return visit(None),
                 },
-                _ => return Ok(None),
+                _ => return visit(None),
+            };
+            i = last + 1;
+            if self.segments.get(last).is_some_and(|s| s.each) {
+                let Value::Array(items) = current else {
+                    // Not an array: the one element.
+                    continue;
+                };
+                for item in items {
+                    if self.walk(item, i, visit)? {
+                        return Ok(true);
+                    }
+                }
+                return Ok(false);
             }
         }
-        Ok(Some(current))
+        visit(Some(current))
     }
 }
 
@@ -376,6 +437,19 @@ pub fn holds_rounded_integer(value: &Value) -> bool {
     }
 }
 
+/// The cost of a call taken from the argument at `path`, as [`cost_of`]; through `[]`, the sum
+/// of the elements' costs (none for an empty array), and `None` when any element has none.
+pub(crate) fn cost_at(path: &ArgPath, args: &Value) -> Result<Option<u64>, Ambiguous> {
+    let mut total = Some(0_u64);
+    path.readings(args, &mut |arg| {
+        total = total
+            .zip(arg.and_then(cost_of))
+            .map(|(sum, cost)| sum.saturating_add(cost));
+        Ok(total.is_none())
+    })?;
+    Ok(total)
+}
+
 /// The cost of a call taken from an argument: a non-negative number (or numeric string),
 /// rounded up so a fractional amount is never under-charged.
 pub(crate) fn cost_of(value: &Value) -> Option<u64> {
@@ -607,6 +681,15 @@ pub(crate) fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// Which readings of a path through `[]` must hold for a condition to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// All of them (`require`).
+    Every,
+    /// At least one (`deny_if`, `approval.when`).
+    Any,
+}
+
 /// A compiled condition: a path and a test that cannot fail at evaluation.
 #[derive(Debug, Clone)]
 pub(crate) struct Condition {
@@ -633,8 +716,30 @@ impl Condition {
     }
 
     /// Whether the condition holds for these arguments. Never allocates, never panics.
-    pub(crate) fn holds(&self, args: &Value) -> Result<bool, Ambiguous> {
-        let Some(arg) = self.path.resolve(args)? else {
+    ///
+    /// A path through `[]` has a reading per element, and `reading` says which must hold:
+    /// [`Reading::Every`] for a condition that must hold for the call to pass (`require`),
+    /// [`Reading::Any`] for one that stops it (`deny_if`, `approval.when`). Either way the
+    /// strict side wins: one bad element fails a requirement, one matching element denies.
+    /// An empty array has no reading: every one of none holds, any of none does not. A path
+    /// without `[]` has one reading, and both are the same.
+    pub(crate) fn holds(&self, args: &Value, reading: Reading) -> Result<bool, Ambiguous> {
+        let every = matches!(reading, Reading::Every);
+        // Stop at the first reading that settles it.
+        let settled = self
+            .path
+            .readings(args, &mut |arg| Ok(self.holds_for(arg)? != every))?;
+        Ok(settled != every)
+    }
+
+    #[cfg(test)]
+    fn holds_every(&self, args: &Value) -> Result<bool, Ambiguous> {
+        self.holds(args, Reading::Every)
+    }
+
+    /// Whether the condition holds for one reading of its path.
+    fn holds_for(&self, arg: Option<&Value>) -> Result<bool, Ambiguous> {
+        let Some(arg) = arg else {
             return Ok(matches!(self.test, Test::Exists(false)));
         };
         Ok(match &self.test {
@@ -729,8 +834,106 @@ mod tests {
         let op = Op::from_name(op).unwrap();
         Condition::compile(&path, op, value.as_ref())
             .unwrap()
-            .holds(args)
+            .holds_every(args)
             .unwrap()
+    }
+
+    #[test]
+    fn brackets_read_every_element_nested_and_beside_dotted_names() {
+        let check = |path: &str, op: &str, value: Value, args: Value| {
+            let c = Condition::compile(
+                &ArgPath::parse(path).unwrap(),
+                Op::from_name(op).unwrap(),
+                Some(&value),
+            )
+            .unwrap();
+            (c.holds(&args, Reading::Every), c.holds(&args, Reading::Any))
+        };
+        let grid = json!({"rows": [{"cells": ["a", "b"]}, {"cells": ["c"]}]});
+        assert_eq!(
+            check("args.rows[].cells[]", "eq", json!("c"), grid.clone()),
+            (Ok(false), Ok(true))
+        );
+        assert_eq!(
+            check("args.rows[].cells[]", "regex", json!("^[a-c]$"), grid),
+            (Ok(true), Ok(true))
+        );
+        // A dotted name is found up to the bracketed segment, never across it.
+        let dotted = json!({"a.b": [{"c": 1}, {"c": 1}]});
+        assert_eq!(
+            check("args.a.b[].c", "eq", json!(1), dotted.clone()),
+            (Ok(true), Ok(true))
+        );
+        assert_eq!(
+            check("args.a[].b", "exists", json!(true), json!({"a.b": 1})),
+            (Ok(false), Ok(false))
+        );
+        // An index and brackets together; a value that is not an array is one element.
+        assert_eq!(
+            check("args.m.0[]", "eq", json!(2), json!({"m": [[2, 2], [3]]})),
+            (Ok(true), Ok(true))
+        );
+        assert_eq!(
+            check("args.to[]", "eq", json!("x"), json!({"to": "x"})),
+            (Ok(true), Ok(true))
+        );
+        // Elements that lack the member: they do not resolve, and `exists: false` says so.
+        let some_without = json!({"items": [{"id": 1}, {}]});
+        assert_eq!(
+            check("args.items[].id", "exists", json!(false), some_without),
+            (Ok(false), Ok(true))
+        );
+        // No elements: every one of none holds, none of them matches; no array: no reading.
+        assert_eq!(
+            check(
+                "args.items[].id",
+                "exists",
+                json!(true),
+                json!({"items": []})
+            ),
+            (Ok(true), Ok(false))
+        );
+        assert_eq!(
+            check("args.items[].id", "exists", json!(true), json!({})),
+            (Ok(false), Ok(false))
+        );
+        // An element that can be read two ways decides nothing, unless an element before it
+        // settled the answer whatever it reads as.
+        let ambiguous =
+            |items: Value| check("args.items[].id", "eq", json!(1), json!({"items": items}));
+        assert_eq!(
+            ambiguous(json!([{"ID": 2}, {"id": 1}])),
+            (Err(Ambiguous), Err(Ambiguous))
+        );
+        assert_eq!(
+            ambiguous(json!([{"id": 1}, {"ID": 2}])),
+            (Err(Ambiguous), Ok(true))
+        );
+        assert_eq!(
+            ambiguous(json!([{"id": 2}, {"ID": 2}])),
+            (Ok(false), Err(Ambiguous))
+        );
+        assert!(ArgPath::parse("args.[]").is_err());
+    }
+
+    #[test]
+    fn a_cost_through_brackets_is_the_sum_of_the_elements() {
+        let path = ArgPath::parse("args.items[].amount").unwrap();
+        let cost = |args: Value| cost_at(&path, &args);
+        assert_eq!(
+            cost(json!({"items": [{"amount": 2}, {"amount": "3.5"}]})),
+            Ok(Some(6))
+        );
+        assert_eq!(cost(json!({"items": []})), Ok(Some(0)));
+        assert_eq!(
+            cost(json!({"items": [{"amount": 2}, {"amount": -1}]})),
+            Ok(None)
+        );
+        assert_eq!(
+            cost(json!({"items": [{"amount": u64::MAX}, {"amount": 1}]})),
+            Ok(Some(u64::MAX))
+        );
+        assert_eq!(cost(json!({})), Ok(None));
     }
 
     #[test]
@@ -754,31 +957,37 @@ mod tests {
         };
         let gt = compiled("gt", json!(10_000));
         for huge in ["1e309", "inf", "+Infinity", " 1E400 "] {
-            assert_eq!(gt.holds(&json!({"n": huge})), Ok(true), "{huge}");
+            assert_eq!(gt.holds_every(&json!({"n": huge})), Ok(true), "{huge}");
         }
         // NaN passes every check an upstream would make with it: no rule can decide on it.
         for nan in ["nan", "NaN", "-nan"] {
-            assert_eq!(gt.holds(&json!({"n": nan})), Err(Ambiguous), "{nan}");
+            assert_eq!(gt.holds_every(&json!({"n": nan})), Err(Ambiguous), "{nan}");
         }
         // Integers past 64 bits: exact in Python, rounded here.
         let big: Value = serde_json::from_str(r#"{"n": 100000000000000000004242}"#).unwrap();
-        assert_eq!(gt.holds(&big), Err(Ambiguous));
+        assert_eq!(gt.holds_every(&big), Err(Ambiguous));
         let rounded = serde_json::from_str(r#"[100000000000000000000001]"#).unwrap();
         assert!(Test::compile(Op::In, Some(&rounded)).is_err());
         let allowed = compiled("in", json!(["100000000000000000000001"]));
-        assert_eq!(allowed.holds(&big), Err(Ambiguous));
+        assert_eq!(allowed.holds_every(&big), Err(Ambiguous));
         assert_eq!(
-            allowed.holds(&json!({"n": "100000000000000000004242"})),
+            allowed.holds_every(&json!({"n": "100000000000000000004242"})),
             Ok(false)
         );
         assert_eq!(
-            allowed.holds(&json!({"n": "100000000000000000000001"})),
+            allowed.holds_every(&json!({"n": "100000000000000000000001"})),
             Ok(true)
         );
         // A whole double compares exactly with an integer string.
         let eq = compiled("eq", json!(1.5e18));
-        assert_eq!(eq.holds(&json!({"n": "1500000000000000001"})), Ok(false));
-        assert_eq!(eq.holds(&json!({"n": "1500000000000000000"})), Ok(true));
+        assert_eq!(
+            eq.holds_every(&json!({"n": "1500000000000000001"})),
+            Ok(false)
+        );
+        assert_eq!(
+            eq.holds_every(&json!({"n": "1500000000000000000"})),
+            Ok(true)
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::classify::RiskCategory;
 use crate::compile::{CategoryEntry, CompiledLimit, CompiledPolicy, CompiledRule};
-use crate::conditions::{ArgPath, Condition, cost_of};
+use crate::conditions::{ArgPath, Condition, Reading, cost_at};
 use crate::decision::{Charge, DEFAULT_ALLOW, DEFAULT_DENY, Decision, HIDDEN, Outcome, SharedStr};
 use crate::document::{DefaultAction, Mode, Scope};
 
@@ -184,7 +184,7 @@ impl CompiledPolicy {
         for required in &rule.require {
             let condition = &required.condition;
             if !condition
-                .holds(args)
+                .holds(args, Reading::Every)
                 .map_err(|_| (&required.rule, condition.path()))?
             {
                 return Ok(self.decision(Outcome::Deny, &required.rule, &required.message));
@@ -235,10 +235,8 @@ impl CompiledPolicy {
         for limit in limits.iter().chain(self.all_tools.iter()) {
             let cost = match &limit.cost {
                 None => 1,
-                Some(path) => path
-                    .resolve(call.arguments)
+                Some(path) => cost_at(path, call.arguments)
                     .map_err(|_| Unreadable::Ambiguous(limit, path))?
-                    .and_then(cost_of)
                     .ok_or(Unreadable::Cost(limit))?,
             };
             charges.push(Charge {
@@ -272,11 +270,15 @@ enum Unreadable<'p> {
     Ambiguous(&'p CompiledLimit, &'p ArgPath),
 }
 
-/// Whether every condition holds (the first that does not ends the check), or the path of the
-/// first that reads ambiguous arguments.
+/// Whether every condition of a `deny_if` entry or an approval's `when` holds (the first that
+/// does not ends the check; through `[]`, a condition holds when it does for any element), or
+/// the path of the first that reads ambiguous arguments.
 fn all_hold<'c>(conditions: &'c [Condition], args: &Value) -> Result<bool, &'c ArgPath> {
     for condition in conditions {
-        if !condition.holds(args).map_err(|_| condition.path())? {
+        if !condition
+            .holds(args, Reading::Any)
+            .map_err(|_| condition.path())?
+        {
             return Ok(false);
         }
     }

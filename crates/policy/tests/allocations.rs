@@ -44,7 +44,8 @@ fn evaluation_allocates_only_the_charges_it_returns() {
             "list_messages": {},
             "send_message": {
                 "require": [{"path": "args.To", "op": "regex", "value": "^\\+44"},
-                            {"path": "args.media.0.url", "op": "regex", "value": "^https://"}],
+                            {"path": "args.media.0.url", "op": "regex", "value": "^https://"},
+                            {"path": "args.media[].url", "op": "regex", "value": "^https://"}],
                 "deny_if": [{"conditions": [{"path": "args.Body", "op": "contains", "value": "password"}]},
                             {"conditions": [{"path": "args.n", "op": "in", "value": [1, "2", 3]}]},
                             {"conditions": [{"path": "args.n", "op": "regex", "value": "^99$"}]}],
@@ -54,12 +55,14 @@ fn evaluation_allocates_only_the_charges_it_returns() {
             "charged": {"limits": [
                 {"counter": "sms", "window": "hour", "max": 30, "scope": "identity"},
                 {"counter": "spend", "window": "day", "max": 5000, "scope": "tenant", "cost": "args.amount"},
+                {"counter": "media", "window": "day", "max": 5000, "scope": "tenant", "cost": "args.media[].size"},
             ]},
         },
     }))
     .unwrap();
     let args = json!({"To": "+447700900000", "Body": "hello", "n": 7, "amount": 5,
-                      "media": [{"url": "https://example.com/a.png"}]});
+                      "media": [{"url": "https://example.com/a.png", "size": 2},
+                                {"url": "https://example.com/b.png", "size": 3}]});
     // (tool, outcome, allocations)
     let cases = [
         ("send_message", Outcome::Allow, 0),
@@ -67,7 +70,7 @@ fn evaluation_allocates_only_the_charges_it_returns() {
         ("send_sms", Outcome::Allow, 0),
         ("delete_repo", Outcome::Hidden, 0),
         ("unknown", Outcome::Deny, 0),
-        ("charged", Outcome::Allow, 3),
+        ("charged", Outcome::Allow, 4),
     ];
     for (tool, outcome, allowed) in cases {
         let (decision, allocations) = measure(&policy, tool, &args);

@@ -675,6 +675,89 @@ fn conditions_reach_nested_objects_arrays_and_dotted_names() {
 }
 
 #[test]
+fn a_path_through_brackets_checks_every_element_where_the_stricter_reading_wins() {
+    let p = policy(
+        json!({"version": "1", "default": "allow", "tools": {"send": {
+            "require": [{"path": "args.media[].url", "op": "regex", "value": "^https://"}],
+            "deny_if": [{"conditions": [{"path": "args.to[]", "op": "regex", "value": "@evil\\.example$"}],
+                         "on_deny": "no mail to evil"}],
+            "approval": {"when": [{"path": "args.items[].amount", "op": "gt", "value": 100}]},
+            "limits": [{"counter": "spend", "window": "day", "max": 1000, "scope": "grant",
+                        "cost": "args.items[].amount"}],
+        }}}),
+    );
+    let media = |urls: &[&str]| -> Value { urls.iter().map(|u| json!({"url": u})).collect() };
+    let cases = [
+        // `require`: every element must hold; a later element cannot slip past it.
+        (
+            json!({"media": media(&["https://a", "https://b"])}),
+            "allowed by policy",
+        ),
+        (
+            json!({"media": media(&["https://a", "http://b"])}),
+            "/tools/send/require/0",
+        ),
+        (
+            json!({"media": [{"url": "https://a"}, {}]}),
+            "/tools/send/require/0",
+        ),
+        (json!({"media": []}), "allowed by policy"),
+        (json!({}), "/tools/send/require/0"),
+        // `deny_if`: any element that matches denies; a lone value is one element.
+        (
+            json!({"media": [], "to": ["a@ok.example", "b@evil.example"]}),
+            "no mail to evil",
+        ),
+        (
+            json!({"media": [], "to": "b@evil.example"}),
+            "no mail to evil",
+        ),
+        (
+            json!({"media": [], "to": ["a@ok.example"]}),
+            "allowed by policy",
+        ),
+        // An element that can be read two ways denies, whichever element it is.
+        (
+            json!({"media": [{"url": "https://a"}, {"URL": "http://b"}]}),
+            "more than one way",
+        ),
+    ];
+    for (mut args, expected) in cases {
+        // Nothing to charge: no items (a missing cost argument would deny the call).
+        args["items"] = json!([]);
+        let d = decide(&p, "send", args.clone());
+        assert!(
+            d.rule.contains(expected) || d.message.contains(expected),
+            "{args}: {d:?}"
+        );
+    }
+    // `approval.when`: any item over 100 asks; the cost is the sum of the items' amounts.
+    let d = decide(
+        &p,
+        "send",
+        json!({"media": [], "items": [{"amount": 20}, {"amount": 150}]}),
+    );
+    assert!(
+        matches!(d.outcome, Outcome::ApprovalRequired { .. }),
+        "{d:?}"
+    );
+    assert_eq!(d.charges[0].cost, 170);
+    let d = decide(
+        &p,
+        "send",
+        json!({"media": [], "items": [{"amount": 20}, {"amount": 2.5}]}),
+    );
+    assert_eq!((d.outcome, d.charges[0].cost), (Outcome::Allow, 23));
+    // An item without an amount leaves no cost to charge.
+    let d = decide(
+        &p,
+        "send",
+        json!({"media": [], "items": [{"amount": 20}, {}]}),
+    );
+    assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+}
+
+#[test]
 fn compiled_policies_can_be_shared_across_threads() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<CompiledPolicy>();
