@@ -1049,6 +1049,46 @@ async fn stateless_parameter_headers_must_mirror_the_arguments() {
 }
 
 #[tokio::test]
+async fn a_python_server_takes_yes_for_true_and_so_does_the_policy() {
+    let stack = Stack::new().await;
+    let server = portcullis_tests::peers::python_server("streamable-http", false);
+    let policy = json!({"version": "1", "default": "allow", "tools": {"delete_everything": {
+        "deny_if": [{"conditions": [{"path": "args.confirm", "op": "eq", "value": true}],
+                     "on_deny": "never confirm a delete"}]}}});
+    let f = stack
+        .fixture(&server.url("/mcp"), "streamable_http", policy)
+        .await;
+    let gw = stack.gateway().await;
+    let client = rmcp_session(&f.url(&gw)).await;
+    let delete = |confirm: Value| {
+        args(json!({"name": "delete_everything", "arguments": {"confirm": confirm}}))
+    };
+    // The server's pydantic reads all of these as `true`: none may reach it.
+    for confirm in [
+        json!(true),
+        json!("true"),
+        json!("Yes"),
+        json!("on"),
+        json!(1),
+    ] {
+        let result = client.call_tool(delete(confirm.clone())).await.unwrap();
+        assert_eq!(result.is_error, Some(true), "{confirm}");
+        assert!(
+            result_text(&result).contains("never confirm a delete"),
+            "{confirm}: {}",
+            result_text(&result)
+        );
+    }
+    // ... and these as `false`: the server takes them (a string it could not read as a
+    // boolean would be a validation error, not "deleted").
+    for confirm in [json!(false), json!("no"), json!("off")] {
+        let result = client.call_tool(delete(confirm.clone())).await.unwrap();
+        assert_eq!(result_text(&result), "deleted", "{confirm}");
+    }
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
 async fn python_sdk_server_over_streamable_http_and_legacy_sse() {
     let stack = Stack::new().await;
     let streamable = portcullis_tests::peers::python_server("streamable-http", false);
@@ -2462,4 +2502,25 @@ async fn the_gateway_refuses_to_start_without_session_keys() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn the_gateway_refuses_to_start_with_a_spill_directory_it_cannot_use() {
+    let stack = Stack::new().await;
+    // A file where the directory should be.
+    let file = std::env::temp_dir().join(format!(
+        "portcullis-not-a-dir-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::write(&file, b"").unwrap();
+    let mut config = stack.config(&portcullis_tests::redis_url(), &[]);
+    config.gateway.audit_spill_dir = Some(file.clone());
+    let error = portcullis::start(&config, portcullis::Role::Gateway)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(&file).unwrap();
+    assert!(error.contains("PORTCULLIS_AUDIT_SPILL_DIR"), "{error}");
+    assert!(error.contains(&file.display().to_string()), "{error}");
 }

@@ -102,40 +102,44 @@ impl ArgPath {
         &self.text
     }
 
-    /// The value at this path in a call's arguments, if there is one; [`Ambiguous`] when an
-    /// upstream could read another member than the one found. Never allocates. For a path
-    /// through `[]`, the first reading ([`ArgPath::readings`] gives them all).
+    /// Gives `visit` each reading of this path in `args`, in order (one for a path without
+    /// `[]`; `None` where the path does not resolve), until it returns `true`; whether it did.
     ///
-    /// Ambiguous: an object holds more than one member the next segments could name
+    /// [`Ambiguous`] when an upstream could read another member than the one found, in any
+    /// element: an object holds more than one member the next segments could name
     /// (`Configuration` and `Configuration.Url` for `args.Configuration.Url`), or a member
     /// whose name differs only in case from one they could name (`Force` for
     /// `args.opts.force`, `configuration.url` beside `Configuration`): an upstream that
     /// ignores case reads it, and a condition must not look past it.
-    pub fn resolve<'v>(&self, args: &'v Value) -> Result<Option<&'v Value>, Ambiguous> {
+    ///
+    /// Where the path goes on into a string that encodes a JSON object or array, it goes on
+    /// into what the string encodes, as upstreams that decode such strings read it (the
+    /// Python SDK's servers do, for parameters that are not strings). That alone allocates;
+    /// every other reading borrows from `args`.
+    pub fn readings(
+        &self,
+        args: &Value,
+        visit: &mut dyn FnMut(Option<&Value>) -> Result<bool, Ambiguous>,
+    ) -> Result<bool, Ambiguous> {
+        self.walk(args, 0, visit)
+    }
+
+    /// The first reading, for tests.
+    #[cfg(test)]
+    fn first(&self, args: &Value) -> Result<Option<Value>, Ambiguous> {
         let mut first = None;
         self.readings(args, &mut |value| {
-            first = value;
+            first = value.cloned();
             Ok(true)
         })?;
         Ok(first)
     }
 
-    /// Gives `visit` each reading of this path in `args`, in order (one for a path without
-    /// `[]`; `None` where the path does not resolve), until it returns `true`; whether it did.
-    /// [`Ambiguous`] as in [`ArgPath::resolve`], for any element. Never allocates.
-    pub fn readings<'v>(
+    fn walk(
         &self,
-        args: &'v Value,
-        visit: &mut dyn FnMut(Option<&'v Value>) -> Result<bool, Ambiguous>,
-    ) -> Result<bool, Ambiguous> {
-        self.walk(args, 0, visit)
-    }
-
-    fn walk<'v>(
-        &self,
-        mut current: &'v Value,
+        mut current: &Value,
         mut i: usize,
-        visit: &mut dyn FnMut(Option<&'v Value>) -> Result<bool, Ambiguous>,
+        visit: &mut dyn FnMut(Option<&Value>) -> Result<bool, Ambiguous>,
     ) -> Result<bool, Ambiguous> {
         while let Some(segment) = self.segments.get(i) {
             let last = match current {
@@ -177,27 +181,60 @@ impl ArgPath {
                     }
                     None => return visit(None),
                 },
+                Value::String(text) => {
+                    return match decoded(text) {
+                        Some(value) => self.walk(&value, i, visit),
+                        None => visit(None),
+                    };
+                }
                 _ => return visit(None),
             };
             i = last + 1;
             if self.segments.get(last).is_some_and(|s| s.each) {
-                let Value::Array(items) = current else {
-                    // Not an array: the one element.
-                    continue;
-                };
+                return self.each(current, i, visit);
+            }
+        }
+        visit(Some(current))
+    }
+
+    /// Walks on from segment `i` in every element of `value`: an array's, or a string's that
+    /// encodes one; any other value is the one element.
+    fn each(
+        &self,
+        value: &Value,
+        i: usize,
+        visit: &mut dyn FnMut(Option<&Value>) -> Result<bool, Ambiguous>,
+    ) -> Result<bool, Ambiguous> {
+        match value {
+            Value::Array(items) => {
                 for item in items {
                     if self.walk(item, i, visit)? {
                         return Ok(true);
                     }
                 }
-                return Ok(false);
+                Ok(false)
             }
+            Value::String(text) => match decoded(text) {
+                Some(decoded) => self.each(&decoded, i, visit),
+                None => self.walk(value, i, visit),
+            },
+            _ => self.walk(value, i, visit),
         }
-        visit(Some(current))
     }
 }
 
-/// Arguments an upstream could read in more than one way at a path ([`ArgPath::resolve`]).
+/// The object or array a string encodes, if it encodes one (JSON, surrounding whitespace
+/// allowed, as Python's `json.loads` takes it).
+fn decoded(text: &str) -> Option<Value> {
+    if !text.trim_start().starts_with(['{', '[']) {
+        return None;
+    }
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .filter(|v| v.is_object() || v.is_array())
+}
+
+/// Arguments an upstream could read in more than one way at a path ([`ArgPath::readings`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ambiguous;
 
@@ -503,14 +540,45 @@ impl Expected {
     /// Equality with numeric coercion: a number equals a string that parses to the same number.
     /// Two strings compare as text ("5.0" is not "5"); arrays and objects compare structurally.
     /// A number an upstream would read more exactly than this gateway is [`Ambiguous`].
+    /// A boolean equals what lenient upstreams read as it ([`reads_as_bool`]).
     fn equals(&self, arg: &Value) -> Result<bool, Ambiguous> {
         Ok(match (arg, &self.value) {
+            (arg, Value::Bool(expected)) => reads_as_bool(arg) == Some(*expected),
             (Value::Number(_), Value::Number(_) | Value::String(_)) => {
                 same_number(Numeric::of_argument(arg)?, self.numeric)
             }
             (Value::String(a), Value::Number(_)) => same_number(Numeric::parse(a), self.numeric),
             (arg, expected) => arg == expected,
         })
+    }
+}
+
+/// The boolean an argument is read as by upstreams that coerce (Python's pydantic, and so the
+/// Python SDK's servers, in its default lax mode): a boolean; the numbers 0 and 1; a string
+/// that is, ignoring case and surrounding whitespace, one of `true t yes y on 1` or
+/// `false f no n off 0`. A strict upstream refuses the others for a boolean parameter, so
+/// reading them this way never lets a call past a condition that the upstream would read
+/// otherwise. `None` for anything else.
+fn reads_as_bool(arg: &Value) -> Option<bool> {
+    match arg {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => match n.as_f64() {
+            Some(1.0) => Some(true),
+            Some(0.0) => Some(false),
+            _ => None,
+        },
+        Value::String(s) => {
+            let s = s.trim();
+            let is = |words: &[&str]| words.iter().any(|w| s.eq_ignore_ascii_case(w));
+            if is(&["true", "t", "yes", "y", "on", "1"]) {
+                Some(true)
+            } else if is(&["false", "f", "no", "n", "off", "0"]) {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
 }
 
@@ -715,7 +783,8 @@ impl Condition {
         &self.path
     }
 
-    /// Whether the condition holds for these arguments. Never allocates, never panics.
+    /// Whether the condition holds for these arguments. Never panics; allocates only to decode
+    /// a string that encodes JSON ([`ArgPath::readings`]).
     ///
     /// A path through `[]` has a reading per element, and `reading` says which must hold:
     /// [`Reading::Every`] for a condition that must hold for the call to pass (`require`),
@@ -917,6 +986,129 @@ mod tests {
     }
 
     #[test]
+    fn booleans_equal_what_lenient_upstreams_read_as_them() {
+        let eq =
+            |expected: Value, arg: Value| holds("args.f", "eq", Some(expected), &json!({"f": arg}));
+        for yes in [
+            json!(true),
+            json!("true"),
+            json!("Yes"),
+            json!(" on "),
+            json!("T"),
+            json!(1),
+            json!(1.0),
+            json!("1"),
+        ] {
+            assert!(eq(json!(true), yes.clone()), "{yes}");
+            assert!(!eq(json!(false), yes.clone()), "{yes}");
+        }
+        for no in [
+            json!(false),
+            json!("FALSE"),
+            json!("n"),
+            json!("off"),
+            json!(0),
+            json!("0"),
+        ] {
+            assert!(eq(json!(false), no.clone()), "{no}");
+            assert!(!eq(json!(true), no.clone()), "{no}");
+        }
+        for neither in [
+            json!("maybe"),
+            json!(2),
+            json!(null),
+            json!(""),
+            json!([true]),
+            json!("truthy"),
+        ] {
+            assert!(!eq(json!(true), neither.clone()), "{neither}");
+            assert!(!eq(json!(false), neither.clone()), "{neither}");
+        }
+        assert!(!holds(
+            "args.f",
+            "neq",
+            Some(json!(true)),
+            &json!({"f": "yes"})
+        ));
+        assert!(holds(
+            "args.f",
+            "in",
+            Some(json!([true])),
+            &json!({"f": "on"})
+        ));
+        assert!(holds(
+            "args.f",
+            "contains",
+            Some(json!(true)),
+            &json!({"f": ["y"]})
+        ));
+        // A string operand still compares as text.
+        assert!(!holds(
+            "args.f",
+            "eq",
+            Some(json!("true")),
+            &json!({"f": true})
+        ));
+    }
+
+    #[test]
+    fn a_path_goes_on_into_what_a_string_encodes() {
+        let path = |p: &str, args: Value| {
+            let mut readings = Vec::new();
+            ArgPath::parse(p)
+                .unwrap()
+                .readings(&args, &mut |v| {
+                    readings.push(v.cloned());
+                    Ok(false)
+                })
+                .map(|_| readings)
+        };
+        // The Python SDK's servers read such a string as the object or list it encodes.
+        assert_eq!(
+            path("args.config.force", json!({"config": "{\"force\": true}"})),
+            Ok(vec![Some(json!(true))])
+        );
+        assert_eq!(
+            path("args.to[]", json!({"to": " [\"a@x\", \"b@y\"] "})),
+            Ok(vec![Some(json!("a@x")), Some(json!("b@y"))])
+        );
+        assert_eq!(
+            path(
+                "args.media.1.url",
+                json!({"media": "[{}, {\"url\": \"u\"}]"})
+            ),
+            Ok(vec![Some(json!("u"))])
+        );
+        // What it encodes is read like any argument: two members for one name are ambiguous.
+        assert_eq!(
+            path("args.c.force", json!({"c": "{\"force\": 1, \"Force\": 2}"})),
+            Err(Ambiguous)
+        );
+        // Strings that encode no object or list are what they are.
+        assert_eq!(
+            path("args.config.force", json!({"config": "plain"})),
+            Ok(vec![None])
+        );
+        assert_eq!(
+            path("args.config.force", json!({"config": "[not json"})),
+            Ok(vec![None])
+        );
+        assert_eq!(
+            path("args.config.force", json!({"config": "5"})),
+            Ok(vec![None])
+        );
+        assert_eq!(
+            path("args.to[]", json!({"to": "a@x"})),
+            Ok(vec![Some(json!("a@x"))])
+        );
+        // Where the path ends at the string, it is the string.
+        assert_eq!(
+            path("args.config", json!({"config": "{}"})),
+            Ok(vec![Some(json!("{}"))])
+        );
+    }
+
+    #[test]
     fn a_cost_through_brackets_is_the_sum_of_the_elements() {
         let path = ArgPath::parse("args.items[].amount").unwrap();
         let cost = |args: Value| cost_at(&path, &args);
@@ -1013,7 +1205,7 @@ mod tests {
             "0": "zero-key",
             "a": {"b.c": {"d": true}},
         });
-        let at = |p: &str| ArgPath::parse(p).unwrap().resolve(&args).unwrap().cloned();
+        let at = |p: &str| ArgPath::parse(p).unwrap().first(&args).unwrap();
         assert_eq!(at("args.to"), Some(json!("+44")));
         assert_eq!(at("args.media.1.url"), Some(json!("https://b")));
         assert_eq!(at("args.media.2.url"), None);
@@ -1026,23 +1218,18 @@ mod tests {
         assert_eq!(at("args.missing"), None);
         assert_eq!(at("args"), Some(args.clone()));
         assert_eq!(
-            ArgPath::parse("args.a").unwrap().resolve(&json!(null)),
+            ArgPath::parse("args.a").unwrap().first(&json!(null)),
             Ok(None)
         );
         assert_eq!(
-            ArgPath::parse("args.0").unwrap().resolve(&json!(["first"])),
-            Ok(Some(&json!("first")))
+            ArgPath::parse("args.0").unwrap().first(&json!(["first"])),
+            Ok(Some(json!("first")))
         );
     }
 
     #[test]
     fn arguments_an_upstream_could_read_another_way_are_ambiguous() {
-        let resolve = |p: &str, args: Value| {
-            ArgPath::parse(p)
-                .unwrap()
-                .resolve(&args)
-                .map(|v| v.cloned())
-        };
+        let resolve = |p: &str, args: Value| ArgPath::parse(p).unwrap().first(&args);
         // A shorter key beside the dotted one: which one the tool takes is the upstream's call.
         let url = "args.Configuration.Url";
         for args in [

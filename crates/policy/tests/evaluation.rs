@@ -758,6 +758,47 @@ fn a_path_through_brackets_checks_every_element_where_the_stricter_reading_wins(
 }
 
 #[test]
+fn what_lenient_upstreams_read_as_true_or_as_a_list_cannot_slip_past_a_rule() {
+    let p = policy(
+        json!({"version": "1", "default": "allow", "tools": {"delete": {"deny_if": [
+            {"conditions": [{"path": "args.force", "op": "eq", "value": true}], "on_deny": "no force"},
+            {"conditions": [{"path": "args.options.recursive", "op": "eq", "value": true}],
+             "on_deny": "no recursion"},
+            {"conditions": [{"path": "args.paths[]", "op": "regex", "value": "^/etc/"}],
+             "on_deny": "not /etc"},
+        ]}}}),
+    );
+    // Python SDK servers (pydantic, lax) read these strings and numbers as booleans, and
+    // decode JSON sent inside a string for parameters that are not strings.
+    let cases = [
+        (json!({"force": "true"}), "no force"),
+        (json!({"force": " Yes"}), "no force"),
+        (json!({"force": 1}), "no force"),
+        (json!({"force": "no"}), "allowed by policy"),
+        (
+            json!({"options": "{\"recursive\": \"on\"}"}),
+            "no recursion",
+        ),
+        (
+            json!({"options": {"recursive": false}}),
+            "allowed by policy",
+        ),
+        (
+            json!({"paths": "[\"/tmp/a\", \"/etc/passwd\"]"}),
+            "not /etc",
+        ),
+        (json!({"paths": ["/tmp/a"]}), "allowed by policy"),
+    ];
+    for (args, message) in cases {
+        assert_eq!(
+            decide(&p, "delete", args.clone()).message,
+            message,
+            "{args}"
+        );
+    }
+}
+
+#[test]
 fn compiled_policies_can_be_shared_across_threads() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<CompiledPolicy>();
