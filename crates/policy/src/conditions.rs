@@ -71,6 +71,12 @@ impl ArgPath {
                 if part.is_empty() {
                     return Err(format!("path {text:?} has an empty segment"));
                 }
+                if each && part.ends_with("[]") {
+                    return Err(format!(
+                        "path {text:?} writes \"[]\" twice in a segment: a path enters one \
+                         array per segment (arrays of arrays are not supported)"
+                    ));
+                }
                 let end = start + part.len();
                 let index = if part.bytes().all(|b| b.is_ascii_digit()) {
                     part.parse().ok()
@@ -983,6 +989,7 @@ mod tests {
             (Ok(false), Err(Ambiguous))
         );
         assert!(ArgPath::parse("args.[]").is_err());
+        assert!(ArgPath::parse("args.m[][]").is_err());
     }
 
     #[test]

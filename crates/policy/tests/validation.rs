@@ -148,6 +148,17 @@ fn invalid_documents_report_every_error_with_its_pointer() {
             vec![("/tools/a/require/0/path", "empty segment")],
         ),
         (
+            json!({"version": "1", "tools": {"a": {"deny_if": [{"conditions": [{"path": "args.m[][]", "op": "exists"}]}]}}}),
+            vec![(
+                "/tools/a/deny_if/0/conditions/0/path",
+                "arrays of arrays are not supported",
+            )],
+        ),
+        (
+            json!({"version": "1", "tools": {"a": {"limits": [{"counter": "c", "window": "day", "max": 5, "cost": "args.[].n"}]}}}),
+            vec![("/tools/a/limits/0/cost", "empty segment")],
+        ),
+        (
             json!({"version": "1", "tools": {"a": {"require": [{"path": 5, "op": "eq", "value": 1}]}}}),
             vec![("/tools/a/require/0/path", "expected a path string")],
         ),
