@@ -118,10 +118,12 @@ impl ArgPath {
     /// `args.opts.force`, `configuration.url` beside `Configuration`): an upstream that
     /// ignores case reads it, and a condition must not look past it.
     ///
-    /// Where the path goes on into a string that encodes a JSON object or array, it goes on
-    /// into what the string encodes, as upstreams that decode such strings read it (the
-    /// Python SDK's servers do, for parameters that are not strings). That alone allocates;
-    /// every other reading borrows from `args`.
+    /// A string that encodes a JSON object or array, where the path goes on into it, is read
+    /// both ways: as the string (the path goes no further: no value), as upstreams that take
+    /// it as it is read it, and as what it encodes, as upstreams that decode such strings read
+    /// it (the Python SDK's servers do, for parameters that are not strings). So a condition
+    /// that must hold (`require`) holds for both, and one that stops a call (`deny_if`) stops
+    /// it on either. Decoding alone allocates; every other reading borrows from `args`.
     pub fn readings(
         &self,
         args: &Value,
@@ -188,9 +190,14 @@ impl ArgPath {
                     None => return visit(None),
                 },
                 Value::String(text) => {
+                    // Read both ways: as the string, where the path goes no further, and as
+                    // what it encodes, if it encodes an object or a list.
+                    if visit(None)? {
+                        return Ok(true);
+                    }
                     return match decoded(text) {
                         Some(value) => self.walk(&value, i, visit),
-                        None => visit(None),
+                        None => Ok(false),
                     };
                 }
                 _ => return visit(None),
@@ -220,10 +227,16 @@ impl ArgPath {
                 }
                 Ok(false)
             }
-            Value::String(text) => match decoded(text) {
-                Some(decoded) => self.each(&decoded, i, visit),
-                None => self.walk(value, i, visit),
-            },
+            Value::String(text) => {
+                // The string as the one element, and the elements it encodes, if any.
+                if self.walk(value, i, visit)? {
+                    return Ok(true);
+                }
+                match decoded(text) {
+                    Some(decoded) => self.each(&decoded, i, visit),
+                    None => Ok(false),
+                }
+            }
             _ => self.walk(value, i, visit),
         }
     }
@@ -1070,21 +1083,27 @@ mod tests {
                 })
                 .map(|_| readings)
         };
-        // The Python SDK's servers read such a string as the object or list it encodes.
+        // Read both ways: as the string (no value past it), then as what it encodes, as
+        // the Python SDK's servers read it.
         assert_eq!(
             path("args.config.force", json!({"config": "{\"force\": true}"})),
-            Ok(vec![Some(json!(true))])
+            Ok(vec![None, Some(json!(true))])
         );
+        let list = " [\"a@x\", \"b@y\"] ";
         assert_eq!(
-            path("args.to[]", json!({"to": " [\"a@x\", \"b@y\"] "})),
-            Ok(vec![Some(json!("a@x")), Some(json!("b@y"))])
+            path("args.to[]", json!({"to": list})),
+            Ok(vec![
+                Some(json!(list)),
+                Some(json!("a@x")),
+                Some(json!("b@y"))
+            ])
         );
         assert_eq!(
             path(
                 "args.media.1.url",
                 json!({"media": "[{}, {\"url\": \"u\"}]"})
             ),
-            Ok(vec![Some(json!("u"))])
+            Ok(vec![None, Some(json!("u"))])
         );
         // What it encodes is read like any argument: two members for one name are ambiguous.
         assert_eq!(

@@ -796,6 +796,23 @@ fn what_lenient_upstreams_read_as_true_or_as_a_list_cannot_slip_past_a_rule() {
             "{args}"
         );
     }
+    // A string that encodes an object is read both ways, and a requirement must hold for
+    // both: an upstream that takes the string as it is finds no `safe` in it.
+    let p = policy(
+        json!({"version": "1", "default": "allow", "tools": {"delete": {"require": [
+            {"path": "args.options.safe", "op": "eq", "value": true},
+        ]}}}),
+    );
+    for (args, outcome) in [
+        (json!({"options": {"safe": true}}), Outcome::Allow),
+        (json!({"options": "{\"safe\": true}"}), Outcome::Deny),
+    ] {
+        assert_eq!(
+            decide(&p, "delete", args.clone()).outcome,
+            outcome,
+            "{args}"
+        );
+    }
 }
 
 #[test]
