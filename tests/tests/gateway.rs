@@ -1838,6 +1838,32 @@ async fn a_resumed_stream_replays_answers_with_tools_lists_filtered() {
         "the replayed list must be filtered: {names:?}"
     );
 
+    // Event ids are sealed under the grant, as session ids are: this server replays by event
+    // id alone, so another grant of the same server cannot resume this grant's stream with
+    // an id it learned, nor can anyone with an id the gateway did not issue.
+    let other = stack
+        .fixture(&everything.url("/mcp"), "streamable_http", policy())
+        .await;
+    let other_url = other.url(&gw);
+    let other_session = open_session(&other_url).await;
+    for (url, session, event_id) in [
+        (&other_url, &other_session, first_event_id(&body)),
+        (&url, &session, "0".to_owned()),
+    ] {
+        let refused = reqwest::Client::new()
+            .get(url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("last-event-id", &event_id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{event_id}");
+        let text = refused.text().await.unwrap();
+        assert!(text.contains("Last-Event-ID was not issued"), "{text}");
+    }
+
     // An upstream that answers under another id ("7" for 7) gets no unfiltered list past,
     // as JSON or as SSE.
     let list = r#"{"jsonrpc":"2.0","id":"7","result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"delete_all","inputSchema":{"type":"object"}}]}}"#;

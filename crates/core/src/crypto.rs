@@ -154,6 +154,12 @@ pub fn request_state_context(grant: crate::GrantId, tool: &str, arguments_digest
     format!("request-state:{grant}:{arguments_digest}:{tool}").into_bytes()
 }
 
+/// The context of an SSE event id a client sees: the grant its stream was relayed under, so a
+/// `Last-Event-ID` resumes only a stream of that grant.
+pub fn event_id_context(grant: crate::GrantId) -> Vec<u8> {
+    format!("event-id:{grant}").into_bytes()
+}
+
 /// The context of the id the gateway gives a legacy (HTTP+SSE) server's request to a client:
 /// the grant it was relayed under.
 pub fn legacy_reply_context(grant: crate::GrantId) -> Vec<u8> {

@@ -41,6 +41,10 @@ pub enum GatewayError {
     /// The session id does not open under this grant (unknown, tampered, or another grant's).
     #[error("session not found")]
     SessionNotFound,
+    /// A `Last-Event-ID` that was not sealed by this gateway under this grant (event ids are
+    /// sealed like session ids, so a stream resumes only under the grant that received it).
+    #[error("Last-Event-ID was not issued for this grant's streams")]
+    UnknownEventId,
     /// The method is not available on this endpoint.
     #[error("{0}")]
     MethodNotAllowed(&'static str),
@@ -89,6 +93,7 @@ impl GatewayError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::SessionNotFound => StatusCode::NOT_FOUND,
+            Self::UnknownEventId => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -101,7 +106,7 @@ impl GatewayError {
         match self {
             Self::MissingToken | Self::InvalidToken => UNAUTHORIZED_CODE,
             Self::Mcp(e) => e.code(),
-            Self::PayloadTooLarge(_) | Self::UnsupportedMediaType => {
+            Self::PayloadTooLarge(_) | Self::UnsupportedMediaType | Self::UnknownEventId => {
                 portcullis_mcp::codes::INVALID_REQUEST
             }
             Self::SessionNotFound => SESSION_NOT_FOUND_CODE,

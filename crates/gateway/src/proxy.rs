@@ -26,7 +26,7 @@ use crate::error::{GatewayError, INTERNAL_CODE, Rejection};
 use crate::grants::{Grant, Transport};
 use crate::legacy::{self, Connection};
 use crate::relay::{self, Pending, ToolFilter, Watch};
-use crate::sessions::Session;
+use crate::sessions::{EventIds, Session};
 use crate::upstream::{
     Mirrored, UpstreamError, UpstreamResponse, body_stream, is_event_stream, request_headers,
     response_headers,
@@ -35,6 +35,7 @@ use crate::upstream::{
 type Gw = State<Arc<Gateway>>;
 
 const SESSION_HEADER: HeaderName = HeaderName::from_static(mcp::MCP_SESSION_ID);
+const LAST_EVENT_ID_HEADER: HeaderName = HeaderName::from_static(mcp::LAST_EVENT_ID);
 
 /// Headers that must come at most once: the gateway reads and checks one copy.
 const CHECKED_ONCE: [&str; 4] = [
@@ -634,11 +635,24 @@ impl Gateway {
         self.audit.enqueue(&event);
     }
 
+    /// Puts the upstream's own session id, and its own event id for `Last-Event-ID`, in
+    /// `headers`, in place of the sealed ones the client holds.
     fn upstream_session(
         &self,
+        grant: &Grant,
         session: Option<&Session>,
         headers: &mut HeaderMap,
     ) -> Result<(), GatewayError> {
+        if let Some(value) = headers.get(LAST_EVENT_ID_HEADER) {
+            let ids = EventIds::new(self.sessions.keyring().clone(), grant.id);
+            let opened = value
+                .to_str()
+                .ok()
+                .and_then(|text| ids.open(text))
+                .and_then(|id| HeaderValue::from_str(&id).ok())
+                .ok_or(GatewayError::UnknownEventId)?;
+            headers.insert(LAST_EVENT_ID_HEADER, opened);
+        }
         match session {
             Some(Session::Upstream(id)) => {
                 let value = HeaderValue::from_str(id).map_err(|_| GatewayError::SessionNotFound)?;
@@ -660,7 +674,9 @@ impl Gateway {
     ) -> Result<Response, Rejection> {
         let server = &inbound.grant.server;
         let mut headers = request_headers(&inbound.headers, server, inbound.mirrored, true);
-        if let Err(e) = self.upstream_session(inbound.session.as_ref(), &mut headers) {
+        if let Err(e) =
+            self.upstream_session(&inbound.grant, inbound.session.as_ref(), &mut headers)
+        {
             pending.fail_unsent(&e);
             return Err(e.at(id.as_ref()));
         }
@@ -882,7 +898,8 @@ impl Gateway {
             self.sessions.keyring().clone(),
             inbound.grant.id,
         );
-        let body = relay::sse(stream, watch, id, Some(pending));
+        let ids = EventIds::new(self.sessions.keyring().clone(), inbound.grant.id);
+        let body = relay::sse(stream, watch, id, Some(pending), ids);
         let mut out = Response::new(body);
         out.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -900,7 +917,7 @@ impl Gateway {
             return self.pass_legacy(&inbound, &body).await;
         }
         let mut headers = request_headers(&inbound.headers, server, inbound.mirrored, true);
-        self.upstream_session(inbound.session.as_ref(), &mut headers)?;
+        self.upstream_session(&inbound.grant, inbound.session.as_ref(), &mut headers)?;
         let response = self
             .upstream
             .send(Method::POST, &server.uri, headers, Some(body))
@@ -952,7 +969,8 @@ impl Gateway {
         let read = !matches!(watch, Watch::Nothing)
             || (id.is_some() && is_event_stream(response.headers()));
         let body = if read {
-            relay::sse(body_stream(response), watch, id, pending)
+            let ids = EventIds::new(self.sessions.keyring().clone(), caller.grant.id);
+            relay::sse(body_stream(response), watch, id, pending, ids)
         } else {
             relay::raw(body_stream(response), pending)
         };
@@ -997,7 +1015,7 @@ impl Gateway {
                 HeaderValue::from_static("text/event-stream"),
             );
         }
-        self.upstream_session(session.as_ref(), &mut upstream_headers)?;
+        self.upstream_session(&grant, session.as_ref(), &mut upstream_headers)?;
         let response = self
             .upstream
             .send(method.clone(), &grant.server.uri, upstream_headers, None)

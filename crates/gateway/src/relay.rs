@@ -24,6 +24,7 @@ use crate::catalogue::ServerTools;
 use crate::continuation::Sealer;
 use crate::limiter::{Limiter, Reservation};
 use crate::meters::Meters;
+use crate::sessions::EventIds;
 
 /// Decides which tools of a `tools/list` a grant may see.
 pub struct ToolFilter {
@@ -283,10 +284,18 @@ struct SseRelay {
     /// The request's answer went by: a second one (a protocol error) is dropped, so one
     /// call's charge is never sealed into two continuations.
     answered: bool,
+    /// Seals the event ids the client sees.
+    ids: EventIds,
 }
 
 impl SseRelay {
-    fn frame(&mut self, frame: SseFrame, out: &mut BytesMut) {
+    fn frame(&mut self, mut frame: SseFrame, out: &mut BytesMut) {
+        if let SseFrame::Event(SseEvent { id: Some(id), .. }) = &mut frame
+            && !id.is_empty()
+        {
+            // (An empty id resets the client's last event id: it passes as it is.)
+            *id = self.ids.seal(id);
+        }
         let event = match &frame {
             // An unwatched stream is read for the answer to its request (its outcome, and what
             // must not pass under another request's id).
@@ -379,11 +388,15 @@ impl SseRelay {
 }
 
 /// Relays an SSE stream, rewriting the answers `watch` is about.
+///
+/// Every event id is sealed under the grant (`ids`): the client resumes with the sealed id,
+/// which the gateway opens before the upstream sees it.
 pub fn sse(
     upstream: ByteStream,
     watch: Watch,
     id: Option<RequestId>,
     pending: Option<Pending>,
+    ids: EventIds,
 ) -> Body {
     let relay = SseRelay {
         upstream,
@@ -392,6 +405,7 @@ pub fn sse(
         id,
         pending,
         answered: false,
+        ids,
     };
     let stream = futures::stream::unfold(relay, |mut relay| async move {
         loop {

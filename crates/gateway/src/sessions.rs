@@ -90,6 +90,38 @@ impl SessionKeys {
     }
 }
 
+/// Seals and opens the SSE event ids a client sees. An upstream's event ids name points in its
+/// streams, and some upstreams replay by event id alone (whatever the session); sealed under
+/// the grant, a `Last-Event-ID` opens only under the grant whose stream carried it, so no
+/// client can resume another grant's stream with an id it learned.
+#[derive(Clone)]
+pub struct EventIds {
+    keys: Arc<Keyring>,
+    context: Vec<u8>,
+}
+
+impl EventIds {
+    /// Event ids of streams relayed under `grant`.
+    pub fn new(keys: Arc<Keyring>, grant: GrantId) -> Self {
+        Self {
+            keys,
+            context: portcullis_core::crypto::event_id_context(grant),
+        }
+    }
+
+    /// The id the client sees for the upstream's `id`.
+    pub fn seal(&self, id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.keys.seal(id.as_bytes(), &self.context))
+    }
+
+    /// The upstream's id, if `client_id` was sealed under this grant by a key of the ring.
+    pub fn open(&self, client_id: &str) -> Option<String> {
+        let sealed = URL_SAFE_NO_PAD.decode(client_id.trim()).ok()?;
+        let plain = self.keys.open(&sealed, &self.context).ok()?;
+        String::from_utf8(plain).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +138,28 @@ mod tests {
         assert!(!rotated.sealed_by_active(&before));
         assert!(rotated.sealed_by_active(&rotated.wrap(grant, &session)));
         assert!(!rotated.sealed_by_active("short"));
+    }
+
+    #[test]
+    fn event_ids_open_only_under_their_grant() {
+        let (ring, spec) = Keyring::generate(1);
+        let keys = Arc::new(ring);
+        let grant = GrantId::new();
+        let ids = EventIds::new(keys.clone(), grant);
+        let sealed = ids.seal("stream-1:42");
+        assert!(!sealed.contains("42"));
+        assert!(
+            sealed
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(ids.open(&sealed).as_deref(), Some("stream-1:42"));
+        assert_eq!(EventIds::new(keys, GrantId::new()).open(&sealed), None);
+        assert_eq!(ids.open("stream-1:42"), None);
+        // A session id of the same grant, sealed by the same key, is not an event id.
+        let session = SessionKeys::new(Keyring::parse(&spec).unwrap())
+            .wrap(grant, &Session::Upstream("stream-1:42".into()));
+        assert_eq!(ids.open(&session), None);
     }
 
     #[test]
