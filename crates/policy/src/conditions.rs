@@ -159,9 +159,17 @@ impl ArgPath {
                         .iter()
                         .position(|s| s.each)
                         .map_or(rest.len(), |n| n + 1);
+                    // A segment written with `[]` also names a key spelled with the brackets
+                    // (`ids[]`, as form-style APIs name lists); both kinds are entered the
+                    // same way, and an object that has both is ambiguous.
                     let names = rest.iter().take(joinable).enumerate();
-                    let names = names.filter_map(|(offset, until)| {
-                        Some((self.text.get(segment.start..until.end)?, i + offset))
+                    let names = names.flat_map(|(offset, until)| {
+                        let bracketed = until.each.then_some(until.end + 2);
+                        std::iter::once(until.end)
+                            .chain(bracketed)
+                            .filter_map(move |end| {
+                                Some((self.text.get(segment.start..end)?, i + offset))
+                            })
                     });
                     let mut found = None;
                     for (key, value) in map {
@@ -1000,6 +1008,21 @@ mod tests {
         assert_eq!(
             ambiguous(json!([{"id": 2}, {"ID": 2}])),
             (Ok(false), Err(Ambiguous))
+        );
+        // A key spelled with the brackets (form-style APIs) is the same list; both at once
+        // are ambiguous.
+        assert_eq!(
+            check("args.ids[]", "eq", json!(7), json!({"ids[]": [1, 7]})),
+            (Ok(false), Ok(true))
+        );
+        assert_eq!(
+            check(
+                "args.ids[]",
+                "eq",
+                json!(7),
+                json!({"ids[]": [7], "ids": [1]})
+            ),
+            (Err(Ambiguous), Err(Ambiguous))
         );
         assert!(ArgPath::parse("args.[]").is_err());
         assert!(ArgPath::parse("args.m[][]").is_err());
