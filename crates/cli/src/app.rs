@@ -451,17 +451,23 @@ pub async fn migrate(config: &Config) -> anyhow::Result<usize> {
             .await
             .context("cannot create the database")?;
     }
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&config.database_url)
-        .await
-        .context("cannot connect to Postgres")?;
+    let pool = one_connection(config).await?;
     let migrator = sqlx::migrate!("../../migrations");
     let before: i64 = applied(&pool).await;
     migrator.run(&pool).await.context("migration failed")?;
     let after: i64 = applied(&pool).await;
     pool.close().await;
     Ok(usize::try_from(after - before).unwrap_or(0))
+}
+
+/// A pool of one connection, for the commands that run a few statements and exit.
+pub(crate) async fn one_connection(config: &Config) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(config.database_options()?)
+        .await
+        .context("cannot connect to Postgres")
 }
 
 async fn applied(pool: &PgPool) -> i64 {

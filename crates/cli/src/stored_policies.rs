@@ -3,11 +3,10 @@
 //! grants the new release would deny every call, and after one to confirm none is left.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use anyhow::Context as _;
+use portcullis_core::{PolicyId, TenantId};
 use portcullis_policy::CompiledPolicy;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::Config;
@@ -16,9 +15,9 @@ use crate::Config;
 #[derive(Debug)]
 pub struct Refused {
     pub tenant: String,
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub policy: String,
-    pub policy_id: Uuid,
+    pub policy_id: PolicyId,
     pub version: i32,
     /// Grants neither revoked nor expired: whose calls are denied.
     pub live_grants: i64,
@@ -70,12 +69,7 @@ impl Report {
 
 /// Compiles the current version of every policy in the database of `config`.
 pub async fn check(config: &Config) -> anyhow::Result<Report> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(config.database_options()?)
-        .await
-        .context("cannot reach Postgres")?;
+    let pool = crate::app::one_connection(config).await?;
     let rows: Vec<(String, Uuid, String, Uuid, i32, serde_json::Value, i64)> = sqlx::query_as(
         "SELECT t.name, p.tenant_id, p.name, p.id, p.current_version, v.document,
                 (SELECT count(*) FROM grants g
@@ -98,9 +92,9 @@ pub async fn check(config: &Config) -> anyhow::Result<Report> {
                 let errors = CompiledPolicy::from_json(&document).err()?;
                 Some(Refused {
                     tenant,
-                    tenant_id,
+                    tenant_id: tenant_id.into(),
                     policy,
-                    policy_id,
+                    policy_id: policy_id.into(),
                     version,
                     live_grants,
                     errors: errors.iter().map(ToString::to_string).collect(),

@@ -10,7 +10,7 @@ use std::fmt;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rand::RngCore;
 
 const FORMAT: u8 = 1;
@@ -120,6 +120,20 @@ impl Keyring {
                 },
             )
             .map_err(|_| CryptoError::Unopenable)
+    }
+
+    /// [`Keyring::seal`], as text a client can hold and send back (base64url, no padding).
+    pub fn seal_text(&self, plaintext: &[u8], context: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(self.seal(plaintext, context))
+    }
+
+    /// Opens text made by [`Keyring::seal_text`], exactly as issued (callers that accept
+    /// surrounding whitespace trim it first).
+    pub fn open_text(&self, text: &str, context: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let sealed = URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| CryptoError::Unopenable)?;
+        self.open(&sealed, context)
     }
 
     /// The id of the key that sealed a value, to find values still sealed by an old key.

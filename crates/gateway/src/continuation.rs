@@ -305,7 +305,7 @@ fn seal(keys: &Keyring, grant: GrantId, tool: &str, digest: &str, envelope: Enve
     // A struct of numbers and strings always serializes.
     let plain = serde_json::to_vec(&envelope).unwrap_or_default();
     let context = portcullis_core::crypto::request_state_context(grant, tool, digest);
-    URL_SAFE_NO_PAD.encode(keys.seal(&plain, &context))
+    keys.seal_text(&plain, &context)
 }
 
 fn open(
@@ -317,6 +317,7 @@ fn open(
     now: i64,
 ) -> Result<(Envelope, Vec<u8>), Refusal> {
     // The text exactly as issued: no whitespace, no padding, no stray bits.
+    // Decoded here, not by `Keyring::open_text`: the claim is keyed by the sealed bytes.
     let sealed = URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| Refusal::Unopenable)?;

@@ -10,8 +10,6 @@
 //! its id restored and is POSTed to the endpoint (still required to be on the server's origin,
 //! with the server's credential headers).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_core::{GrantId, Keyring};
 use portcullis_mcp::{Message, RequestId};
 use serde::{Deserialize, Serialize};
@@ -41,11 +39,10 @@ pub fn seal(keys: &Keyring, grant: GrantId, endpoint: &url::Url, id: &RequestId)
     };
     // A string and a request id always serialize.
     let plain = serde_json::to_vec(&payload).unwrap_or_default();
-    let sealed = keys.seal(
+    RequestId::String(keys.seal_text(
         &plain,
         &portcullis_core::crypto::legacy_reply_context(grant),
-    );
-    RequestId::String(URL_SAFE_NO_PAD.encode(sealed))
+    ))
 }
 
 /// Opens the id of a client's response; `None` when it is not a token sealed under `grant`.
@@ -53,10 +50,9 @@ pub fn open(keys: &Keyring, grant: GrantId, id: &RequestId) -> Option<Reply> {
     let RequestId::String(token) = id else {
         return None;
     };
-    let sealed = URL_SAFE_NO_PAD.decode(token.trim()).ok()?;
     let plain = keys
-        .open(
-            &sealed,
+        .open_text(
+            token.trim(),
             &portcullis_core::crypto::legacy_reply_context(grant),
         )
         .ok()?;

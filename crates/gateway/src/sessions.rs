@@ -54,10 +54,8 @@ impl SessionKeys {
         let mut plain = Vec::with_capacity(body.len() + 1);
         plain.push(tag);
         plain.extend_from_slice(body);
-        let sealed = self
-            .keys
-            .seal(&plain, &portcullis_core::crypto::session_context(grant));
-        URL_SAFE_NO_PAD.encode(sealed)
+        self.keys
+            .seal_text(&plain, &portcullis_core::crypto::session_context(grant))
     }
 
     /// Whether a session id the client holds was sealed by the ring's active key (an id sealed
@@ -75,10 +73,12 @@ impl SessionKeys {
     /// Opens a client's session id; `None` when it was not issued under `grant` by a key of
     /// the ring (or was altered).
     pub fn unwrap(&self, grant: GrantId, client_id: &str) -> Option<Session> {
-        let sealed = URL_SAFE_NO_PAD.decode(client_id.trim()).ok()?;
         let plain = self
             .keys
-            .open(&sealed, &portcullis_core::crypto::session_context(grant))
+            .open_text(
+                client_id.trim(),
+                &portcullis_core::crypto::session_context(grant),
+            )
             .ok()?;
         let (tag, body) = plain.split_first()?;
         let body = String::from_utf8(body.to_vec()).ok()?;
@@ -111,13 +111,12 @@ impl EventIds {
 
     /// The id the client sees for the upstream's `id`.
     pub fn seal(&self, id: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.keys.seal(id.as_bytes(), &self.context))
+        self.keys.seal_text(id.as_bytes(), &self.context)
     }
 
     /// The upstream's id, if `client_id` was sealed under this grant by a key of the ring.
     pub fn open(&self, client_id: &str) -> Option<String> {
-        let sealed = URL_SAFE_NO_PAD.decode(client_id.trim()).ok()?;
-        let plain = self.keys.open(&sealed, &self.context).ok()?;
+        let plain = self.keys.open_text(client_id.trim(), &self.context).ok()?;
         String::from_utf8(plain).ok()
     }
 }
