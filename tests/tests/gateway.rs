@@ -1545,19 +1545,25 @@ async fn an_approved_call_never_continues_unchecked() {
             }
         }
     };
-    let body = checked(4).await;
-    let answer = message(&body);
-    if answer.get("result").is_some() {
-        assert_eq!(
-            text(&answer),
-            "Ada asked about tides; sampled: Tell me about tides",
-            "{body}"
-        );
-    } else {
-        assert_state_refused(&body, "requestState already used");
-    }
+    ran_or_used(&checked(4).await);
     assert_state_refused(&checked(5).await, "requestState already used");
     gw.stop().await.unwrap();
+}
+
+/// Whether a continuation of the `consult` call ran (and answered as the tool does) rather than
+/// being refused as a used envelope; anything else fails the test.
+fn ran_or_used(body: &str) -> bool {
+    let answer = message(body);
+    if answer.get("result").is_none() {
+        assert_state_refused(body, "requestState already used");
+        return false;
+    }
+    assert_eq!(
+        text(&answer),
+        "Ada asked about tides; sampled: Tell me about tides",
+        "{body}"
+    );
+    true
 }
 
 /// A continuation skips the approval only of a call that passed one: when the policy asks for
@@ -1596,14 +1602,28 @@ async fn a_continuation_needs_the_approval_its_call_did_not_pass() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    approve_asked(&stack, &asked).await;
-    let (_, _, body) = consult(&url, 3, "tides", Some((&responses, &state)), None).await;
-    assert_eq!(
-        text(&message(&body)),
-        "Ada asked about tides; sampled: Tell me about tides",
-        "{body}"
+    let approval = approve_asked(&stack, &asked).await;
+    // Retries of the one envelope sent at once: one runs, on the approval; the others are
+    // refused as used, and none opens another approval for the call that already ran.
+    let (a, b, c, d) = tokio::join!(
+        consult(&url, 3, "tides", Some((&responses, &state)), None),
+        consult(&url, 4, "tides", Some((&responses, &state)), None),
+        consult(&url, 5, "tides", Some((&responses, &state)), None),
+        consult(&url, 6, "tides", Some((&responses, &state)), None),
     );
-    let (_, _, body) = consult(&url, 4, "tides", Some((&responses, &state)), None).await;
+    let ran = [a, b, c, d]
+        .iter()
+        .filter(|(_, _, body)| ran_or_used(body))
+        .count();
+    assert_eq!(ran, 1);
+    let approvals: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, status FROM approvals WHERE grant_id = $1")
+            .bind(f.grant.0)
+            .fetch_all(stack.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(approvals, [(approval, "consumed".to_owned())]);
+    let (_, _, body) = consult(&url, 7, "tides", Some((&responses, &state)), None).await;
     assert_state_refused(&body, "requestState already used");
     gw.stop().await.unwrap();
 }

@@ -151,6 +151,8 @@ pub async fn tools_call(
     event.rule = Some(decision.rule.to_string());
     event.message = Some(decision.message.to_string());
     let mut approved: Option<String> = None;
+    // A continuation whose envelope was claimed while its approval was looked up.
+    let mut claimed_here = None;
     match decision.outcome {
         Outcome::Hidden => {
             event.decision = AuditDecision::Hidden;
@@ -193,54 +195,77 @@ pub async fn tools_call(
                     )));
                 }
                 if let Round::Continuation(resumed) = round {
-                    // Boxed: a rare branch's future must not grow every call's future.
-                    let claimed = Box::pin(gw.limiter.claimed(grant.tenant, &resumed.marker));
-                    let refusal = match claimed.await {
-                        Ok(false) => None,
-                        Ok(true) => Some(continuation::Refusal::Used),
+                    // The envelope is claimed before the approvals are looked at, so of
+                    // concurrent retries of one envelope only one reaches them: a retry that
+                    // loses can neither take the approval nor open a new one for a call that
+                    // already ran. Boxed: a rare branch's future must not grow every call's.
+                    let claim = Box::pin(gw.limiter.claim_once(
+                        grant.tenant,
+                        &resumed.marker,
+                        resumed.claim_expires_ms(),
+                    ));
+                    let refusal = match claim.await {
+                        Ok(true) => None,
+                        Ok(false) => Some(continuation::Refusal::Used),
                         Err(e) => {
                             metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "continuation")
                                 .increment(1);
-                            tracing::warn!(error = %e, "cannot check a continuation");
+                            tracing::warn!(error = %e, "cannot claim a continuation");
                             Some(continuation::Refusal::Unclaimed)
                         }
                     };
                     if let Some(refusal) = refusal {
                         return Ok(refused_continuation(event, id, refusal));
                     }
+                    claimed_here = Some(resumed);
                 }
                 let fingerprint =
                     portcullis_core::canonical::call_fingerprint(name, &call.arguments);
-                match crate::approvals::consume(&gw.db, grant, &fingerprint).await? {
-                    Some(approval) => {
+                let asked = match crate::approvals::consume(&gw.db, grant, &fingerprint).await {
+                    Ok(Some(approval)) => {
                         event.decision = AuditDecision::Allow;
                         event.message = Some(format!("approved ({approval})"));
                         approved = Some(approval);
+                        None
                     }
-                    None => {
+                    Ok(None) => {
                         let redacted = crate::audit::redact_arguments(&call.arguments);
-                        let approval = crate::approvals::open(
+                        let opened = crate::approvals::open(
                             &gw.db,
                             grant,
                             name,
                             &fingerprint,
                             &redacted,
                             timeout,
-                        )
-                        .await?;
-                        let text = format!(
-                            "[APPROVAL REQUIRED] {} Approval {approval} is pending: ask an approver \
-                             to approve it, then retry the same call with the same arguments.",
-                            with_period(&decision.message)
                         );
-                        let meta = meta(event, Some(("approval_id", json!(approval))));
-                        return Ok(Verdict::Answer(tool_error_response(
-                            id,
-                            &text,
-                            Some(meta),
-                            era,
-                        )));
+                        Some(opened.await)
                     }
+                    Err(e) => Some(Err(e)),
+                };
+                if let Some(asked) = asked {
+                    if let Some(resumed) = claimed_here {
+                        // This retry does not run: its envelope stays good for the one that
+                        // will, once approved.
+                        let release = Box::pin(gw.limiter.release(grant.tenant, &resumed.marker));
+                        if let Err(e) = release.await {
+                            metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "continuation")
+                                .increment(1);
+                            tracing::warn!(error = %e, "cannot release a continuation's claim");
+                        }
+                    }
+                    let approval = asked?;
+                    let text = format!(
+                        "[APPROVAL REQUIRED] {} Approval {approval} is pending: ask an approver \
+                         to approve it, then retry the same call with the same arguments.",
+                        with_period(&decision.message)
+                    );
+                    let meta = meta(event, Some(("approval_id", json!(approval))));
+                    return Ok(Verdict::Answer(tool_error_response(
+                        id,
+                        &text,
+                        Some(meta),
+                        era,
+                    )));
                 }
             }
         }
@@ -259,10 +284,14 @@ pub async fn tools_call(
         // its approval); each envelope continues once. Only the claim that wins carries the
         // charge on, so a replayed envelope can neither run an approved call again nor have
         // that charge refunded twice.
-        let claimed = gw
-            .limiter
-            .claim_once(grant.tenant, &resumed.marker, resumed.claim_expires_ms())
-            .await;
+        let claimed = match claimed_here {
+            Some(_) => Ok(true),
+            None => {
+                gw.limiter
+                    .claim_once(grant.tenant, &resumed.marker, resumed.claim_expires_ms())
+                    .await
+            }
+        };
         let refusal = match &claimed {
             Ok(true) => None,
             Ok(false) => Some(continuation::Refusal::Used),
@@ -294,10 +323,7 @@ pub async fn tools_call(
                 note_refusal(event, refusal);
                 return Ok(forward(None));
             }
-            if let Some(approval) = &approved {
-                // Consumed for this retry, which does not run: give it back.
-                Box::pin(crate::approvals::restore(&gw.db, grant.tenant, approval)).await?;
-            }
+            // (No approval to give back: a retry consumes one only after claiming its envelope.)
             return Ok(refused_continuation(event, id, refusal));
         }
         event.message = Some(continuation::note(

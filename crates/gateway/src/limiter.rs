@@ -196,15 +196,16 @@ impl Limiter {
         Ok(set.is_some())
     }
 
-    /// Whether a one-use `marker` of `tenant` was claimed already (and has not expired).
-    pub async fn claimed(&self, tenant: TenantId, marker: &str) -> Result<bool, LimiterError> {
-        let mut cmd = redis::cmd("EXISTS");
+    /// Gives up a claim of a one-use `marker` of `tenant` that this caller won
+    /// ([`Limiter::claim_once`] answered `true`) but did not use.
+    pub async fn release(&self, tenant: TenantId, marker: &str) -> Result<(), LimiterError> {
+        let mut cmd = redis::cmd("DEL");
         cmd.arg(self.keys.continuation(tenant, marker));
         let mut conn = self.redis.clone();
-        let found: i64 = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+        let _: i64 = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
             .await
             .map_err(|_| LimiterError::Timeout(self.timeout))??;
-        Ok(found > 0)
+        Ok(())
     }
 
     /// Gives back the charges of a call that failed upstream (those still inside the window).
