@@ -33,8 +33,9 @@ pub(crate) const REGEX_BUDGET: usize = 4 << 20;
 ///
 /// A segment ending in `[]` enters every element of the array it names, so the path has one
 /// reading per element (`args.media[].url`: the `url` of each); a value there that is not an
-/// array is read as the one element (a tool may take `"a"` for `["a"]`). See [`Condition::holds`]
-/// for how a condition reads them.
+/// array is read as the one element (a tool may take `"a"` for `["a"]`). Each further `[]`
+/// enters one more level of nested arrays (`args.rows[][]`: every cell of every row). See
+/// [`Condition::holds`] for how a condition reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgPath {
     text: Box<str>,
@@ -47,9 +48,13 @@ struct Segment {
     start: usize,
     end: usize,
     index: Option<usize>,
-    /// Written with `[]`: every element of the array found.
-    each: bool,
+    /// How many times `[]` was written after the name: every element of the array found, of
+    /// each element's array, and so on.
+    each: u8,
 }
+
+/// The most `[]` a segment may carry: no tool schema nests arrays deeper.
+const MAX_EACH: u8 = 4;
 
 impl ArgPath {
     /// Parses `args` or `args.<segment>(.<segment>)*`, segments non-empty.
@@ -64,18 +69,20 @@ impl ArgPath {
             };
             let mut start = PREFIX.len();
             for written in rest.split('.') {
-                let (part, each) = match written.strip_suffix("[]") {
-                    Some(part) => (part, true),
-                    None => (written, false),
-                };
+                let mut part = written;
+                let mut each = 0u8;
+                while let Some(name) = part.strip_suffix("[]") {
+                    part = name;
+                    each += 1;
+                    if each > MAX_EACH {
+                        return Err(format!(
+                            "path {text:?} writes \"[]\" more than {MAX_EACH} times in a \
+                             segment"
+                        ));
+                    }
+                }
                 if part.is_empty() {
                     return Err(format!("path {text:?} has an empty segment"));
-                }
-                if each && part.ends_with("[]") {
-                    return Err(format!(
-                        "path {text:?} writes \"[]\" twice in a segment: a path enters one \
-                         array per segment (arrays of arrays are not supported)"
-                    ));
                 }
                 let end = start + part.len();
                 let index = if part.bytes().all(|b| b.is_ascii_digit()) {
@@ -157,14 +164,15 @@ impl ArgPath {
                     let rest = self.segments.get(i..).unwrap_or_default();
                     let joinable = rest
                         .iter()
-                        .position(|s| s.each)
+                        .position(|s| s.each > 0)
                         .map_or(rest.len(), |n| n + 1);
                     // A segment written with `[]` also names a key spelled with the brackets
-                    // (`ids[]`, as form-style APIs name lists); both kinds are entered the
-                    // same way, and an object that has both is ambiguous.
+                    // as written (`ids[]`, as form-style APIs name lists); both kinds are
+                    // entered the same way, and an object that has both is ambiguous.
                     let names = rest.iter().take(joinable).enumerate();
                     let names = names.flat_map(|(offset, until)| {
-                        let bracketed = until.each.then_some(until.end + 2);
+                        let bracketed =
+                            (until.each > 0).then_some(until.end + 2 * usize::from(until.each));
                         std::iter::once(until.end)
                             .chain(bracketed)
                             .filter_map(move |end| {
@@ -211,25 +219,34 @@ impl ArgPath {
                 _ => return visit(None),
             };
             i = last + 1;
-            if self.segments.get(last).is_some_and(|s| s.each) {
-                return self.each(current, i, visit);
+            if let Some(depth) = self.segments.get(last).map(|s| s.each).filter(|&d| d > 0) {
+                return self.each(current, depth, i, visit);
             }
         }
         visit(Some(current))
     }
 
-    /// Walks on from segment `i` in every element of `value`: an array's, or a string's that
-    /// encodes one; any other value is the one element.
+    /// Walks on from segment `i` in every element of `value`, `depth` levels of arrays down:
+    /// an array's elements, or those of a string that encodes one; any other value is the
+    /// one element.
     fn each(
         &self,
         value: &Value,
+        depth: u8,
         i: usize,
         visit: &mut dyn FnMut(Option<&Value>) -> Result<bool, Ambiguous>,
     ) -> Result<bool, Ambiguous> {
+        let inner =
+            |item: &Value, visit: &mut dyn FnMut(Option<&Value>) -> Result<bool, Ambiguous>| {
+                match depth {
+                    1 => self.walk(item, i, visit),
+                    _ => self.each(item, depth - 1, i, visit),
+                }
+            };
         match value {
             Value::Array(items) => {
                 for item in items {
-                    if self.walk(item, i, visit)? {
+                    if inner(item, visit)? {
                         return Ok(true);
                     }
                 }
@@ -237,15 +254,15 @@ impl ArgPath {
             }
             Value::String(text) => {
                 // The string as the one element, and the elements it encodes, if any.
-                if self.walk(value, i, visit)? {
+                if inner(value, visit)? {
                     return Ok(true);
                 }
                 match decoded(text) {
-                    Some(decoded) => self.each(&decoded, i, visit),
+                    Some(decoded) => self.each(&decoded, depth, i, visit),
                     None => Ok(false),
                 }
             }
-            _ => self.walk(value, i, visit),
+            _ => inner(value, visit),
         }
     }
 }
@@ -934,17 +951,24 @@ mod tests {
             .unwrap()
     }
 
+    /// What a condition makes of `args` in `require` (every reading) and in `deny_if` (any).
+    fn check(
+        path: &str,
+        op: &str,
+        value: Value,
+        args: Value,
+    ) -> (Result<bool, Ambiguous>, Result<bool, Ambiguous>) {
+        let c = Condition::compile(
+            &ArgPath::parse(path).unwrap(),
+            Op::from_name(op).unwrap(),
+            Some(&value),
+        )
+        .unwrap();
+        (c.holds(&args, Reading::Every), c.holds(&args, Reading::Any))
+    }
+
     #[test]
     fn brackets_read_every_element_nested_and_beside_dotted_names() {
-        let check = |path: &str, op: &str, value: Value, args: Value| {
-            let c = Condition::compile(
-                &ArgPath::parse(path).unwrap(),
-                Op::from_name(op).unwrap(),
-                Some(&value),
-            )
-            .unwrap();
-            (c.holds(&args, Reading::Every), c.holds(&args, Reading::Any))
-        };
         let grid = json!({"rows": [{"cells": ["a", "b"]}, {"cells": ["c"]}]});
         assert_eq!(
             check("args.rows[].cells[]", "eq", json!("c"), grid.clone()),
@@ -1025,7 +1049,70 @@ mod tests {
             (Err(Ambiguous), Err(Ambiguous))
         );
         assert!(ArgPath::parse("args.[]").is_err());
-        assert!(ArgPath::parse("args.m[][]").is_err());
+        assert!(ArgPath::parse("args.[][]").is_err());
+        assert!(ArgPath::parse("args.m[][][][]").is_ok());
+        assert!(ArgPath::parse("args.m[][][][][]").is_err());
+    }
+
+    #[test]
+    fn each_pair_of_brackets_enters_one_level_of_nested_arrays() {
+        // A spreadsheet's values: a formula in any cell is caught, wherever it sits.
+        let formula = |rows: Value| check("args.values[][]", "regex", json!("^="), rows);
+        assert_eq!(
+            formula(json!({"values": [["a", "b"], ["c", "=IMPORTXML(x)"]]})),
+            (Ok(false), Ok(true))
+        );
+        assert_eq!(
+            formula(json!({"values": [["a", "b"], ["c"]]})),
+            (Ok(false), Ok(false))
+        );
+        // A row given as a lone value is one cell; a row given as a string that encodes a
+        // list is read both ways, as for one level.
+        assert_eq!(
+            formula(json!({"values": [["a"], "=cmd"]})),
+            (Ok(false), Ok(true))
+        );
+        assert_eq!(
+            formula(json!({"values": ["[\"a\", \"=cmd\"]"]})),
+            (Ok(false), Ok(true))
+        );
+        assert_eq!(
+            check(
+                "args.values[][]",
+                "regex",
+                json!("^[a-z]$"),
+                json!({"values": [["a", "b"], ["c"]]})
+            ),
+            (Ok(true), Ok(true))
+        );
+        // Members inside, and the key spelled with the brackets as written.
+        assert_eq!(
+            check(
+                "args.m[][].id",
+                "eq",
+                json!(3),
+                json!({"m": [[{"id": 1}], [{"id": 2}, {"id": 3}]]})
+            ),
+            (Ok(false), Ok(true))
+        );
+        assert_eq!(
+            check("args.m[][]", "eq", json!(3), json!({"m[][]": [[1], [3]]})),
+            (Ok(false), Ok(true))
+        );
+        assert_eq!(
+            check(
+                "args.m[][]",
+                "eq",
+                json!(3),
+                json!({"m[][]": [[3]], "m": []})
+            ),
+            (Err(Ambiguous), Err(Ambiguous))
+        );
+        // One pair of brackets on an array of arrays reads each row as one value.
+        assert_eq!(
+            check("args.m[]", "eq", json!(3), json!({"m": [[3]]})),
+            (Ok(false), Ok(false))
+        );
     }
 
     #[test]

@@ -148,10 +148,10 @@ fn invalid_documents_report_every_error_with_its_pointer() {
             vec![("/tools/a/require/0/path", "empty segment")],
         ),
         (
-            json!({"version": "1", "tools": {"a": {"deny_if": [{"conditions": [{"path": "args.m[][]", "op": "exists"}]}]}}}),
+            json!({"version": "1", "tools": {"a": {"deny_if": [{"conditions": [{"path": "args.m[][][][][]", "op": "exists"}]}]}}}),
             vec![(
                 "/tools/a/deny_if/0/conditions/0/path",
-                "arrays of arrays are not supported",
+                "writes \"[]\" more than 4 times",
             )],
         ),
         (
