@@ -38,6 +38,16 @@ pub enum Invalidation {
 }
 
 impl Invalidation {
+    /// The tenant it concerns.
+    pub fn tenant(&self) -> TenantId {
+        match *self {
+            Invalidation::Grant { tenant_id, .. }
+            | Invalidation::Policy { tenant_id, .. }
+            | Invalidation::Server { tenant_id, .. }
+            | Invalidation::Tenant { tenant_id } => tenant_id,
+        }
+    }
+
     /// The message as sent on the channel.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| unreachable!("plain enum serialises"))

@@ -7,18 +7,21 @@
 //! stalls every in-flight request on the same Postgres query when an entry ages out. Past
 //! twice the TTL (the reload failed or nothing asked for it), it is a miss. A generation
 //! counter, bumped by every invalidation, stops a load that started before an invalidation
-//! from caching what it read.
+//! from caching what it read. Entries are filed by group (a tenant): an invalidation looks at
+//! its tenant's entries only, so its cost (and how long it holds the lock lookups wait on)
+//! does not grow with the other tenants'.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-struct Slot<V> {
+struct Slot<V, G> {
     value: Arc<V>,
     loaded: Instant,
     refreshing: AtomicBool,
+    group: G,
 }
 
 /// What the cache holds for a key.
@@ -38,22 +41,61 @@ pub enum Lookup<V> {
     Miss,
 }
 
-/// A TTL cache of shared values.
-pub struct Cache<K, V> {
+/// A TTL cache of shared values, each filed under a group (a tenant), so an invalidation that
+/// concerns one group looks at that group's entries only, however many the others hold.
+pub struct Cache<K, V, G = ()> {
     ttl: Duration,
     max_entries: usize,
-    entries: RwLock<HashMap<K, Slot<V>>>,
+    entries: RwLock<Entries<K, V, G>>,
     generation: AtomicU64,
 }
 
-impl<K: Eq + Hash, V> Cache<K, V> {
+struct Entries<K, V, G> {
+    slots: HashMap<K, Slot<V, G>>,
+    /// The keys of each group's slots.
+    groups: HashMap<G, HashSet<K>>,
+}
+
+impl<K: Eq + Hash, V, G: Eq + Hash> Entries<K, V, G> {
+    fn remove(&mut self, key: &K) {
+        if let Some(slot) = self.slots.remove(key) {
+            self.unfile(key, &slot.group);
+        }
+    }
+
+    fn unfile(&mut self, key: &K, group: &G) {
+        if let Some(keys) = self.groups.get_mut(group) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.groups.clear();
+    }
+}
+
+impl<K: Eq + Hash + Clone, V> Cache<K, V, ()> {
+    /// [`Cache::insert_in`] for a cache without groups.
+    pub fn insert(&self, key: K, value: Arc<V>, generation: u64) {
+        self.insert_in((), key, value, generation);
+    }
+}
+
+impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
     /// An empty cache; past `max_entries` it is cleared rather than grown (a crude bound that
     /// only a flood of distinct keys reaches).
     pub fn new(ttl: Duration, max_entries: usize) -> Self {
         Self {
             ttl,
             max_entries,
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries {
+                slots: HashMap::new(),
+                groups: HashMap::new(),
+            }),
             generation: AtomicU64::new(0),
         }
     }
@@ -61,7 +103,7 @@ impl<K: Eq + Hash, V> Cache<K, V> {
     /// The entry of `key`.
     pub fn get(&self, key: &K) -> Lookup<V> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        let Some(slot) = entries.get(key) else {
+        let Some(slot) = entries.slots.get(key) else {
             return Lookup::Miss;
         };
         let age = slot.loaded.elapsed();
@@ -78,30 +120,36 @@ impl<K: Eq + Hash, V> Cache<K, V> {
         }
     }
 
-    /// Take this before loading, and give it to [`Cache::insert`].
+    /// Take this before loading, and give it to [`Cache::insert_in`].
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Caches what a load that started at `generation` read, unless an invalidation came
-    /// since (then the value is served once, but not kept).
-    pub fn insert(&self, key: K, value: Arc<V>, generation: u64) {
+    /// Caches, in `group`, what a load that started at `generation` read, unless an
+    /// invalidation came since (then the value is served once, but not kept).
+    pub fn insert_in(&self, group: G, key: K, value: Arc<V>, generation: u64) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if self.generation.load(Ordering::Acquire) != generation {
             entries.remove(&key);
             return;
         }
-        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
+        if entries.slots.len() >= self.max_entries && !entries.slots.contains_key(&key) {
             entries.clear();
         }
-        entries.insert(
-            key,
-            Slot {
-                value,
-                loaded: Instant::now(),
-                refreshing: AtomicBool::new(false),
-            },
-        );
+        // A key filed under another group before leaves it.
+        entries.remove(&key);
+        entries
+            .groups
+            .entry(group.clone())
+            .or_default()
+            .insert(key.clone());
+        let slot = Slot {
+            value,
+            loaded: Instant::now(),
+            refreshing: AtomicBool::new(false),
+            group,
+        };
+        entries.slots.insert(key, slot);
     }
 
     /// A background reload failed: a later caller may try again.
@@ -110,6 +158,7 @@ impl<K: Eq + Hash, V> Cache<K, V> {
             .entries
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .slots
             .get(key)
         {
             slot.refreshing.store(false, Ordering::Release);
@@ -125,13 +174,25 @@ impl<K: Eq + Hash, V> Cache<K, V> {
             .remove(key);
     }
 
-    /// Keeps only the entries `keep` accepts.
-    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+    /// Keeps only the entries of `group` that `keep` accepts; other groups' entries are not
+    /// looked at.
+    pub fn retain_in(&self, group: &G, mut keep: impl FnMut(&V) -> bool) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, slot| keep(k, &slot.value));
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let Some(mut keys) = entries.groups.remove(group) else {
+            return;
+        };
+        keys.retain(|key| match entries.slots.get(key) {
+            Some(slot) if keep(&slot.value) => true,
+            Some(_) => {
+                entries.slots.remove(key);
+                false
+            }
+            None => false,
+        });
+        if !keys.is_empty() {
+            entries.groups.insert(group.clone(), keys);
+        }
     }
 
     /// Drops everything.
@@ -170,9 +231,35 @@ mod tests {
     fn a_load_overtaken_by_an_invalidation_is_not_kept() {
         let cache: Cache<u8, &str> = Cache::new(Duration::from_secs(60), 10);
         let generation = cache.generation();
-        cache.retain(|_, _| true);
+        cache.retain_in(&(), |_| true);
         cache.insert(1, Arc::new("stale"), generation);
         assert!(matches!(cache.get(&1), Lookup::Miss));
+    }
+
+    #[test]
+    fn an_invalidation_looks_at_its_group_only() {
+        let cache: Cache<u8, u8, char> = Cache::new(Duration::from_secs(60), 10);
+        for (group, key) in [('a', 1), ('a', 2), ('b', 3)] {
+            cache.insert_in(group, key, Arc::new(key), cache.generation());
+        }
+        let mut seen = Vec::new();
+        cache.retain_in(&'a', |v| {
+            seen.push(*v);
+            *v != 1
+        });
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 2]);
+        assert!(matches!(cache.get(&1), Lookup::Miss));
+        assert!(matches!(cache.get(&2), Lookup::Fresh(_)));
+        assert!(matches!(cache.get(&3), Lookup::Fresh(_)));
+        // A key refiled under another group leaves the first; removed keys leave theirs.
+        cache.insert_in('b', 2, Arc::new(2), cache.generation());
+        cache.retain_in(&'a', |_| false);
+        assert!(matches!(cache.get(&2), Lookup::Fresh(_)));
+        cache.remove(&3);
+        let entries = cache.entries.read().unwrap();
+        assert_eq!(entries.groups.len(), 1);
+        assert_eq!(entries.groups[&'b'], HashSet::from([2]));
     }
 
     #[test]
@@ -183,5 +270,6 @@ mod tests {
         }
         assert!(matches!(cache.get(&0), Lookup::Miss));
         assert!(matches!(cache.get(&2), Lookup::Fresh(_)));
+        assert_eq!(cache.entries.read().unwrap().groups[&()].len(), 1);
     }
 }

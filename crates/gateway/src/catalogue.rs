@@ -63,7 +63,7 @@ const MAX_VALIDATORS: usize = 10_000;
 /// Cached tool catalogues and compiled validators.
 pub struct Catalogue {
     db: PgPool,
-    servers: Cache<ServerId, ServerTools>,
+    servers: Cache<ServerId, ServerTools, TenantId>,
     validators: RwLock<HashMap<String, Result<Validator, String>>>,
 }
 
@@ -91,7 +91,10 @@ impl Catalogue {
                     tokio::spawn(async move {
                         let generation = this.servers.generation();
                         match this.load(tenant, server).await {
-                            Ok(tools) => this.servers.insert(server, Arc::new(tools), generation),
+                            Ok(tools) => {
+                                this.servers
+                                    .insert_in(tenant, server, Arc::new(tools), generation)
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %e, %server, "cannot refresh a tool catalogue");
                                 this.servers.refresh_failed(&server);
@@ -105,7 +108,8 @@ impl Catalogue {
         }
         let generation = self.servers.generation();
         let tools = Arc::new(self.load(tenant, server).await?);
-        self.servers.insert(server, tools.clone(), generation);
+        self.servers
+            .insert_in(tenant, server, tools.clone(), generation);
         Ok(tools)
     }
 
@@ -174,7 +178,7 @@ impl Catalogue {
     pub fn invalidate(&self, message: &Invalidation) {
         match message {
             Invalidation::Server { server_id, .. } => self.servers.remove(server_id),
-            Invalidation::Tenant { .. } => self.servers.clear(),
+            Invalidation::Tenant { tenant_id } => self.servers.retain_in(tenant_id, |_| false),
             Invalidation::Grant { .. } | Invalidation::Policy { .. } => {}
         }
     }

@@ -103,7 +103,7 @@ impl Grant {
 pub struct Grants {
     db: PgPool,
     credentials: Keyring,
-    entries: Cache<TokenHash, Grant>,
+    entries: Cache<TokenHash, Grant, TenantId>,
     /// Tokens that resolved to no grant a moment ago.
     unknown: Cache<TokenHash, ()>,
     /// Permits for the misses that query Postgres.
@@ -185,7 +185,8 @@ impl Grants {
             return Ok(None);
         };
         let grant = Arc::new(grant);
-        self.entries.insert(hash, grant.clone(), generation);
+        self.entries
+            .insert_in(grant.tenant, hash, grant.clone(), generation);
         Ok(Some(grant))
     }
 
@@ -218,7 +219,10 @@ impl Grants {
     async fn reload(&self, hash: TokenHash) {
         let generation = self.entries.generation();
         match self.load(&hash).await {
-            Ok(Some(grant)) => self.entries.insert(hash, Arc::new(grant), generation),
+            Ok(Some(grant)) => {
+                self.entries
+                    .insert_in(grant.tenant, hash, Arc::new(grant), generation);
+            }
             Ok(None) => self.entries.remove(&hash),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot refresh a cached grant");
@@ -351,25 +355,18 @@ impl Grants {
         Some(compiled)
     }
 
-    /// Drops the entries an invalidation concerns, and forgets every unknown token (no message
-    /// names a token hash, and forgetting costs one query per token at most).
+    /// Drops the entries an invalidation concerns (looking at its tenant's only), and forgets
+    /// every unknown token (no message names a token hash, and forgetting costs one query per
+    /// token at most).
     pub fn invalidate(&self, message: &Invalidation) {
         self.unknown.clear();
-        self.entries.retain(|_, g| match message {
-            Invalidation::Grant {
-                tenant_id,
-                grant_id,
-            } => !(g.tenant == *tenant_id && g.id == *grant_id),
-            Invalidation::Policy {
-                tenant_id,
-                policy_id,
-            } => !(g.tenant == *tenant_id && g.policy.id == *policy_id),
-            Invalidation::Server {
-                tenant_id,
-                server_id,
-            } => !(g.tenant == *tenant_id && g.server.id == *server_id),
-            Invalidation::Tenant { tenant_id } => g.tenant != *tenant_id,
-        });
+        self.entries
+            .retain_in(&message.tenant(), |g| match message {
+                Invalidation::Grant { grant_id, .. } => g.id != *grant_id,
+                Invalidation::Policy { policy_id, .. } => g.policy.id != *policy_id,
+                Invalidation::Server { server_id, .. } => g.server.id != *server_id,
+                Invalidation::Tenant { .. } => false,
+            });
     }
 
     /// Drops everything (the invalidation feed was interrupted, so anything may be stale).
@@ -442,7 +439,7 @@ mod tests {
         let generation = grants.entries.generation();
         grants
             .entries
-            .insert(token.hash(), Arc::new(grant), generation);
+            .insert_in(grant.tenant, token.hash(), Arc::new(grant), generation);
     }
 
     fn went_to_postgres(answer: Result<Option<Arc<Grant>>, sqlx::Error>) -> bool {
