@@ -672,18 +672,8 @@ async fn revocation_and_policy_changes_apply_within_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    sqlx::query("UPDATE grants SET revoked_at = now() WHERE id = $1")
-        .bind(f.grant.0)
-        .execute(stack.db.pool())
-        .await
-        .unwrap();
     let started = Instant::now();
-    stack
-        .publish(&Invalidation::Grant {
-            tenant_id: f.tenant,
-            grant_id: f.grant,
-        })
-        .await;
+    revoke(&stack, &f).await;
     loop {
         let (status, _, _) = send(3, "add").await;
         if status == 401 {
@@ -796,6 +786,35 @@ async fn when_redis_is_down_on_limiter_error_decides_fast() {
     gw.stop().await.unwrap();
 }
 
+/// Revokes `f`'s grant as the control plane does: in Postgres, then announced.
+async fn revoke(stack: &Stack, f: &Fixture) {
+    sqlx::query("UPDATE grants SET revoked_at = now() WHERE id = $1")
+        .bind(f.grant.0)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    stack
+        .publish(&Invalidation::Grant {
+            tenant_id: f.tenant,
+            grant_id: f.grant,
+        })
+        .await;
+}
+
+/// Calls `echo` through `url` until it is served (within five seconds).
+async fn served_once_postgres_is_back(url: &str) {
+    let mut said = String::new();
+    for _ in 0..50 {
+        let (_, _, body) = post_stateless(url, &[], 1, "echo", json!({"text": "pg"})).await;
+        said = text(&message(&body));
+        if said == "echo: pg" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(said, "echo: pg", "not served again once Postgres is back");
+}
+
 #[tokio::test]
 async fn when_postgres_is_down_cached_grants_serve_until_they_expire_and_failures_are_audited() {
     let ttl = Duration::from_secs(2);
@@ -851,6 +870,12 @@ async fn when_postgres_is_down_cached_grants_serve_until_they_expire_and_failure
         started.elapsed()
     );
 
+    // Without a grace, the gateway is not ready while Postgres is down.
+    let ready = reqwest::get(format!("http://{}/readyz", gw.gateway.unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
     // Past twice the TTL, a grant Postgres cannot confirm is no longer trusted.
     tokio::time::sleep((ttl * 2 + Duration::from_millis(300)).saturating_sub(warmed.elapsed()))
         .await;
@@ -859,16 +884,7 @@ async fn when_postgres_is_down_cached_grants_serve_until_they_expire_and_failure
 
     proxy.restore();
     for f in [&warm, &cold] {
-        let mut said = String::new();
-        for _ in 0..50 {
-            let (_, _, body) = echo(f.url(&gw)).await;
-            said = text(&message(&body));
-            if said == "echo: pg" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(said, "echo: pg", "not served again once Postgres is back");
+        served_once_postgres_is_back(&f.url(&gw)).await;
     }
 
     // The call that failed on the database is in the audit log as an error.
@@ -879,6 +895,114 @@ async fn when_postgres_is_down_cached_grants_serve_until_they_expire_and_failure
     assert_eq!(failed["message"], "the gateway cannot reach its database");
     assert_eq!(failed["rule"], "/tools/send_money/approval", "{failed}");
     assert!(failed["outcome"]["upstream_status"].is_null(), "{failed}");
+    gw.stop().await.unwrap();
+}
+
+/// With `--grant-cache-grace`, cached grants and catalogues keep serving through a Postgres
+/// outage past twice the TTL, up to the grace; a revocation announced meanwhile still applies
+/// at once, and nothing is trusted past the grace.
+#[tokio::test]
+async fn with_a_grace_cached_grants_ride_out_a_postgres_outage_but_not_a_revocation() {
+    let (ttl, grace) = (Duration::from_secs(1), Duration::from_secs(10));
+    let (stack, upstream, warm) = rmcp_stack(true, policy()).await;
+    let idle = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let revoked = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let proxy = portcullis_tests::ChaosProxy::start(stack.db.addr()).await;
+    let config = stack.config_on(
+        &stack.db.url_via(proxy.addr()),
+        &portcullis_tests::redis_url(),
+        &["--grant-cache-ttl", "1s", "--grant-cache-grace", "10s"],
+    );
+    let gw = portcullis::start(&config, portcullis::Role::Gateway)
+        .await
+        .unwrap();
+    stack.subscribed(1).await;
+    let echo = |url: String| async move {
+        post_stateless(&url, &[], 1, "echo", json!({"text": "pg"})).await
+    };
+    for f in [&warm, &idle, &revoked] {
+        let (status, _, body) = echo(f.url(&gw)).await;
+        assert_eq!(text(&message(&body)), "echo: pg", "{status} {body}");
+    }
+    let warmed = Instant::now();
+    proxy.cut();
+
+    // Past twice the TTL: a grant in use (its reloads fail meanwhile) and one left idle both
+    // still serve, and so does the server's catalogue (a tools/list, filtered as before).
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    let (status, _, body) = echo(warm.url(&gw)).await;
+    assert_eq!(text(&message(&body)), "echo: pg", "{status} {body}");
+    tokio::time::sleep((ttl * 2 + Duration::from_millis(300)).saturating_sub(warmed.elapsed()))
+        .await;
+    let (status, _, body) = echo(warm.url(&gw)).await;
+    assert_eq!(text(&message(&body)), "echo: pg", "{status} {body}");
+    let (status, _, body) = echo(idle.url(&gw)).await;
+    assert_eq!(text(&message(&body)), "echo: pg", "{status} {body}");
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let (status, _, body) = post(
+        &warm.url(&gw),
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ],
+        &list.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<Value> = message(&body)["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(json!(names), json!(VISIBLE), "{body}");
+
+    // The gateway's listener stays ready (a readiness probe must not take it out of rotation
+    // while it serves), and says what it lacks.
+    let ready = reqwest::get(format!("http://{}/readyz", gw.gateway.unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["degraded"], json!(["postgres"]), "{ready}");
+
+    // A revocation the control plane announces applies at once, outage or not: Postgres
+    // cannot confirm the grant, so it is refused.
+    revoke(&stack, &revoked).await;
+    let started = Instant::now();
+    loop {
+        let (status, _, body) = echo(revoked.url(&gw)).await;
+        if status == 503 {
+            assert_eq!(
+                message(&body)["error"]["message"],
+                "the gateway cannot reach its database"
+            );
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Past the grace, nothing is trusted.
+    tokio::time::sleep(
+        (ttl * 2 + grace + Duration::from_millis(300)).saturating_sub(warmed.elapsed()),
+    )
+    .await;
+    let (status, _, body) = echo(warm.url(&gw)).await;
+    assert_eq!(status, 503, "{body}");
+
+    proxy.restore();
+    served_once_postgres_is_back(&warm.url(&gw)).await;
+    let (status, _, _) = echo(revoked.url(&gw)).await;
+    assert_eq!(status, 401);
     gw.stop().await.unwrap();
 }
 

@@ -138,6 +138,7 @@ pub async fn start_with(
         db: conns.db.clone(),
         redis: conns.redis.clone(),
         timeout: config.probe_timeout,
+        postgres_optional: false,
     };
     let shutdown = CancellationToken::new();
     // Cancelled when the grace period is over: what is still open is closed.
@@ -194,7 +195,11 @@ pub async fn start_with(
             "gateway",
             threads,
             make,
-            &deps,
+            // A gateway with a cache grace serves through a Postgres outage: it stays ready.
+            &Dependencies {
+                postgres_optional: !config.gateway.grant_cache_grace.is_zero(),
+                ..deps.clone()
+            },
             (&shutdown, &force),
         )
         .await?;

@@ -20,6 +20,9 @@ pub struct Dependencies {
     pub redis: ConnectionManager,
     /// How long each check may take.
     pub timeout: Duration,
+    /// This listener serves while Postgres is down (a gateway with a cache grace): Postgres
+    /// down is then reported as `degraded`, still ready.
+    pub postgres_optional: bool,
 }
 
 /// The health routes, to merge into a service's router.
@@ -36,9 +39,12 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(deps): State<Dependencies>) -> Response {
     let (postgres, redis) = tokio::join!(check_postgres(&deps), check_redis(&deps));
-    let mut failed = Vec::new();
+    let (mut failed, mut degraded) = (Vec::new(), Vec::new());
     let mut checks = serde_json::Map::new();
-    for (name, result) in [("postgres", postgres), ("redis", redis)] {
+    for (name, result, optional) in [
+        ("postgres", postgres, deps.postgres_optional),
+        ("redis", redis, false),
+    ] {
         match result {
             Ok(()) => {
                 checks.insert(name.into(), json!("ok"));
@@ -46,16 +52,28 @@ async fn readyz(State(deps): State<Dependencies>) -> Response {
             Err(cause) => {
                 tracing::warn!(dependency = name, %cause, "readiness check failed");
                 checks.insert(name.into(), json!(cause));
-                failed.push(name);
+                if optional {
+                    degraded.push(name);
+                } else {
+                    failed.push(name);
+                }
             }
         }
     }
-    if failed.is_empty() {
+    if failed.is_empty() && degraded.is_empty() {
         (
             StatusCode::OK,
             Json(json!({ "status": "ready", "checks": checks })),
         )
             .into_response()
+    } else if failed.is_empty() {
+        let body = json!({
+            "status": "degraded",
+            "message": format!("ready, degraded: {} unreachable", degraded.join(" and ")),
+            "degraded": degraded,
+            "checks": checks,
+        });
+        (StatusCode::OK, Json(body)).into_response()
     } else {
         let body = json!({
             "status": "unavailable",

@@ -5,7 +5,10 @@
 //! An entry younger than the TTL is served as is. Past the TTL (up to twice it), it is still
 //! served while exactly one caller reloads it in the background, so a busy gateway never
 //! stalls every in-flight request on the same Postgres query when an entry ages out. Past
-//! twice the TTL (the reload failed or nothing asked for it), it is a miss. A generation
+//! twice the TTL (the reload failed or nothing asked for it), it is a miss, unless the cache
+//! has a grace and the entry's last load failed: then it is served as stale (and reloaded)
+//! until twice the TTL plus the grace, so a gateway rides out a Postgres outage shorter than
+//! that. An invalidation still drops an entry at once, outage or not. A generation
 //! counter, bumped by every invalidation, stops a load that started before an invalidation
 //! from caching what it read. Entries are filed by group (a tenant): an invalidation looks at
 //! its tenant's entries only, so its cost (and how long it holds the lock lookups wait on)
@@ -21,6 +24,8 @@ struct Slot<V, G> {
     value: Arc<V>,
     loaded: Instant,
     refreshing: AtomicBool,
+    /// Its last reload failed (the source could not be reached): the grace applies.
+    failed: AtomicBool,
     group: G,
 }
 
@@ -45,6 +50,8 @@ pub enum Lookup<V> {
 /// concerns one group looks at that group's entries only, however many the others hold.
 pub struct Cache<K, V, G = ()> {
     ttl: Duration,
+    /// How long past twice the TTL an entry whose reload failed is still served.
+    grace: Duration,
     max_entries: usize,
     entries: RwLock<Entries<K, V, G>>,
     generation: AtomicU64,
@@ -89,8 +96,15 @@ impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
     /// An empty cache; past `max_entries` it is cleared rather than grown (a crude bound that
     /// only a flood of distinct keys reaches).
     pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        Self::with_grace(ttl, Duration::ZERO, max_entries)
+    }
+
+    /// An empty cache whose entries are served up to `grace` past twice the TTL while their
+    /// reloads fail ([`Cache::refresh_failed`], [`Cache::fallback`]).
+    pub fn with_grace(ttl: Duration, grace: Duration, max_entries: usize) -> Self {
         Self {
             ttl,
+            grace,
             max_entries,
             entries: RwLock::new(Entries {
                 slots: HashMap::new(),
@@ -109,7 +123,9 @@ impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
         let age = slot.loaded.elapsed();
         if age < self.ttl {
             Lookup::Fresh(slot.value.clone())
-        } else if age < self.ttl * 2 {
+        } else if age < self.ttl * 2
+            || age < self.ttl * 2 + self.grace && slot.failed.load(Ordering::Acquire)
+        {
             let refresh = !slot.refreshing.swap(true, Ordering::AcqRel);
             Lookup::Stale {
                 value: slot.value.clone(),
@@ -147,12 +163,13 @@ impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
             value,
             loaded: Instant::now(),
             refreshing: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             group,
         };
         entries.slots.insert(key, slot);
     }
 
-    /// A background reload failed: a later caller may try again.
+    /// A background reload failed: a later caller may try again, and the grace applies.
     pub fn refresh_failed(&self, key: &K) {
         if let Some(slot) = self
             .entries
@@ -161,8 +178,21 @@ impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
             .slots
             .get(key)
         {
+            slot.failed.store(true, Ordering::Release);
             slot.refreshing.store(false, Ordering::Release);
         }
+    }
+
+    /// After a load of `key` failed: the entry still held, if it is within the grace (twice
+    /// the TTL plus the grace), marked so that later lookups serve it as stale at once.
+    pub fn fallback(&self, key: &K) -> Option<Arc<V>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let slot = entries.slots.get(key)?;
+        if slot.loaded.elapsed() >= self.ttl * 2 + self.grace {
+            return None;
+        }
+        slot.failed.store(true, Ordering::Release);
+        Some(slot.value.clone())
     }
 
     /// Drops one entry.
@@ -225,6 +255,35 @@ mod tests {
         assert!(matches!(cache.get(&1), Lookup::Stale { refresh: true, .. }));
         std::thread::sleep(Duration::from_millis(40));
         assert!(matches!(cache.get(&1), Lookup::Miss));
+    }
+
+    #[test]
+    fn an_entry_whose_reloads_fail_is_served_through_the_grace_only() {
+        let ttl = Duration::from_millis(100);
+        let cache: Cache<u8, &str> = Cache::with_grace(ttl, ttl * 3, 10);
+        for k in [1, 2, 3] {
+            cache.insert(k, Arc::new("a"), cache.generation());
+        }
+        std::thread::sleep(ttl * 2 + Duration::from_millis(5));
+        // Past twice the TTL: a miss, unless a reload failed.
+        assert!(matches!(cache.get(&1), Lookup::Miss));
+        cache.refresh_failed(&1);
+        assert!(matches!(cache.get(&1), Lookup::Stale { refresh: true, .. }));
+        // A load after a miss that failed falls back on the entry, and marks it.
+        assert!(cache.fallback(&2).is_some_and(|v| *v == "a"));
+        assert!(matches!(cache.get(&2), Lookup::Stale { .. }));
+        assert!(matches!(cache.get(&3), Lookup::Miss));
+        // Never past the grace, nor once an invalidation dropped the entry.
+        cache.remove(&2);
+        assert!(cache.fallback(&2).is_none());
+        std::thread::sleep(ttl * 3 + Duration::from_millis(10));
+        assert!(matches!(cache.get(&1), Lookup::Miss));
+        assert!(cache.fallback(&3).is_none());
+        // Without a grace, a failed load falls back on nothing past twice the TTL.
+        let strict: Cache<u8, &str> = Cache::new(ttl, 10);
+        strict.insert(1, Arc::new("a"), strict.generation());
+        std::thread::sleep(ttl * 2 + Duration::from_millis(5));
+        assert!(strict.fallback(&1).is_none());
     }
 
     #[test]

@@ -68,11 +68,12 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
-    /// An empty catalogue in front of `db`.
-    pub fn new(db: PgPool, ttl: Duration) -> Self {
+    /// An empty catalogue in front of `db`, whose catalogues serve up to `grace` past twice
+    /// the `ttl` while Postgres cannot be reached.
+    pub fn new(db: PgPool, ttl: Duration, grace: Duration) -> Self {
         Self {
             db,
-            servers: Cache::new(ttl, MAX_SERVERS),
+            servers: Cache::with_grace(ttl, grace, MAX_SERVERS),
             validators: RwLock::new(HashMap::new()),
         }
     }
@@ -107,7 +108,14 @@ impl Catalogue {
             Lookup::Miss => {}
         }
         let generation = self.servers.generation();
-        let tools = Arc::new(self.load(tenant, server).await?);
+        let tools = match self.load(tenant, server).await {
+            Ok(tools) => Arc::new(tools),
+            Err(e) => {
+                let cached = self.servers.fallback(&server).ok_or(e)?;
+                tracing::warn!(%server, "cannot load a tool catalogue; serving it as cached");
+                return Ok(cached);
+            }
+        };
         self.servers
             .insert_in(tenant, server, tools.clone(), generation);
         Ok(tools)

@@ -138,10 +138,11 @@ fn cold_load_permits(db: &PgPool) -> usize {
 }
 
 impl Grants {
-    /// An empty cache in front of `db`.
-    pub fn new(db: PgPool, credentials: Keyring, ttl: Duration) -> Self {
+    /// An empty cache in front of `db`, whose grants serve up to `grace` past twice the `ttl`
+    /// while Postgres cannot be reached.
+    pub fn new(db: PgPool, credentials: Keyring, ttl: Duration, grace: Duration) -> Self {
         Self {
-            entries: Cache::new(ttl, MAX_ENTRIES),
+            entries: Cache::with_grace(ttl, grace, MAX_ENTRIES),
             unknown: Cache::new(ttl.min(UNKNOWN_TTL), MAX_UNKNOWN),
             cold_loads: Semaphore::new(cold_load_permits(&db)),
             db,
@@ -158,7 +159,8 @@ impl Grants {
 
     /// The grant of `token`, from the cache or Postgres; `None` when no grant has this token.
     /// Revocation and expiry are the caller's to check ([`Grant::is_usable`]). A miss that gets
-    /// no permit to query Postgres in time is [`sqlx::Error::PoolTimedOut`].
+    /// no permit to query Postgres in time is [`sqlx::Error::PoolTimedOut`]. When Postgres
+    /// fails, a grant still cached within the grace serves.
     pub async fn resolve(
         self: &Arc<Self>,
         token: &GrantToken,
@@ -167,6 +169,24 @@ impl Grants {
         if let Some(known) = self.cached(hash) {
             return Ok(known);
         }
+        match self.load_missed(hash).await {
+            Err(e) => match self.entries.fallback(&hash) {
+                Some(grant) => {
+                    tracing::warn!(error = %e, "cannot load a grant; serving it as cached");
+                    self.hits.increment(1);
+                    Ok(Some(grant))
+                }
+                None => Err(e),
+            },
+            loaded => loaded,
+        }
+    }
+
+    /// Loads a grant the cache missed, one query per token at a time.
+    async fn load_missed(
+        self: &Arc<Self>,
+        hash: TokenHash,
+    ) -> Result<Option<Arc<Grant>>, sqlx::Error> {
         let wait = self.db.options().get_acquire_timeout();
         let Ok(Ok(_permit)) = tokio::time::timeout(wait, self.cold_loads.acquire()).await else {
             self.busy.increment(1);
@@ -398,7 +418,12 @@ mod tests {
             .connect_lazy("postgres://postgres@127.0.0.1:1/none")
             .unwrap();
         db.close().await;
-        Grants::new(db, Keyring::generate(1).0, Duration::from_secs(60))
+        Grants::new(
+            db,
+            Keyring::generate(1).0,
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )
     }
 
     /// Remembers `token` as unknown, as `resolve` does when Postgres has no grant for it.

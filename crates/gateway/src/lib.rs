@@ -72,6 +72,14 @@ pub struct Settings {
     #[arg(long, env = "PORTCULLIS_GRANT_CACHE_TTL", default_value = "5s", value_parser = cache_ttl)]
     pub grant_cache_ttl: Duration,
 
+    /// How long past twice the TTL a cached grant and its server's tools keep serving while
+    /// Postgres cannot be reached, so the gateway rides out a database failover. Changes the
+    /// control plane announces still apply at once (a revoked grant is dropped and then
+    /// refused); the grace only trusts what no announcement contradicts. 0 (the default) stops
+    /// trusting them at twice the TTL. At most 1h.
+    #[arg(long, env = "PORTCULLIS_GRANT_CACHE_GRACE", default_value = "0s", value_parser = cache_grace)]
+    pub grant_cache_grace: Duration,
+
     /// How long the limiter (and the audit write before forwarding) may take before Redis is
     /// considered unreachable and the policy's `on_limiter_error` decides.
     #[arg(long, env = "PORTCULLIS_LIMITER_TIMEOUT", default_value = "250ms", value_parser = positive_duration)]
@@ -103,6 +111,14 @@ fn cache_ttl(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn cache_grace(text: &str) -> Result<Duration, String> {
+    let d = portcullis_core::settings::parse_duration(text)?;
+    if d > Duration::from_secs(3600) {
+        return Err("must be at most 1h".into());
+    }
+    Ok(d)
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -111,6 +127,7 @@ impl Default for Settings {
             upstream_connect_timeout: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(60),
             grant_cache_ttl: Duration::from_secs(5),
+            grant_cache_grace: Duration::ZERO,
             limiter_timeout: Duration::from_millis(250),
             audit_spill_dir: None,
         }
@@ -213,10 +230,12 @@ pub async fn build(
         shared.db.clone(),
         shared.credentials.clone(),
         settings.grant_cache_ttl,
+        settings.grant_cache_grace,
     ));
     let catalogue = Arc::new(catalogue::Catalogue::new(
         shared.db.clone(),
         settings.grant_cache_ttl,
+        settings.grant_cache_grace,
     ));
     tokio::spawn(invalidation::run(
         shared.redis_client.clone(),
