@@ -29,6 +29,9 @@ for _ in $(seq 1 300); do port_open "$REDIS_PORT" && break; sleep 0.1; done
 wait_port "$REDIS_PORT" "Redis under callgrind"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export PORTCULLIS_WORKER_THREADS=1
+# Under callgrind both processes run many times slower: a Redis answer may take longer than the
+# production default of 250 ms, which would refuse calls (counted instructions do not depend on it).
+export PORTCULLIS_LIMITER_TIMEOUT=${PORTCULLIS_LIMITER_TIMEOUT:-5s}
 GATEWAY_WRAP="valgrind --tool=callgrind --callgrind-out-file=$OUT/gateway.%p"
 . "$ROOT/benches/gateway-setup.sh"
 # The set-up's exit trap stops the gateway (and waits for every child); Redis and the profiles
