@@ -208,9 +208,7 @@ pub async fn tools_call(
                         Ok(true) => None,
                         Ok(false) => Some(continuation::Refusal::Used),
                         Err(e) => {
-                            metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "continuation")
-                                .increment(1);
-                            tracing::warn!(error = %e, "cannot claim a continuation");
+                            continuation_unchecked(&e, false, "cannot claim a continuation");
                             Some(continuation::Refusal::Unclaimed)
                         }
                     };
@@ -248,9 +246,11 @@ pub async fn tools_call(
                         // will, once approved.
                         let release = Box::pin(gw.limiter.release(grant.tenant, &resumed.marker));
                         if let Err(e) = release.await {
-                            metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "continuation")
-                                .increment(1);
-                            tracing::warn!(error = %e, "cannot release a continuation's claim");
+                            continuation_unchecked(
+                                &e,
+                                false,
+                                "cannot release a continuation's claim",
+                            );
                         }
                     }
                     let approval = asked?;
@@ -296,12 +296,10 @@ pub async fn tools_call(
             Ok(true) => None,
             Ok(false) => Some(continuation::Refusal::Used),
             Err(e) => {
-                metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "continuation")
-                    .increment(1);
                 // `on_limiter_error` speaks for limits: an approval is never taken on trust.
                 let fail_open = !needs_approval
                     && policy.is_some_and(|p| p.on_limiter_error() == OnLimiterError::Allow);
-                tracing::warn!(error = %e, fail_open, "cannot claim a continuation");
+                continuation_unchecked(e, fail_open, "cannot claim a continuation");
                 if fail_open {
                     event.message = Some(continuation::note(
                         event.message.as_deref(),
@@ -415,6 +413,18 @@ pub async fn tools_call(
 /// Why a call that needs approval is refused when its arguments hold an inexact number.
 const INEXACT_APPROVAL: &str = "this call needs approval, and its arguments hold a number too \
      large to approve exactly (an integer past 64 bits); send it as a string";
+
+/// Counts and logs a Redis failure while claiming or releasing a continuation's envelope
+/// (`fail_open`: the call goes on regardless).
+fn continuation_unchecked(
+    error: &crate::limiter::LimiterError,
+    fail_open: bool,
+    what: &'static str,
+) {
+    metrics::counter!("portcullis_gateway_limiter_errors_total", "op" => "continuation")
+        .increment(1);
+    tracing::warn!(error = %error, fail_open, "{what}");
+}
 
 /// Audits a continuation's refusal.
 fn note_refusal(event: &mut AuditEvent, refusal: continuation::Refusal) {
