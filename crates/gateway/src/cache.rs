@@ -8,11 +8,14 @@
 //! twice the TTL (the reload failed or nothing asked for it), it is a miss, unless the cache
 //! has a grace and the entry's last load failed: then it is served as stale (and reloaded)
 //! until twice the TTL plus the grace, so a gateway rides out a Postgres outage shorter than
-//! that. An invalidation still drops an entry at once, outage or not. A generation
-//! counter, bumped by every invalidation, stops a load that started before an invalidation
-//! from caching what it read. Entries are filed by group (a tenant): an invalidation looks at
-//! its tenant's entries only, so its cost (and how long it holds the lock lookups wait on)
-//! does not grow with the other tenants'.
+//! that. An invalidation still drops an entry at once, outage or not.
+//!
+//! Entries are filed by group (a tenant): an invalidation looks at its tenant's entries only,
+//! so its cost (and how long it holds the lock lookups wait on) does not grow with the other
+//! tenants'. A load that started before an invalidation of its group does not cache what it
+//! read (it may be what the invalidation announced as changed); loads of other groups do. Every
+//! invalidation takes a number from one sequence and marks its group with it; a load notes the
+//! sequence when it starts and keeps its result only if its group's mark is not newer.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -54,6 +57,7 @@ pub struct Cache<K, V, G = ()> {
     grace: Duration,
     max_entries: usize,
     entries: RwLock<Entries<K, V, G>>,
+    /// The last number an invalidation took.
     generation: AtomicU64,
 }
 
@@ -61,6 +65,11 @@ struct Entries<K, V, G> {
     slots: HashMap<K, Slot<V, G>>,
     /// The keys of each group's slots.
     groups: HashMap<G, HashSet<K>>,
+    /// The generation of each group's last invalidation (since `barrier`).
+    marks: HashMap<G, u64>,
+    /// No load that started before this generation is kept, whatever its group: set by
+    /// [`Cache::clear`], and when `marks` would pass its bound.
+    barrier: u64,
 }
 
 impl<K: Eq + Hash, V, G: Eq + Hash> Entries<K, V, G> {
@@ -82,6 +91,25 @@ impl<K: Eq + Hash, V, G: Eq + Hash> Entries<K, V, G> {
     fn clear(&mut self) {
         self.slots.clear();
         self.groups.clear();
+    }
+
+    /// Records an invalidation of `group` at `generation`; past `bound` groups, every group
+    /// counts as invalidated then (the marks are forgotten for one barrier).
+    fn mark(&mut self, group: &G, generation: u64, bound: usize)
+    where
+        G: Clone,
+    {
+        if self.marks.len() >= bound && !self.marks.contains_key(group) {
+            self.marks.clear();
+            self.barrier = generation;
+        } else {
+            self.marks.insert(group.clone(), generation);
+        }
+    }
+
+    /// Whether a load of `group` that started at `generation` was overtaken by an invalidation.
+    fn overtaken(&self, group: &G, generation: u64) -> bool {
+        generation < self.barrier || self.marks.get(group).is_some_and(|&m| m > generation)
     }
 }
 
@@ -109,6 +137,8 @@ impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
             entries: RwLock::new(Entries {
                 slots: HashMap::new(),
                 groups: HashMap::new(),
+                marks: HashMap::new(),
+                barrier: 0,
             }),
             generation: AtomicU64::new(0),
         }
@@ -142,10 +172,10 @@ impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
     }
 
     /// Caches, in `group`, what a load that started at `generation` read, unless an
-    /// invalidation came since (then the value is served once, but not kept).
+    /// invalidation of that group came since (then the value is served once, but not kept).
     pub fn insert_in(&self, group: G, key: K, value: Arc<V>, generation: u64) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if self.generation.load(Ordering::Acquire) != generation {
+        if entries.overtaken(&group, generation) {
             entries.remove(&key);
             return;
         }
@@ -195,20 +225,23 @@ impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
         Some(slot.value.clone())
     }
 
-    /// Drops one entry.
-    pub fn remove(&self, key: &K) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+    /// The write lock, with `group` marked invalidated now.
+    fn invalidate(&self, group: &G) -> std::sync::RwLockWriteGuard<'_, Entries<K, V, G>> {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.mark(group, generation, self.max_entries);
+        entries
+    }
+
+    /// Drops the entry of `key` in `group`.
+    pub fn remove_in(&self, group: &G, key: &K) {
+        self.invalidate(group).remove(key);
     }
 
     /// Keeps only the entries of `group` that `keep` accepts; other groups' entries are not
     /// looked at.
     pub fn retain_in(&self, group: &G, mut keep: impl FnMut(&V) -> bool) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.invalidate(group);
         let Some(mut keys) = entries.groups.remove(group) else {
             return;
         };
@@ -225,13 +258,13 @@ impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
         }
     }
 
-    /// Drops everything.
+    /// Drops everything; no load that started before is kept.
     pub fn clear(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.clear();
+        entries.marks.clear();
+        entries.barrier = generation;
     }
 }
 
@@ -274,7 +307,7 @@ mod tests {
         assert!(matches!(cache.get(&2), Lookup::Stale { .. }));
         assert!(matches!(cache.get(&3), Lookup::Miss));
         // Never past the grace, nor once an invalidation dropped the entry.
-        cache.remove(&2);
+        cache.remove_in(&(), &2);
         assert!(cache.fallback(&2).is_none());
         std::thread::sleep(ttl * 3 + Duration::from_millis(10));
         assert!(matches!(cache.get(&1), Lookup::Miss));
@@ -287,12 +320,38 @@ mod tests {
     }
 
     #[test]
-    fn a_load_overtaken_by_an_invalidation_is_not_kept() {
-        let cache: Cache<u8, &str> = Cache::new(Duration::from_secs(60), 10);
-        let generation = cache.generation();
-        cache.retain_in(&(), |_| true);
-        cache.insert(1, Arc::new("stale"), generation);
-        assert!(matches!(cache.get(&1), Lookup::Miss));
+    fn a_load_overtaken_by_an_invalidation_of_its_group_is_not_kept() {
+        let cache: Cache<u8, &str, char> = Cache::new(Duration::from_secs(60), 3);
+        let kept = |key| matches!(cache.get(&key), Lookup::Fresh(_));
+        // Loads that started before an invalidation of 'a': only the other group's are kept.
+        let before = cache.generation();
+        cache.retain_in(&'a', |_| true);
+        cache.insert_in('a', 1, Arc::new("stale"), before);
+        cache.insert_in('b', 2, Arc::new("b"), before);
+        assert!(!kept(1) && kept(2));
+        // One that started after it is kept; removing a key marks its group as well.
+        cache.insert_in('a', 1, Arc::new("a"), cache.generation());
+        assert!(kept(1));
+        let before = cache.generation();
+        cache.remove_in(&'c', &9);
+        cache.insert_in('c', 9, Arc::new("stale"), before);
+        cache.insert_in('a', 3, Arc::new("a"), before);
+        assert!(!kept(9) && kept(3));
+        // A clear overtakes every load in flight, whatever its group.
+        let before = cache.generation();
+        cache.clear();
+        cache.insert_in('d', 4, Arc::new("stale"), before);
+        assert!(!kept(4));
+        // Past the bound on marks (3 groups here), every group counts as invalidated.
+        let before = cache.generation();
+        for group in ['a', 'b', 'c', 'e'] {
+            cache.retain_in(&group, |_| true);
+        }
+        cache.insert_in('f', 5, Arc::new("stale"), before);
+        assert!(!kept(5));
+        assert!(cache.entries.read().unwrap().marks.len() <= 3);
+        cache.insert_in('f', 5, Arc::new("f"), cache.generation());
+        assert!(kept(5));
     }
 
     #[test]
@@ -315,7 +374,7 @@ mod tests {
         cache.insert_in('b', 2, Arc::new(2), cache.generation());
         cache.retain_in(&'a', |_| false);
         assert!(matches!(cache.get(&2), Lookup::Fresh(_)));
-        cache.remove(&3);
+        cache.remove_in(&'b', &3);
         let entries = cache.entries.read().unwrap();
         assert_eq!(entries.groups.len(), 1);
         assert_eq!(entries.groups[&'b'], HashSet::from([2]));

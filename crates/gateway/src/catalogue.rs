@@ -185,7 +185,10 @@ impl Catalogue {
     /// Drops the catalogues an invalidation concerns.
     pub fn invalidate(&self, message: &Invalidation) {
         match message {
-            Invalidation::Server { server_id, .. } => self.servers.remove(server_id),
+            Invalidation::Server {
+                server_id,
+                tenant_id,
+            } => self.servers.remove_in(tenant_id, server_id),
             Invalidation::Tenant { tenant_id } => self.servers.retain_in(tenant_id, |_| false),
             Invalidation::Grant { .. } | Invalidation::Policy { .. } => {}
         }

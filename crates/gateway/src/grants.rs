@@ -217,7 +217,8 @@ impl Grants {
             Lookup::Stale { value, refresh } => {
                 if refresh {
                     let this = self.clone();
-                    tokio::spawn(async move { this.reload(hash).await });
+                    let tenant = value.tenant;
+                    tokio::spawn(async move { this.reload(hash, tenant).await });
                 }
                 Some(value)
             }
@@ -236,14 +237,14 @@ impl Grants {
 
     /// Reloads an entry that aged past the TTL, in the background. It takes no permit: only a
     /// cached grant (at most one reload each per TTL) gets here.
-    async fn reload(&self, hash: TokenHash) {
+    async fn reload(&self, hash: TokenHash, tenant: TenantId) {
         let generation = self.entries.generation();
         match self.load(&hash).await {
             Ok(Some(grant)) => {
                 self.entries
                     .insert_in(grant.tenant, hash, Arc::new(grant), generation);
             }
-            Ok(None) => self.entries.remove(&hash),
+            Ok(None) => self.entries.remove_in(&tenant, &hash),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot refresh a cached grant");
                 self.entries.refresh_failed(&hash);
