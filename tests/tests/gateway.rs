@@ -16,8 +16,8 @@ use gateway::support::{
 };
 use gateway::toolbox::RmcpServer;
 use portcullis::Running;
-use portcullis_core::Invalidation;
 use portcullis_core::egress::Egress;
+use portcullis_core::{Invalidation, Keyring};
 use portcullis_tests::peers::PeerProcess;
 use rmcp::model::{CallToolRequestParams, ProtocolVersion};
 use rmcp::service::RunningService;
@@ -555,6 +555,64 @@ async fn a_session_continues_on_a_second_gateway_and_get_delete_pass_through() {
     assert_eq!(status, 404, "the upstream session should be gone: {body}");
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_end_at_their_max_age_and_a_key_rotation_does_not_make_them_younger() {
+    let stack = Stack::new().await;
+    // The Python SDK's server names its session in every answer, so the gateway hands back
+    // the client's id in each, sealed anew when a retiring key sealed it.
+    let upstream = portcullis_tests::peers::python_server("streamable-http", false);
+    let f = stack
+        .fixture(&upstream.url("/mcp"), "streamable_http", policy())
+        .await;
+    let redis = portcullis_tests::redis_url();
+    let a = stack
+        .gateway_with(&redis, &["--session-max-age", "4s"])
+        .await;
+    let opened = Instant::now();
+    let session = open_session(&f.url(&a)).await;
+    let echo = |url: String, session: String| async move {
+        let headers = [
+            ("mcp-session-id", session.as_str()),
+            ("mcp-protocol-version", "2025-11-25"),
+        ];
+        post(&url, &headers, &call(2, "echo", json!({"text": "aged"}))).await
+    };
+
+    // A replica whose ring has a new active key: the session goes on, its id sealed anew,
+    // well after it was issued (an id sealed as new then would still open at the end).
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(opened.elapsed())).await;
+    let ring = format!("{},{}", Keyring::generate(8).1, stack.session_keys);
+    let b = stack
+        .gateway_with(
+            &redis,
+            &["--session-max-age", "4s", "--session-keys", &ring],
+        )
+        .await;
+    let (status, headers, body) = echo(f.url(&b), session.clone()).await;
+    assert_eq!(text(&message(&body)), "echo: aged", "{status} {body}");
+    let resealed = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    assert_ne!(
+        resealed, session,
+        "an id sealed by a retiring key is sealed anew"
+    );
+    let (status, _, body) = echo(f.url(&b), resealed.clone()).await;
+    assert_eq!(text(&message(&body)), "echo: aged", "{status} {body}");
+
+    // Past the maximum age, both ids are refused as an ended session (404, which tells a
+    // client to start anew), and a new session opens.
+    tokio::time::sleep(Duration::from_millis(4200).saturating_sub(opened.elapsed())).await;
+    for (gw, id) in [(&a, &session), (&b, &session), (&b, &resealed)] {
+        let (status, _, body) = echo(f.url(gw), id.clone()).await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(message(&body)["error"]["code"], -32002, "{body}");
+    }
+    let fresh = open_session(&f.url(&b)).await;
+    let (status, _, body) = echo(f.url(&b), fresh).await;
+    assert_eq!(text(&message(&body)), "echo: aged", "{status} {body}");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
 }
 
 /// Stops `gw`, checking it takes little more than its 1 s grace period: what is still open

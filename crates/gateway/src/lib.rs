@@ -52,6 +52,12 @@ pub struct Settings {
     #[arg(long, env = "PORTCULLIS_SESSION_KEYS", hide_env_values = true)]
     pub session_keys: Option<String>,
 
+    /// How long a session id opens after it was issued (e.g. `24h`); an older one is answered
+    /// 404, which tells a client to start a new session. It also bounds how long a retired
+    /// session key must stay in the ring. 0 (the default): as long as its key is in the ring.
+    #[arg(long, env = "PORTCULLIS_SESSION_MAX_AGE", default_value = "0s", value_parser = portcullis_core::settings::parse_duration)]
+    pub session_max_age: Duration,
+
     /// Largest request body the gateway accepts (e.g. `4MiB`); larger ones get 413.
     #[arg(long, env = "PORTCULLIS_GATEWAY_MAX_BODY", default_value = "4MiB", value_parser = portcullis_core::settings::parse_size)]
     pub gateway_max_body: usize,
@@ -123,6 +129,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             session_keys: None,
+            session_max_age: Duration::ZERO,
             gateway_max_body: 4 * 1024 * 1024,
             upstream_connect_timeout: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(60),
@@ -244,12 +251,16 @@ pub async fn build(
         catalogue.clone(),
         shutdown,
     ));
+    let sessions = sessions::SessionKeys::new(
+        session_keys,
+        Some(settings.session_max_age).filter(|d| !d.is_zero()),
+    );
     Ok(Service {
         shared,
         settings,
         grants,
         catalogue,
-        sessions: sessions::SessionKeys::new(session_keys),
+        sessions,
         upstream,
         spill,
     })

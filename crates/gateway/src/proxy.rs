@@ -5,6 +5,7 @@
 //! elicitation request) go straight to the upstream session. GET opens the session's
 //! server→client stream, DELETE ends the session.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -781,20 +782,26 @@ impl Gateway {
 
     fn wrap_session(&self, caller: Caller<'_>, upstream: &HeaderMap, out: &mut HeaderMap) {
         if let Some(id) = upstream.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
-            if let Some((Session::Upstream(presented), text)) = caller.session
-                && presented == id
-                && self.sessions.sealed_by_active(text)
-                && let Ok(value) = HeaderValue::from_str(text)
-            {
-                // The session the client presented, unchanged: its own id serves again (no
-                // sealing per answer, so the key seals once per session, not per request;
-                // an id sealed by an older key is sealed anew, so old keys can retire).
-                out.insert(SESSION_HEADER, value);
-                return;
-            }
-            let wrapped = self
-                .sessions
-                .wrap(caller.grant.id, &Session::Upstream(id.to_owned()));
+            // The session the client presented, unchanged: its own id serves again (no
+            // sealing per answer, so the key seals once per session, not per request). An id
+            // sealed by an older key is sealed anew with its issue time, so old keys can
+            // retire and no session grows younger.
+            let same = match caller.session {
+                Some((Session::Upstream(presented), text)) if presented == id => {
+                    if self.sessions.sealed_by_active(text) {
+                        Some(Cow::Borrowed(text))
+                    } else {
+                        self.sessions.reseal(caller.grant.id, text).map(Cow::Owned)
+                    }
+                }
+                _ => None,
+            };
+            let wrapped = same.unwrap_or_else(|| {
+                Cow::Owned(
+                    self.sessions
+                        .wrap(caller.grant.id, &Session::Upstream(id.to_owned())),
+                )
+            });
             if let Ok(value) = HeaderValue::from_str(&wrapped) {
                 out.insert(SESSION_HEADER, value);
             }

@@ -8,13 +8,18 @@
 //! to one open stream, which a stateless gateway cannot keep).
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_core::{GrantId, Keyring};
 
+/// Payload tags: the kind of session, and whether its issue time follows (8 bytes, seconds
+/// since the Unix epoch, big-endian). Ids sealed before issue times were recorded have none.
 const UPSTREAM: u8 = b'U';
 const LEGACY: u8 = b'L';
+const UPSTREAM_TIMED: u8 = b'u';
+const LEGACY_TIMED: u8 = b'l';
 
 /// What a client's session id stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,13 +34,17 @@ pub enum Session {
 #[derive(Clone)]
 pub struct SessionKeys {
     keys: Arc<Keyring>,
+    /// How long after it was issued a session id still opens; `None`: forever.
+    max_age: Option<Duration>,
 }
 
 impl SessionKeys {
-    /// Session ids sealed with `keys` (the first seals; all open, so keys rotate).
-    pub fn new(keys: Keyring) -> Self {
+    /// Session ids sealed with `keys` (the first seals; all open, so keys rotate), opening for
+    /// `max_age` after they were issued (`None`: as long as their key is in the ring).
+    pub fn new(keys: Keyring, max_age: Option<Duration>) -> Self {
         Self {
             keys: Arc::new(keys),
+            max_age,
         }
     }
 
@@ -45,14 +54,19 @@ impl SessionKeys {
         &self.keys
     }
 
-    /// The id the client sees for `session` under `grant`.
+    /// The id the client sees for a new `session` under `grant`, issued now.
     pub fn wrap(&self, grant: GrantId, session: &Session) -> String {
+        self.seal(grant, session, unix_now())
+    }
+
+    fn seal(&self, grant: GrantId, session: &Session, issued: u64) -> String {
         let (tag, body) = match session {
-            Session::Upstream(id) => (UPSTREAM, id.as_bytes()),
-            Session::Legacy(init) => (LEGACY, init.as_bytes()),
+            Session::Upstream(id) => (UPSTREAM_TIMED, id.as_bytes()),
+            Session::Legacy(init) => (LEGACY_TIMED, init.as_bytes()),
         };
-        let mut plain = Vec::with_capacity(body.len() + 1);
+        let mut plain = Vec::with_capacity(body.len() + 9);
         plain.push(tag);
+        plain.extend_from_slice(&issued.to_be_bytes());
         plain.extend_from_slice(body);
         self.keys
             .seal_text(&plain, &portcullis_core::crypto::session_context(grant))
@@ -71,8 +85,21 @@ impl SessionKeys {
     }
 
     /// Opens a client's session id; `None` when it was not issued under `grant` by a key of
-    /// the ring (or was altered).
+    /// the ring (or was altered), or is older than the maximum age.
     pub fn unwrap(&self, grant: GrantId, client_id: &str) -> Option<Session> {
+        self.open(grant, client_id).map(|(session, _)| session)
+    }
+
+    /// A client's session id sealed again by the active key, with the same session and issue
+    /// time (so a key rotation neither ends sessions nor makes them younger).
+    pub fn reseal(&self, grant: GrantId, client_id: &str) -> Option<String> {
+        let (session, issued) = self.open(grant, client_id)?;
+        Some(self.seal(grant, &session, issued?))
+    }
+
+    /// The session and its issue time (`None` for an id sealed before issue times were kept,
+    /// which opens only while there is no maximum age).
+    fn open(&self, grant: GrantId, client_id: &str) -> Option<(Session, Option<u64>)> {
         let plain = self
             .keys
             .open_text(
@@ -80,14 +107,35 @@ impl SessionKeys {
                 &portcullis_core::crypto::session_context(grant),
             )
             .ok()?;
-        let (tag, body) = plain.split_first()?;
-        let body = String::from_utf8(body.to_vec()).ok()?;
-        match *tag {
-            UPSTREAM => Some(Session::Upstream(body)),
-            LEGACY => Some(Session::Legacy(body)),
-            _ => None,
+        let (&tag, rest) = plain.split_first()?;
+        let (issued, body) = match tag {
+            UPSTREAM_TIMED | LEGACY_TIMED => {
+                let (time, body) = rest.split_first_chunk::<8>()?;
+                (Some(u64::from_be_bytes(*time)), body)
+            }
+            _ => (None, rest),
+        };
+        if let Some(max_age) = self.max_age {
+            // An id without an issue time cannot be shown to be young enough.
+            let age = unix_now().saturating_sub(issued?);
+            if age >= max_age.as_secs() {
+                return None;
+            }
         }
+        let body = String::from_utf8(body.to_vec()).ok()?;
+        let session = match tag {
+            UPSTREAM | UPSTREAM_TIMED => Session::Upstream(body),
+            LEGACY | LEGACY_TIMED => Session::Legacy(body),
+            _ => return None,
+        };
+        Some((session, issued))
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Seals and opens the SSE event ids a client sees. An upstream's event ids name points in its
@@ -129,10 +177,13 @@ mod tests {
     fn ids_sealed_by_an_older_key_are_told_apart() {
         let (old, old_spec) = Keyring::generate(1);
         let (_, new_spec) = Keyring::generate(2);
-        let rotated = SessionKeys::new(Keyring::parse(&format!("{new_spec},{old_spec}")).unwrap());
+        let rotated = SessionKeys::new(
+            Keyring::parse(&format!("{new_spec},{old_spec}")).unwrap(),
+            None,
+        );
         let grant = GrantId::new();
         let session = Session::Upstream("abc-123".into());
-        let before = SessionKeys::new(old).wrap(grant, &session);
+        let before = SessionKeys::new(old, None).wrap(grant, &session);
         assert_eq!(rotated.unwrap(grant, &before), Some(session.clone()));
         assert!(!rotated.sealed_by_active(&before));
         assert!(rotated.sealed_by_active(&rotated.wrap(grant, &session)));
@@ -156,14 +207,47 @@ mod tests {
         assert_eq!(EventIds::new(keys, GrantId::new()).open(&sealed), None);
         assert_eq!(ids.open("stream-1:42"), None);
         // A session id of the same grant, sealed by the same key, is not an event id.
-        let session = SessionKeys::new(Keyring::parse(&spec).unwrap())
+        let session = SessionKeys::new(Keyring::parse(&spec).unwrap(), None)
             .wrap(grant, &Session::Upstream("stream-1:42".into()));
         assert_eq!(ids.open(&session), None);
     }
 
     #[test]
+    fn sessions_open_until_their_max_age_and_keep_it_when_resealed() {
+        let (old, old_spec) = Keyring::generate(1);
+        let (_, new_spec) = Keyring::generate(2);
+        let ring = || Keyring::parse(&format!("{new_spec},{old_spec}")).unwrap();
+        let hour = Duration::from_secs(3600);
+        let (timed, forever) = (
+            SessionKeys::new(ring(), Some(hour)),
+            SessionKeys::new(ring(), None),
+        );
+        let grant = GrantId::new();
+        let session = Session::Legacy("{}".into());
+        let old = SessionKeys::new(old, None);
+        let young = old.seal(grant, &session, unix_now() - 3599);
+        let aged = old.seal(grant, &session, unix_now() - 3600);
+        assert_eq!(timed.unwrap(grant, &young), Some(session.clone()));
+        assert_eq!(timed.unwrap(grant, &aged), None);
+        assert_eq!(forever.unwrap(grant, &aged), Some(session.clone()));
+        // Sealed anew by the active key, an id keeps its issue time: it ages out as before.
+        let resealed = timed.reseal(grant, &young).unwrap();
+        assert!(timed.sealed_by_active(&resealed) && !timed.sealed_by_active(&young));
+        assert_eq!(timed.open(grant, &resealed), timed.open(grant, &young));
+        assert_eq!(timed.reseal(grant, &aged), None);
+        // An id sealed before issue times were kept opens only without a maximum age.
+        let untimed = old
+            .keys
+            .seal_text(b"Uabc", &portcullis_core::crypto::session_context(grant));
+        let upstream = Session::Upstream("abc".into());
+        assert_eq!(forever.unwrap(grant, &untimed), Some(upstream));
+        assert_eq!(forever.reseal(grant, &untimed), None);
+        assert_eq!(timed.unwrap(grant, &untimed), None);
+    }
+
+    #[test]
     fn sessions_open_only_under_their_grant() {
-        let keys = SessionKeys::new(Keyring::generate(1).0);
+        let keys = SessionKeys::new(Keyring::generate(1).0, None);
         let grant = GrantId::new();
         let session = Session::Upstream("abc-123".into());
         let wrapped = keys.wrap(grant, &session);
@@ -172,7 +256,7 @@ mod tests {
         assert_eq!(keys.unwrap(grant, &wrapped), Some(session));
         assert_eq!(keys.unwrap(GrantId::new(), &wrapped), None);
         assert_eq!(keys.unwrap(grant, "not-a-session"), None);
-        let other = SessionKeys::new(Keyring::generate(1).0);
+        let other = SessionKeys::new(Keyring::generate(1).0, None);
         assert_eq!(other.unwrap(grant, &wrapped), None);
     }
 }

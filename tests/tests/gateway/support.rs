@@ -18,7 +18,7 @@ pub struct Stack {
     pub redis: TestRedis,
     pub credentials: Keyring,
     credentials_spec: String,
-    session_keys: String,
+    pub session_keys: String,
 }
 
 /// A tenant, a server, a policy and a grant on it.
@@ -113,8 +113,6 @@ impl Stack {
             "127.0.0.1:0",
             "--encryption-keys",
             &self.credentials_spec,
-            "--session-keys",
-            &self.session_keys,
             "--shutdown-grace",
             "1s",
             "--log",
@@ -126,6 +124,10 @@ impl Stack {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // The stack's session keys, unless the test brings a ring of its own.
+        if !extra.contains(&"--session-keys") {
+            args.extend(["--session-keys".to_owned(), self.session_keys.clone()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }
