@@ -601,12 +601,20 @@ async fn sessions_end_at_their_max_age_and_a_key_rotation_does_not_make_them_you
     assert_eq!(text(&message(&body)), "echo: aged", "{status} {body}");
 
     // Past the maximum age, both ids are refused as an ended session (404, which tells a
-    // client to start anew), and a new session opens.
+    // client to start anew, saying why), and a new session opens.
     tokio::time::sleep(Duration::from_millis(4200).saturating_sub(opened.elapsed())).await;
     for (gw, id) in [(&a, &session), (&b, &session), (&b, &resealed)] {
         let (status, _, body) = echo(f.url(gw), id.clone()).await;
         assert_eq!(status, 404, "{body}");
-        assert_eq!(message(&body)["error"]["code"], -32002, "{body}");
+        let error = &message(&body)["error"];
+        assert_eq!(error["code"], -32002, "{body}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("session expired"),
+            "{body}"
+        );
     }
     let fresh = open_session(&f.url(&b)).await;
     let (status, _, body) = echo(f.url(&b), fresh).await;

@@ -41,6 +41,11 @@ pub enum GatewayError {
     /// The session id does not open under this grant (unknown, tampered, or another grant's).
     #[error("session not found")]
     SessionNotFound,
+    /// The session id was issued under this grant longer ago than `PORTCULLIS_SESSION_MAX_AGE`.
+    #[error(
+        "session expired: it began longer ago than this gateway's maximum session age; start a new session"
+    )]
+    SessionExpired,
     /// A `Last-Event-ID` that was not sealed by this gateway under this grant (event ids are
     /// sealed like session ids, so a stream resumes only under the grant that received it).
     #[error("Last-Event-ID was not issued for this grant's streams")]
@@ -54,6 +59,15 @@ pub enum GatewayError {
     /// Postgres could not be reached or answered with an error.
     #[error("the gateway cannot reach its database")]
     Database(#[from] sqlx::Error),
+}
+
+impl From<crate::sessions::Refused> for GatewayError {
+    fn from(refused: crate::sessions::Refused) -> Self {
+        match refused {
+            crate::sessions::Refused::NotIssued => Self::SessionNotFound,
+            crate::sessions::Refused::Expired => Self::SessionExpired,
+        }
+    }
 }
 
 /// A [`GatewayError`] with the id of the request it answers, when one was read.
@@ -92,7 +106,7 @@ impl GatewayError {
             }
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::SessionNotFound => StatusCode::NOT_FOUND,
+            Self::SessionNotFound | Self::SessionExpired => StatusCode::NOT_FOUND,
             Self::UnknownEventId => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
@@ -109,7 +123,7 @@ impl GatewayError {
             Self::PayloadTooLarge(_) | Self::UnsupportedMediaType | Self::UnknownEventId => {
                 portcullis_mcp::codes::INVALID_REQUEST
             }
-            Self::SessionNotFound => SESSION_NOT_FOUND_CODE,
+            Self::SessionNotFound | Self::SessionExpired => SESSION_NOT_FOUND_CODE,
             Self::MethodNotAllowed(_) => portcullis_mcp::codes::METHOD_NOT_FOUND,
             Self::Upstream(_) | Self::Database(_) => INTERNAL_CODE,
         }

@@ -409,11 +409,7 @@ impl Gateway {
             }
             let client_session = header_str(headers, mcp::MCP_SESSION_ID).map(str::to_owned);
             let session = match &client_session {
-                Some(s) => Some(
-                    self.sessions
-                        .unwrap(grant.id, s)
-                        .ok_or(GatewayError::SessionNotFound)?,
-                ),
+                Some(s) => Some(self.sessions.unwrap(grant.id, s)?),
                 None => None,
             };
             Ok::<_, GatewayError>((era, version, session, client_session))
@@ -998,11 +994,7 @@ impl Gateway {
         let grant = self.authenticate(credential, &headers).await?;
         check_headers_once(&headers).map_err(GatewayError::from)?;
         let session = match header_str(&headers, mcp::MCP_SESSION_ID) {
-            Some(s) => Some(
-                self.sessions
-                    .unwrap(grant.id, s)
-                    .ok_or(GatewayError::SessionNotFound)?,
-            ),
+            Some(s) => Some(self.sessions.unwrap(grant.id, s)?),
             None => None,
         };
         if grant.server.transport == Transport::Sse {

@@ -30,6 +30,16 @@ pub enum Session {
     Legacy(String),
 }
 
+/// Why a client's session id does not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not sealed under this grant by a key of the ring, or altered.
+    NotIssued,
+    /// Issued under this grant, but longer ago than the maximum age (or before issue times
+    /// were kept, while there is a maximum age).
+    Expired,
+}
+
 /// Seals and opens session ids.
 #[derive(Clone)]
 pub struct SessionKeys {
@@ -84,51 +94,51 @@ impl SessionKeys {
             .is_some_and(|id| id == self.keys.active_id())
     }
 
-    /// Opens a client's session id; `None` when it was not issued under `grant` by a key of
-    /// the ring (or was altered), or is older than the maximum age.
-    pub fn unwrap(&self, grant: GrantId, client_id: &str) -> Option<Session> {
+    /// Opens a client's session id issued under `grant` by a key of the ring, no older than
+    /// the maximum age.
+    pub fn unwrap(&self, grant: GrantId, client_id: &str) -> Result<Session, Refused> {
         self.open(grant, client_id).map(|(session, _)| session)
     }
 
     /// A client's session id sealed again by the active key, with the same session and issue
     /// time (so a key rotation neither ends sessions nor makes them younger).
     pub fn reseal(&self, grant: GrantId, client_id: &str) -> Option<String> {
-        let (session, issued) = self.open(grant, client_id)?;
+        let (session, issued) = self.open(grant, client_id).ok()?;
         Some(self.seal(grant, &session, issued?))
     }
 
     /// The session and its issue time (`None` for an id sealed before issue times were kept,
     /// which opens only while there is no maximum age).
-    fn open(&self, grant: GrantId, client_id: &str) -> Option<(Session, Option<u64>)> {
+    fn open(&self, grant: GrantId, client_id: &str) -> Result<(Session, Option<u64>), Refused> {
         let plain = self
             .keys
             .open_text(
                 client_id.trim(),
                 &portcullis_core::crypto::session_context(grant),
             )
-            .ok()?;
-        let (&tag, rest) = plain.split_first()?;
+            .map_err(|_| Refused::NotIssued)?;
+        let (&tag, rest) = plain.split_first().ok_or(Refused::NotIssued)?;
         let (issued, body) = match tag {
             UPSTREAM_TIMED | LEGACY_TIMED => {
-                let (time, body) = rest.split_first_chunk::<8>()?;
+                let (time, body) = rest.split_first_chunk::<8>().ok_or(Refused::NotIssued)?;
                 (Some(u64::from_be_bytes(*time)), body)
             }
             _ => (None, rest),
         };
         if let Some(max_age) = self.max_age {
             // An id without an issue time cannot be shown to be young enough.
-            let age = unix_now().saturating_sub(issued?);
-            if age >= max_age.as_secs() {
-                return None;
+            let age = issued.map(|issued| unix_now().saturating_sub(issued));
+            if age.is_none_or(|age| age >= max_age.as_secs()) {
+                return Err(Refused::Expired);
             }
         }
-        let body = String::from_utf8(body.to_vec()).ok()?;
+        let body = String::from_utf8(body.to_vec()).map_err(|_| Refused::NotIssued)?;
         let session = match tag {
             UPSTREAM | UPSTREAM_TIMED => Session::Upstream(body),
             LEGACY | LEGACY_TIMED => Session::Legacy(body),
-            _ => return None,
+            _ => return Err(Refused::NotIssued),
         };
-        Some((session, issued))
+        Ok((session, issued))
     }
 }
 
@@ -184,7 +194,7 @@ mod tests {
         let grant = GrantId::new();
         let session = Session::Upstream("abc-123".into());
         let before = SessionKeys::new(old, None).wrap(grant, &session);
-        assert_eq!(rotated.unwrap(grant, &before), Some(session.clone()));
+        assert_eq!(rotated.unwrap(grant, &before), Ok(session.clone()));
         assert!(!rotated.sealed_by_active(&before));
         assert!(rotated.sealed_by_active(&rotated.wrap(grant, &session)));
         assert!(!rotated.sealed_by_active("short"));
@@ -227,9 +237,9 @@ mod tests {
         let old = SessionKeys::new(old, None);
         let young = old.seal(grant, &session, unix_now() - 3599);
         let aged = old.seal(grant, &session, unix_now() - 3600);
-        assert_eq!(timed.unwrap(grant, &young), Some(session.clone()));
-        assert_eq!(timed.unwrap(grant, &aged), None);
-        assert_eq!(forever.unwrap(grant, &aged), Some(session.clone()));
+        assert_eq!(timed.unwrap(grant, &young), Ok(session.clone()));
+        assert_eq!(timed.unwrap(grant, &aged), Err(Refused::Expired));
+        assert_eq!(forever.unwrap(grant, &aged), Ok(session.clone()));
         // Sealed anew by the active key, an id keeps its issue time: it ages out as before.
         let resealed = timed.reseal(grant, &young).unwrap();
         assert!(timed.sealed_by_active(&resealed) && !timed.sealed_by_active(&young));
@@ -240,9 +250,11 @@ mod tests {
             .keys
             .seal_text(b"Uabc", &portcullis_core::crypto::session_context(grant));
         let upstream = Session::Upstream("abc".into());
-        assert_eq!(forever.unwrap(grant, &untimed), Some(upstream));
+        assert_eq!(forever.unwrap(grant, &untimed), Ok(upstream));
         assert_eq!(forever.reseal(grant, &untimed), None);
-        assert_eq!(timed.unwrap(grant, &untimed), None);
+        assert_eq!(timed.unwrap(grant, &untimed), Err(Refused::Expired));
+        // An id of another grant is not issued, whatever its age.
+        assert_eq!(timed.unwrap(GrantId::new(), &aged), Err(Refused::NotIssued));
     }
 
     #[test]
@@ -253,10 +265,13 @@ mod tests {
         let wrapped = keys.wrap(grant, &session);
         assert!(!wrapped.contains("abc-123"));
         assert!(wrapped.bytes().all(|b| b.is_ascii_graphic()));
-        assert_eq!(keys.unwrap(grant, &wrapped), Some(session));
-        assert_eq!(keys.unwrap(GrantId::new(), &wrapped), None);
-        assert_eq!(keys.unwrap(grant, "not-a-session"), None);
+        assert_eq!(keys.unwrap(grant, &wrapped), Ok(session));
+        assert_eq!(
+            keys.unwrap(GrantId::new(), &wrapped),
+            Err(Refused::NotIssued)
+        );
+        assert_eq!(keys.unwrap(grant, "not-a-session"), Err(Refused::NotIssued));
         let other = SessionKeys::new(Keyring::generate(1).0, None);
-        assert_eq!(other.unwrap(grant, &wrapped), None);
+        assert_eq!(other.unwrap(grant, &wrapped), Err(Refused::NotIssued));
     }
 }
