@@ -180,6 +180,13 @@ pub fn check_mirrored_headers(headers: &MirroredHeaders<'_>, msg: &Message) -> R
             .flatten();
         match body_name {
             Some(body) if body == decoded => {}
+            // A resource URI may carry credentials (a signed URL, a user in a database URI),
+            // and the message reaches the audit log: URIs are not quoted, names are.
+            Some(_) if source == "uri" => {
+                return Err(mismatch(
+                    "Mcp-Name header does not match body value params.uri",
+                ));
+            }
             Some(body) => {
                 return Err(mismatch(format!(
                     "Mcp-Name header value '{name_header}' does not match body value '{body}'"
@@ -444,6 +451,18 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "header mismatch: Mcp-Name header value 'foo' does not match body value 'bar'"
+        );
+        // Resource URIs may carry credentials: neither is quoted.
+        let read = request(
+            "resources/read",
+            r#""uri":"https://files.example/a?X-Amz-Signature=body-secret","#,
+        );
+        let sent = "https://files.example/b?X-Amz-Signature=header-secret";
+        let err =
+            check_mirrored_headers(&headers("resources/read", Some(sent)), &read).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "header mismatch: Mcp-Name header does not match body value params.uri"
         );
     }
 
