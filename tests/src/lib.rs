@@ -27,6 +27,42 @@ pub fn encryption_keys() -> String {
     portcullis_core::Keyring::generate(1).1
 }
 
+/// Starts the control plane and the gateway in this process, on port 0, against the given
+/// Postgres and Redis URLs, with fresh keys; `extra` flags are added.
+pub async fn start_both(
+    database_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> portcullis::Running {
+    let keys = encryption_keys();
+    let mut flags = vec![
+        "--database-url",
+        database_url,
+        "--redis-url",
+        redis_url,
+        "--redis-prefix",
+        prefix,
+        "--control-plane-addr",
+        "127.0.0.1:0",
+        "--gateway-addr",
+        "127.0.0.1:0",
+        "--probe-timeout",
+        "500ms",
+        "--shutdown-grace",
+        "2s",
+        "--encryption-keys",
+        &keys,
+        "--session-keys",
+        &keys,
+    ];
+    flags.extend_from_slice(extra);
+    let config = portcullis::Config::from_flags(flags).unwrap();
+    portcullis::start(&config, portcullis::Role::Both)
+        .await
+        .unwrap()
+}
+
 /// Stops a process as an orchestrator would, with SIGTERM (drain, then exit), and returns how
 /// it exited; fails the test if it still runs 10 s later.
 pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {

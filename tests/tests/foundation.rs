@@ -6,35 +6,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use portcullis::{Config, Role, Running};
+use portcullis::Running;
 use portcullis_tests::{ChaosProxy, TestDatabase, TestRedis};
 use redis::AsyncCommands as _;
 use serde_json::Value;
 
 /// Starts both services on port 0 against the given Postgres and Redis URLs.
 async fn start(db_url: &str, redis_url: &str, prefix: &str) -> Running {
-    let config = Config::from_flags([
-        "--database-url",
-        db_url,
-        "--redis-url",
-        redis_url,
-        "--redis-prefix",
-        prefix,
-        "--control-plane-addr",
-        "127.0.0.1:0",
-        "--gateway-addr",
-        "127.0.0.1:0",
-        "--probe-timeout",
-        "500ms",
-        "--shutdown-grace",
-        "2s",
-        "--encryption-keys",
-        &portcullis_tests::encryption_keys(),
-        "--session-keys",
-        &portcullis_tests::encryption_keys(),
-    ])
-    .unwrap();
-    portcullis::start(&config, Role::Both).await.unwrap()
+    portcullis_tests::start_both(db_url, redis_url, prefix, &[]).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, Value, reqwest::header::HeaderMap) {

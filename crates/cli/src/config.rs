@@ -31,6 +31,12 @@ pub struct Config {
     )]
     pub redis_url: String,
 
+    /// PEM file of the certificate authorities a `rediss://` Redis's certificate must chain to,
+    /// instead of the system's trust store (a private CA). Postgres takes its own in
+    /// `DATABASE_URL` (`sslmode=verify-full&sslrootcert=…`).
+    #[arg(long, env = "PORTCULLIS_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
     /// Prefix of every Redis key and channel, so several installations can share one Redis.
     #[arg(long, env = "PORTCULLIS_REDIS_PREFIX", default_value = "pc")]
     pub redis_prefix: String,
@@ -110,6 +116,9 @@ pub enum ConfigError {
     /// `REDIS_URL` does not parse.
     #[error("invalid REDIS_URL: {0}")]
     RedisUrl(String),
+    /// `PORTCULLIS_REDIS_CA_FILE` is unusable.
+    #[error("invalid PORTCULLIS_REDIS_CA_FILE: {0}")]
+    RedisCaFile(String),
     /// `PORTCULLIS_REDIS_PREFIX` is unusable.
     #[error("invalid PORTCULLIS_REDIS_PREFIX: {0}")]
     RedisPrefix(&'static str),
@@ -149,7 +158,7 @@ impl Config {
     /// Checks every setting and returns the parsed connection options.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         let database = parse_database_url(&self.database_url)?;
-        let redis = parse_redis_url(&self.redis_url)?;
+        let redis = parse_redis_url(&self.redis_url, self.redis_ca_file.as_deref())?;
         if self.redis_prefix.is_empty()
             || !self
                 .redis_prefix
@@ -203,7 +212,10 @@ fn parse_database_url(url: &str) -> Result<PgConnectOptions, ConfigError> {
     PgConnectOptions::from_str(url).map_err(|e| ConfigError::DatabaseUrl(e.to_string()))
 }
 
-fn parse_redis_url(url: &str) -> Result<redis::Client, ConfigError> {
+fn parse_redis_url(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<redis::Client, ConfigError> {
     let parsed = url::Url::parse(url).map_err(|e| ConfigError::RedisUrl(e.to_string()))?;
     if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
         return Err(ConfigError::RedisUrl(format!(
@@ -211,7 +223,23 @@ fn parse_redis_url(url: &str) -> Result<redis::Client, ConfigError> {
             parsed.scheme()
         )));
     }
-    redis::Client::open(url).map_err(|e| ConfigError::RedisUrl(e.to_string()))
+    let Some(ca_file) = ca_file else {
+        return redis::Client::open(url).map_err(|e| ConfigError::RedisUrl(e.to_string()));
+    };
+    if parsed.scheme() != "rediss" {
+        // A CA file with a plain-text URL would be silently unused.
+        return Err(ConfigError::RedisCaFile(
+            "set, but REDIS_URL is not rediss:// (TLS)".into(),
+        ));
+    }
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| ConfigError::RedisCaFile(format!("{}: {e}", ca_file.display())))?;
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(url, certificates)
+        .map_err(|e| ConfigError::RedisCaFile(format!("{}: {e}", ca_file.display())))
 }
 
 #[cfg(test)]
