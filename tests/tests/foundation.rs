@@ -113,6 +113,36 @@ async fn both_listeners_answer_health_and_readiness() {
 }
 
 #[tokio::test]
+async fn a_process_holds_at_most_its_pool_of_named_postgres_connections() {
+    let db = TestDatabase::new().await;
+    let redis = TestRedis::new().await;
+    let app = portcullis_tests::start_both(
+        &db.url(),
+        &portcullis_tests::redis_url(),
+        redis.prefix(),
+        &["--database-max-connections", "2"],
+    )
+    .await;
+    // Forty readiness probes at once, each a query, through both listeners.
+    let probes = listeners(&app)
+        .into_iter()
+        .cycle()
+        .take(40)
+        .map(|addr| async move { get(addr, "/readyz").await.0 });
+    let statuses = futures::future::join_all(probes).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'portcullis'",
+    )
+    .bind(db.name())
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert!((1..=2).contains(&held), "{held} connections");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn readiness_names_redis_when_it_is_down_and_recovers() {
     let db = TestDatabase::new().await;
     let redis = TestRedis::new().await;

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use portcullis::Config;
 use portcullis_tests::{TestDatabase, TestRedis};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -197,32 +196,4 @@ async fn postgres_and_redis_over_tls_with_a_private_ca() {
     assert_eq!(body["failed"], json!(["postgres", "redis"]), "{body}");
     assert_eq!((pg.handshakes(), rd.handshakes()), before);
     app.stop().await.unwrap();
-}
-
-#[test]
-fn a_redis_ca_file_needs_a_tls_url_and_a_readable_file() {
-    let keys = portcullis_tests::encryption_keys();
-    let validate = |url: &str, ca: &str| {
-        Config::from_flags([
-            "--redis-url",
-            url,
-            "--redis-ca-file",
-            ca,
-            "--encryption-keys",
-            &keys,
-        ])
-        .unwrap()
-        .validate()
-        .unwrap_err()
-        .to_string()
-    };
-    assert_eq!(
-        validate("redis://127.0.0.1:6379", "/nonexistent.pem"),
-        "invalid PORTCULLIS_REDIS_CA_FILE: set, but REDIS_URL is not rediss:// (TLS)"
-    );
-    let missing = validate("rediss://127.0.0.1:6379", "/nonexistent.pem");
-    assert!(
-        missing.starts_with("invalid PORTCULLIS_REDIS_CA_FILE: /nonexistent.pem: "),
-        "{missing}"
-    );
 }

@@ -61,7 +61,7 @@ impl Connections {
     /// Opens lazy connections from validated settings.
     pub fn open(config: &Config, validated: &Validated) -> anyhow::Result<Self> {
         let db = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(config.database_max_connections)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(validated.database.clone());
         let redis = redis_manager(&validated.redis)?;

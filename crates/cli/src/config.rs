@@ -22,6 +22,12 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Most Postgres connections this process holds (the control plane and the gateway share
+    /// them). Every replica holds up to this many: keep replicas × this under the server's
+    /// `max_connections`.
+    #[arg(long, env = "PORTCULLIS_DATABASE_MAX_CONNECTIONS", default_value = "16", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+
     /// Redis connection URL.
     #[arg(
         long,
@@ -209,7 +215,14 @@ fn parse_database_url(url: &str) -> Result<PgConnectOptions, ConfigError> {
             parsed.scheme()
         )));
     }
-    PgConnectOptions::from_str(url).map_err(|e| ConfigError::DatabaseUrl(e.to_string()))
+    let options =
+        PgConnectOptions::from_str(url).map_err(|e| ConfigError::DatabaseUrl(e.to_string()))?;
+    // Named in `pg_stat_activity` and the server's logs, unless the URL (or PGAPPNAME) names
+    // it otherwise.
+    Ok(match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name("portcullis"),
+    })
 }
 
 fn parse_redis_url(
@@ -283,5 +296,51 @@ mod tests {
         );
         let err = config(&["--redis-prefix", "a b"]).validate().unwrap_err();
         assert!(err.to_string().contains("PORTCULLIS_REDIS_PREFIX"), "{err}");
+    }
+
+    #[test]
+    fn a_redis_ca_file_needs_a_tls_url_and_a_readable_file() {
+        let validate = |url: &str| {
+            config(&["--redis-url", url, "--redis-ca-file", "/nonexistent.pem"])
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            validate("redis://127.0.0.1:6379"),
+            "invalid PORTCULLIS_REDIS_CA_FILE: set, but REDIS_URL is not rediss:// (TLS)"
+        );
+        let missing = validate("rediss://127.0.0.1:6379");
+        assert!(
+            missing.starts_with("invalid PORTCULLIS_REDIS_CA_FILE: /nonexistent.pem: "),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn connections_are_named_portcullis_unless_the_url_names_them() {
+        let name = |url: &str| {
+            config(&["--database-url", url])
+                .database_options()
+                .unwrap()
+                .get_application_name()
+                .map(str::to_owned)
+        };
+        assert_eq!(name("postgres://h/db").as_deref(), Some("portcullis"));
+        assert_eq!(
+            name("postgres://h/db?application_name=gw-eu").as_deref(),
+            Some("gw-eu")
+        );
+    }
+
+    #[test]
+    fn the_pool_size_is_bounded() {
+        assert_eq!(config(&[]).database_max_connections, 16);
+        for bad in ["0", "1001", "many"] {
+            let (_, key) = Keyring::generate(1);
+            let err =
+                Config::from_flags(["--encryption-keys", &key, "--database-max-connections", bad]);
+            assert!(err.is_err(), "{bad}");
+        }
     }
 }
