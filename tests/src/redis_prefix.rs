@@ -43,6 +43,26 @@ impl TestRedis {
         }
         found
     }
+
+    /// Waits until at least `gateways` gateways listen for this prefix's invalidations.
+    pub async fn subscribed(&self, gateways: usize) {
+        let mut conn = self.conn.clone();
+        let channel =
+            portcullis_core::redis_keys::RedisKeys::new(&self.prefix).invalidation_channel();
+        for _ in 0..100 {
+            let counts: Vec<(String, usize)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if counts.first().is_some_and(|(_, n)| *n >= gateways) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{gateways} gateway(s) never subscribed to {channel}");
+    }
 }
 
 impl Drop for TestRedis {

@@ -182,6 +182,8 @@ async fn postgres_and_redis_over_tls_with_a_private_ca() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["checks"], json!({"postgres": "ok", "redis": "ok"}));
     }
+    // The gateway's invalidation feed is a subscription over TLS too.
+    redis.subscribed(1).await;
     assert!(pg.handshakes() > 0 && rd.handshakes() > 0);
     app.stop().await.unwrap();
 

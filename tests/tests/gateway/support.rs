@@ -300,21 +300,7 @@ impl Stack {
     /// Waits until `gateways` gateways listen for announcements: each clears its caches once
     /// subscribed, so a test that needs a cached grant to stay cached warms it after this.
     pub async fn subscribed(&self, gateways: usize) {
-        let mut conn = self.redis.conn();
-        let channel = self.keys().invalidation_channel();
-        for _ in 0..100 {
-            let counts: Vec<(String, usize)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&channel)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            if counts.first().is_some_and(|(_, n)| *n >= gateways) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{gateways} gateway(s) never subscribed to {channel}");
+        self.redis.subscribed(gateways).await;
     }
 
     /// The audit entries written so far (both halves of each event).
