@@ -60,29 +60,36 @@ async fn readyz(State(deps): State<Dependencies>) -> Response {
             }
         }
     }
-    if failed.is_empty() && degraded.is_empty() {
-        (
+    // The status, the list that names what is down, and how the message begins.
+    let (code, status, list, names, verdict) = match (failed.is_empty(), degraded.is_empty()) {
+        (true, true) => {
+            let body = json!({ "status": "ready", "checks": checks });
+            return (StatusCode::OK, Json(body)).into_response();
+        }
+        (true, false) => (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "checks": checks })),
-        )
-            .into_response()
-    } else if failed.is_empty() {
-        let body = json!({
-            "status": "degraded",
-            "message": format!("ready, degraded: {} unreachable", degraded.join(" and ")),
-            "degraded": degraded,
-            "checks": checks,
-        });
-        (StatusCode::OK, Json(body)).into_response()
-    } else {
-        let body = json!({
-            "status": "unavailable",
-            "message": format!("not ready: {} unreachable", failed.join(" and ")),
-            "failed": failed,
-            "checks": checks,
-        });
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    }
+            "degraded",
+            "degraded",
+            degraded,
+            "ready, degraded",
+        ),
+        (false, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "failed",
+            failed,
+            "not ready",
+        ),
+    };
+    let mut body = serde_json::Map::new();
+    body.insert("status".into(), json!(status));
+    body.insert(
+        "message".into(),
+        json!(format!("{verdict}: {} unreachable", names.join(" and "))),
+    );
+    body.insert(list.into(), json!(names));
+    body.insert("checks".into(), checks.into());
+    (code, Json(body)).into_response()
 }
 
 async fn check_postgres(deps: &Dependencies) -> Result<(), String> {

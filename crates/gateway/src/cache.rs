@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 struct Slot<V, G> {
@@ -225,10 +225,16 @@ impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
         Some(slot.value.clone())
     }
 
-    /// The write lock, with `group` marked invalidated now.
-    fn invalidate(&self, group: &G) -> std::sync::RwLockWriteGuard<'_, Entries<K, V, G>> {
+    /// A new generation for an invalidation, and the write lock it is recorded under.
+    fn next_generation(&self) -> (u64, RwLockWriteGuard<'_, Entries<K, V, G>>) {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        (generation, entries)
+    }
+
+    /// The write lock, with `group` marked invalidated now.
+    fn invalidate(&self, group: &G) -> RwLockWriteGuard<'_, Entries<K, V, G>> {
+        let (generation, mut entries) = self.next_generation();
         entries.mark(group, generation, self.max_entries);
         entries
     }
@@ -260,8 +266,7 @@ impl<K: Eq + Hash + Clone, V, G: Eq + Hash + Clone> Cache<K, V, G> {
 
     /// Drops everything; no load that started before is kept.
     pub fn clear(&self) {
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let (generation, mut entries) = self.next_generation();
         entries.clear();
         entries.marks.clear();
         entries.barrier = generation;
