@@ -340,6 +340,11 @@ impl Message {
         if let Some(raw_method) = env.method.0 {
             let method = serde_json::from_str::<String>(raw_method.get())
                 .map_err(|_| fail("\"method\" must be a string"))?;
+            if method.chars().any(char::is_control) {
+                // No method has one, and an upstream that reads C strings would end the name
+                // at a U+0000: `tools/call\u0000` would reach it as `tools/call`, undecided.
+                return Err(fail("\"method\" must not contain control characters"));
+            }
             if env.result.0.is_some() || env.error.0.is_some() {
                 return Err(fail(
                     "a message cannot carry both \"method\" and a result or error",
@@ -744,6 +749,27 @@ mod tests {
             ),
             (
                 r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+                codes::INVALID_REQUEST,
+                None,
+            ),
+            // A C-string reader would take these for `tools/call`, or for the `method` member.
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call\u0000"}"#,
+                codes::INVALID_REQUEST,
+                Some(1.into()),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call\u0000x"}"#,
+                codes::INVALID_REQUEST,
+                Some(1.into()),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list\t"}"#,
+                codes::INVALID_REQUEST,
+                Some(1.into()),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","method\u0000":"tools/call"}"#,
                 codes::INVALID_REQUEST,
                 None,
             ),

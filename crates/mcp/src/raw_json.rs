@@ -107,6 +107,12 @@ impl<'a> Names<'a> {
     /// Adds a name; an error when one that reads the same came before.
     #[allow(clippy::ptr_arg)] // A borrowed name is kept with its lifetime, which `&str` loses.
     pub(crate) fn add<E: de::Error>(&mut self, name: &Cow<'a, str>) -> Result<(), E> {
+        if name.contains('\0') {
+            // A parser that reads C strings ends the name there: `"name\u0000x"` is its `name`.
+            return Err(E::custom(format_args!(
+                "member name {name:?} contains U+0000 (upstreams that read C strings cut it there)"
+            )));
+        }
         let folded = match name {
             Cow::Borrowed(name) => fold(name),
             Cow::Owned(name) => Cow::Owned(fold(name).into_owned()),

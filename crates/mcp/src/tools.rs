@@ -115,6 +115,12 @@ impl<'a> ToolCall<'a> {
                 Err(e) => return Err(Error::InvalidParams(format!("tools/call arguments: {e}"))),
             },
         };
+        if p.name.0.chars().any(char::is_control) {
+            // As for methods (`message`): a C-string reader would call another tool.
+            return Err(Error::InvalidParams(
+                "tools/call name must not contain control characters".into(),
+            ));
+        }
         Ok(ToolCall {
             name: p.name.0,
             arguments,
@@ -524,6 +530,15 @@ mod tests {
             ),
             (Some(r#"{"name":"t","arguments":{},"arguments":{}}"#), None),
             (Some(r#"[]"#), None),
+            // Read as C strings, these name another tool or member than they seem to.
+            (Some(r#"{"name":"delete_repo\u0000"}"#), None),
+            (Some(r#"{"name":"delete_repo\u0000x"}"#), None),
+            (Some(r#"{"name":"read\nfile"}"#), None),
+            (Some(r#"{"name":"t","name\u0000":"u"}"#), None),
+            (
+                Some(r#"{"name":"t","arguments":{"path":"/tmp","path\u0000":"/etc"}}"#),
+                None,
+            ),
         ];
         for (params, expected) in cases {
             let raw_params = params.map(raw);
