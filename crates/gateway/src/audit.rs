@@ -121,14 +121,19 @@ const TOKEN_PREFIXES: [&str; 17] = [
 /// characters; every other known shape is longer).
 const MIN_TOKEN_LEN: usize = 20;
 
-/// The arguments with secret-looking fields replaced by `"[redacted]"`, at any depth.
+/// What stands in for a secret.
+const REDACTED: &str = "[redacted]";
+
+/// The arguments with secrets replaced by `"[redacted]"`, at any depth: the whole value of a
+/// secret-looking field, and in any other string each secret-looking run of text
+/// ([`redact_text`]), the words around it kept.
 pub fn redact_arguments(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
                     let v = if is_secret_name(k) {
-                        Value::String("[redacted]".into())
+                        Value::String(REDACTED.into())
                     } else {
                         redact_arguments(v)
                     };
@@ -137,7 +142,7 @@ pub fn redact_arguments(value: &Value) -> Value {
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(redact_arguments).collect()),
-        Value::String(s) if looks_like_secret(s) => Value::String("[redacted]".into()),
+        Value::String(s) => Value::String(redact_text(s).unwrap_or_else(|| s.clone())),
         other => other.clone(),
     }
 }
@@ -158,22 +163,46 @@ fn is_secret_name(name: &str) -> bool {
     })
 }
 
-/// Values that are secrets whatever their field is called: bearer and basic credentials, known
-/// token shapes (API keys, JWTs, PEM private keys), at the start of the string or anywhere in
-/// it. Scans the bytes once, without allocating.
-fn looks_like_secret(s: &str) -> bool {
+/// `s` with each secret in it replaced by `[redacted]`, whatever its field is called: the
+/// credentials of a bearer or basic scheme, known token shapes (API keys, JWTs) and PEM private
+/// keys, alone or inside a longer text. Only the secret goes: an approver still reads the rest
+/// of what a call would do (`DROP TABLE users; -- [redacted]`), and so does the audit log.
+/// `None` when nothing in it is a secret. Scans the bytes once.
+fn redact_text(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    starts_with_ignore_case(b, b"bearer ")
-        || starts_with_ignore_case(b, b"basic ")
-        || has_pem_private_key(s)
-        || (0..b.len()).any(|i| (i == 0 || !is_token_byte(b[i - 1])) && secret_at(&b[i..]))
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let word_start = i == 0 || !is_token_byte(b[i - 1]);
+        let found = pem_private_key_at(s, i).or_else(|| {
+            word_start
+                .then(|| secret_at(&b[i..], i == 0))
+                .flatten()
+                .map(|(skip, len)| (i + skip, i + skip + len))
+        });
+        match found {
+            Some((start, end)) => {
+                out.push_str(&s[copied..start]);
+                out.push_str(REDACTED);
+                copied = end;
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
+    (copied > 0).then(|| {
+        out.push_str(&s[copied..]);
+        out
+    })
 }
 
-/// Whether a secret starts at the start of `s` (itself at the start of a word).
-fn secret_at(s: &[u8]) -> bool {
+/// The secret that starts at the start of `s` (itself at the start of a word), as its offset
+/// and length; `at_start`: `s` is the whole string.
+fn secret_at(s: &[u8], at_start: bool) -> Option<(usize, usize)> {
     let run = s.iter().take_while(|b| is_token_byte(**b)).count();
     if run >= MIN_TOKEN_LEN && TOKEN_PREFIXES.iter().any(|p| s.starts_with(p.as_bytes())) {
-        return true;
+        return Some((0, run));
     }
     // AWS access key ids, long-term (`AKIA`) and temporary (`ASIA`): exactly 16 more
     // uppercase letters and digits.
@@ -183,28 +212,36 @@ fn secret_at(s: &[u8]) -> bool {
             .iter()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
     {
-        return true;
+        return Some((0, 20));
     }
     // A JWT: base64url JSON header (`{"` encodes as `eyJ`), `.`, payload, `.`, signature.
     if s.starts_with(b"eyJ") && run >= 10 && s.get(run) == Some(&b'.') {
-        let payload = s[run + 1..]
-            .iter()
-            .take_while(|b| is_token_byte(**b))
-            .count();
-        return payload >= 2 && s.get(run + 1 + payload) == Some(&b'.');
+        let token_run = |from: usize| s[from..].iter().take_while(|b| is_token_byte(**b)).count();
+        let payload = token_run(run + 1);
+        let signed = run + 1 + payload;
+        if payload >= 2 && s.get(signed) == Some(&b'.') {
+            return Some((0, signed + 1 + token_run(signed + 1)));
+        }
+        return None;
     }
-    // `Authorization: Bearer …` or `Basic …` inside a longer text.
-    [b"bearer ".as_slice(), b"basic "].iter().any(|scheme| {
-        starts_with_ignore_case(s, scheme) && {
+    // The credentials of `Authorization: Bearer …` or `Basic …`: whatever follows the scheme
+    // when the string starts with it, and inside a longer text only what looks like
+    // credentials (a word is not: they have digits, capitals or base64 padding).
+    [b"bearer ".as_slice(), b"basic "]
+        .iter()
+        .find_map(|scheme| {
+            if !starts_with_ignore_case(s, scheme) {
+                return None;
+            }
             let rest = &s[scheme.len()..];
             let credentials = rest
                 .iter()
                 .take_while(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b))
                 .count();
-            // A word is not a credential: one has digits, capitals or base64 padding.
-            credentials >= 16 && rest[1..credentials].iter().any(|b| !b.is_ascii_lowercase())
-        }
-    })
+            let shaped =
+                credentials >= 16 && rest[1..credentials].iter().any(|b| !b.is_ascii_lowercase());
+            ((at_start && credentials > 0) || shaped).then_some((scheme.len(), credentials))
+        })
 }
 
 /// Bytes of API keys and tokens (base64url).
@@ -217,17 +254,28 @@ fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
         .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
-/// Whether `s` holds a PEM private key (`-----BEGIN RSA PRIVATE KEY-----`,
-/// `-----BEGIN OPENSSH PRIVATE KEY-----`, `-----BEGIN PGP PRIVATE KEY BLOCK-----`…).
-fn has_pem_private_key(s: &str) -> bool {
-    s.match_indices("-----BEGIN ").any(|(i, m)| {
-        let label = &s.as_bytes()[i + m.len()..];
-        let label = &label[..label.len().min(64)];
-        label
-            .windows(5)
-            .position(|w| w == b"-----")
-            .is_some_and(|end| label[..end].windows(11).any(|w| w == b"PRIVATE KEY"))
-    })
+/// A PEM private key (`-----BEGIN RSA PRIVATE KEY-----`, `-----BEGIN OPENSSH PRIVATE
+/// KEY-----`, `-----BEGIN PGP PRIVATE KEY BLOCK-----`…) starting at `i`, through its `-----END
+/// …-----` line (to the end of `s` without one), as its start and end.
+fn pem_private_key_at(s: &str, i: usize) -> Option<(usize, usize)> {
+    const BEGIN: &str = "-----BEGIN ";
+    const END: &str = "-----END ";
+    let rest = s.get(i..).filter(|rest| rest.starts_with(BEGIN))?;
+    let label = &rest.as_bytes()[BEGIN.len()..];
+    let label = &label[..label.len().min(64)];
+    let closed = label.windows(5).position(|w| w == b"-----")?;
+    if !label[..closed].windows(11).any(|w| w == b"PRIVATE KEY") {
+        return None;
+    }
+    let body = BEGIN.len() + closed + 5;
+    let end = rest[body..]
+        .find(END)
+        .and_then(|at| {
+            let after = body + at + END.len();
+            rest[after..].find("-----").map(|dashes| after + dashes + 5)
+        })
+        .unwrap_or(rest.len());
+    Some((i, i + end))
 }
 
 #[cfg(test)]
@@ -249,7 +297,7 @@ mod tests {
         assert_eq!(out["password"], "[redacted]");
         assert_eq!(out["nested"]["api_key"], "[redacted]");
         assert_eq!(out["nested"]["list"][0]["Authorization"], "[redacted]");
-        assert_eq!(out["nested"]["list"][1], "[redacted]");
+        assert_eq!(out["nested"]["list"][1], "Bearer [redacted]");
         assert_eq!(out["note"], "[redacted]");
         assert_eq!(out["monkey"], "banana");
     }
@@ -393,26 +441,74 @@ mod tests {
             format!("Bearer {}", token("", 32)),
         ];
         for secret in &secrets {
-            assert!(looks_like_secret(secret), "{secret}");
-            for text in [
-                format!("use {secret} to call it"),
-                format!("token={secret}&x=1"),
-                format!("\"{secret}\""),
-                format!("curl -H 'Authorization: {secret}' https://example.com"),
-                format!("héllo ünïcode {secret}"),
+            // The secret itself goes; a scheme before it stays.
+            let hidden = secret.trim_start_matches("Bearer ");
+            let alone = redact_text(secret).unwrap_or_else(|| panic!("{secret}"));
+            assert_eq!(alone.replace(hidden, ""), alone, "{secret}");
+            assert!(alone == REDACTED || alone == "Bearer [redacted]", "{alone}");
+            for (before, after) in [
+                ("use ", " to call it"),
+                ("token=", "&x=1"),
+                ("\"", "\""),
+                ("curl -H 'Authorization: ", "' https://example.com"),
+                ("héllo ünïcode ", ""),
             ] {
-                assert!(looks_like_secret(&text), "{text}");
-                let out = redact_arguments(&json!({"note": text}));
-                assert_eq!(out["note"], "[redacted]", "{text}");
+                let text = format!("{before}{secret}{after}");
+                let out = redact_text(&text).unwrap_or_else(|| panic!("{text}"));
+                assert!(!out.contains(hidden), "{out}");
+                // The text around it is kept (a PEM key without its END line runs to the end).
+                let ended = !secret.starts_with("-----BEGIN OPENSSH");
+                let around = format!("{before}{alone}{}", if ended { after } else { "" });
+                assert_eq!(out, around, "{text}");
+                let redacted = redact_arguments(&json!({"note": text}));
+                assert_eq!(redacted["note"], around.as_str());
             }
         }
         let header = format!(
             "curl -H 'Authorization: Bearer {}' https://example.com",
             token("", 32)
         );
-        assert!(looks_like_secret(&header));
+        assert_eq!(
+            redact_text(&header).as_deref(),
+            Some("curl -H 'Authorization: Bearer [redacted]' https://example.com")
+        );
         let basic = format!("Authorization: Basic {}==", token("dXNl", 12));
-        assert!(looks_like_secret(&basic));
+        assert_eq!(
+            redact_text(&basic).as_deref(),
+            Some("Authorization: Basic [redacted]")
+        );
+    }
+
+    #[test]
+    fn only_the_secret_goes_so_an_approver_still_reads_what_a_call_does() {
+        // A value that holds a token elsewhere, or starts with a scheme, hides nothing else.
+        let ghp = token("ghp_", 36);
+        let cases = [
+            (
+                format!("DROP TABLE users; -- {ghp}"),
+                Some("DROP TABLE users; -- [redacted]".to_owned()),
+            ),
+            ("bearer ; rm -rf /".to_owned(), None),
+            (
+                format!("Bearer {ghp}; rm -rf /"),
+                Some("Bearer [redacted]; rm -rf /".to_owned()),
+            ),
+            (
+                "basic abc && curl evil".to_owned(),
+                Some("basic [redacted] && curl evil".to_owned()),
+            ),
+            (
+                format!("{ghp} and {ghp}"),
+                Some("[redacted] and [redacted]".to_owned()),
+            ),
+        ];
+        for (text, redacted) in cases {
+            assert_eq!(redact_text(&text), redacted, "{text}");
+        }
+        let args = json!({"cmd": "bearer ; rm -rf /", "note": format!("key {ghp} end")});
+        let out = redact_arguments(&args);
+        assert_eq!(out["cmd"], "bearer ; rm -rf /");
+        assert_eq!(out["note"], "key [redacted] end");
     }
 
     #[test]
@@ -438,7 +534,7 @@ mod tests {
             "+441234",
             "",
         ] {
-            assert!(!looks_like_secret(text), "{text}");
+            assert_eq!(redact_text(text), None, "{text}");
         }
         let args = json!({"keyword": "rust", "author": "Ann", "opinion": "good", "spinner": true});
         assert_eq!(redact_arguments(&args), args);
