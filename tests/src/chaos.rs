@@ -1,9 +1,12 @@
-//! A TCP proxy that a test can cut and restore, to prove what happens when a dependency dies.
+//! A TCP proxy that a test can cut and restore, or stall and let flow again, to prove what
+//! happens when a dependency dies or stops answering.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -13,6 +16,7 @@ pub struct ChaosProxy {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
+    flowing: watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
 
@@ -23,11 +27,19 @@ impl ChaosProxy {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let (cut, _) = watch::channel(0u64);
-        let accept = tokio::spawn(accept_loop(listener, target, up.clone(), cut.clone()));
+        let (flowing, _) = watch::channel(true);
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            target,
+            up.clone(),
+            cut.clone(),
+            flowing.clone(),
+        ));
         Self {
             addr,
             up,
             cut,
+            flowing,
             accept,
         }
     }
@@ -47,6 +59,17 @@ impl ChaosProxy {
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+
+    /// Holds every byte, both ways, with every connection left open, until
+    /// [`ChaosProxy::flow`]: a dependency that stopped answering without closing anything.
+    pub fn stall(&self) {
+        self.flowing.send_replace(false);
+    }
+
+    /// Delivers what was held, and forwards again.
+    pub fn flow(&self) {
+        self.flowing.send_replace(true);
+    }
 }
 
 impl Drop for ChaosProxy {
@@ -61,21 +84,47 @@ async fn accept_loop(
     target: SocketAddr,
     up: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
+    flowing: watch::Sender<bool>,
 ) {
-    while let Ok((mut client, _)) = listener.accept().await {
+    while let Ok((client, _)) = listener.accept().await {
         if !up.load(Ordering::SeqCst) {
             drop(client);
             continue;
         }
         let mut cut = cut.subscribe();
+        let (up_flow, down_flow) = (flowing.subscribe(), flowing.subscribe());
         tokio::spawn(async move {
-            let Ok(mut server) = TcpStream::connect(target).await else {
+            let Ok(server) = TcpStream::connect(target).await else {
                 return;
             };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = async {
+                    tokio::join!(
+                        pump(client_read, server_write, up_flow),
+                        pump(server_read, client_write, down_flow),
+                    )
+                } => {}
                 _ = cut.changed() => {}
             }
         });
     }
+}
+
+/// Copies one direction of a connection, holding what it read while the proxy is stalled.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut flowing: watch::Receiver<bool>) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if flowing.wait_for(|flowing| *flowing).await.is_err()
+            || to.write_all(&buffer[..n]).await.is_err()
+        {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

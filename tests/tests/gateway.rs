@@ -332,20 +332,26 @@ async fn refusals_have_the_right_status_and_json_rpc_error() {
     assert_eq!(text(&message(&body)), "echo: x");
 
     // Session era: the stateless era's mirrored headers are not checked, so not forwarded.
-    let (status, _, body) = post(
-        &url,
-        &[
-            ("mcp-session-id", &session),
-            ("mcp-protocol-version", "2025-11-25"),
-            ("mcp-method", "tools/list"),
-            ("mcp-name", "echo"),
-            ("mcp-param-x", "1"),
-        ],
-        &call(3, "whoami", json!({})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert!(text(&message(&body)).ends_with("cookie="), "{body}");
+    // Only a GET resumes a stream (and has its replays filtered): a POST's Last-Event-ID,
+    // sealed or not, is not forwarded either.
+    let session_era = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let mirrored = [
+        ("mcp-method", "tools/list"),
+        ("mcp-name", "echo"),
+        ("mcp-param-x", "1"),
+    ];
+    for extra in [&mirrored[..], &[("last-event-id", "0")]] {
+        let headers = [&session_era[..], extra].concat();
+        let (status, _, body) = post(&url, &headers, &call(3, "whoami", json!({}))).await;
+        assert_eq!(status, 200, "{extra:?}: {body}");
+        assert!(
+            text(&message(&body)).ends_with("cookie="),
+            "{extra:?}: {body}"
+        );
+    }
     // A header the gateway checks may come only once: it reads one copy, and what sits
     // behind it could read the other.
     let (status, _, body) = post(
@@ -752,6 +758,83 @@ async fn revocation_and_policy_changes_apply_within_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gw.stop().await.unwrap();
+}
+
+/// Reads `stream` to its end in the background; the instant it ended.
+fn end_of(mut stream: reqwest::Response) -> tokio::task::JoinHandle<Instant> {
+    tokio::spawn(async move {
+        while let Ok(Some(_)) = stream.chunk().await {}
+        Instant::now()
+    })
+}
+
+#[tokio::test]
+async fn open_streams_end_with_their_grant_and_their_session() {
+    let (stack, upstream, revoked) = rmcp_stack(false, policy()).await;
+    let expiring = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let aging = stack
+        .fixture(&upstream.url, "streamable_http", policy())
+        .await;
+    let gw = stack.gateway().await;
+    let max_age = stack
+        .gateway_with(&portcullis_tests::redis_url(), &["--session-max-age", "2s"])
+        .await;
+    stack.subscribed(2).await;
+
+    // Revoked while a session's stream is open: the stream ends within a second.
+    let url = revoked.url(&gw);
+    let session = open_session(&url).await;
+    let stream = open_stream(&url, &session).await;
+    assert_eq!(stream.status(), 200);
+    let ended = end_of(stream);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!ended.is_finished(), "a stream ended with nothing ended");
+    let started = Instant::now();
+    revoke(&stack, &revoked).await;
+    let at = tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .expect("the stream outlived its revoked grant")
+        .unwrap();
+    assert!(at - started < Duration::from_secs(1), "{:?}", at - started);
+    assert_eq!(open_stream(&url, &session).await.status(), 401);
+
+    // Expiring while open: the stream ends at the expiry, which no message announces.
+    sqlx::query("UPDATE grants SET expires_at = now() + interval '2 seconds' WHERE id = $1")
+        .bind(expiring.grant.0)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let url = expiring.url(&gw);
+    let session = open_session(&url).await;
+    let ended = end_of(open_stream(&url, &session).await);
+    let at = tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .expect("the stream outlived its expired grant")
+        .unwrap();
+    let lived = at - started;
+    assert!(
+        lived > Duration::from_millis(1500) && lived < Duration::from_secs(3),
+        "{lived:?}"
+    );
+    assert_eq!(open_stream(&url, &session).await.status(), 401);
+
+    // A session past its maximum age: its stream ends then (the age counts whole seconds
+    // from the second it was issued), and the session is gone.
+    let url = aging.url(&max_age);
+    let session = open_session(&url).await;
+    let started = Instant::now();
+    let ended = end_of(open_stream(&url, &session).await);
+    let at = tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .expect("the stream outlived its session")
+        .unwrap();
+    assert!(at - started < Duration::from_secs(3), "{:?}", at - started);
+    assert_eq!(open_stream(&url, &session).await.status(), 404);
+    gw.stop().await.unwrap();
+    max_age.stop().await.unwrap();
 }
 
 /// A gateway whose Redis is reached through a proxy the test can cut, with a short limiter
@@ -2329,20 +2412,7 @@ async fn calls_that_end_without_an_answer_say_why_in_the_audit_log() {
 
     // A client that gives up first: the call may still run upstream, and the log says so.
     let f = loopback_fixture(&stack, silent_port).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    let gave_up = impatient
-        .post(f.url(&gw))
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "echo")
-        .body(support::stateless_call(2, "echo", json!({"text": "hi"})))
-        .send()
-        .await;
+    let gave_up = support::give_up_after(Duration::from_millis(100), &f.url(&gw), 2, "echo").await;
     assert!(gave_up.unwrap_err().is_timeout());
     let done = outcome_of(&stack, &f).await;
     assert_eq!(
@@ -2504,6 +2574,100 @@ async fn an_approval_is_given_back_when_its_call_never_ran() {
         assert!(Instant::now() < deadline, "the approval stayed {state}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    gw.stop().await.unwrap();
+}
+
+/// A grant has at most `--approvals-pending-max` approvals pending: an agent looping over
+/// arguments cannot flood its approvers. A call whose approval is open still finds it.
+#[tokio::test]
+async fn a_grant_has_a_bounded_number_of_pending_approvals() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let gw = stack
+        .gateway_with(
+            &portcullis_tests::redis_url(),
+            &["--approvals-pending-max", "2"],
+        )
+        .await;
+    let doc = json!({"version": "1", "default": "deny", "tools": {"echo": {"approval": {}}}});
+    let f = stack.fixture(&upstream.url, "streamable_http", doc).await;
+    let url = f.url(&gw);
+    let ask = |text: &'static str| {
+        let url = url.clone();
+        async move {
+            let (_, _, body) = post_stateless(&url, &[], 1, "echo", json!({"text": text})).await;
+            message(&body)
+        }
+    };
+    let first = ask("one").await;
+    ask("two").await;
+    let refused = text(&ask("three").await);
+    assert_eq!(
+        refused,
+        "[POLICY DENIED] this grant has 2 approvals pending, the most it may have: ask an \
+         approver to decide them, then retry."
+    );
+    let again = ask("one").await;
+    let approval_id =
+        |m: &Value| m["result"]["_meta"]["portcullis/decision"]["approval_id"].clone();
+    assert_eq!(approval_id(&again), approval_id(&first), "{again}");
+    // Once an approver decides one, there is room for another.
+    approve_asked(&stack, &first).await;
+    assert!(text(&ask("three").await).starts_with("[APPROVAL REQUIRED]"));
+    let entries = stack
+        .audit_until(|e| e["decision"] == "deny" && e["tool"] == "echo")
+        .await;
+    let denied = entries.iter().find(|e| e["decision"] == "deny").unwrap();
+    assert_eq!(denied["rule"], "/tools/echo/approval", "{denied}");
+    gw.stop().await.unwrap();
+}
+
+/// An approval consumed by a call whose client went away before the call was sent on (here:
+/// while it waited for its charge, Redis stalled) is given back: the retry passes.
+#[tokio::test]
+async fn an_approval_is_given_back_when_its_client_leaves_before_the_call_is_sent() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let proxy = portcullis_tests::ChaosProxy::start(portcullis_tests::redis_addr()).await;
+    let gw = stack
+        .gateway_with(
+            &format!("redis://{}", proxy.addr()),
+            &["--limiter-timeout", "10s"],
+        )
+        .await;
+    let doc = json!({"version": "1", "default": "deny", "tools": {"echo": {
+        "approval": {}, "limits": [{"counter": "echo", "window": "minute", "max": 10}]}}});
+    let f = stack.fixture(&upstream.url, "streamable_http", doc).await;
+    let url = f.url(&gw);
+    let (_, _, body) = post_stateless(&url, &[], 1, "echo", json!({"text": "hi"})).await;
+    let approval = approve_asked(&stack, &message(&body)).await;
+
+    proxy.stall();
+    let left = support::give_up_after(Duration::from_millis(500), &url, 2, "echo").await;
+    assert!(left.is_err(), "answered while Redis was stalled: {left:?}");
+    let state = || async {
+        let (state,): (String,) = sqlx::query_as("SELECT status FROM approvals WHERE id = $1")
+            .bind(&approval)
+            .fetch_one(stack.db.pool())
+            .await
+            .unwrap();
+        state
+    };
+    // Long before the charge could time out (10 s), the approval is back.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while state().await != "approved" {
+        assert!(
+            Instant::now() < deadline,
+            "the approval stayed {}",
+            state().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.flow();
+    let (status, _, body) = post_stateless(&url, &[], 3, "echo", json!({"text": "hi"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(text(&message(&body)), "echo: hi");
+    assert_eq!(state().await, "consumed");
     gw.stop().await.unwrap();
 }
 

@@ -37,6 +37,78 @@ pub async fn consume(
     .await
 }
 
+/// An approval a call consumed. Until the call is sent on ([`Consumed::used`]) it belongs to
+/// the call's retry: given back when the call is refused after all ([`Consumed::give_back`]),
+/// and, when the request is dropped before (the client went away while the call was charged
+/// or its decision written), given back in the background as it is dropped.
+pub struct Consumed {
+    id: String,
+    tenant: TenantId,
+    /// Where to give it back; `None` once used or given back.
+    db: Option<PgPool>,
+}
+
+impl Consumed {
+    /// Approval `id` of `tenant`, consumed in `db`.
+    pub fn new(db: PgPool, tenant: TenantId, id: String) -> Self {
+        Self {
+            id,
+            tenant,
+            db: Some(db),
+        }
+    }
+
+    /// Approval `id`, which nothing will give back (tests).
+    #[cfg(test)]
+    pub(crate) fn detached(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            tenant: TenantId::new(),
+            db: None,
+        }
+    }
+
+    /// The approval's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The call went to the upstream (it may have run): the approval is spent.
+    pub fn used(mut self) {
+        self.db = None;
+    }
+
+    /// Gives it back now ([`restore`]).
+    pub async fn give_back(mut self) -> Result<(), sqlx::Error> {
+        match self.db.take() {
+            Some(db) => restore(&db, self.tenant, &self.id).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Consumed {
+    fn drop(&mut self) {
+        let Some(db) = self.db.take() else { return };
+        let (tenant, id) = (self.tenant, std::mem::take(&mut self.id));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(approval = %id, "cannot give an unused approval back: no runtime");
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(e) = restore(&db, tenant, &id).await {
+                tracing::warn!(error = %e, approval = %id, "cannot give an unused approval back");
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for Consumed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Consumed").field(&self.id).finish()
+    }
+}
+
 /// Gives a consumed approval back (the call it was consumed for was then rate limited, refused
 /// as a used continuation, or never reached the upstream's tool).
 ///
@@ -79,7 +151,17 @@ pub async fn restore(db: &PgPool, tenant: TenantId, id: &str) -> Result<(), sqlx
     }
 }
 
-/// The pending approval of this call: the open one if it exists, else a new one.
+/// What asking for an approval came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// The call's open approval: pending, or approved and not yet used.
+    Open(String),
+    /// None: the grant has `max_pending` approvals pending already.
+    TooMany,
+}
+
+/// The open approval of this call: the one that exists, else a new pending one while the
+/// grant has fewer than `max_pending` pending (racing calls may pass that bound by a few).
 pub async fn open(
     db: &PgPool,
     grant: &Grant,
@@ -87,7 +169,8 @@ pub async fn open(
     fingerprint: &str,
     arguments: &Value,
     timeout: Duration,
-) -> Result<String, sqlx::Error> {
+    max_pending: u32,
+) -> Result<Opened, sqlx::Error> {
     // An open approval past its deadline no longer counts; retire it so a new one can open.
     sqlx::query(
         "UPDATE approvals SET status = 'expired'
@@ -101,11 +184,15 @@ pub async fn open(
     .await?;
     let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
     for _ in 0..3 {
+        // The count reads the grant's open approvals through the index that keeps one open
+        // approval per call, so it costs at most `max_pending` index entries.
         let created: Option<String> = sqlx::query_scalar(
             "INSERT INTO approvals (id, tenant_id, grant_id, server_id, identity, tool, fingerprint,
                                     arguments, status, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending',
-                     now() + make_interval(secs => $9::double precision / 1000))
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'pending',
+                    now() + make_interval(secs => $9::double precision / 1000)
+              WHERE (SELECT count(*) FROM approvals
+                      WHERE grant_id = $3 AND status = 'pending' AND expires_at > now()) < $10
              ON CONFLICT (grant_id, fingerprint) WHERE status IN ('pending', 'approved') DO NOTHING
              RETURNING id",
         )
@@ -118,10 +205,11 @@ pub async fn open(
         .bind(fingerprint)
         .bind(arguments)
         .bind(timeout_ms)
+        .bind(i64::from(max_pending))
         .fetch_optional(db)
         .await?;
         if let Some(id) = created {
-            return Ok(id);
+            return Ok(Opened::Open(id));
         }
         let existing: Option<String> = sqlx::query_scalar(
             "SELECT id FROM approvals
@@ -134,9 +222,19 @@ pub async fn open(
         .fetch_optional(db)
         .await?;
         if let Some(id) = existing {
-            return Ok(id);
+            return Ok(Opened::Open(id));
         }
-        // The open approval changed state between the two statements; try again.
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM approvals
+              WHERE grant_id = $1 AND status = 'pending' AND expires_at > now()",
+        )
+        .bind(grant.id.0)
+        .fetch_one(db)
+        .await?;
+        if pending >= i64::from(max_pending) {
+            return Ok(Opened::TooMany);
+        }
+        // The open approval changed state between the statements; try again.
     }
     Err(sqlx::Error::Protocol(
         "approval kept changing state while being opened".into(),

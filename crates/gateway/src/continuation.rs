@@ -461,7 +461,7 @@ mod tests {
             &Round::Fresh,
             &Held {
                 reservation: Some(charged.clone()),
-                approval: Some("apr_x".into()),
+                approval: Some(crate::approvals::Consumed::detached("apr_x")),
             },
         );
         let answer = sealed_answer(&sealer, r#"{"resultType":"input_required"}"#);

@@ -17,6 +17,7 @@ use portcullis_policy::{AuditArguments, Call, Decision, OnLimiterError, Outcome,
 use serde_json::{Map, Value, json};
 
 use crate::Gateway;
+use crate::approvals::Opened;
 use crate::continuation::{self, Round};
 use crate::error::GatewayError;
 use crate::grants::Grant;
@@ -150,7 +151,7 @@ pub async fn tools_call(
     let needs_approval = matches!(decision.outcome, Outcome::ApprovalRequired { .. });
     event.rule = Some(decision.rule.to_string());
     event.message = Some(decision.message.to_string());
-    let mut approved: Option<String> = None;
+    let mut approved: Option<crate::approvals::Consumed> = None;
     // A continuation whose envelope was claimed while its approval was looked up.
     let mut claimed_here = None;
     match decision.outcome {
@@ -223,7 +224,11 @@ pub async fn tools_call(
                     Ok(Some(approval)) => {
                         event.decision = AuditDecision::Allow;
                         event.message = Some(format!("approved ({approval})"));
-                        approved = Some(approval);
+                        approved = Some(crate::approvals::Consumed::new(
+                            gw.db.clone(),
+                            grant.tenant,
+                            approval,
+                        ));
                         None
                     }
                     Ok(None) => {
@@ -235,6 +240,7 @@ pub async fn tools_call(
                             &fingerprint,
                             &redacted,
                             timeout,
+                            gw.approvals_pending_max,
                         );
                         Some(opened.await)
                     }
@@ -253,7 +259,25 @@ pub async fn tools_call(
                             );
                         }
                     }
-                    let approval = asked?;
+                    let approval = match asked? {
+                        Opened::Open(approval) => approval,
+                        Opened::TooMany => {
+                            let max = gw.approvals_pending_max;
+                            let message = format!(
+                                "this grant has {max} approvals pending, the most it may have: \
+                                 ask an approver to decide them, then retry"
+                            );
+                            event.decision = AuditDecision::Deny;
+                            event.message = Some(message.clone());
+                            let text = format!("[POLICY DENIED] {message}.");
+                            return Ok(Verdict::Answer(tool_error_response(
+                                id,
+                                &text,
+                                Some(meta(event, None)),
+                                era,
+                            )));
+                        }
+                    };
                     let text = format!(
                         "[APPROVAL REQUIRED] {} Approval {approval} is pending: ask an approver \
                          to approve it, then retry the same call with the same arguments.",
@@ -271,10 +295,10 @@ pub async fn tools_call(
         }
         Outcome::Allow => event.decision = AuditDecision::Allow,
     }
-    let forward = |reservation| Verdict::Forward {
+    let forward = |reservation, approval| Verdict::Forward {
         held: Held {
             reservation,
-            approval: approved.clone(),
+            approval,
         },
         decided: None,
     };
@@ -305,7 +329,7 @@ pub async fn tools_call(
                         event.message.as_deref(),
                         approved.is_some(),
                     ));
-                    return Ok(forward(None));
+                    return Ok(forward(None, approved));
                 }
                 if needs_approval {
                     Some(continuation::Refusal::Unclaimed)
@@ -319,7 +343,7 @@ pub async fn tools_call(
         if let Some(refusal) = refusal {
             if monitor {
                 note_refusal(event, refusal);
-                return Ok(forward(None));
+                return Ok(forward(None, approved));
             }
             // (No approval to give back: a retry consumes one only after claiming its envelope.)
             return Ok(refused_continuation(event, id, refusal));
@@ -331,14 +355,15 @@ pub async fn tools_call(
         // The call it continues was charged: if this retry fails, that charge is refunded.
         // Only a won claim carries the charge on (in monitor mode a used envelope is forwarded
         // too, without it).
-        return Ok(forward(if matches!(claimed, Ok(true)) {
+        let reservation = if matches!(claimed, Ok(true)) {
             resumed.reservation.clone()
         } else {
             None
-        }));
+        };
+        return Ok(forward(reservation, approved));
     }
     if decision.charges.is_empty() {
-        return Ok(forward(None));
+        return Ok(forward(None, approved));
     }
     // The entry written with the charge is the decision as it stands if the charge succeeds.
     let entry = portcullis_core::audit::stream::encode(event);
@@ -369,11 +394,11 @@ pub async fn tools_call(
                 event.message = Some(message.clone());
             }
             if monitor {
-                return Ok(forward(None));
+                return Ok(forward(None, approved));
             }
             if let Some(approval) = approved {
                 // The approval was not used: give it back for the retry.
-                Box::pin(crate::approvals::restore(&gw.db, grant.tenant, &approval)).await?;
+                Box::pin(approval.give_back()).await?;
             }
             let text = format!("[RATE LIMITED] {message}.");
             let meta = meta(
@@ -400,10 +425,10 @@ pub async fn tools_call(
                     "{} (limits not charged: limiter unavailable; on_limiter_error: allow)",
                     decision.message
                 ));
-                return Ok(forward(None));
+                return Ok(forward(None, approved));
             }
             if let Some(approval) = approved {
-                Box::pin(crate::approvals::restore(&gw.db, grant.tenant, &approval)).await?;
+                Box::pin(approval.give_back()).await?;
             }
             Ok(limiter_unavailable(event, id, era))
         }

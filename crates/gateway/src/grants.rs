@@ -23,7 +23,7 @@ use portcullis_core::{
 };
 use portcullis_policy::CompiledPolicy;
 use sqlx::{PgPool, Row as _};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::cache::{Cache, Lookup};
 
@@ -90,6 +90,8 @@ pub struct Grant {
     pub tenant_text: String,
     /// `server.id` as text.
     pub server_text: String,
+    /// The hash of its token, which finds it again ([`Grants::resolve_hash`]).
+    pub token_hash: TokenHash,
 }
 
 impl Grant {
@@ -109,6 +111,13 @@ pub struct Grants {
     /// Permits for the misses that query Postgres.
     cold_loads: Semaphore,
     policies: RwLock<HashMap<(PolicyId, i32), Arc<CompiledPolicy>>>,
+    /// How long a resolution is fresh.
+    ttl: Duration,
+    /// How long past twice the TTL a cached resolution serves while Postgres fails.
+    grace: Duration,
+    /// Counts the invalidations and clears, for what must look again when one happens
+    /// ([`crate::lifetime`]).
+    changes: watch::Sender<u64>,
     /// `portcullis_gateway_grant_cache_total`, `result` = `hit` (a cached grant), `unknown` (a
     /// token remembered as unknown), `miss` (a Postgres query), `busy` (refused: no permit).
     hits: metrics::Counter,
@@ -148,6 +157,9 @@ impl Grants {
             db,
             credentials,
             policies: RwLock::new(HashMap::new()),
+            ttl,
+            grace,
+            changes: watch::Sender::new(0),
             hits: metrics::counter!("portcullis_gateway_grant_cache_total", "result" => "hit"),
             unknown_hits: metrics::counter!(
                 "portcullis_gateway_grant_cache_total", "result" => "unknown"
@@ -165,7 +177,14 @@ impl Grants {
         self: &Arc<Self>,
         token: &GrantToken,
     ) -> Result<Option<Arc<Grant>>, sqlx::Error> {
-        let hash = token.hash();
+        self.resolve_hash(token.hash()).await
+    }
+
+    /// [`Grants::resolve`] by the token's hash.
+    pub async fn resolve_hash(
+        self: &Arc<Self>,
+        hash: TokenHash,
+    ) -> Result<Option<Arc<Grant>>, sqlx::Error> {
         if let Some(known) = self.cached(hash) {
             return Ok(known);
         }
@@ -310,6 +329,7 @@ impl Grants {
             }),
             expires_at: row.try_get("expires_at")?,
             revoked: row.try_get("revoked")?,
+            token_hash: *hash,
         }))
     }
 
@@ -380,6 +400,7 @@ impl Grants {
     /// every unknown token (no message names a token hash, and forgetting costs one query per
     /// token at most).
     pub fn invalidate(&self, message: &Invalidation) {
+        self.changed();
         self.unknown.clear();
         self.entries
             .retain_in(&message.tenant(), |g| match message {
@@ -394,6 +415,27 @@ impl Grants {
     pub fn clear(&self) {
         self.entries.clear();
         self.unknown.clear();
+        self.changed();
+    }
+
+    /// How long a resolution is fresh (a change no message announced shows within twice that).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How long a grant last read from Postgres is trusted while Postgres cannot be reached:
+    /// twice the TTL, plus the grace.
+    pub fn trusted_for(&self) -> Duration {
+        self.ttl * 2 + self.grace
+    }
+
+    /// Wakes at every invalidation or clear of this cache.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -461,6 +503,7 @@ mod tests {
             id_text: String::new(),
             tenant_text: String::new(),
             server_text: String::new(),
+            token_hash: token.hash(),
         };
         let generation = grants.entries.generation();
         grants

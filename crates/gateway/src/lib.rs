@@ -29,6 +29,7 @@ pub mod error;
 pub mod grants;
 pub mod invalidation;
 pub mod legacy;
+pub mod lifetime;
 pub mod limiter;
 pub mod meters;
 pub mod proxy;
@@ -97,6 +98,12 @@ pub struct Settings {
     /// if missing (mode 0700). Unset: such entries are dropped and counted.
     #[arg(long, env = "PORTCULLIS_AUDIT_SPILL_DIR")]
     pub audit_spill_dir: Option<std::path::PathBuf>,
+
+    /// How many approvals one grant may have pending at once (1 to 10000). A call that would
+    /// ask for one more is refused until approvers decide some (or they expire): an agent
+    /// looping over arguments cannot flood its approvers, nor Postgres.
+    #[arg(long, env = "PORTCULLIS_APPROVALS_PENDING_MAX", default_value = "100", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub approvals_pending_max: u32,
 }
 
 /// A duration above zero.
@@ -137,6 +144,7 @@ impl Default for Settings {
             grant_cache_grace: Duration::ZERO,
             limiter_timeout: Duration::from_millis(250),
             audit_spill_dir: None,
+            approvals_pending_max: 100,
         }
     }
 }
@@ -175,6 +183,8 @@ pub struct Gateway {
     pub sessions: sessions::SessionKeys,
     /// Request body limit.
     pub max_body: usize,
+    /// How many approvals a grant may have pending at once.
+    pub approvals_pending_max: u32,
     /// Metric handles.
     pub meters: Arc<meters::Meters>,
 }
@@ -294,6 +304,7 @@ impl Service {
             upstream: self.upstream.with_own_pool(),
             sessions: self.sessions.clone(),
             max_body: settings.gateway_max_body,
+            approvals_pending_max: settings.approvals_pending_max,
             meters: Arc::new(meters::Meters::new()),
         };
         Worker {

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
 use portcullis_core::GrantToken;
 use portcullis_core::audit::{AuditDecision, AuditEvent, AuditOutcome};
 use portcullis_mcp::headers::names as mcp;
@@ -26,7 +27,8 @@ use crate::enforce::Verdict;
 use crate::error::{GatewayError, INTERNAL_CODE, Rejection};
 use crate::grants::{Grant, Transport};
 use crate::legacy::{self, Connection};
-use crate::relay::{self, Pending, ToolFilter, Watch};
+use crate::lifetime::Lifetime;
+use crate::relay::{self, ByteStream, Pending, ToolFilter, Watch};
 use crate::sessions::{EventIds, Session};
 use crate::upstream::{
     Mirrored, UpstreamError, UpstreamResponse, body_stream, is_event_stream, request_headers,
@@ -901,6 +903,7 @@ impl Gateway {
             self.sessions.keyring().clone(),
             inbound.grant.id,
         );
+        let stream = self.while_allowed(Caller::of(&inbound), stream);
         let ids = EventIds::new(self.sessions.keyring().clone(), inbound.grant.id);
         let body = relay::sse(stream, watch, id, Some(pending), ids);
         let mut out = Response::new(body);
@@ -969,18 +972,38 @@ impl Gateway {
         // A request's SSE answer is read even when nothing in it is rewritten: the outcome
         // comes from its answer, and a result under another request's id, or a message the
         // gateway cannot read, is dropped. Other bodies stream through as bytes.
-        let read = !matches!(watch, Watch::Nothing)
-            || (id.is_some() && is_event_stream(response.headers()));
+        let streams = is_event_stream(response.headers());
+        let read = !matches!(watch, Watch::Nothing) || (id.is_some() && streams);
+        let upstream = body_stream(response);
+        let upstream = if streams {
+            self.while_allowed(caller, upstream)
+        } else {
+            upstream
+        };
         let body = if read {
             let ids = EventIds::new(self.sessions.keyring().clone(), caller.grant.id);
-            relay::sse(body_stream(response), watch, id, pending, ids)
+            relay::sse(upstream, watch, id, pending, ids)
         } else {
-            relay::raw(body_stream(response), pending)
+            relay::raw(upstream, pending)
         };
         let mut out = Response::new(body);
         *out.status_mut() = status;
         *out.headers_mut() = headers;
         out
+    }
+
+    /// An SSE stream from the upstream, ended when its grant or session is ([`lifetime`]).
+    fn while_allowed(&self, caller: Caller<'_>, stream: ByteStream) -> ByteStream {
+        let session_ends = caller
+            .session
+            .and_then(|(_, client_id)| self.sessions.ends(caller.grant.id, client_id));
+        let lifetime = Lifetime::new(self.grants.clone(), caller.grant, session_ends);
+        let grant = caller.grant.id;
+        let ended = async move {
+            let why = lifetime.ended().await;
+            tracing::info!(%grant, ?why, "closing a stream: its grant or session has ended");
+        };
+        stream.take_until(ended).boxed()
     }
 
     /// GET (the session's server→client stream, resumable with `Last-Event-ID`) and DELETE
@@ -1008,11 +1031,19 @@ impl Gateway {
             };
         }
         let mut upstream_headers = request_headers(&headers, &grant.server, Mirrored::None, false);
-        if method == Method::GET && !headers.contains_key(header::ACCEPT) {
-            upstream_headers.insert(
-                header::ACCEPT,
-                HeaderValue::from_static("text/event-stream"),
-            );
+        if method == Method::GET {
+            if !headers.contains_key(header::ACCEPT) {
+                upstream_headers.insert(
+                    header::ACCEPT,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+            }
+            // Only a GET resumes a stream, and only a GET's stream has its replays filtered:
+            // a server that replayed on any request with this header would send a POST's or a
+            // DELETE's answer, relayed as it is, the lists of earlier `tools/list`s unfiltered.
+            if let Some(last) = headers.get(LAST_EVENT_ID_HEADER) {
+                upstream_headers.insert(LAST_EVENT_ID_HEADER, last.clone());
+            }
         }
         self.upstream_session(&grant, session.as_ref(), &mut upstream_headers)?;
         let response = self

@@ -110,8 +110,8 @@ impl Watch {
 pub struct Held {
     /// Its charges (also given back when it failed).
     pub reservation: Option<Reservation>,
-    /// The approval it consumed.
-    pub approval: Option<String>,
+    /// The approval it consumed (given back if dropped unused).
+    pub approval: Option<crate::approvals::Consumed>,
 }
 
 /// A request whose outcome is not yet known. Records it (audit entry, metrics, refund) once,
@@ -124,8 +124,8 @@ pub struct Pending {
     /// outcome added.
     decided: String,
     reservation: Option<Reservation>,
-    /// The approval consumed, given back (with the database to do it) if the call never ran.
-    approval: Option<(String, sqlx::PgPool)>,
+    /// The approval consumed, given back if the call never ran.
+    approval: Option<crate::approvals::Consumed>,
     arrived: Instant,
     /// HTTP status of the upstream answer, once known.
     pub status: Option<u16>,
@@ -152,7 +152,7 @@ impl Pending {
             event: Some(event),
             decided,
             reservation: held.reservation,
-            approval: held.approval.map(|id| (id, gw.db.clone())),
+            approval: held.approval,
             arrived,
             status: None,
             unsent: false,
@@ -202,16 +202,13 @@ impl Pending {
             upstream_error,
         });
         self.meters.request(self.method, event.decision, elapsed);
-        if self.unsent
-            && let Some((approval, db)) = self.approval.take()
-        {
-            // The approved call never reached the tool: the approval stands for its retry.
-            let tenant = event.tenant_id;
-            tokio::spawn(async move {
-                if let Err(e) = crate::approvals::restore(&db, tenant, &approval).await {
-                    tracing::warn!(error = %e, %approval, "cannot give an unused approval back");
-                }
-            });
+        if let Some(approval) = self.approval.take() {
+            if self.unsent {
+                // The approved call never reached the tool: dropped, it stands for its retry.
+                drop(approval);
+            } else {
+                approval.used();
+            }
         }
         self.audit.enqueue_outcome(&self.decided, &event);
         if let Some(reservation) = self.reservation.take()

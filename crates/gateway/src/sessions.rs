@@ -107,6 +107,14 @@ impl SessionKeys {
         Some(self.seal(grant, &session, issued?))
     }
 
+    /// When a session id the client holds stops opening: its issue time plus the maximum
+    /// age. `None` without a maximum age, and for an id that does not open.
+    pub fn ends(&self, grant: GrantId, client_id: &str) -> Option<SystemTime> {
+        let max_age = self.max_age?.as_secs();
+        let (_, issued) = self.open(grant, client_id).ok()?;
+        Some(UNIX_EPOCH + Duration::from_secs(issued?.saturating_add(max_age)))
+    }
+
     /// The session and its issue time (`None` for an id sealed before issue times were kept,
     /// which opens only while there is no maximum age).
     fn open(&self, grant: GrantId, client_id: &str) -> Result<(Session, Option<u64>), Refused> {

@@ -92,10 +92,10 @@ impl UpstreamError {
 }
 
 /// Request headers a client may send through: the MCP transport's own, and tracing context.
-const FORWARDED_REQUEST: [HeaderName; 6] = [
+/// (`Last-Event-ID` goes only with a GET, which resumes a stream: see `proxy`.)
+const FORWARDED_REQUEST: [HeaderName; 5] = [
     header::ACCEPT,
     HeaderName::from_static(mcp::MCP_PROTOCOL_VERSION),
-    HeaderName::from_static(mcp::LAST_EVENT_ID),
     HeaderName::from_static("traceparent"),
     HeaderName::from_static("tracestate"),
     HeaderName::from_static("baggage"),

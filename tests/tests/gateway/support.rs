@@ -410,6 +410,27 @@ pub async fn post_stateless(
     post(url, &headers, &stateless_call(id, name, args)).await
 }
 
+/// A stateless `tools/call` of `name` with `{"text": "hi"}` from a client that gives up after
+/// `limit` (and closes its connection).
+pub async fn give_up_after(
+    limit: Duration,
+    url: &str,
+    id: i64,
+    name: &str,
+) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new()
+        .post(url)
+        .timeout(limit)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", name)
+        .body(stateless_call(id, name, json!({"text": "hi"})))
+        .send()
+        .await
+}
+
 /// Opens a session's server→client stream (GET) in the 2025-11-25 era.
 pub async fn open_stream(url: &str, session: &str) -> reqwest::Response {
     reqwest::Client::new()

@@ -94,7 +94,7 @@ impl Toolbox {
                 .unwrap_or("")
                 .to_owned()
         };
-        let mirrored = ["mcp-method", "mcp-name", "mcp-param-x"]
+        let mirrored = ["mcp-method", "mcp-name", "mcp-param-x", "last-event-id"]
             .iter()
             .filter(|name| parts.headers.contains_key(**name))
             .map(|name| format!("; {name}={}", get(name)))
