@@ -468,6 +468,8 @@ struct Worker {
     spill: Option<Spill>,
     /// When to look for spilled entries next.
     spill_check: Instant,
+    /// The spill file whose entries are being retried, deleted once Redis has taken them.
+    claimed: Option<std::path::PathBuf>,
 }
 
 /// What a batcher stopped by force still holds: its queue (still open, so the requests dropped
@@ -527,6 +529,7 @@ impl Worker {
             failing: false,
             spill,
             spill_check: Instant::now(),
+            claimed: None,
         }
     }
 
@@ -582,6 +585,7 @@ impl Worker {
             if !ops.is_empty() || !self.retry.is_empty() {
                 self.call(&mut ops).await;
             }
+            self.release_claim().await;
         }
         self.drain(&mut rx, ops).await;
         None
@@ -597,6 +601,7 @@ impl Worker {
                 ops.push(op);
             }
             if ops.is_empty() && self.retry.is_empty() {
+                self.release_claim().await;
                 return;
             }
             if !self.call(&mut ops).await {
@@ -831,13 +836,27 @@ impl Worker {
         }
     }
 
+    /// Deletes the claimed spill file once Redis has taken everything retried (its entries
+    /// among them). Entries spilled again meanwhile are in a new file: sent twice at worst.
+    async fn release_claim(&mut self) {
+        if !self.retry.is_empty() {
+            return;
+        }
+        let (Some(spill), Some(claim)) = (self.spill.clone(), self.claimed.take()) else {
+            return;
+        };
+        if let Err(e) = blocking(move || spill.release(&claim)).await {
+            tracing::warn!(error = %e, "cannot delete a spill file whose entries were sent");
+        }
+    }
+
     /// Takes the oldest spill file back into the entries to send, if there is one.
     async fn take_spilled(&mut self) {
         self.spill_check = Instant::now() + SPILL_CHECK;
         let Some(spill) = self.spill.clone() else {
             return;
         };
-        let (entries, invalid) = match blocking(move || spill.take_oldest()).await {
+        let taken = match blocking(move || spill.take_oldest()).await {
             Ok(Some(taken)) => taken,
             Ok(None) => return,
             Err(e) => {
@@ -845,13 +864,17 @@ impl Worker {
                 return;
             }
         };
-        dropped(invalid, "a spill file line is not JSON");
+        dropped(taken.invalid, "a spill file line is not JSON");
         metrics::counter!("portcullis_gateway_audit_unspilled_total")
-            .increment(entries.len() as u64);
-        tracing::info!(entries = entries.len(), "spilled audit entries taken back");
-        for json in entries {
+            .increment(taken.entries.len() as u64);
+        tracing::info!(
+            entries = taken.entries.len(),
+            "spilled audit entries taken back"
+        );
+        for json in taken.entries {
             self.retry.keep(json);
         }
+        self.claimed = Some(taken.claim);
         // The next file, if any, once these are written.
         self.spill_check = Instant::now();
     }

@@ -9,17 +9,38 @@
 //!
 //! Any batcher using the directory takes the files back while Redis answers: it claims one
 //! by renaming it (a rename succeeds for one claimant only, so two workers or two processes
-//! sharing the directory do not both send it), reads it into the entries it retries, and
-//! deletes it. From then on the entries are the batcher's like any entry kept for a retry.
-//! Sending an entry twice is harmless: the ingester upserts events by their id.
+//! sharing the directory do not both send it) and reads it into the entries it retries. The
+//! claimed file is deleted only once Redis has taken them all ([`Spill::release`]), so a
+//! process that dies between the two loses nothing: a claim older than [`STALE_CLAIM`] is
+//! taken as abandoned and claimed again by anyone. Sending an entry twice is harmless: the
+//! ingester upserts events by their id.
 
 use std::fs;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A spill file's name: `audit-<uuid v7>.jsonl` (time-ordered, so the oldest sorts first).
 const PREFIX: &str = "audit-";
 const SUFFIX: &str = ".jsonl";
+/// A claimed file's name: `.<spill file name>.<uuid v7 of the claim>.claimed`.
+const CLAIMED: &str = ".claimed";
+
+/// How old a claim must be to be taken as abandoned (its claimant died before Redis took the
+/// entries). A live claimant holds one only while Redis takes the file's entries, unless
+/// Redis fails again meanwhile; a claim taken over from a live claimant sends its entries
+/// twice, which is harmless.
+pub const STALE_CLAIM: Duration = Duration::from_secs(600);
+
+/// A spill file claimed by [`Spill::take_oldest`]: its entries, oldest first, how many of its
+/// lines were not JSON (given up), and the claimed file, to [`Spill::release`] once Redis has
+/// taken the entries.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub entries: Vec<String>,
+    pub invalid: usize,
+    pub claim: PathBuf,
+}
 
 /// The spill directory.
 #[derive(Debug, Clone)]
@@ -73,19 +94,18 @@ impl Spill {
         written
     }
 
-    /// Claims the oldest spill file and reads it: its entries, oldest first, and how many of
-    /// its lines were not JSON (given up). `None` when there is none to claim.
-    pub fn take_oldest(&self) -> io::Result<Option<(Vec<String>, usize)>> {
+    /// Claims the oldest spill file (or abandoned claim) and reads it; `None` when there is
+    /// none to claim. The file stays until [`Spill::release`].
+    pub fn take_oldest(&self) -> io::Result<Option<Taken>> {
         loop {
-            let Some(oldest) = self.oldest()? else {
+            let Some((current, original)) = self.oldest()? else {
                 return Ok(None);
             };
-            let claimed = self.dir.join(format!(
-                ".{}.{}.claimed",
-                oldest,
+            let claim = self.dir.join(format!(
+                ".{original}.{}{CLAIMED}",
                 uuid::Uuid::now_v7().simple()
             ));
-            match fs::rename(self.dir.join(&oldest), &claimed) {
+            match fs::rename(self.dir.join(&current), &claim) {
                 Ok(()) => {}
                 // Another worker claimed it first.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -93,7 +113,7 @@ impl Spill {
             }
             let mut entries = Vec::new();
             let mut invalid = 0;
-            for line in io::BufReader::new(fs::File::open(&claimed)?).lines() {
+            for line in io::BufReader::new(fs::File::open(&claim)?).lines() {
                 let line = line?;
                 if line.is_empty() {
                     continue;
@@ -104,8 +124,19 @@ impl Spill {
                     invalid += 1;
                 }
             }
-            fs::remove_file(&claimed)?;
-            return Ok(Some((entries, invalid)));
+            return Ok(Some(Taken {
+                entries,
+                invalid,
+                claim,
+            }));
+        }
+    }
+
+    /// Deletes a claimed file whose entries Redis has taken.
+    pub fn release(&self, claim: &Path) -> io::Result<()> {
+        match fs::remove_file(claim) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 
@@ -114,20 +145,45 @@ impl Spill {
         self.oldest().is_ok_and(|name| name.is_some())
     }
 
-    fn oldest(&self) -> io::Result<Option<String>> {
-        let mut oldest: Option<String> = None;
+    /// The oldest file to claim, by the name it was spilled under: its current name, and that
+    /// one. A spill file, or a claim abandoned [`STALE_CLAIM`] ago.
+    fn oldest(&self) -> io::Result<Option<(String, String)>> {
+        let stale = SystemTime::now()
+            .checked_sub(STALE_CLAIM)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        let mut oldest: Option<(String, String)> = None;
         for entry in fs::read_dir(&self.dir)? {
             let name = entry?.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with(PREFIX)
-                && name.ends_with(SUFFIX)
-                && oldest.as_deref().is_none_or(|o| name < o)
-            {
-                oldest = Some(name.to_owned());
+            let original = if name.starts_with(PREFIX) && name.ends_with(SUFFIX) {
+                name
+            } else {
+                match abandoned(name, stale) {
+                    Some(original) => original,
+                    None => continue,
+                }
+            };
+            if oldest.as_ref().is_none_or(|(_, o)| original < o.as_str()) {
+                oldest = Some((name.to_owned(), original.to_owned()));
             }
         }
         Ok(oldest)
     }
+}
+
+/// The spill file name of a claim made before `stale` (since the epoch), if `name` is one.
+fn abandoned(name: &str, stale: Duration) -> Option<&str> {
+    let (original, claimed) = name
+        .strip_prefix('.')?
+        .strip_suffix(CLAIMED)?
+        .rsplit_once('.')?;
+    let (seconds, nanos) = uuid::Uuid::parse_str(claimed)
+        .ok()?
+        .get_timestamp()?
+        .to_unix();
+    let at = Duration::new(seconds, nanos);
+    (original.starts_with(PREFIX) && original.ends_with(SUFFIX) && at < stale).then_some(original)
 }
 
 #[cfg(test)]
@@ -152,20 +208,56 @@ mod tests {
         spill.write(&[r#"{"n":3}"#.into()]).unwrap();
         assert!(spill.has_files());
         let other = Spill::open(&path).unwrap();
+        let first = spill.take_oldest().unwrap().unwrap();
         assert_eq!(
-            spill.take_oldest().unwrap(),
-            Some((vec![r#"{"n":1}"#.to_owned(), r#"{"n":2}"#.to_owned()], 0))
+            (first.entries.as_slice(), first.invalid),
+            (
+                [r#"{"n":1}"#.to_owned(), r#"{"n":2}"#.to_owned()].as_slice(),
+                0
+            )
         );
-        assert_eq!(
-            other.take_oldest().unwrap(),
-            Some((vec![r#"{"n":3}"#.to_owned()], 0))
-        );
+        let second = other.take_oldest().unwrap().unwrap();
+        assert_eq!(second.entries, [r#"{"n":3}"#.to_owned()]);
         assert_eq!(spill.take_oldest().unwrap(), None);
+        assert!(!spill.has_files());
         assert_eq!(
             fs::read_dir(&path).unwrap().count(),
-            0,
-            "claimed files deleted"
+            2,
+            "claimed files stay until released"
         );
+        spill.release(&first.claim).unwrap();
+        other.release(&second.claim).unwrap();
+        other.release(&second.claim).unwrap();
+        assert_eq!(fs::read_dir(&path).unwrap().count(), 0, "released");
+        fs::remove_dir(&path).unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_claim_is_claimed_again() {
+        let path = dir();
+        let spill = Spill::open(&path).unwrap();
+        spill.write(&[r#"{"n":1}"#.into()]).unwrap();
+        let taken = spill.take_oldest().unwrap().unwrap();
+        // A fresh claim is its claimant's.
+        assert_eq!(spill.take_oldest().unwrap(), None);
+        // One made before STALE_CLAIM ago was abandoned (its claimant died).
+        let name = taken.claim.file_name().unwrap().to_str().unwrap();
+        let original = name.strip_prefix('.').unwrap().rsplit_once('.').unwrap().0;
+        let original = original.rsplit_once('.').unwrap().0;
+        let then = SystemTime::now() - STALE_CLAIM - Duration::from_secs(1);
+        let since = then.duration_since(UNIX_EPOCH).unwrap();
+        let old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            since.as_secs(),
+            since.subsec_nanos(),
+        ));
+        let abandoned = path.join(format!(".{original}.{}{CLAIMED}", old.simple()));
+        fs::rename(&taken.claim, &abandoned).unwrap();
+        let again = spill.take_oldest().unwrap().unwrap();
+        assert_eq!(again.entries, taken.entries);
+        assert!(!abandoned.exists());
+        spill.release(&again.claim).unwrap();
+        assert_eq!(fs::read_dir(&path).unwrap().count(), 0);
         fs::remove_dir(&path).unwrap();
     }
 
@@ -178,10 +270,12 @@ mod tests {
             "{\"n\":1}\n{\"n\":\n\n[2]\n",
         )
         .unwrap();
+        let taken = spill.take_oldest().unwrap().unwrap();
         assert_eq!(
-            spill.take_oldest().unwrap(),
-            Some((vec![r#"{"n":1}"#.to_owned(), "[2]".to_owned()], 1))
+            (taken.entries, taken.invalid),
+            (vec![r#"{"n":1}"#.to_owned(), "[2]".to_owned()], 1)
         );
+        spill.release(&taken.claim).unwrap();
         fs::remove_dir(&path).unwrap();
     }
 
