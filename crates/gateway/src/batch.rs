@@ -50,8 +50,10 @@ const LINGER: Duration = Duration::from_millis(5);
 /// minute or so of a busy worker's entries); past it the oldest are spilled to disk down to
 /// half of it (with a spill directory), or dropped (and counted).
 const RETRY_BYTES: usize = 32 << 20;
-/// Kept entries sent again per round trip, oldest first, so a backlog goes in bounded pieces.
+/// Kept entries sent again per round trip, oldest first, so a backlog goes in bounded pieces:
+/// at most this many, and at most [`RETRY_TRIP_BYTES`] (one at least).
 const RETRY_PER_TRIP: usize = MAX_BATCH;
+const RETRY_TRIP_BYTES: usize = 1 << 20;
 /// Failed round trips in a row after which a stopping worker gives up what it still holds.
 const LAST_TRIES: u32 = 3;
 /// How long a worker whose last round trip failed waits before trying again with no new work.
@@ -419,6 +421,22 @@ impl Kept {
         out
     }
 
+    /// How many of the oldest go in one round trip: [`RETRY_PER_TRIP`] and
+    /// [`RETRY_TRIP_BYTES`] at most, one at least.
+    fn per_trip(&self) -> usize {
+        let mut bytes = 0;
+        let fit = self
+            .entries
+            .iter()
+            .take(RETRY_PER_TRIP)
+            .take_while(|json| {
+                bytes += json.len();
+                bytes <= RETRY_TRIP_BYTES
+            })
+            .count();
+        fit.max(usize::from(!self.entries.is_empty()))
+    }
+
     /// The first `n` entries were written.
     fn written(&mut self, n: usize) {
         for json in self.entries.drain(..n) {
@@ -429,6 +447,17 @@ impl Kept {
     /// Takes everything out.
     fn take_all(&mut self) -> Vec<String> {
         std::mem::take(self).entries.into()
+    }
+}
+
+/// `command`'s answer, or an error past `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    command: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BatchError> {
+    match tokio::time::timeout(timeout, command).await {
+        Ok(answer) => answer.map_err(|e| BatchError::Redis(e.to_string())),
+        Err(_) => Err(BatchError::Redis(format!("no answer within {timeout:?}"))),
     }
 }
 
@@ -635,13 +664,12 @@ impl Worker {
 
     /// Writes encoded entries as one stream entry; false when Redis did not take it in time.
     async fn write_entries(&self, entries: &[&str]) -> bool {
-        match tokio::time::timeout(self.timeout, self.xadd(entries)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
+        match within(self.timeout, self.xadd(entries)).await {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::warn!(error = %e, "redis: audit entries not written");
                 false
             }
-            Err(_) => false,
         }
     }
 
@@ -691,7 +719,7 @@ impl Worker {
                 Op::Entry { .. } => None,
             })
             .collect();
-        let retried = self.retry.entries.len().min(RETRY_PER_TRIP);
+        let retried = self.retry.per_trip();
         let plain_entries: Vec<&str> = self
             .retry
             .entries
@@ -721,17 +749,10 @@ impl Worker {
             self.xadd(&plain_entries).await
         };
         let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.timeout, async { tokio::join!(script, entries) });
-        let (script, entries) = match answer.await {
-            Ok((script, entries)) => (
-                script.map_err(|e| BatchError::Redis(e.to_string())),
-                entries.map_err(|e| BatchError::Redis(e.to_string())),
-            ),
-            Err(_) => {
-                let late = BatchError::Redis(format!("no answer within {:?}", self.timeout));
-                (Err(late.clone()), Err(late))
-            }
-        };
+        // Each with a deadline of its own: a slow write of entries (a backlog, large argument
+        // values) must not fail charges Redis has made, nor a slow script the entries.
+        let (script, entries) =
+            tokio::join!(within(self.timeout, script), within(self.timeout, entries));
         self.metrics.seconds.record(started.elapsed());
         self.metrics.size.record(ops.len() as f64);
         let result = script.and_then(|out| match out {
@@ -978,6 +999,27 @@ mod tests {
         assert_eq!((kept.entries.len(), kept.bytes), (4, 29));
         assert_eq!(kept.take_all().len(), 4);
         assert!(kept.is_empty() && kept.bytes == 0);
+    }
+
+    #[test]
+    fn a_backlog_goes_in_pieces_bounded_in_count_and_bytes() {
+        let mut kept = Kept::default();
+        assert_eq!(kept.per_trip(), 0);
+        for _ in 0..RETRY_PER_TRIP + 5 {
+            kept.keep("{}".into());
+        }
+        assert_eq!(kept.per_trip(), RETRY_PER_TRIP);
+        // Large entries (argument values kept): as many as fit in the bytes of a trip.
+        let mut kept = Kept::default();
+        for _ in 0..10 {
+            kept.keep("x".repeat(RETRY_TRIP_BYTES / 4));
+        }
+        assert_eq!(kept.per_trip(), 4);
+        // One larger than a trip still goes, alone.
+        let mut kept = Kept::default();
+        kept.keep("x".repeat(RETRY_TRIP_BYTES + 1));
+        kept.keep("{}".into());
+        assert_eq!(kept.per_trip(), 1);
     }
 
     fn entry(waiter: bool) -> Op {
