@@ -1823,6 +1823,31 @@ async fn an_approved_call_never_continues_unchecked() {
     gw.stop().await.unwrap();
 }
 
+/// A continuation of a call with nothing to carry on (no limit, no approval) needs Redis no
+/// more than a fresh call without limits does: with Redis out of reach it still runs.
+#[tokio::test]
+async fn a_continuation_with_nothing_to_carry_on_needs_no_redis() {
+    let stack = Stack::new().await;
+    let upstream = portcullis_tests::peers::python_server("streamable-http", false);
+    let mut doc = policy();
+    doc["tools"]["consult"] = json!({});
+    let f = stack
+        .fixture(&upstream.url("/mcp"), "streamable_http", doc)
+        .await;
+    let (proxy, gw) = behind_chaos(&stack).await;
+    let url = f.url(&gw);
+    let (_, _, body) = consult(&url, 1, "tides", None, None).await;
+    let first = message(&body);
+    assert_eq!(first["result"]["resultType"], "input_required", "{body}");
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    let responses = input_responses(&first["result"]["inputRequests"], "Ada");
+    proxy.cut();
+    let (_, _, body) = consult(&url, 2, "tides", Some((&responses, &state)), None).await;
+    assert!(ran_or_used(&body), "{body}");
+    proxy.restore();
+    gw.stop().await.unwrap();
+}
+
 /// Whether a continuation of the `consult` call ran (and answered as the tool does) rather than
 /// being refused as a used envelope; anything else fails the test.
 fn ran_or_used(body: &str) -> bool {

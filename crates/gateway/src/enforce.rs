@@ -304,6 +304,18 @@ pub async fn tools_call(
     };
 
     if let Round::Continuation(resumed) = round {
+        if claimed_here.is_none()
+            && !needs_approval
+            && !resumed.approved
+            && resumed.reservation.is_none()
+            && decision.charges.is_empty()
+        {
+            // Nothing rides on this envelope: no charge to carry on or refund, no approval
+            // passed. A replay costs what a fresh call does, so its one use is not kept, and
+            // the call needs Redis no more than a fresh call without limits does.
+            event.message = Some(continuation::note(event.message.as_deref(), false));
+            return Ok(forward(None, approved));
+        }
         // Continuation hook: the call it continues was charged (and, if it needed one, passed
         // its approval); each envelope continues once. Only the claim that wins carries the
         // charge on, so a replayed envelope can neither run an approved call again nor have
