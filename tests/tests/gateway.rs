@@ -1589,6 +1589,19 @@ fn input_responses(requests: &Value, name: &str) -> Value {
     Value::Object(out)
 }
 
+/// Calls `consult` (`id`) and reads its `input_required` answer: the envelope, and the
+/// answers to its requests.
+async fn input_round(url: &str, id: i64) -> (String, Value) {
+    let (_, _, body) = consult(url, id, "tides", None, None).await;
+    let first = message(&body);
+    assert_eq!(first["result"]["resultType"], "input_required", "{body}");
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    (
+        state,
+        input_responses(&first["result"]["inputRequests"], "Ada"),
+    )
+}
+
 /// Asserts that `body` refuses a `requestState` with `-32602` and a message starting `said`.
 fn assert_state_refused(body: &str, said: &str) {
     let refused = message(body);
@@ -1786,11 +1799,7 @@ async fn an_approved_call_never_continues_unchecked() {
     let asked = message(&body);
     assert!(text(&asked).starts_with("[APPROVAL REQUIRED]"), "{body}");
     approve_asked(&stack, &asked).await;
-    let (_, _, body) = consult(&url, 2, "tides", None, None).await;
-    let first = message(&body);
-    assert_eq!(first["result"]["resultType"], "input_required", "{body}");
-    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
-    let responses = input_responses(&first["result"]["inputRequests"], "Ada");
+    let (state, responses) = input_round(&url, 2).await;
 
     proxy.cut();
     let (_, _, body) = consult(&url, 3, "tides", Some((&responses, &state)), None).await;
@@ -1836,11 +1845,7 @@ async fn a_continuation_with_nothing_to_carry_on_needs_no_redis() {
         .await;
     let (proxy, gw) = behind_chaos(&stack).await;
     let url = f.url(&gw);
-    let (_, _, body) = consult(&url, 1, "tides", None, None).await;
-    let first = message(&body);
-    assert_eq!(first["result"]["resultType"], "input_required", "{body}");
-    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
-    let responses = input_responses(&first["result"]["inputRequests"], "Ada");
+    let (state, responses) = input_round(&url, 1).await;
     proxy.cut();
     let (_, _, body) = consult(&url, 2, "tides", Some((&responses, &state)), None).await;
     assert!(ran_or_used(&body), "{body}");
@@ -1878,11 +1883,7 @@ async fn a_continuation_needs_the_approval_its_call_did_not_pass() {
         .await;
     let gw = stack.gateway().await;
     let url = f.url(&gw);
-    let (_, _, body) = consult(&url, 1, "tides", None, None).await;
-    let first = message(&body);
-    assert_eq!(first["result"]["resultType"], "input_required", "{body}");
-    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
-    let responses = input_responses(&first["result"]["inputRequests"], "Ada");
+    let (state, responses) = input_round(&url, 1).await;
 
     doc["tools"]["consult"] = json!({"approval": {}});
     publish_policy_version(&stack, &f, 2, &doc).await;
