@@ -218,9 +218,11 @@ impl Limiter {
             invocation.arg(*bucket).arg(*cost);
         }
         let mut conn = self.redis.clone();
-        tokio::time::timeout(self.timeout * 4, invocation.invoke_async::<i64>(&mut conn))
+        // Nobody waits for a refund: it may take longer than a charge.
+        let timeout = self.timeout * 4;
+        tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut conn))
             .await
-            .map_err(|_| LimiterError::Timeout(self.timeout))??;
+            .map_err(|_| LimiterError::Timeout(timeout))??;
         Ok(())
     }
 }
