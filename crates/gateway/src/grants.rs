@@ -400,7 +400,6 @@ impl Grants {
     /// every unknown token (no message names a token hash, and forgetting costs one query per
     /// token at most).
     pub fn invalidate(&self, message: &Invalidation) {
-        self.changed();
         self.unknown.clear();
         self.entries
             .retain_in(&message.tenant(), |g| match message {
@@ -409,6 +408,8 @@ impl Grants {
                 Invalidation::Server { server_id, .. } => g.server.id != *server_id,
                 Invalidation::Tenant { .. } => false,
             });
+        // Only now: what wakes must find the entries gone, not race their removal.
+        self.changed();
     }
 
     /// Drops everything (the invalidation feed was interrupted, so anything may be stale).

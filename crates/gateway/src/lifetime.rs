@@ -31,6 +31,8 @@ pub struct Lifetime {
     session_ends: Option<SystemTime>,
     /// When the grant was last found usable.
     confirmed: Instant,
+    /// Whether the last lookup failed.
+    failed: bool,
 }
 
 /// Why a stream ended.
@@ -53,6 +55,7 @@ impl Lifetime {
             expires_at: grant.expires_at.map(SystemTime::from),
             session_ends,
             confirmed: Instant::now(),
+            failed: false,
         }
     }
 
@@ -68,11 +71,17 @@ impl Lifetime {
             if self.expires_at.is_some_and(|at| at <= now) {
                 return Ended::Grant;
             }
+            // After a failed lookup, look again within a second rather than a TTL.
+            let recheck = if self.failed {
+                self.grants.ttl().min(Duration::from_secs(1))
+            } else {
+                self.grants.ttl()
+            };
             let next = [self.session_ends, self.expires_at]
                 .into_iter()
                 .flatten()
                 .map(|at| at.duration_since(now).unwrap_or_default())
-                .fold(self.grants.ttl(), Duration::min);
+                .fold(recheck, Duration::min);
             tokio::select! {
                 changed = changes.changed(), if announced => announced = changed.is_ok(),
                 () = tokio::time::sleep(next) => {}
@@ -86,7 +95,9 @@ impl Lifetime {
     /// Whether a request under the token would still be let in (after a failed lookup: while
     /// the last confirmation is trusted).
     async fn still_usable(&mut self) -> bool {
-        match self.grants.resolve_hash(self.hash).await {
+        let found = self.grants.resolve_hash(self.hash).await;
+        self.failed = found.is_err();
+        match found {
             Ok(Some(grant)) => {
                 self.expires_at = grant.expires_at.map(SystemTime::from);
                 let usable = grant.id == self.grant
