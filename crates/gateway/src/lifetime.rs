@@ -10,8 +10,8 @@
 //! cleared (a revocation reaches every replica within a second) and once per cache TTL (a
 //! change no message announced); a timer ends the stream at the grant's expiry and at its
 //! session's end. A lookup that fails (Postgres unreachable, or no turn to query it) is tried
-//! again at the next wake-up; the stream ends once its grant has gone unconfirmed for as long
-//! as a request would trust a cached one ([`Grants::trusted_for`]).
+//! again within a second; the stream ends once its grant has gone unconfirmed for as long as a
+//! request would trust a cached one ([`Grants::trusted_for`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
