@@ -68,11 +68,6 @@ impl Consumed {
         }
     }
 
-    /// The approval's id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// The call went to the upstream (it may have run): the approval is spent.
     pub fn used(mut self) {
         self.db = None;

@@ -185,15 +185,7 @@ pub async fn tools_call(
                 if portcullis_policy::holds_rounded_integer(&call.arguments) {
                     // An approval binds the exact arguments; these cannot be told apart from
                     // their neighbours, so none is asked for.
-                    event.decision = AuditDecision::Deny;
-                    event.message = Some(INEXACT_APPROVAL.to_owned());
-                    let text = format!("[POLICY DENIED] {INEXACT_APPROVAL}.");
-                    return Ok(Verdict::Answer(tool_error_response(
-                        id,
-                        &text,
-                        Some(meta(event, None)),
-                        era,
-                    )));
+                    return Ok(denied(event, id, INEXACT_APPROVAL.to_owned(), era));
                 }
                 if let Round::Continuation(resumed) = round {
                     // The envelope is claimed before the approvals are looked at, so of
@@ -267,15 +259,7 @@ pub async fn tools_call(
                                 "this grant has {max} approvals pending, the most it may have: \
                                  ask an approver to decide them, then retry"
                             );
-                            event.decision = AuditDecision::Deny;
-                            event.message = Some(message.clone());
-                            let text = format!("[POLICY DENIED] {message}.");
-                            return Ok(Verdict::Answer(tool_error_response(
-                                id,
-                                &text,
-                                Some(meta(event, None)),
-                                era,
-                            )));
+                            return Ok(denied(event, id, message, era));
                         }
                     };
                     let text = format!(
@@ -445,6 +429,15 @@ pub async fn tools_call(
             Ok(limiter_unavailable(event, id, era))
         }
     }
+}
+
+/// A call the gateway denies for a reason of its own (not a policy rule's message): audited as
+/// `deny` with `message`, answered `[POLICY DENIED] <message>.`
+fn denied(event: &mut AuditEvent, id: &RequestId, message: String, era: ProtocolEra) -> Verdict {
+    let text = format!("[POLICY DENIED] {message}.");
+    event.decision = AuditDecision::Deny;
+    event.message = Some(message);
+    Verdict::Answer(tool_error_response(id, &text, Some(meta(event, None)), era))
 }
 
 /// Why a call that needs approval is refused when its arguments hold an inexact number.
