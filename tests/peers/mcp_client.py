@@ -1,6 +1,8 @@
 """A Python MCP client (the official SDK's Client) for the gateway's end-to-end tests.
 
 Usage: mcp_client.py URL MODE PLAN_JSON
+  URL: a Streamable HTTP URL, or "stdio:" and a JSON object {"command", "args", "env"} to
+  launch a stdio server (the SDK's stdio client).
   MODE: "legacy" (initialize handshake, session era) or "2026-07-28" (stateless era).
   PLAN_JSON: a list of steps: {"op": "list"} or {"op": "call", "name": ..., "args": {...}}.
 Prints one JSON line: the result of each step, {"ok": ...} or {"error": "..."}.
@@ -14,6 +16,7 @@ import sys
 
 import mcp.types as types
 from mcp import Client
+from mcp.client.stdio import StdioServerParameters
 
 
 async def sampling(context, params):
@@ -41,8 +44,11 @@ def describe_call(result):
 
 async def run(url, mode, plan):
     out = []
+    server = url
+    if url.startswith("stdio:"):
+        server = StdioServerParameters(**json.loads(url[len("stdio:"):]))
     async with Client(
-        url,
+        server,
         mode=mode,
         sampling_callback=sampling,
         elicitation_callback=elicitation,

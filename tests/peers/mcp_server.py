@@ -1,7 +1,7 @@
 """A Python MCP server (the official SDK's MCPServer) for the gateway's end-to-end tests.
 
-Usage: mcp_server.py --transport streamable-http|sse --port PORT [--json-response]
-Listens on 127.0.0.1 only. Prints "ready" on stderr once uvicorn starts (the test polls the port).
+Usage: mcp_server.py --transport streamable-http|sse|stdio [--port PORT] [--json-response]
+Listens on 127.0.0.1 only (stdio: speaks on stdin and stdout). Prints "ready" on stderr once uvicorn starts (the test polls the port).
 Over SSE every request (the stream and each message POST) must carry the credential header the
 gateway injects (`x-upstream-key: upstream-secret`), else it is answered 401.
 """
@@ -112,11 +112,13 @@ def require_upstream_key(app):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transport", default="streamable-http")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int)
     parser.add_argument("--json-response", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    if args.transport == "sse":
+    if args.transport == "stdio":
+        server.run("stdio")
+    elif args.transport == "sse":
         app = require_upstream_key(server.sse_app(host="127.0.0.1"))
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
     else:

@@ -36,6 +36,18 @@ enum Command {
         #[command(subcommand)]
         command: crate::policy_cmd::PolicyCommand,
     },
+    /// Bridge a stdio MCP server to Streamable HTTP.
+    Bridge {
+        #[command(subcommand)]
+        command: crate::stdio_cmd::BridgeCommand,
+    },
+    /// Act as a stdio MCP server that forwards every message to a grant URL.
+    Connect(crate::stdio_cmd::Connect),
+    /// GET a URL and exit 0 when it answers 2xx (a container health check).
+    Healthcheck(crate::stdio_cmd::Healthcheck),
+    /// Runs one child of `bridge stdio` (started by the bridge itself).
+    #[command(hide = true)]
+    ChildGuard(crate::stdio_cmd::ChildGuard),
     /// Print a new random encryption key (`ID:BASE64`) for PORTCULLIS_ENCRYPTION_KEYS.
     Keygen {
         /// The key's id; give each key of a ring its own.
@@ -47,16 +59,19 @@ enum Command {
 /// Parses the command line and runs what it asks for; the binary's `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Offline commands need no runtime.
+    // Offline commands need no runtime; the guard must start no threads (it blocks signals).
     let cli = match cli.command {
         Command::Policy { command } => return crate::policy_cmd::run(command),
+        Command::ChildGuard(g) => {
+            return portcullis_stdio::guard::run(g.parent, g.grace, &g.command);
+        }
         command => Cli { command },
     };
     // The gateway serves requests on threads of its own (one runtime each); the main runtime
     // runs the control plane and background work.
     let threads = match &cli.command {
         Command::Serve(c) | Command::ControlPlane(c) => c.worker_threads,
-        Command::Gateway(_) => Some(1),
+        Command::Gateway(_) | Command::Connect(_) | Command::Healthcheck(_) => Some(1),
         _ => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -72,7 +87,12 @@ pub fn main() -> ExitCode {
             Command::Serve(config) => serve(config, Role::Both).await,
             Command::ControlPlane(config) => serve(config, Role::ControlPlane).await,
             Command::Gateway(config) => serve(config, Role::Gateway).await,
-            Command::Policy { .. } => unreachable!("handled above"),
+            Command::Policy { .. } | Command::ChildGuard(_) => unreachable!("handled above"),
+            Command::Bridge {
+                command: crate::stdio_cmd::BridgeCommand::Stdio(args),
+            } => crate::stdio_cmd::bridge(args).await,
+            Command::Connect(args) => crate::stdio_cmd::connect(args).await,
+            Command::Healthcheck(args) => crate::stdio_cmd::healthcheck(args).await,
             Command::Keygen { id } => {
                 println!("{}", portcullis_core::Keyring::generate(id).1);
                 Ok(ExitCode::SUCCESS)
@@ -128,7 +148,8 @@ async fn serve(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or Ctrl-C.
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
