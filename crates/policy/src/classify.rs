@@ -114,7 +114,8 @@ pub enum RiskCategory {
     Write,
     /// Runs commands, code or jobs.
     Execute,
-    /// Spends money: payments, purchases, paid messages and calls.
+    /// Spends money: payments, purchases, paid messages and calls, and buying or provisioning
+    /// a billable resource (a phone number, a seat, an instance).
     Financial,
     /// Deletes or destroys data.
     Destructive,
@@ -353,6 +354,14 @@ const WRITE_VERBS: &[&str] = &[
     "place",
     "dial",
     "initiate",
+    // Buying verbs whose object is not billable ("reserve_table", "provision_user") only
+    // change data.
+    "provision",
+    "rent",
+    "lease",
+    "reserve",
+    "renew",
+    "allocate",
 ];
 const FINANCIAL_VERBS: &[&str] = &[
     "pay", "purchase", "buy", "charge", "refund", "withdraw", "deposit", "payout", "checkout",
@@ -444,6 +453,67 @@ const SENSITIVE_TARGETS: &[&str] = &[
     "members",
 ];
 
+/// Verbs that, in a tool's name, acquire their object when it is a billable resource.
+const ACQUIRING_VERBS: &[&str] = &["create", "new", "add", "run", "launch", "allocate"];
+/// Verbs that buy outright: enough for a resource that is often free to create, and the only
+/// ones believed when a description, not the name, says what is acquired.
+const BUYING_VERBS: &[&str] = &[
+    "buy",
+    "purchase",
+    "order",
+    "provision",
+    "rent",
+    "lease",
+    "reserve",
+    "register",
+    "renew",
+];
+/// Things billed for as long as an account holds them (a number's monthly rent, a seat, an
+/// instance's hours), as words of a name; plurals match too.
+const BILLABLE_RESOURCES: &[&[&str]] = &[
+    &["phone", "number"],
+    &["phonenumber"],
+    &["short", "code"],
+    &["shortcode"],
+    &["sim"],
+    &["sim", "card"],
+    &["esim"],
+    &["esim", "profile"],
+    &["licence"],
+    &["license"],
+    &["seat"],
+    &["instance"],
+    &["reservation"],
+    &["capacity"],
+];
+/// Billable only when bought: a SIP domain or an event subscription costs nothing to create,
+/// a registered domain or a subscription to a priced plan does.
+const PLAN_BOUND_RESOURCES: &[&[&str]] = &[&["domain"], &["subscription"]];
+/// Words that say which kind of resource (`IncomingPhoneNumberTollFree`, `db_instance`,
+/// `super_sim`) rather than name something else the tool acts on.
+const RESOURCE_KINDS: &[&str] = &[
+    "incoming",
+    "local",
+    "mobile",
+    "toll",
+    "free",
+    "tollfree",
+    "national",
+    "international",
+    "dedicated",
+    "virtual",
+    "reserved",
+    "spot",
+    "compute",
+    "db",
+    "database",
+    "gpu",
+    "vm",
+    "super",
+    "additional",
+    "extra",
+];
+
 /// Deeper schemas are not walked: signals name arguments an author can write a condition on.
 const MAX_SCHEMA_DEPTH: usize = 8;
 /// Cap on arguments examined per tool, so a hostile schema cannot make discovery slow.
@@ -487,6 +557,8 @@ struct Facts {
     wide: bool,
     /// The operation touches accounts, credentials, keys, roles, users or webhooks.
     sensitive: bool,
+    /// The billable resource the tool buys or provisions, if any.
+    acquisition: Option<Acquisition>,
 }
 
 impl Facts {
@@ -504,6 +576,7 @@ impl Facts {
             .or_else(|| name.operation.iter().find(|w| is_verb(w)))
             .cloned();
         let verb_in_name = name_verb.is_some();
+        let acquisition = Acquisition::of(&name, name_verb.as_deref(), &description, &args);
         let verb = name_verb.or_else(|| description_words.first().filter(|w| is_verb(w)).cloned());
         // The target is the operation's last word: `DeleteService` removes a service with all
         // it holds, `DeleteServiceUser` removes one user of a service.
@@ -538,6 +611,7 @@ impl Facts {
             verb,
             wide,
             sensitive,
+            acquisition,
         }
     }
 
@@ -646,9 +720,19 @@ impl Facts {
         }
     }
 
-    /// Why a tool spends money, if it does: a payment verb or noun, a description that says it
-    /// purchases or charges, a monetary argument, or a message or call sent to a phone network.
+    /// Why a tool spends money, if it does: it buys or provisions a billable resource, a payment
+    /// verb or noun, a description that says it purchases or charges, a monetary argument, or a
+    /// message or call sent to a phone network.
     fn financial_evidence(&self) -> Option<(String, String)> {
+        if let Some(acquisition) = &self.acquisition {
+            return Some((
+                format!(
+                    "Buys or provisions a billable resource: \"{}\"",
+                    acquisition.resource.join(" ")
+                ),
+                acquisition.source.clone(),
+            ));
+        }
         let name = &self.name;
         if let Some(word) = name
             .operation
@@ -755,6 +839,121 @@ impl Facts {
     }
 }
 
+/// A billable resource a tool buys or provisions, and where that was seen.
+struct Acquisition {
+    /// Canonical words of the resource: `["phone", "number"]`.
+    resource: &'static [&'static str],
+    /// `name`, `description`, or the plan/price arguments that make a subscription paid.
+    source: String,
+}
+
+impl Acquisition {
+    /// What the tool acquires: from its name (an acquiring verb whose object is a billable
+    /// resource) or, failing that, from a description sentence such as "Order an eSIM Profile".
+    /// A tool that takes the identifier of an existing one (`PhoneNumberSid`) attaches what the
+    /// account already holds: it buys nothing.
+    fn of(
+        name: &NameWords,
+        verb: Option<&str>,
+        description: &str,
+        args: &Arguments,
+    ) -> Option<Self> {
+        let found = verb
+            .and_then(|verb| Self::named(name, verb, args))
+            .or_else(|| Self::described(description))?;
+        (!args.refer_to_existing(found.resource)).then_some(found)
+    }
+
+    fn named(name: &NameWords, verb: &str, args: &Arguments) -> Option<Self> {
+        let buys = BUYING_VERBS.contains(&verb);
+        if !buys && !ACQUIRING_VERBS.contains(&verb) {
+            return None;
+        }
+        let mut object = name.operation.clone();
+        let at = object.iter().position(|w| w == verb)?;
+        object.remove(at);
+        let (resource, plan_bound) = named_resource(&object)?;
+        if buys || !plan_bound {
+            return Some(Self {
+                resource,
+                source: "name".into(),
+            });
+        }
+        let plan = args.matching(is_plan_arg);
+        (!plan.is_empty()).then(|| Self {
+            resource,
+            source: plan.join(", "),
+        })
+    }
+
+    /// A sentence that starts with a buying verb whose whole object is a billable resource:
+    /// "Purchase a phone-number for the account", "Order an eSIM Profile", but not "Register a
+    /// phone number webhook".
+    fn described(description: &str) -> Option<Self> {
+        description
+            .split(['.', '\n', ';', '!', '?'])
+            .find_map(|sentence| {
+                let words = words(sentence);
+                let (verb, rest) = words.split_first()?;
+                let verb = verb.strip_suffix('s').unwrap_or(verb);
+                if !BUYING_VERBS.contains(&verb) {
+                    return None;
+                }
+                let skip = rest
+                    .iter()
+                    .take_while(|w| {
+                        matches!(w.as_str(), "a" | "an" | "the" | "one" | "new" | "more")
+                            || RESOURCE_KINDS.contains(&w.as_str())
+                    })
+                    .count();
+                let (resource, _) = resource_at(&rest[skip..])?;
+                let object_ends = rest.get(skip + resource.len()).is_none_or(|w| {
+                    matches!(
+                        w.as_str(),
+                        "for" | "to" | "in" | "on" | "at" | "with" | "from" | "by" | "and" | "so"
+                    )
+                });
+                object_ends.then(|| Self {
+                    resource,
+                    source: "description".into(),
+                })
+            })
+    }
+}
+
+/// The billable resource a name's object is, when every other word of it only says which kind
+/// (`IncomingPhoneNumberTollFree`); `IncomingPhoneNumberAssignedAddOn` acts on something else.
+/// The bool is whether the resource is plan-bound.
+fn named_resource(object: &[String]) -> Option<(&'static [&'static str], bool)> {
+    let mut found = None;
+    let mut rest = object;
+    while let Some(word) = rest.first() {
+        if let Some(resource) = resource_at(rest) {
+            rest = &rest[resource.0.len()..];
+            found = Some(resource);
+        } else if RESOURCE_KINDS.contains(&word.as_str()) {
+            rest = &rest[1..];
+        } else {
+            return None;
+        }
+    }
+    found
+}
+
+/// The longest billable resource `words` start with, and whether it is plan-bound.
+fn resource_at(words: &[String]) -> Option<(&'static [&'static str], bool)> {
+    let fits = |resource: &&&[&str]| {
+        resource.len() <= words.len()
+            && resource
+                .iter()
+                .zip(words)
+                .all(|(noun, word)| word == noun || word.strip_suffix('s') == Some(noun))
+    };
+    let billable = BILLABLE_RESOURCES.iter().filter(fits).map(|r| (*r, false));
+    let plan_bound = PLAN_BOUND_RESOURCES.iter().filter(fits).map(|r| (*r, true));
+    billable.chain(plan_bound).max_by_key(|(r, _)| r.len())
+}
+
 fn is_verb(word: &str) -> bool {
     [
         DESTRUCTIVE_VERBS,
@@ -850,6 +1049,31 @@ impl Arguments {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect()
+    }
+
+    /// Whether an argument identifies an existing `resource`: `PhoneNumberSid`, or a bare `Sid`
+    /// described as one ("The SID of a Twilio IncomingPhoneNumber"). An identifier chosen for
+    /// the new resource ("the ID of the instance to create") refers to nothing yet.
+    fn refer_to_existing(&self, resource: &[&str]) -> bool {
+        let joined = resource.concat();
+        let spaced = resource.join(" ");
+        self.0.iter().any(|arg| {
+            let Some((last, before)) = arg.words.split_last() else {
+                return false;
+            };
+            if !matches!(last.as_str(), "sid" | "sids" | "id" | "ids")
+                || arg.description.contains("to create")
+                || words(&arg.description).iter().any(|w| w == "new")
+            {
+                return false;
+            }
+            if before.is_empty() {
+                arg.description.contains(&joined) || arg.description.contains(&spaced)
+            } else {
+                let named = before.concat();
+                named.ends_with(&joined) || named.strip_suffix('s') == Some(joined.as_str())
+            }
+        })
     }
 }
 
@@ -1013,6 +1237,16 @@ fn is_file_path_arg(arg: &Argument) -> bool {
     )
 }
 
+/// A price, plan, SKU or tier: what makes creating a subscription a purchase.
+fn is_plan_arg(arg: &Argument) -> bool {
+    arg.words.iter().any(|w| {
+        matches!(
+            w.as_str(),
+            "plan" | "plans" | "price" | "prices" | "pricing" | "sku" | "tier" | "billing"
+        )
+    })
+}
+
 fn is_force_arg(arg: &Argument) -> bool {
     arg.kind == "boolean" && matches!(last_word(arg), "force" | "recursive" | "cascade" | "purge")
 }
@@ -1090,6 +1324,144 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(category(name), want, "{name}");
         }
+    }
+
+    #[test]
+    fn buying_or_provisioning_a_billable_resource_is_financial() {
+        let string = json!({"type": "string"});
+        let cases = [
+            (json!({"name": "buy_phone_number"}), RiskCategory::Financial),
+            (
+                json!({"name": "provision_phone_numbers"}),
+                RiskCategory::Financial,
+            ),
+            (
+                json!({"name": "create_toll_free_phone_number"}),
+                RiskCategory::Financial,
+            ),
+            (
+                json!({"name": "create_short_code"}),
+                RiskCategory::Financial,
+            ),
+            (json!({"name": "order_sim_cards"}), RiskCategory::Financial),
+            (
+                json!({"name": "register_super_sim"}),
+                RiskCategory::Financial,
+            ),
+            (json!({"name": "purchase_license"}), RiskCategory::Financial),
+            (json!({"name": "add_seats"}), RiskCategory::Financial),
+            (json!({"name": "create_instance"}), RiskCategory::Financial),
+            (json!({"name": "RunInstances"}), RiskCategory::Financial),
+            (
+                json!({"name": "launch_gpu_instance"}),
+                RiskCategory::Financial,
+            ),
+            (
+                json!({"name": "create_db_instance"}),
+                RiskCategory::Financial,
+            ),
+            (json!({"name": "reserve_capacity"}), RiskCategory::Financial),
+            (
+                json!({"name": "create_capacity_reservation"}),
+                RiskCategory::Financial,
+            ),
+            (json!({"name": "register_domain"}), RiskCategory::Financial),
+            (
+                json!({"name": "create_subscription", "inputSchema": {"properties": {
+                    "customer": string, "items": {"type": "array", "items": {"properties": {"price": string}}}}}}),
+                RiskCategory::Financial,
+            ),
+            (
+                json!({"name": "esim", "description": "Order an eSIM profile for a device."}),
+                RiskCategory::Financial,
+            ),
+            // An identifier chosen for the new instance is not a reference to an existing one.
+            (
+                json!({"name": "create_instance", "inputSchema": {"properties": {
+                    "instance_id": {"type": "string", "description": "The ID of the instance to create."}}}}),
+                RiskCategory::Financial,
+            ),
+            // Look-alikes: reading, changing, releasing, or attaching what the account holds.
+            (
+                json!({"name": "list_available_phone_numbers"}),
+                RiskCategory::Read,
+            ),
+            (json!({"name": "get_subscription"}), RiskCategory::Read),
+            (json!({"name": "update_phone_number"}), RiskCategory::Write),
+            (
+                json!({"name": "delete_instance"}),
+                RiskCategory::Destructive,
+            ),
+            (json!({"name": "start_instance"}), RiskCategory::Execute),
+            (
+                json!({"name": "create_phone_number", "inputSchema": {"properties": {
+                    "service_sid": string, "phone_number_sid": string}}}),
+                RiskCategory::Write,
+            ),
+            (
+                json!({"name": "create_phone_number", "inputSchema": {"properties": {"sid": {
+                    "type": "string", "description": "The SID of an IncomingPhoneNumber to add"}}}}),
+                RiskCategory::Write,
+            ),
+            // Free to create, or not the resource at all.
+            (json!({"name": "create_domain"}), RiskCategory::Write),
+            (json!({"name": "create_subscription"}), RiskCategory::Write),
+            (
+                json!({"name": "create_contact_phone_number"}),
+                RiskCategory::Write,
+            ),
+            (
+                json!({"name": "create_process_instance"}),
+                RiskCategory::Write,
+            ),
+            (
+                json!({"name": "create_instance_profile"}),
+                RiskCategory::Write,
+            ),
+            (json!({"name": "add_numbers"}), RiskCategory::Write),
+            (json!({"name": "reserve_table"}), RiskCategory::Write),
+            (json!({"name": "provision_user"}), RiskCategory::Write),
+            (
+                json!({"name": "sort_items", "description": "Order items by phone number."}),
+                RiskCategory::Other,
+            ),
+            (
+                json!({"name": "hooks", "description": "Registers a phone number webhook."}),
+                RiskCategory::Other,
+            ),
+        ];
+        for (definition, want) in cases {
+            let risk = classify(&tool(definition.clone()));
+            assert_eq!(risk.category, want, "{definition}: {risk:?}");
+        }
+    }
+
+    #[test]
+    fn a_billable_resource_signal_names_the_resource() {
+        let number = classify(&tool(json!({"name": "create_incoming_phone_number_local"})));
+        assert_eq!(
+            number.signals[0],
+            "Buys or provisions a billable resource: \"phone number\" (name)"
+        );
+        assert_eq!(number.level, RiskLevel::High);
+        let licence = classify(&tool(json!({"name": "purchase_licenses"})));
+        assert_eq!(
+            licence.signals[0],
+            "Buys or provisions a billable resource: \"license\" (name)"
+        );
+        assert_eq!(licence.level, RiskLevel::Critical);
+        let plan = classify(&tool(json!({"name": "create_subscription",
+            "inputSchema": {"properties": {"plan_id": {"type": "string"}}}})));
+        assert_eq!(
+            plan.signals[0],
+            "Buys or provisions a billable resource: \"subscription\" (plan_id)"
+        );
+        let described = classify(&tool(json!({"name": "numbers",
+            "description": "Purchases a new local phone number."})));
+        assert_eq!(
+            described.signals[0],
+            "Buys or provisions a billable resource: \"phone number\" (description)"
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Classification of the real Twilio MCP catalogue (`@twilio-alpha/mcp` 0.7.0, captured with
 //! `tests/fixtures/capture-twilio.js`): hundreds of OpenAPI-generated tools with no annotations.
+//! `twilio_provisioning.json` adds tools from further services that buy or provision billable
+//! resources, and look-alikes that only read, change or attach them.
 
 use portcullis_policy::{
     Call, CompiledPolicy, Outcome, Risk, RiskCategory, RiskLevel, ToolDefinition, classify,
@@ -105,6 +107,143 @@ fn sending_messages_and_placing_calls_is_financial() {
     );
     let (_, payments) = risk_of(&tools, "CreatePayments");
     assert_eq!(payments.category, RiskCategory::Financial, "{payments:?}");
+}
+
+#[test]
+fn buying_or_provisioning_is_financial_and_look_alikes_are_not() {
+    use RiskCategory::{Destructive, Financial, Read, Write};
+    let tools = catalogue("twilio_provisioning.json");
+    let cases = [
+        // Buys a phone number (the Local/Mobile/TollFree forms say so only in their names).
+        ("TwilioApiV2010--CreateIncomingPhoneNumber", Financial),
+        ("TwilioApiV2010--CreateIncomingPhoneNumberLocal", Financial),
+        ("TwilioApiV2010--CreateIncomingPhoneNumberMobile", Financial),
+        (
+            "TwilioApiV2010--CreateIncomingPhoneNumberTollFree",
+            Financial,
+        ),
+        // "Order an eSIM Profile"; "Register a Super SIM to your Account".
+        ("TwilioSupersimV1--CreateEsimProfile", Financial),
+        ("TwilioSupersimV1--CreateSim", Financial),
+        // A hosted-number order, financial before buying resources were recognised.
+        ("TwilioNumbersV2--CreateHostedNumberOrder", Financial),
+        // Searching what is for sale, or reading what the account holds.
+        ("TwilioApiV2010--ListAvailablePhoneNumberLocal", Read),
+        ("TwilioApiV2010--ListAvailablePhoneNumberTollFree", Read),
+        ("TwilioApiV2010--FetchAvailablePhoneNumberCountry", Read),
+        ("TwilioApiV2010--ListIncomingPhoneNumber", Read),
+        ("TwilioApiV2010--FetchIncomingPhoneNumber", Read),
+        ("TwilioApiV2010--FetchShortCode", Read),
+        ("TwilioSupersimV1--FetchEsimProfile", Read),
+        ("TwilioSupersimV1--ListSim", Read),
+        ("TwilioMessagingV1--ListPhoneNumber", Read),
+        ("TwilioEventsV1--FetchSubscription", Read),
+        // Changing one: a friendly name, webhooks, a status.
+        ("TwilioApiV2010--UpdateIncomingPhoneNumber", Write),
+        ("TwilioApiV2010--UpdateShortCode", Write),
+        ("TwilioSupersimV1--UpdateSim", Write),
+        ("TwilioWirelessV1--UpdateSim", Write),
+        ("TwilioProxyV1--UpdatePhoneNumber", Write),
+        ("TwilioTaskrouterV1--UpdateWorkerReservation", Write),
+        // Attaching a number or short code the account already holds (`PhoneNumberSid`,
+        // `ShortCodeSid`, or a `Sid` described as an IncomingPhoneNumber).
+        ("TwilioMessagingV1--CreatePhoneNumber", Write),
+        ("TwilioMessagingV1--CreateShortCode", Write),
+        ("TwilioTrunkingV1--CreatePhoneNumber", Write),
+        ("TwilioProxyV1--CreatePhoneNumber", Write),
+        // Creating something that is not itself billed.
+        (
+            "TwilioApiV2010--CreateIncomingPhoneNumberAssignedAddOn",
+            Write,
+        ),
+        ("TwilioApiV2010--CreateSipDomain", Write),
+        (
+            "TwilioApiV2010--CreateUserDefinedMessageSubscription",
+            Write,
+        ),
+        ("TwilioEventsV1--CreateSubscription", Write),
+        ("TwilioEventsV1--UpdateSubscription", Write),
+        ("TwilioTrunkingV1--CreateTrunk", Write),
+        ("TwilioNumbersV2--CreateBundle", Write),
+        // Releasing or detaching.
+        ("TwilioApiV2010--DeleteIncomingPhoneNumber", Destructive),
+        ("TwilioWirelessV1--DeleteSim", Destructive),
+        ("TwilioMessagingV1--DeletePhoneNumber", Destructive),
+        ("TwilioTrunkingV1--DeletePhoneNumber", Destructive),
+    ];
+    assert_eq!(cases.len(), tools.len(), "every fixture tool has a case");
+    for (name, want) in cases {
+        let tool = tools
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("{name} is not in the fixture"));
+        let risk = classify(tool);
+        assert_eq!(risk.category, want, "{name}: {risk:?}");
+    }
+}
+
+#[test]
+fn a_bought_resource_is_named_in_the_signal() {
+    let tools = catalogue("twilio_provisioning.json");
+    let signal = |name: &str| {
+        let tool = tools.iter().find(|t| t.name == name).unwrap();
+        classify(tool).signals[0].clone()
+    };
+    assert_eq!(
+        signal("TwilioApiV2010--CreateIncomingPhoneNumberTollFree"),
+        "Buys or provisions a billable resource: \"phone number\" (name)"
+    );
+    assert_eq!(
+        signal("TwilioSupersimV1--CreateEsimProfile"),
+        "Buys or provisions a billable resource: \"esim profile\" (name)"
+    );
+    assert_eq!(
+        signal("TwilioSupersimV1--CreateSim"),
+        "Buys or provisions a billable resource: \"sim\" (name)"
+    );
+}
+
+#[test]
+fn api_v2010_spends_money_in_exactly_these_tools() {
+    let tools = catalogue("twilio_api_v2010.json");
+    let mut financial: Vec<&str> = tools
+        .iter()
+        .filter(|t| classify(t).category == RiskCategory::Financial)
+        .map(operation)
+        .collect();
+    financial.sort_unstable();
+    assert_eq!(
+        financial,
+        [
+            "CreateCall",
+            "CreateIncomingPhoneNumber",
+            "CreateIncomingPhoneNumberLocal",
+            "CreateIncomingPhoneNumberMobile",
+            "CreateIncomingPhoneNumberTollFree",
+            "CreateMessage",
+            "CreateParticipant",
+            "CreatePayments",
+            "UpdatePayments",
+        ]
+    );
+    let count = |category| {
+        tools
+            .iter()
+            .filter(|t| classify(t).category == category)
+            .count()
+    };
+    let counts = RiskCategory::ALL.map(|c| (c, count(c)));
+    assert_eq!(
+        counts,
+        [
+            (RiskCategory::Read, 103),
+            (RiskCategory::Write, 53),
+            (RiskCategory::Execute, 0),
+            (RiskCategory::Financial, 9),
+            (RiskCategory::Destructive, 32),
+            (RiskCategory::Other, 0),
+        ]
+    );
 }
 
 #[test]
