@@ -11,6 +11,7 @@ mod chaos;
 pub mod peers;
 mod postgres;
 mod redis_prefix;
+pub mod sse;
 
 pub use chaos::ChaosProxy;
 pub use postgres::TestDatabase;
@@ -66,12 +67,7 @@ pub async fn start_both(
 /// Stops a process as an orchestrator would, with SIGTERM (drain, then exit), and returns how
 /// it exited; fails the test if it still runs 10 s later.
 pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let pid = child.id().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success(), "kill -TERM {pid}: {sent}");
+    signal(child.id(), "TERM");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -83,6 +79,15 @@ pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitSta
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Sends a signal (`TERM`, `KILL`, …) to a process; fails the test if it cannot be sent.
+pub fn signal(pid: u32, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid}: {sent}");
 }
 
 /// The Redis URL the tests use.

@@ -205,7 +205,7 @@ impl Connection {
         let response = match request.body(message.to_string()).send().await {
             Ok(response) => response,
             Err(e) => {
-                let e = e.without_url();
+                let e = describe(e);
                 tracing::warn!("cannot reach the gateway: {e}");
                 if let Some(id) = &id {
                     self.reply_error(
@@ -336,7 +336,7 @@ impl Connection {
                     tracing::debug!(status = response.status().as_u16(), "no GET stream");
                     return;
                 }
-                Err(e) => tracing::debug!("the GET stream failed: {}", e.without_url()),
+                Err(e) => tracing::debug!("the GET stream failed: {}", describe(e)),
             }
             if lock(&self.session).as_deref() != Some(session.as_str()) {
                 return;
@@ -356,6 +356,19 @@ impl Connection {
             tracing::debug!("ending the session: {e}");
         }
     }
+}
+
+/// An HTTP error with its causes, without the URL (it may hold the grant token).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn is_sse(response: &reqwest::Response) -> bool {
