@@ -31,6 +31,10 @@ struct Bridge {
 
 impl Bridge {
     fn start(flags: &[&str], command: &[&str]) -> Self {
+        Self::start_with_env(flags, &[], command)
+    }
+
+    fn start_with_env(flags: &[&str], env: &[(&str, &str)], command: &[&str]) -> Self {
         let mut process = Command::new(portcullis())
             .args([
                 "bridge",
@@ -43,6 +47,7 @@ impl Bridge {
             .args(flags)
             .arg("--")
             .args(command)
+            .envs(env.iter().copied())
             .current_dir(peers::peers_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -597,4 +602,183 @@ async fn connect_keeps_the_token_out_of_its_logs_and_the_process_list() {
     let logs = String::from_utf8_lossy(&output.stderr);
     assert!(logs.contains("/g/[redacted]/mcp"), "{logs}");
     assert!(!logs.contains(&token), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_child_serves_every_session_and_cancellations_reach_it() {
+    let record = tempfile_path("shared-stdin");
+    let bridge = Bridge::start(
+        &["--shared"],
+        &[
+            "sh",
+            "-c",
+            r#"tee -a "$0" | exec node "$1" stdio"#,
+            record.to_str().unwrap(),
+            everything_entry().to_str().unwrap(),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let first = initialize(&http, &bridge.url).await;
+    let second = initialize(&http, &bridge.url).await;
+    assert_ne!(first, second);
+    bridge.server_started(1).await;
+
+    // Both sessions use the same request id; each gets its own answer.
+    for (session, text) in [(&first, "one"), (&second, "two")] {
+        let answer: Value = http
+            .post(&bridge.url)
+            .header("mcp-session-id", session)
+            .header("accept", "application/json")
+            .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": text}}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["id"], 5);
+        assert_eq!(
+            answer["result"]["content"][0]["text"],
+            format!("Echo: {text}")
+        );
+    }
+
+    // A client's cancellation reaches the child under the bridge's id for the request.
+    let long = http
+        .post(&bridge.url)
+        .header("mcp-session-id", &first)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": "slow", "method": "tools/call", "params": {
+            "name": "trigger-long-running-operation", "arguments": {"duration": 30, "steps": 30},
+            "_meta": {"progressToken": "p"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut events = portcullis_tests::sse::SseMessages::new(long);
+    while events.next().await.unwrap()["method"] != "notifications/progress" {}
+    let cancelled = http
+        .post(&bridge.url)
+        .header("mcp-session-id", &first)
+        .json(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": "slow", "reason": "the user changed their mind"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let received = loop {
+        let received = std::fs::read_to_string(&record).unwrap();
+        if received.contains("notifications/cancelled") {
+            break received;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancellation never reached the child"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let sent: Vec<Value> = received
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let call = sent
+        .iter()
+        .find(|m| m["params"]["name"] == "trigger-long-running-operation")
+        .unwrap();
+    let cancel = sent
+        .iter()
+        .find(|m| m["method"] == "notifications/cancelled")
+        .unwrap();
+    assert_eq!(cancel["params"]["requestId"], call["id"]);
+    assert_ne!(call["id"], "slow", "the child sees the bridge's ids");
+    // The shared child was initialized once, for both sessions.
+    assert_eq!(
+        sent.iter().filter(|m| m["method"] == "initialize").count(),
+        1
+    );
+
+    // Ending one session leaves the child to the other.
+    let ended = http
+        .delete(&bridge.url)
+        .header("mcp-session-id", &first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 204);
+    let listed = http
+        .post(&bridge.url)
+        .header("mcp-session-id", &second)
+        .header("accept", "application/json")
+        .json(&json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(bridge.started().len(), 1);
+    let _ = std::fs::remove_file(record);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_requires_its_token_and_keeps_it_from_the_child() {
+    let secret = "bridge-secret-7f3a";
+    let entry = everything_entry();
+    let bridge = Bridge::start_with_env(
+        &["--token-env", "BRIDGE_TOKEN", "--env", "GREETING=hello"],
+        &[("BRIDGE_TOKEN", secret)],
+        &["node", entry.to_str().unwrap(), "stdio"],
+    );
+    let http = reqwest::Client::new();
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "token-test", "version": "1"}}});
+    for wrong in [None, Some("Bearer nope")] {
+        let mut request = http.post(&bridge.url).json(&initialize);
+        if let Some(wrong) = wrong {
+            request = request.header("authorization", wrong);
+        }
+        let refused = request.send().await.unwrap();
+        assert_eq!(refused.status(), 401);
+        assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+    }
+    assert!(
+        bridge.started().is_empty(),
+        "a refused request started a child"
+    );
+    let opened = http
+        .post(&bridge.url)
+        .bearer_auth(secret)
+        .header("accept", "application/json")
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let env: Value = http
+        .post(&bridge.url)
+        .bearer_auth(secret)
+        .header("mcp-session-id", &session)
+        .header("accept", "application/json")
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "get-env", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let env = env["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(env.contains("GREETING"), "{env}");
+    assert!(
+        !env.contains("BRIDGE_TOKEN") && !env.contains(secret),
+        "{env}"
+    );
 }

@@ -628,6 +628,37 @@ fn session_id() -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn listening_beyond_loopback_needs_a_token() {
+        let settings = |listen: &str| BridgeSettings {
+            listen: listen.parse().unwrap_or_else(|_| unreachable!()),
+            shared: false,
+            token: None,
+            grace: Duration::from_secs(1),
+            guard: vec!["portcullis".into(), "child-guard".into()],
+            command: ChildCommand {
+                argv: vec!["true".into()],
+                ..ChildCommand::default()
+            },
+        };
+        let refused = start(settings("0.0.0.0:0"))
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            refused.as_deref(),
+            Some(
+                "listening on 0.0.0.0:0 (not loopback) requires a bearer token: set --token-env VAR"
+            )
+        );
+        let mut no_command = settings("127.0.0.1:0");
+        no_command.command.argv.clear();
+        assert!(matches!(
+            start(no_command).await,
+            Err(BridgeError::NoCommand)
+        ));
+    }
+
     #[test]
     fn only_loopback_origins_pass_without_a_token() {
         assert!(is_local_origin("http://localhost:6274"));
