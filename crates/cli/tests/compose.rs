@@ -41,6 +41,9 @@ struct Service {
     /// The long form only, with a condition for each.
     depends_on: BTreeMap<String, Dependency>,
     restart: Option<String>,
+    /// The short form only: `SOURCE:TARGET[:MODE]`.
+    volumes: Vec<String>,
+    read_only: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -912,6 +915,34 @@ fn healthchecks_probe_a_port_their_service_listens_on() {
         }
     }
     report("healthcheck URLs", problems);
+}
+
+#[test]
+fn a_read_only_portcullis_service_writes_only_to_volumes() {
+    let mut problems = Vec::new();
+    for (name, service) in &compose().services {
+        if !runs_portcullis(service) {
+            continue;
+        }
+        if !service.read_only {
+            problems.push(format!(
+                "{name}: its root filesystem is writable (read_only: true)"
+            ));
+        }
+        let Some(dir) = service.environment.get("PORTCULLIS_AUDIT_SPILL_DIR") else {
+            continue;
+        };
+        let on_volume = service.volumes.iter().any(|volume| {
+            let target = volume.split(':').nth(1).unwrap_or_default();
+            !target.is_empty() && Path::new(dir).starts_with(target)
+        });
+        if !on_volume {
+            problems.push(format!(
+                "{name}: PORTCULLIS_AUDIT_SPILL_DIR={dir} is on no volume: entries spilled there would be lost with the container"
+            ));
+        }
+    }
+    report("writable directories of the Portcullis services", problems);
 }
 
 #[test]
