@@ -10,11 +10,13 @@
 mod chaos;
 pub mod peers;
 mod postgres;
+mod redis_cluster;
 mod redis_prefix;
 pub mod sse;
 
 pub use chaos::ChaosProxy;
 pub use postgres::TestDatabase;
+pub use redis_cluster::RedisCluster;
 pub use redis_prefix::TestRedis;
 
 /// The Postgres server URL the tests use.
@@ -57,6 +59,7 @@ pub async fn start_both(
         "--session-keys",
         &keys,
     ];
+    flags.extend_from_slice(redis_flags(redis_url));
     flags.extend_from_slice(extra);
     let config = portcullis::Config::from_flags(flags).unwrap();
     portcullis::start(&config, portcullis::Role::Both)
@@ -90,7 +93,26 @@ pub fn signal(pid: u32, name: &str) {
     assert!(sent.success(), "kill -{name} {pid}: {sent}");
 }
 
-/// The Redis URL the tests use.
+/// The shard count the services use on a cluster (`PORTCULLIS_REDIS_SHARDS`' default).
+pub const REDIS_SHARDS: u16 = 16;
+
+/// True when the suite runs against a Redis Cluster (`portcullis-redis-cluster` sets
+/// `PORTCULLIS_TEST_REDIS_CLUSTER`, and `REDIS_URL` to the cluster's nodes).
+pub fn redis_cluster() -> bool {
+    std::env::var("PORTCULLIS_TEST_REDIS_CLUSTER").is_ok_and(|v| v == "1")
+}
+
+/// The flags a service needs for the tests' Redis at `url`, beyond the URL itself:
+/// `--redis-cluster` when it is the cluster's.
+pub fn redis_flags(url: &str) -> &'static [&'static str] {
+    if redis_cluster() && url == redis_url() {
+        &["--redis-cluster"]
+    } else {
+        &[]
+    }
+}
+
+/// The Redis URL the tests use (on a cluster, its nodes, comma-separated).
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }

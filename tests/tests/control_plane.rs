@@ -1526,7 +1526,7 @@ async fn an_announcement_redis_refused_is_sent_when_it_is_back() {
     proxy.cut();
     let tenant_id = portcullis_core::TenantId::new();
     let announced = portcullis_control_plane::invalidations::publish(
-        redis,
+        portcullis_redis::Conn::Single(redis),
         channel.clone(),
         portcullis_core::Invalidation::Tenant { tenant_id },
     );

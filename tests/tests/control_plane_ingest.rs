@@ -24,29 +24,53 @@ async fn count(db: &TestDatabase) -> i64 {
         .unwrap()
 }
 
-/// How many entries of `stream` were read but not acknowledged.
-async fn pending_entries(conn: &mut redis::aio::ConnectionManager, stream: &str) -> u64 {
-    let summary: redis::Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(portcullis_core::audit::stream::GROUP)
-        .query_async(conn)
-        .await
-        .unwrap();
-    match summary {
-        redis::Value::Array(items) => match items.first() {
-            Some(redis::Value::Int(n)) => *n as u64,
-            _ => 0,
-        },
-        _ => 0,
+/// How many entries of the audit streams were read but not acknowledged.
+async fn pending_entries(redis: &TestRedis) -> u64 {
+    let mut conn = redis.conn();
+    let mut pending = 0;
+    for stream in redis.redis_keys().audit_streams() {
+        let summary: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(portcullis_core::audit::stream::GROUP)
+            .query_async(&mut conn)
+            .await;
+        // A stream nothing was written to has no group.
+        if let Ok(redis::Value::Array(items)) = summary
+            && let Some(redis::Value::Int(n)) = items.first()
+        {
+            pending += *n as u64;
+        }
     }
+    pending
+}
+
+/// The length of the audit streams together.
+async fn stream_length(redis: &TestRedis) -> u64 {
+    let mut conn = redis.conn();
+    let mut length = 0;
+    for stream in redis.redis_keys().audit_streams() {
+        let n: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        length += n;
+    }
+    length
+}
+
+/// The audit stream of a tenant's events (its shard's, on a cluster).
+fn stream_of(redis: &TestRedis, tenant: &str) -> String {
+    let keys = redis.redis_keys();
+    keys.audit_stream(keys.shard(serde_json::from_value(json!(tenant)).unwrap()))
 }
 
 async fn exactly_once_across_a_crash(events: usize) {
     let db = TestDatabase::new().await;
     let redis = TestRedis::new().await;
-    let keys = portcullis_core::redis_keys::RedisKeys::new(redis.prefix());
-    let client = redis::Client::open(portcullis_tests::redis_url()).unwrap();
+    let keys = redis.redis_keys();
     let tenant = uuid::Uuid::now_v7().to_string();
+    let stream = stream_of(&redis, &tenant);
     let server = uuid::Uuid::now_v7().to_string();
     let grant = uuid::Uuid::now_v7().to_string();
 
@@ -73,7 +97,7 @@ async fn exactly_once_across_a_crash(events: usize) {
             let mut pipe = redis::pipe();
             for e in batch.drain(..) {
                 pipe.cmd("XADD")
-                    .arg(keys.audit_stream())
+                    .arg(&stream)
                     .arg("*")
                     .arg(portcullis_core::audit::stream::FIELD)
                     .arg(e.to_string())
@@ -93,7 +117,7 @@ async fn exactly_once_across_a_crash(events: usize) {
     let first_stop = CancellationToken::new();
     let first = tokio::spawn(ingest::run(
         db.pool().clone(),
-        client.clone(),
+        redis.redis(),
         keys.clone(),
         config("first"),
         first_stop.clone(),
@@ -115,7 +139,7 @@ async fn exactly_once_across_a_crash(events: usize) {
     let second_stop = CancellationToken::new();
     let second = tokio::spawn(ingest::run(
         db.pool().clone(),
-        client.clone(),
+        redis.redis(),
         keys.clone(),
         config("second"),
         second_stop.clone(),
@@ -131,11 +155,9 @@ async fn exactly_once_across_a_crash(events: usize) {
     }
     let elapsed = started.elapsed();
     // Let the second ingester drain and acknowledge anything still in flight.
-    let mut redis_conn = redis.conn();
-    let stream = keys.audit_stream();
     let mut pending = u64::MAX;
     for _ in 0..100 {
-        pending = pending_entries(&mut redis_conn, &stream).await;
+        pending = pending_entries(&redis).await;
         if pending == 0 {
             break;
         }
@@ -155,11 +177,7 @@ async fn exactly_once_across_a_crash(events: usize) {
         (rows, distinct, complete),
         (events as i64, events as i64, events as i64)
     );
-    let length: u64 = redis::cmd("XLEN")
-        .arg(&stream)
-        .query_async(&mut redis_conn)
-        .await
-        .unwrap();
+    let length = stream_length(&redis).await;
     assert_eq!(
         length, 0,
         "acknowledged entries are deleted from the stream"
@@ -181,8 +199,7 @@ async fn ingestion_survives_a_postgres_outage_without_loss_or_duplicates() {
     use std::str::FromStr as _;
     let db = TestDatabase::new().await;
     let redis = TestRedis::new().await;
-    let keys = portcullis_core::redis_keys::RedisKeys::new(redis.prefix());
-    let client = redis::Client::open(portcullis_tests::redis_url()).unwrap();
+    let keys = redis.redis_keys();
     // The ingester reaches Postgres through a proxy the test can cut.
     let proxy = portcullis_tests::ChaosProxy::start(db.addr()).await;
     let options = sqlx::postgres::PgConnectOptions::from_str(&db.url_via(proxy.addr())).unwrap();
@@ -210,7 +227,7 @@ async fn ingestion_survives_a_postgres_outage_without_loss_or_duplicates() {
     let stop = CancellationToken::new();
     let ingester = tokio::spawn(ingest::run(
         pool,
-        client,
+        redis.redis(),
         keys,
         ingest::Config {
             batch: 500,
@@ -252,14 +269,13 @@ async fn ingestion_survives_a_postgres_outage_without_loss_or_duplicates() {
 async fn an_event_postgres_refuses_is_set_aside_and_the_rest_arrive() {
     let db = TestDatabase::new().await;
     let redis = TestRedis::new().await;
-    let keys = portcullis_core::redis_keys::RedisKeys::new(redis.prefix());
-    let client = redis::Client::open(portcullis_tests::redis_url()).unwrap();
+    let keys = redis.redis_keys();
     let tenant = uuid::Uuid::now_v7().to_string();
     let event = |tool: &str| audit_event(&tenant, &tenant, &tenant, "agent", tool, "allow", None);
     let mut conn = redis.conn();
     for e in [event("before"), event("a\u{0}b"), event("after")] {
         let _: String = redis::cmd("XADD")
-            .arg(keys.audit_stream())
+            .arg(stream_of(&redis, &tenant))
             .arg("*")
             .arg(portcullis_core::audit::stream::FIELD)
             .arg(e.to_string())
@@ -270,7 +286,7 @@ async fn an_event_postgres_refuses_is_set_aside_and_the_rest_arrive() {
     let stop = CancellationToken::new();
     let ingester = tokio::spawn(ingest::run(
         db.pool().clone(),
-        client,
+        redis.redis(),
         keys.clone(),
         ingest::Config {
             batch: 500,
@@ -280,7 +296,7 @@ async fn an_event_postgres_refuses_is_set_aside_and_the_rest_arrive() {
         stop.clone(),
     ));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while count(&db).await < 2 || pending_entries(&mut conn, &keys.audit_stream()).await > 0 {
+    while count(&db).await < 2 || pending_entries(&redis).await > 0 {
         assert!(Instant::now() < deadline, "{} stored", count(&db).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -23,10 +23,10 @@ struct Setup {
 impl Setup {
     async fn new() -> Self {
         let redis = TestRedis::new().await;
-        let keys = RedisKeys::new(redis.prefix());
+        let keys = redis.redis_keys();
         let batch = Batcher::start(
             redis.conn(),
-            keys.audit_stream(),
+            keys.audit_streams(),
             Duration::from_secs(2),
             None,
         );
@@ -35,9 +35,13 @@ impl Setup {
     }
 
     async fn stream_len(&self) -> usize {
-        let key = RedisKeys::new(self.redis.prefix()).audit_stream();
         let mut conn = self.redis.conn();
-        conn.xlen(key).await.unwrap()
+        let mut total = 0;
+        for key in self.redis.redis_keys().audit_streams() {
+            let len: usize = conn.xlen(key).await.unwrap();
+            total += len;
+        }
+        total
     }
 }
 
@@ -218,7 +222,10 @@ async fn concurrent_charges_batched_together_let_exactly_max_through() {
     let passed = results.iter().filter(|r| is_ok(r)).count();
     assert_eq!(passed, 50);
     // Every passing charge wrote its entry (some in batch entries).
-    let key = RedisKeys::new(s.redis.prefix()).audit_stream();
+    let key = s
+        .redis
+        .redis_keys()
+        .audit_stream(s.redis.redis_keys().shard(t));
     let mut conn = s.redis.conn();
     let entries: redis::streams::StreamRangeReply = conn.xrange_all(&key).await.unwrap();
     let mut events = 0;
@@ -323,11 +330,20 @@ async fn a_run_of_identical_charges_is_decided_as_if_one_by_one() {
     assert_eq!(results.iter().filter(|r| is_ok(r)).count(), 5);
 }
 
-/// The `n` of every entry in the audit stream, sorted.
+/// The `n` of every entry in the audit streams, sorted.
 async fn entries(redis: &TestRedis) -> Vec<i64> {
-    let key = RedisKeys::new(redis.prefix()).audit_stream();
     let mut conn = redis.conn();
-    let read: redis::streams::StreamRangeReply = conn.xrange_all(key).await.unwrap();
+    let mut found = Vec::new();
+    for key in redis.redis_keys().audit_streams() {
+        let read: redis::streams::StreamRangeReply = conn.xrange_all(key).await.unwrap();
+        found.extend(entry_numbers(read));
+    }
+    found.sort_unstable();
+    found
+}
+
+/// The `n` of each event of stream entries.
+fn entry_numbers(read: redis::streams::StreamRangeReply) -> Vec<i64> {
     let mut found = Vec::new();
     for id in read.ids {
         for value in id.map.values() {
@@ -337,7 +353,6 @@ async fn entries(redis: &TestRedis) -> Vec<i64> {
             found.extend(batch.iter().map(|e| e["n"].as_i64().unwrap()));
         }
     }
-    found.sort_unstable();
     found
 }
 
@@ -349,7 +364,7 @@ async fn batcher_behind_chaos(
     let keys = RedisKeys::new(redis.prefix());
     let proxy = portcullis_tests::ChaosProxy::start(portcullis_tests::redis_addr()).await;
     let (_, conn) = through(&proxy, timeout);
-    let batch = Batcher::start(conn, keys.audit_stream(), timeout, None);
+    let batch = Batcher::start(conn, keys.audit_streams(), timeout, None);
     (redis, proxy, batch)
 }
 
@@ -357,14 +372,17 @@ async fn batcher_behind_chaos(
 fn through(
     proxy: &portcullis_tests::ChaosProxy,
     timeout: Duration,
-) -> (redis::Client, redis::aio::ConnectionManager) {
+) -> (portcullis_redis::Redis, portcullis_redis::Conn) {
     let client = redis::Client::open(format!("redis://{}", proxy.addr())).unwrap();
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(1);
     let conn = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config).unwrap();
-    (client, conn)
+    (
+        portcullis_redis::Redis::single(client),
+        portcullis_redis::Conn::Single(conn),
+    )
 }
 
 #[tokio::test]
@@ -382,7 +400,7 @@ async fn audit_entries_redis_never_took_wait_on_disk_until_it_is_back() {
     let (client, conn) = through(&proxy, timeout);
     let (batch, task) = Batcher::spawn(
         conn,
-        keys.audit_stream(),
+        keys.audit_streams(),
         timeout,
         Some(spill.clone()),
         (client, force.clone()),
@@ -390,7 +408,7 @@ async fn audit_entries_redis_never_took_wait_on_disk_until_it_is_back() {
     proxy.cut();
     let total = 300;
     for n in 1..=total {
-        batch.enqueue(format!(r#"{{"n":{n}}}"#));
+        batch.enqueue(0, format!(r#"{{"n":{n}}}"#));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The gateway is stopped by force while Redis is still down: what its worker holds
@@ -406,7 +424,7 @@ async fn audit_entries_redis_never_took_wait_on_disk_until_it_is_back() {
     proxy.restore();
     let _later = Batcher::start(
         redis.conn(),
-        keys.audit_stream(),
+        keys.audit_streams(),
         timeout,
         Some(Spill::open(&dir).unwrap()),
     );
@@ -439,17 +457,20 @@ async fn audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_ba
     }];
     // Up: a charge and an entry share a round trip (in either order), and both land.
     let (charged, written) = tokio::join!(
-        batch.charge(calls.clone(), Some(r#"{"n":1}"#.into())),
-        batch.write(r#"{"n":2}"#.into()),
+        batch.charge(0, calls.clone(), Some(r#"{"n":1}"#.into())),
+        batch.write(0, r#"{"n":2}"#.into()),
     );
     assert_eq!(charged.unwrap().refused, 0);
     assert!(written);
     assert_eq!(entries(&redis).await, [1, 2]);
 
     proxy.cut();
-    assert!(batch.charge(calls.clone(), None).await.is_err());
-    batch.enqueue(r#"{"n":3}"#.into());
-    assert!(!batch.write(r#"{"n":4}"#.into()).await, "written while cut");
+    assert!(batch.charge(0, calls.clone(), None).await.is_err());
+    batch.enqueue(0, r#"{"n":3}"#.into());
+    assert!(
+        !batch.write(0, r#"{"n":4}"#.into()).await,
+        "written while cut"
+    );
     proxy.restore();
     // The entries kept for another try are written once Redis is back, each exactly once.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -457,7 +478,7 @@ async fn audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_ba
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(entries(&redis).await, [1, 2, 3, 4]);
-    assert_eq!(batch.charge(calls, None).await.unwrap().refused, 0);
+    assert_eq!(batch.charge(0, calls, None).await.unwrap().refused, 0);
 }
 
 #[tokio::test]
@@ -468,7 +489,7 @@ async fn audit_entries_outlive_a_redis_outage_of_seconds() {
     // of them than one round trip sends again.
     let total = 2_000;
     for n in 1..=total {
-        batch.enqueue(format!(r#"{{"n":{n}}}"#));
+        batch.enqueue(0, format!(r#"{{"n":{n}}}"#));
         if n % 250 == 0 {
             tokio::time::sleep(Duration::from_millis(400)).await;
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use portcullis_redis::{Conn, Redis, Timeouts};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
@@ -48,9 +48,9 @@ pub struct Connections {
     /// Postgres is down.
     pub db: PgPool,
     /// Redis; reconnects by itself after an outage.
-    pub redis: ConnectionManager,
-    /// The Redis client, for dedicated connections (pub/sub).
-    pub redis_client: redis::Client,
+    pub redis: Conn,
+    /// Where Redis is, for connections of their own (pub/sub, each gateway worker's).
+    pub redis_client: Redis,
     /// Key and channel names.
     pub keys: RedisKeys,
     /// Seals and opens upstream credentials.
@@ -65,25 +65,30 @@ impl Connections {
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(validated.database.clone());
         let redis = redis_manager(&validated.redis)?;
+        let keys = if validated.redis.is_cluster() {
+            RedisKeys::clustered(config.redis_prefix.clone(), config.redis_shards)
+        } else {
+            RedisKeys::new(config.redis_prefix.clone())
+        };
         Ok(Self {
             db,
             redis,
             redis_client: validated.redis.clone(),
-            keys: RedisKeys::new(config.redis_prefix.clone()),
+            keys,
             credentials: validated.credentials.clone(),
         })
     }
 }
 
-/// A multiplexed Redis connection that connects lazily and reconnects by itself, its tasks
-/// on the current runtime.
-fn redis_manager(client: &redis::Client) -> anyhow::Result<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
+/// A Redis connection that connects lazily and reconnects by itself, its tasks on the
+/// current runtime.
+fn redis_manager(redis: &Redis) -> anyhow::Result<Conn> {
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(1),
+        response: Duration::from_secs(2),
+    };
+    redis
+        .connect_lazy(timeouts)
         .context("cannot set up the Redis client")
 }
 

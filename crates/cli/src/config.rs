@@ -28,7 +28,8 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_DATABASE_MAX_CONNECTIONS", default_value = "16", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
-    /// Redis connection URL.
+    /// Redis connection URL; with --redis-cluster, the seed nodes of a Redis Cluster
+    /// (comma-separated `redis://` or `rediss://` URLs; the rest of the cluster is discovered).
     #[arg(
         long,
         env = "REDIS_URL",
@@ -36,6 +37,16 @@ pub struct Config {
         hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// REDIS_URL names a Redis Cluster: keys are spread over shards, each in one hash slot.
+    #[arg(long, env = "PORTCULLIS_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+
+    /// On a Redis Cluster, how many shards the limiter counters and audit streams are spread
+    /// over (the same in every process of an installation; changing it restarts the counters
+    /// of calls in flight).
+    #[arg(long, env = "PORTCULLIS_REDIS_SHARDS", default_value = "16", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub redis_shards: u16,
 
     /// PEM file of the certificate authorities a `rediss://` Redis's certificate must chain to,
     /// instead of the system's trust store (a private CA). Postgres takes its own in
@@ -164,7 +175,11 @@ impl Config {
     /// Checks every setting and returns the parsed connection options.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         let database = parse_database_url(&self.database_url)?;
-        let redis = parse_redis_url(&self.redis_url, self.redis_ca_file.as_deref())?;
+        let redis = parse_redis_url(
+            &self.redis_url,
+            self.redis_cluster,
+            self.redis_ca_file.as_deref(),
+        )?;
         if self.redis_prefix.is_empty()
             || !self
                 .redis_prefix
@@ -200,8 +215,8 @@ impl Config {
 pub struct Validated {
     /// Postgres connection options.
     pub database: PgConnectOptions,
-    /// Redis connection info.
-    pub redis: redis::Client,
+    /// Where Redis is.
+    pub redis: portcullis_redis::Redis,
     /// Credential keys.
     pub credentials: Keyring,
 }
@@ -227,32 +242,26 @@ fn parse_database_url(url: &str) -> Result<PgConnectOptions, ConfigError> {
 
 fn parse_redis_url(
     url: &str,
+    cluster: bool,
     ca_file: Option<&std::path::Path>,
-) -> Result<redis::Client, ConfigError> {
-    let parsed = url::Url::parse(url).map_err(|e| ConfigError::RedisUrl(e.to_string()))?;
-    if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
-        return Err(ConfigError::RedisUrl(format!(
-            "scheme must be redis:// or rediss://, not {}://",
-            parsed.scheme()
-        )));
-    }
-    let Some(ca_file) = ca_file else {
-        return redis::Client::open(url).map_err(|e| ConfigError::RedisUrl(e.to_string()));
+) -> Result<portcullis_redis::Redis, ConfigError> {
+    let ca = match ca_file {
+        None => None,
+        Some(ca_file) => {
+            // A CA file with plain-text URLs only would be silently unused.
+            if !url.split(',').any(|u| u.trim().starts_with("rediss://")) {
+                return Err(ConfigError::RedisCaFile(
+                    "set, but REDIS_URL is not rediss:// (TLS)".into(),
+                ));
+            }
+            Some(
+                std::fs::read(ca_file)
+                    .map_err(|e| ConfigError::RedisCaFile(format!("{}: {e}", ca_file.display())))?,
+            )
+        }
     };
-    if parsed.scheme() != "rediss" {
-        // A CA file with a plain-text URL would be silently unused.
-        return Err(ConfigError::RedisCaFile(
-            "set, but REDIS_URL is not rediss:// (TLS)".into(),
-        ));
-    }
-    let pem = std::fs::read(ca_file)
-        .map_err(|e| ConfigError::RedisCaFile(format!("{}: {e}", ca_file.display())))?;
-    let certificates = redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(pem),
-    };
-    redis::Client::build_with_tls(url, certificates)
-        .map_err(|e| ConfigError::RedisCaFile(format!("{}: {e}", ca_file.display())))
+    portcullis_redis::Redis::parse(url, cluster, ca)
+        .map_err(|e| ConfigError::RedisUrl(e.to_string()))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use redis::aio::ConnectionManager;
+use portcullis_redis::Conn;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -17,7 +17,7 @@ pub struct Dependencies {
     /// Postgres.
     pub db: PgPool,
     /// Redis.
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     /// How long each check may take.
     pub timeout: Duration,
     /// This listener serves while Postgres is down (a gateway with a cache grace): Postgres

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use portcullis_core::Invalidation;
-use redis::aio::ConnectionManager;
+use portcullis_redis::Conn;
 
 /// How long a failed announcement is tried again: twice the gateways' default cache TTL, after
 /// which every replica has reloaded what the change concerns.
@@ -17,14 +17,14 @@ pub const RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Publishes `message` on `channel`; returns once the first try is done (the retries, if any,
 /// go on in the background).
-pub async fn publish(redis: ConnectionManager, channel: String, message: Invalidation) {
+pub async fn publish(redis: Conn, channel: String, message: Invalidation) {
     let (tried, first) = tokio::sync::oneshot::channel();
     tokio::spawn(announce(redis, channel, message, tried));
     let _ = first.await;
 }
 
 async fn announce(
-    mut redis: ConnectionManager,
+    mut redis: Conn,
     channel: String,
     message: Invalidation,
     tried: tokio::sync::oneshot::Sender<()>,

@@ -12,7 +12,7 @@ use axum::Router;
 use portcullis_core::Keyring;
 use portcullis_core::egress::Egress;
 use portcullis_core::redis_keys::RedisKeys;
-use redis::aio::ConnectionManager;
+use portcullis_redis::{Conn, Redis};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -144,9 +144,9 @@ pub struct Shared {
     /// Postgres.
     pub db: PgPool,
     /// Redis, multiplexed and reconnecting.
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     /// The Redis client, for connections of their own (pub/sub).
-    pub redis_client: redis::Client,
+    pub redis_client: Redis,
     /// Key and channel names.
     pub keys: RedisKeys,
     /// Seals and opens upstream credentials at rest.

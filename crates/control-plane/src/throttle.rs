@@ -59,13 +59,15 @@ pub async fn check(state: &AppState, email: &str, ip: Option<IpAddr>) -> Result<
 pub async fn failed(state: &AppState, email: &str, ip: Option<IpAddr>) {
     let mut redis = state.shared.redis.clone();
     let window = state.settings.login_window.as_secs().max(1);
-    let mut pipe = redis::pipe();
+    // A pipeline per key: on a Redis Cluster the account's and the address's keys may be in
+    // two slots, on two masters.
     for (key, _) in keys(state, email, ip) {
+        let mut pipe = redis::pipe();
         pipe.cmd("INCR").arg(&key).ignore();
         pipe.cmd("EXPIRE").arg(&key).arg(window).arg("NX").ignore();
-    }
-    if let Err(e) = pipe.query_async::<()>(&mut redis).await {
-        tracing::warn!(error = %e, "cannot count a failed login");
+        if let Err(e) = pipe.query_async::<()>(&mut redis).await {
+            tracing::warn!(error = %e, "cannot count a failed login");
+        }
     }
 }
 

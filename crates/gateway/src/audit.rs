@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use portcullis_core::audit::{AuditEvent, stream};
+use portcullis_core::redis_keys::RedisKeys;
 use serde_json::Value;
 
 use crate::batch::Batcher;
@@ -23,19 +24,30 @@ use crate::batch::Batcher;
 #[derive(Clone)]
 pub struct AuditSink {
     batch: Batcher,
+    /// Which shard's stream takes a tenant's entries.
+    keys: RedisKeys,
     timeout: Duration,
 }
 
 impl AuditSink {
-    /// A sink writing through `batch`, waiting at most `timeout` for a write before forwarding.
-    pub fn new(batch: Batcher, timeout: Duration) -> Self {
-        Self { batch, timeout }
+    /// A sink writing through `batch` to the stream of each event's shard, waiting at most
+    /// `timeout` for a write before forwarding.
+    pub fn new(batch: Batcher, keys: RedisKeys, timeout: Duration) -> Self {
+        Self {
+            batch,
+            keys,
+            timeout,
+        }
     }
 
     /// Writes an entry now (the decision of a call about to be forwarded); returns its JSON.
     pub async fn write_now(&self, event: &AuditEvent) -> String {
         let json = stream::encode(event);
-        let written = tokio::time::timeout(self.timeout, self.batch.write(json.clone()));
+        let written = tokio::time::timeout(
+            self.timeout,
+            self.batch
+                .write(self.keys.shard(event.tenant_id), json.clone()),
+        );
         match written.await {
             Ok(true) => {}
             Ok(false) => {
@@ -52,12 +64,16 @@ impl AuditSink {
 
     /// Queues an entry for the next round trip.
     pub fn enqueue(&self, event: &AuditEvent) {
-        self.batch.enqueue(stream::encode(event));
+        self.batch
+            .enqueue(self.keys.shard(event.tenant_id), stream::encode(event));
     }
 
     /// Queues the outcome entry of an event whose decision entry `decided` was written.
     pub fn enqueue_outcome(&self, decided: &str, event: &AuditEvent) {
-        self.batch.enqueue(stream::encode_outcome(decided, event));
+        self.batch.enqueue(
+            self.keys.shard(event.tenant_id),
+            stream::encode_outcome(decided, event),
+        );
     }
 }
 

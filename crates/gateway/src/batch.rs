@@ -24,13 +24,21 @@
 //! them.
 //!
 //! Counters are Redis hashes of time buckets; see [`crate::limiter`] for the model.
+//!
+//! On a Redis Cluster the work is cut by shard ([`RedisKeys::shard`]): every key of a shard's
+//! script call is in the shard's hash slot, with the shard's own audit stream, and the shards'
+//! calls of one round go to their masters at once. Entries sent again after a failure go to
+//! one shard's stream per round, in turn: the ingester merges an event's entries whichever
+//! streams they took.
+//!
+//! [`RedisKeys::shard`]: portcullis_core::redis_keys::RedisKeys::shard
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use portcullis_core::audit::stream;
+use portcullis_redis::{Conn, Redis, Timeouts};
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -249,17 +257,27 @@ pub enum BatchError {
 
 enum Op {
     Charge {
+        /// The shard of the charge's tenant ([`RedisKeys::shard`]): every counter is in it.
+        shard: usize,
         counters: Vec<Counter>,
         entry: Option<String>,
         reply: oneshot::Sender<Result<ChargeResult, BatchError>>,
     },
     Entry {
+        /// The shard whose audit stream takes it.
+        shard: usize,
         json: String,
         written: Option<oneshot::Sender<bool>>,
     },
 }
 
 impl Op {
+    fn shard(&self) -> usize {
+        match self {
+            Op::Charge { shard, .. } | Op::Entry { shard, .. } => *shard,
+        }
+    }
+
     /// Whether nobody waits for this work: an entry queued without a waiter.
     fn can_wait(&self) -> bool {
         matches!(self, Op::Entry { written: None, .. })
@@ -297,18 +315,19 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the task that talks to Redis, writing audit entries to `stream_key`, giving up on a
+    /// Starts the task that talks to Redis, writing audit entries to `streams` (one per shard),
+    /// giving up on a
     /// script call after `timeout`. It runs until every handle is dropped (the service's routes
     /// and the requests still in flight), so requests draining during a graceful shutdown still
     /// reach Redis, then writes what is left and stops.
     /// Entries Redis does not take in time go to `spill` rather than being given up.
     pub fn start(
-        redis: ConnectionManager,
-        stream_key: String,
+        redis: Conn,
+        streams: Vec<String>,
         timeout: Duration,
         spill: Option<Spill>,
     ) -> Self {
-        Self::launch(Worker::new(redis, stream_key, timeout, spill), None).0
+        Self::launch(Worker::new(redis, streams, timeout, spill), None).0
     }
 
     /// Like [`Batcher::start`], also returning the task, which ends once every handle is gone
@@ -316,36 +335,39 @@ impl Batcher {
     /// then it hands over what it still holds, as a [`Leftover`] to write over a connection
     /// from `client` once the requests still open are dropped (their outcome entries join it).
     pub fn spawn(
-        redis: ConnectionManager,
-        stream_key: String,
+        redis: Conn,
+        streams: Vec<String>,
         timeout: Duration,
         spill: Option<Spill>,
-        (client, force): (redis::Client, CancellationToken),
+        (client, force): (Redis, CancellationToken),
     ) -> (Self, tokio::task::JoinHandle<Option<Leftover>>) {
         Self::launch(
-            Worker::new(redis, stream_key, timeout, spill),
+            Worker::new(redis, streams, timeout, spill),
             Some((client, force)),
         )
     }
 
     fn launch(
         worker: Worker,
-        force: Option<(redis::Client, CancellationToken)>,
+        force: Option<(Redis, CancellationToken)>,
     ) -> (Self, tokio::task::JoinHandle<Option<Leftover>>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         (Self { tx }, tokio::spawn(worker.run(rx, force)))
     }
 
-    /// Checks and takes every counter, all or none, in the next round trip; `entry` (an
-    /// encoded audit event) is written in the same script when the charge goes through.
+    /// Checks and takes every counter (all in `shard`), all or none, in the next round trip;
+    /// `entry` (an encoded audit event) is written in the same script when the charge goes
+    /// through.
     pub async fn charge(
         &self,
+        shard: usize,
         counters: Vec<Counter>,
         entry: Option<String>,
     ) -> Result<ChargeResult, BatchError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .try_send(Op::Charge {
+                shard,
                 counters,
                 entry,
                 reply,
@@ -359,9 +381,10 @@ impl Batcher {
 
     /// Writes an audit entry in the next round trip and waits until Redis has it; `false` when
     /// it could not be written yet (it stays queued for another try).
-    pub async fn write(&self, json: String) -> bool {
+    pub async fn write(&self, shard: usize, json: String) -> bool {
         let (written, answer) = oneshot::channel();
         if !self.queue(Op::Entry {
+            shard,
             json,
             written: Some(written),
         }) {
@@ -371,8 +394,9 @@ impl Batcher {
     }
 
     /// Queues an audit entry for the next round trip, without waiting.
-    pub fn enqueue(&self, json: String) {
+    pub fn enqueue(&self, shard: usize, json: String) {
         self.queue(Op::Entry {
+            shard,
             json,
             written: None,
         });
@@ -486,8 +510,11 @@ struct BatchMetrics {
 
 struct Worker {
     metrics: BatchMetrics,
-    redis: ConnectionManager,
-    stream_key: String,
+    redis: Conn,
+    /// The audit stream of each shard.
+    streams: Vec<String>,
+    /// The shard whose stream takes the next round's entries sent again.
+    retry_shard: usize,
     script: Script,
     timeout: Duration,
     retry: Kept,
@@ -509,7 +536,7 @@ pub struct Leftover {
     /// The stopped worker, with its retry queue; its connection belonged to the runtime that
     /// is gone and is replaced before it writes again.
     worker: Worker,
-    client: redis::Client,
+    client: Redis,
 }
 
 impl Leftover {
@@ -523,11 +550,11 @@ impl Leftover {
             mut worker,
             client,
         } = self;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(worker.timeout))
-            .set_response_timeout(Some(worker.timeout))
-            .set_number_of_retries(1);
-        match ConnectionManager::new_lazy_with_config(client, config) {
+        let timeouts = Timeouts {
+            connect: worker.timeout,
+            response: worker.timeout,
+        };
+        match client.connect_lazy(timeouts) {
             Ok(conn) => worker.redis = conn,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write the last audit entries");
@@ -539,19 +566,15 @@ impl Leftover {
 }
 
 impl Worker {
-    fn new(
-        redis: ConnectionManager,
-        stream_key: String,
-        timeout: Duration,
-        spill: Option<Spill>,
-    ) -> Self {
+    fn new(redis: Conn, streams: Vec<String>, timeout: Duration, spill: Option<Spill>) -> Self {
         Worker {
             metrics: BatchMetrics {
                 seconds: metrics::histogram!("portcullis_gateway_redis_batch_seconds"),
                 size: metrics::histogram!("portcullis_gateway_redis_batch_size"),
             },
             redis,
-            stream_key,
+            streams,
+            retry_shard: 0,
             script: Script::new(SCRIPT),
             timeout,
             retry: Kept::default(),
@@ -567,7 +590,7 @@ impl Worker {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Op>,
-        force: Option<(redis::Client, CancellationToken)>,
+        force: Option<(Redis, CancellationToken)>,
     ) -> Option<Leftover> {
         let (client, force) = force.unzip();
         let forced = async {
@@ -648,11 +671,11 @@ impl Worker {
         }
     }
 
-    /// Writes encoded entries (at least one) as one stream entry.
-    async fn xadd(&self, entries: &[&str]) -> redis::RedisResult<()> {
+    /// Writes encoded entries (at least one) as one entry of `stream`.
+    async fn xadd(&self, stream: &str, entries: &[&str]) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.stream_key)
+        cmd.arg(stream)
             .arg("MAXLEN")
             .arg("~")
             .arg(stream::MAX_LEN)
@@ -662,9 +685,10 @@ impl Worker {
         cmd.query_async::<redis::Value>(&mut conn).await.map(drop)
     }
 
-    /// Writes encoded entries as one stream entry; false when Redis did not take it in time.
-    async fn write_entries(&self, entries: &[&str]) -> bool {
-        match within(self.timeout, self.xadd(entries)).await {
+    /// Writes encoded entries as one entry of `stream`; false when Redis did not take it in
+    /// time.
+    async fn write_entries(&self, stream: &str, entries: &[&str]) -> bool {
+        match within(self.timeout, self.xadd(stream, entries)).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "redis: audit entries not written");
@@ -674,13 +698,69 @@ impl Worker {
     }
 
     /// One round trip for `ops` (left empty, its buffer kept for the next batch) and the
-    /// entries due for a retry: the script call for the charges, and the plain entries' `XADD`
-    /// sent along with it. True when either failed.
+    /// entries due for a retry: per shard with work, the script call for the charges and the
+    /// plain entries' `XADD` sent along with it (the shards' at once). True when any failed.
     async fn call(&mut self, ops: &mut Vec<Op>) -> bool {
         // A caller that stopped waiting (its timeout answered the call as a limiter error)
         // must not be charged, nor its `allow` decision written.
         ops.retain(|op| !matches!(op, Op::Charge { reply, .. } if reply.is_closed()));
-        let charges: Vec<&[Counter]> = ops
+        let retried = self.retry.per_trip();
+        let size = ops.len();
+        let started = std::time::Instant::now();
+        let outcome = if self.streams.len() == 1 {
+            let (outcome, emptied) = self.trip(0, std::mem::take(ops), retried).await;
+            *ops = emptied;
+            outcome
+        } else {
+            let mut shards: Vec<Vec<Op>> = (0..self.streams.len()).map(|_| Vec::new()).collect();
+            for op in ops.drain(..) {
+                let shard = op.shard() % shards.len();
+                shards[shard].push(op);
+            }
+            self.retry_shard = (self.retry_shard + 1) % shards.len();
+            let carrier = self.retry_shard;
+            let trips = shards
+                .into_iter()
+                .enumerate()
+                .filter(|(shard, batch)| !batch.is_empty() || (*shard == carrier && retried > 0))
+                .map(|(shard, batch)| {
+                    self.trip(shard, batch, if shard == carrier { retried } else { 0 })
+                });
+            futures::future::join_all(trips)
+                .await
+                .into_iter()
+                .fold(Trip::default(), |all, (trip, _)| all.and(trip))
+        };
+        self.metrics.seconds.record(started.elapsed());
+        self.metrics.size.record(size as f64);
+        if !outcome.retried_failed {
+            self.retry.written(retried);
+        }
+        for json in outcome.keep {
+            self.retry.keep(json);
+        }
+        // A spill takes a large piece at once, so a long outage writes few files.
+        let down_to = if self.spill.is_some() {
+            RETRY_BYTES / 2
+        } else {
+            RETRY_BYTES
+        };
+        let over = self.retry.trim(RETRY_BYTES, down_to);
+        self.let_go(
+            over,
+            "Redis has not taken them for too long; the oldest kept went first",
+        )
+        .await;
+        self.failing = outcome.failed;
+        self.failing
+    }
+
+    /// One shard's part of a round: its charges in one script call, its plain entries (and
+    /// the first `retried` kept entries) in one `XADD`, both in flight at once; every waiter
+    /// of `batch` answered. Gives `batch`'s buffer back, emptied.
+    async fn trip(&self, shard: usize, mut batch: Vec<Op>, retried: usize) -> (Trip, Vec<Op>) {
+        let stream = self.streams[shard].as_str();
+        let charges: Vec<&[Counter]> = batch
             .iter()
             .filter_map(|op| match op {
                 Op::Charge { counters, .. } => Some(counters.as_slice()),
@@ -711,22 +791,21 @@ impl Worker {
         for key in &keys {
             invocation.key(*key);
         }
-        invocation.key(&self.stream_key);
-        let decisions: Vec<&str> = ops
+        invocation.key(stream);
+        let decisions: Vec<&str> = batch
             .iter()
             .filter_map(|op| match op {
                 Op::Charge { entry, .. } => entry.as_deref(),
                 Op::Entry { .. } => None,
             })
             .collect();
-        let retried = self.retry.per_trip();
         let plain_entries: Vec<&str> = self
             .retry
             .entries
             .iter()
             .take(retried)
             .map(String::as_str)
-            .chain(ops.iter().filter_map(|op| match op {
+            .chain(batch.iter().filter_map(|op| match op {
                 Op::Entry { json, .. } => Some(json.as_str()),
                 Op::Charge { .. } => None,
             }))
@@ -746,15 +825,12 @@ impl Worker {
             if plain_entries.is_empty() {
                 return Ok(());
             }
-            self.xadd(&plain_entries).await
+            self.xadd(stream, &plain_entries).await
         };
-        let started = std::time::Instant::now();
         // Each with a deadline of its own: a slow write of entries (a backlog, large argument
         // values) must not fail charges Redis has made, nor a slow script the entries.
         let (script, entries) =
             tokio::join!(within(self.timeout, script), within(self.timeout, entries));
-        self.metrics.seconds.record(started.elapsed());
-        self.metrics.size.record(ops.len() as f64);
         let result = script.and_then(|out| match out {
             Some(out) => decide(&out, &groups),
             // No charges, no script call.
@@ -772,15 +848,12 @@ impl Worker {
         }
         // Entries to keep for another try, with their waiters (told `false`).
         let mut failed: Vec<(String, Option<oneshot::Sender<bool>>)> = Vec::new();
-        if !entries_failed {
-            self.retry.written(retried);
-        }
         if let Ok(decided) = &result
             && !decided.written
         {
             // A charge of the batch was refused, so the script wrote no decision entry: those
             // of the charges that went through are written now, before their calls go on.
-            let charged: Vec<&str> = ops
+            let charged: Vec<&str> = batch
                 .iter()
                 .filter_map(|op| match op {
                     Op::Charge { entry, .. } => Some(entry.as_deref()),
@@ -789,7 +862,7 @@ impl Worker {
                 .zip(&decided.charges)
                 .filter_map(|(entry, answer)| entry.filter(|_| answer.refused == 0))
                 .collect();
-            if !charged.is_empty() && !self.write_entries(&charged).await {
+            if !charged.is_empty() && !self.write_entries(stream, &charged).await {
                 failed.extend(charged.iter().map(|json| ((*json).to_owned(), None)));
             }
         }
@@ -797,7 +870,7 @@ impl Worker {
             Ok(decided) => decided.charges.iter(),
             Err(_) => [].iter(),
         };
-        for op in ops.drain(..) {
+        for op in batch.drain(..) {
             match op {
                 Op::Charge { reply, .. } => {
                     let answer = match (&result, answers.next()) {
@@ -807,7 +880,7 @@ impl Worker {
                     };
                     let _ = reply.send(answer);
                 }
-                Op::Entry { json, written } => {
+                Op::Entry { json, written, .. } => {
                     if entries_failed {
                         failed.push((json, written));
                     } else if let Some(w) = written {
@@ -816,26 +889,21 @@ impl Worker {
                 }
             }
         }
-        for (json, written) in failed {
-            if let Some(w) = written {
-                let _ = w.send(false);
-            }
-            self.retry.keep(json);
-        }
-        // A spill takes a large piece at once, so a long outage writes few files.
-        let down_to = if self.spill.is_some() {
-            RETRY_BYTES / 2
-        } else {
-            RETRY_BYTES
+        let keep = failed
+            .into_iter()
+            .map(|(json, written)| {
+                if let Some(w) = written {
+                    let _ = w.send(false);
+                }
+                json
+            })
+            .collect();
+        let trip = Trip {
+            failed: entries_failed || result.is_err(),
+            retried_failed: retried > 0 && entries_failed,
+            keep,
         };
-        let over = self.retry.trim(RETRY_BYTES, down_to);
-        self.let_go(
-            over,
-            "Redis has not taken them for too long; the oldest kept went first",
-        )
-        .await;
-        self.failing = entries_failed || result.is_err();
-        self.failing
+        (trip, batch)
     }
 
     /// Entries this worker no longer holds: written to the spill directory, else given up.
@@ -898,6 +966,26 @@ impl Worker {
         self.claimed = Some(taken.claim);
         // The next file, if any, once these are written.
         self.spill_check = Instant::now();
+    }
+}
+
+/// How one shard's part of a round went.
+#[derive(Default)]
+struct Trip {
+    /// The script call or the entries' write failed.
+    failed: bool,
+    /// The entries sent again were not written.
+    retried_failed: bool,
+    /// Entries to send again.
+    keep: Vec<String>,
+}
+
+impl Trip {
+    fn and(mut self, other: Trip) -> Trip {
+        self.failed |= other.failed;
+        self.retried_failed |= other.retried_failed;
+        self.keep.extend(other.keep);
+        self
     }
 }
 
@@ -1024,6 +1112,7 @@ mod tests {
 
     fn entry(waiter: bool) -> Op {
         Op::Entry {
+            shard: 0,
             json: "{}".into(),
             written: waiter.then(|| oneshot::channel().0),
         }
@@ -1034,6 +1123,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         // A charge, or an entry someone waits for, ends the wait at once.
         let charge = Op::Charge {
+            shard: 0,
             counters: vec![counter("a", 1)],
             entry: None,
             reply: oneshot::channel().0,

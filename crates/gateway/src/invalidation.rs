@@ -6,6 +6,11 @@
 //! they are cleared every [`UNWATCHED_FOR`], so an announcement missed meanwhile (a revocation)
 //! still takes effect within it. A periodic ping notices a connection that died without
 //! closing.
+//!
+//! On a Redis Cluster the subscription is an ordinary one, on one node: a `PUBLISH` reaches
+//! every node of a cluster, so any node will do, and a subscription on one connection is one
+//! thing that either holds or breaks (which is what clearing the caches needs to know). When
+//! it breaks the next attempt goes to the next seed node, so a dead node is not waited for.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,7 +31,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Runs the subscriber until `shutdown`.
 pub async fn run(
-    client: redis::Client,
+    redis: portcullis_redis::Redis,
     channel: String,
     grants: Arc<Grants>,
     catalogue: Arc<Catalogue>,
@@ -34,7 +39,10 @@ pub async fn run(
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut first = true;
+    let mut attempt = 0usize;
     while !shutdown.is_cancelled() {
+        let client = redis.node(attempt);
+        attempt = attempt.wrapping_add(1);
         if !first {
             // Announcements may be missed from now until subscribed again.
             let slept = tokio::time::sleep(backoff);

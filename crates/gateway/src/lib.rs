@@ -14,7 +14,7 @@ use axum::routing::post;
 use portcullis_core::Keyring;
 use portcullis_core::egress::Egress;
 use portcullis_core::redis_keys::RedisKeys;
-use redis::aio::ConnectionManager;
+use portcullis_redis::{Conn, Redis};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -154,9 +154,9 @@ impl Default for Settings {
 pub struct Shared {
     /// Postgres.
     pub db: PgPool,
-    /// The Redis client, for connections of its own (pub/sub); each worker opens its own
-    /// multiplexed connection ([`Service::worker`]).
-    pub redis_client: redis::Client,
+    /// Redis, for connections of its own (pub/sub, the last audit entries of a stopped
+    /// worker); each worker opens its own connection ([`Service::worker`]).
+    pub redis_client: Redis,
     /// Key and channel names.
     pub keys: RedisKeys,
     /// Seals and opens upstream credentials at rest.
@@ -281,11 +281,11 @@ impl Service {
     /// connection (`redis`), so that a request runs from start to finish on the thread that
     /// accepted it. Call it on the runtime that serves the routes: the worker's tasks run there.
     /// Cancelling `force` (the shutdown's grace period is over) stops its batcher at once.
-    pub fn worker(&self, redis: ConnectionManager, force: CancellationToken) -> Worker {
+    pub fn worker(&self, redis: Conn, force: CancellationToken) -> Worker {
         let settings = &self.settings;
         let (batch, drained) = batch::Batcher::spawn(
             redis.clone(),
-            self.shared.keys.audit_stream(),
+            self.shared.keys.audit_streams(),
             settings.limiter_timeout,
             self.spill.clone(),
             (self.shared.redis_client.clone(), force),
@@ -300,7 +300,7 @@ impl Service {
                 self.shared.keys.clone(),
                 settings.limiter_timeout,
             )),
-            audit: audit::AuditSink::new(batch, settings.limiter_timeout),
+            audit: audit::AuditSink::new(batch, self.shared.keys.clone(), settings.limiter_timeout),
             upstream: self.upstream.with_own_pool(),
             sessions: self.sessions.clone(),
             max_body: settings.gateway_max_body,

@@ -25,8 +25,8 @@ use std::time::Duration;
 use portcullis_core::TenantId;
 use portcullis_core::redis_keys::RedisKeys;
 use portcullis_policy::Charge;
+use portcullis_redis::Conn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 pub use crate::batch::BUCKETS;
 use crate::batch::{BatchError, Batcher, Counter};
@@ -87,7 +87,7 @@ pub enum Charged {
 /// The Redis limiter. The gateway shares it by `Arc`: a clone copies its script.
 #[derive(Clone)]
 pub struct Limiter {
-    redis: ConnectionManager,
+    redis: Conn,
     batch: Batcher,
     keys: RedisKeys,
     refund: Script,
@@ -109,12 +109,7 @@ pub fn bucket_width(window: Duration) -> u64 {
 
 impl Limiter {
     /// A limiter on `redis`, charging through `batch`, that gives up after `timeout`.
-    pub fn new(
-        redis: ConnectionManager,
-        batch: Batcher,
-        keys: RedisKeys,
-        timeout: Duration,
-    ) -> Self {
+    pub fn new(redis: Conn, batch: Batcher, keys: RedisKeys, timeout: Duration) -> Self {
         Self {
             redis,
             batch,
@@ -151,9 +146,13 @@ impl Limiter {
             })
             .collect();
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.batch.charge(counters.clone(), entry))
-            .await
-            .map_err(|_| LimiterError::Timeout(self.timeout))??;
+        let result = tokio::time::timeout(
+            self.timeout,
+            self.batch
+                .charge(self.keys.shard(tenant), counters.clone(), entry),
+        )
+        .await
+        .map_err(|_| LimiterError::Timeout(self.timeout))??;
         self.seconds.record(started.elapsed());
         if result.refused == 0 {
             return Ok(Charged::Ok(Reservation {

@@ -118,6 +118,7 @@ pub async fn start_app_with_keys(
         "--upstream-allow",
         "127.0.0.0/8,::1",
     ];
+    args.extend_from_slice(portcullis_tests::redis_flags(&redis_url));
     args.extend_from_slice(extra);
     let config = Config::from_flags(args).unwrap();
     portcullis::start(&config, role).await.unwrap()
@@ -526,20 +527,28 @@ pub fn audit_event(
     })
 }
 
-/// XADDs events to the audit stream, as gateways do.
+/// XADDs events to the audit streams, as gateways do (to their tenants' shards).
 pub async fn push_events(redis: &TestRedis, events: &[Value]) {
-    let keys = portcullis_core::redis_keys::RedisKeys::new(redis.prefix());
+    let keys = redis.redis_keys();
     let mut conn = redis.conn();
     for chunk in events.chunks(500) {
-        let mut pipe = redis::pipe();
+        // One pipeline per stream: on a cluster each stream is on its own node.
+        let mut pipes: std::collections::BTreeMap<String, redis::Pipeline> = Default::default();
         for e in chunk {
-            pipe.cmd("XADD")
-                .arg(keys.audit_stream())
+            let tenant: portcullis_core::TenantId = serde_json::from_value(e["tenant_id"].clone())
+                .unwrap_or_else(|_| portcullis_core::TenantId::new());
+            pipes
+                .entry(keys.audit_stream(keys.shard(tenant)))
+                .or_insert_with(redis::pipe)
+                .cmd("XADD")
+                .arg(keys.audit_stream(keys.shard(tenant)))
                 .arg("*")
                 .arg(portcullis_core::audit::stream::FIELD)
                 .arg(e.to_string())
                 .ignore();
         }
-        let _: () = pipe.query_async(&mut conn).await.unwrap();
+        for pipe in pipes.values() {
+            let _: () = pipe.query_async(&mut conn).await.unwrap();
+        }
     }
 }

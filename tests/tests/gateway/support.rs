@@ -124,6 +124,11 @@ impl Stack {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(
+            portcullis_tests::redis_flags(redis_url)
+                .iter()
+                .map(|f| f.to_string()),
+        );
         // The stack's session keys, unless the test brings a ring of its own.
         if !extra.contains(&"--session-keys") {
             args.extend(["--session-keys".to_owned(), self.session_keys.clone()]);
@@ -287,7 +292,7 @@ impl Stack {
 
     /// The names of this stack's Redis keys and channels.
     fn keys(&self) -> portcullis_core::redis_keys::RedisKeys {
-        portcullis_core::redis_keys::RedisKeys::new(self.redis.prefix())
+        self.redis.redis_keys()
     }
 
     /// Announces a change, as the control plane does.
@@ -306,16 +311,10 @@ impl Stack {
     /// The audit entries written so far (both halves of each event).
     pub async fn audit(&self) -> Vec<Value> {
         let mut conn = self.redis.conn();
-        let key = self.keys().audit_stream();
-        let entries: redis::streams::StreamRangeReply = conn.xrange_all(&key).await.unwrap();
         let mut events = Vec::new();
-        for entry in &entries.ids {
-            if let Some(json) = entry.get::<String>("event") {
-                events.push(serde_json::from_str(&json).unwrap());
-            } else if let Some(json) = entry.get::<String>("events") {
-                let batch: Vec<Value> = serde_json::from_str(&json).unwrap();
-                events.extend(batch);
-            }
+        for key in self.keys().audit_streams() {
+            let entries: redis::streams::StreamRangeReply = conn.xrange_all(&key).await.unwrap();
+            events.extend(decode_entries(&entries));
         }
         events
     }
@@ -331,6 +330,20 @@ impl Stack {
         }
         panic!("no matching audit entry in {:#?}", self.audit().await);
     }
+}
+
+/// The audit events of stream entries (an entry holds one event, or a batch of them).
+fn decode_entries(entries: &redis::streams::StreamRangeReply) -> Vec<Value> {
+    let mut events = Vec::new();
+    for entry in &entries.ids {
+        if let Some(json) = entry.get::<String>("event") {
+            events.push(serde_json::from_str(&json).unwrap());
+        } else if let Some(json) = entry.get::<String>("events") {
+            let batch: Vec<Value> = serde_json::from_str(&json).unwrap();
+            events.extend(batch);
+        }
+    }
+    events
 }
 
 /// A raw JSON-RPC POST; returns status, headers and body text.

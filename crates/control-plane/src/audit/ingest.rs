@@ -6,13 +6,20 @@
 //! acknowledges (and deletes) the entries. A crash between commit and acknowledgement leaves
 //! the entries pending; another ingester claims them with `XAUTOCLAIM` once they have been idle
 //! for `claim_idle`, and the upsert makes the replay harmless: every event lands exactly once.
+//!
+//! On a Redis Cluster there is one stream per shard (`RedisKeys::audit_streams`), each in its
+//! own slot; every ingester reads them all in turn (a read per stream, since one command may
+//! not name keys of two slots), claims what a dead consumer left on each, and sleeps
+//! [`IDLE_POLL`] when none had anything. An event's decision and outcome entries may arrive in
+//! two streams (an entry sent again after a failure goes to any); the upsert merges them
+//! whichever comes first.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use portcullis_core::audit::{AuditEvent, stream};
 use portcullis_core::redis_keys::RedisKeys;
-use redis::aio::MultiplexedConnection;
+use portcullis_redis::{Conn, Redis, Timeouts};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -29,13 +36,15 @@ pub struct Config {
     pub consumer: Option<String>,
 }
 
-/// How long one `XREADGROUP` waits for new entries.
+/// How long one `XREADGROUP` waits for new entries (with a single stream).
 const BLOCK: Duration = Duration::from_millis(500);
+/// With several streams, how long to wait after a round in which none had new entries.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Runs until `shutdown`; reconnects to Redis and Postgres by itself after failures.
 pub async fn run(
     db: PgPool,
-    redis: redis::Client,
+    redis: Redis,
     keys: RedisKeys,
     config: Config,
     shutdown: CancellationToken,
@@ -67,17 +76,16 @@ pub async fn run(
     tracing::info!(consumer, "audit ingester stopped");
 }
 
-async fn connect(redis: &redis::Client) -> anyhow::Result<MultiplexedConnection> {
+async fn connect(redis: &Redis) -> anyhow::Result<Conn> {
     // A connection of its own: a blocking read must not hold up the shared connection's users.
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
-    Ok(redis
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        response: BLOCK + Duration::from_secs(5),
+    };
+    Ok(redis.connect_own(timeouts).await?)
 }
 
-async fn ensure_group(conn: &mut MultiplexedConnection, stream_key: &str) -> anyhow::Result<()> {
+async fn ensure_group(conn: &mut Conn, stream_key: &str) -> anyhow::Result<()> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream_key)
@@ -95,82 +103,97 @@ async fn ensure_group(conn: &mut MultiplexedConnection, stream_key: &str) -> any
 
 async fn session(
     db: &PgPool,
-    redis: &redis::Client,
+    redis: &Redis,
     keys: &RedisKeys,
     config: &Config,
     consumer: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut conn = connect(redis).await?;
-    let stream_key = keys.audit_stream();
-    ensure_group(&mut conn, &stream_key).await?;
+    let streams = keys.audit_streams();
+    for stream_key in &streams {
+        ensure_group(&mut conn, stream_key).await?;
+    }
     // After a failure (Postgres down mid-batch) this consumer's own entries are still pending:
     // take them up again first rather than waiting for the idle claim.
-    loop {
-        let own: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(stream::GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(config.batch)
-            .arg("STREAMS")
-            .arg(&stream_key)
-            .arg("0")
-            .query_async(&mut conn)
-            .await?;
-        let entries: Vec<StreamId> = own
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            .unwrap_or_default();
-        if entries.is_empty() {
-            break;
+    for stream_key in &streams {
+        loop {
+            let entries = read(&mut conn, stream_key, consumer, config, "0", None).await?;
+            if entries.is_empty() {
+                break;
+            }
+            ingest(db, &mut conn, stream_key, entries).await?;
         }
-        ingest(db, &mut conn, &stream_key, entries).await?;
     }
+    // One stream can wait on the server for new entries; several are read in turn.
+    let block = (streams.len() == 1).then_some(BLOCK);
     let mut last_claim: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
         if last_claim.is_none_or(|t| t.elapsed() >= config.claim_idle / 2) {
-            claim_stale(db, &mut conn, &stream_key, config, consumer).await?;
+            for stream_key in &streams {
+                claim_stale(db, &mut conn, stream_key, config, consumer).await?;
+            }
             last_claim = Some(Instant::now());
         }
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(stream::GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(config.batch)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&stream_key)
-            .arg(">")
-            .query_async(&mut conn)
-            .await
-            .or_else(|e| {
-                // The stream or group vanished (e.g. Redis restarted empty): recreate them.
-                if e.code() == Some("NOGROUP") {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?;
-        let entries: Vec<StreamId> = reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            .unwrap_or_default();
-        if entries.is_empty() {
-            ensure_group(&mut conn, &stream_key).await?;
-            continue;
+        let mut idle = true;
+        for stream_key in &streams {
+            let entries = read(&mut conn, stream_key, consumer, config, ">", block).await?;
+            if entries.is_empty() {
+                continue;
+            }
+            idle = false;
+            ingest(db, &mut conn, stream_key, entries).await?;
         }
-        ingest(db, &mut conn, &stream_key, entries).await?;
+        if idle && block.is_none() {
+            tokio::select! {
+                () = tokio::time::sleep(IDLE_POLL) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        }
     }
+}
+
+/// Reads entries of `stream_key` for `consumer`: from `from` (`0`: its own pending ones, `>`:
+/// new ones), waiting up to `block` for new ones. A stream or group that vanished (Redis
+/// restarted empty) is made again, and reads as empty.
+async fn read(
+    conn: &mut Conn,
+    stream_key: &str,
+    consumer: &str,
+    config: &Config,
+    from: &str,
+    block: Option<Duration>,
+) -> anyhow::Result<Vec<StreamId>> {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(stream::GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(config.batch);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(block.as_millis() as u64);
+    }
+    cmd.arg("STREAMS").arg(stream_key).arg(from);
+    let reply: Option<StreamReadReply> = match cmd.query_async(conn).await {
+        Ok(reply) => reply,
+        Err(e) if e.code() == Some("NOGROUP") => {
+            ensure_group(conn, stream_key).await?;
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(reply
+        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+        .unwrap_or_default())
 }
 
 /// Takes over entries that a dead (or stuck) consumer left unacknowledged.
 async fn claim_stale(
     db: &PgPool,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream_key: &str,
     config: &Config,
     consumer: &str,
@@ -332,7 +355,7 @@ fn refused_by_database(error: &anyhow::Error) -> bool {
 
 async fn ingest(
     db: &PgPool,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream_key: &str,
     entries: Vec<StreamId>,
 ) -> anyhow::Result<()> {

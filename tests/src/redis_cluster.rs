@@ -1,0 +1,137 @@
+//! A Redis Cluster on loopback ports, for tests: `redis-server --cluster-enabled yes` per node,
+//! joined by `redis-cli --cluster create`; every node is stopped and its files removed on drop.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running cluster.
+pub struct RedisCluster {
+    dir: PathBuf,
+    nodes: Vec<(u16, Child)>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` masters with `replicas` replicas each, and waits until the cluster
+    /// serves every slot.
+    pub fn start(masters: usize, replicas: usize) -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-redis-cluster-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = Self {
+            dir,
+            nodes: Vec::new(),
+        };
+        for _ in 0..masters * (1 + replicas) {
+            let port = free_cluster_port()?;
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--cluster-node-timeout", "2000"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&cluster.dir)
+                .arg("--logfile")
+                .arg(cluster.dir.join(format!("{port}.log")))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            cluster.nodes.push((port, child));
+        }
+        for &(port, _) in &cluster.nodes {
+            wait_until(Duration::from_secs(10), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            })?;
+        }
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null())
+            .output()?;
+        if !created.status.success() {
+            return Err(std::io::Error::other(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stderr)
+            )));
+        }
+        let ports: Vec<u16> = cluster.nodes.iter().map(|(p, _)| *p).collect();
+        wait_until(Duration::from_secs(30), || {
+            ports.iter().all(|&p| {
+                cli(p, &["cluster", "info"]).is_some_and(|info| info.contains("cluster_state:ok"))
+            })
+        })?;
+        Ok(cluster)
+    }
+
+    /// Every node's URL, comma-separated (the seed list for `REDIS_URL`).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The ports of the nodes that are masters now.
+    pub fn masters(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|&p| cli(p, &["role"]).is_some_and(|r| r.starts_with("master")))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `redis-cli -p PORT ARGS…`'s output, when it ran.
+pub fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A port that is free, with its cluster bus port (port + 10000) free too.
+fn free_cluster_port() -> std::io::Result<u16> {
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other(
+        "no free port pair for a cluster node",
+    ))
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> std::io::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::other(
+                "the Redis Cluster did not come up in time",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
