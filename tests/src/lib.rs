@@ -112,6 +112,17 @@ pub fn redis_flags(url: &str) -> &'static [&'static str] {
     }
 }
 
+/// True (and says so) when the suite runs on a Redis Cluster: a test that cuts the one Redis
+/// connection through a [`ChaosProxy`] does not apply there (a cluster connection goes to the
+/// cluster's own nodes, not through the proxy); a master's failover tests that instead.
+pub fn skipped_on_cluster(test: &str) -> bool {
+    let skip = redis_cluster();
+    if skip {
+        eprintln!("{test}: skipped on a Redis Cluster (it cuts a single Redis connection)");
+    }
+    skip
+}
+
 /// The Redis URL the tests use (on a cluster, its nodes, comma-separated).
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())

@@ -387,6 +387,11 @@ fn through(
 
 #[tokio::test]
 async fn audit_entries_redis_never_took_wait_on_disk_until_it_is_back() {
+    if portcullis_tests::skipped_on_cluster(
+        "audit_entries_redis_never_took_wait_on_disk_until_it_is_back",
+    ) {
+        return;
+    }
     let timeout = Duration::from_millis(200);
     let redis = TestRedis::new().await;
     let keys = RedisKeys::new(redis.prefix());
@@ -448,6 +453,11 @@ async fn audit_entries_redis_never_took_wait_on_disk_until_it_is_back() {
 
 #[tokio::test]
 async fn audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_back() {
+    if portcullis_tests::skipped_on_cluster(
+        "audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_back",
+    ) {
+        return;
+    }
     let (redis, proxy, batch) = batcher_behind_chaos(Duration::from_millis(300)).await;
     let calls = vec![portcullis_gateway::batch::Counter {
         key: format!("{}:{{t:x}}:calls", redis.prefix()),
@@ -483,6 +493,9 @@ async fn audit_entries_written_while_redis_is_cut_are_written_once_when_it_is_ba
 
 #[tokio::test]
 async fn audit_entries_outlive_a_redis_outage_of_seconds() {
+    if portcullis_tests::skipped_on_cluster("audit_entries_outlive_a_redis_outage_of_seconds") {
+        return;
+    }
     let (redis, proxy, batch) = batcher_behind_chaos(Duration::from_millis(200)).await;
     proxy.cut();
     // Entries keep coming through an outage many round trips long (a failover, say), more
