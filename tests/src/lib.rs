@@ -10,7 +10,7 @@
 mod chaos;
 pub mod peers;
 mod postgres;
-mod redis_cluster;
+pub mod redis_cluster;
 mod redis_prefix;
 pub mod sse;
 
@@ -94,7 +94,7 @@ pub fn signal(pid: u32, name: &str) {
 }
 
 /// The shard count the services use on a cluster (`PORTCULLIS_REDIS_SHARDS`' default).
-pub const REDIS_SHARDS: u16 = 16;
+pub const REDIS_SHARDS: u16 = portcullis_core::redis_keys::DEFAULT_SHARDS;
 
 /// True when the suite runs against a Redis Cluster (`portcullis-redis-cluster` sets
 /// `PORTCULLIS_TEST_REDIS_CLUSTER`, and `REDIS_URL` to the cluster's nodes).

@@ -61,10 +61,18 @@ impl RedisCluster {
             )));
         }
         let ports: Vec<u16> = cluster.nodes.iter().map(|(p, _)| *p).collect();
+        // Every node sees every slot served, and every replica is in sync with its master.
         wait_until(Duration::from_secs(30), || {
             ports.iter().all(|&p| {
                 cli(p, &["cluster", "info"]).is_some_and(|info| info.contains("cluster_state:ok"))
-            })
+            }) && ports
+                .iter()
+                .filter_map(|&p| cli(p, &["info", "replication"]))
+                .filter(|info| {
+                    info.contains("role:slave") && info.contains("master_link_status:up")
+                })
+                .count()
+                == masters * replicas
         })?;
         Ok(cluster)
     }
@@ -76,6 +84,76 @@ impl RedisCluster {
             .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The master serving `slot` now, and its replicas (ports), from `CLUSTER SLOTS`.
+    pub fn owner(&self, slot: u16) -> Option<(u16, Vec<u16>)> {
+        use redis::Value;
+        let int = |v: &Value| match v {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        };
+        for (port, _) in &self.nodes {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+                continue;
+            };
+            let Ok(mut conn) = client.get_connection() else {
+                continue;
+            };
+            let Ok(Value::Array(ranges)) =
+                redis::cmd("CLUSTER").arg("SLOTS").query::<Value>(&mut conn)
+            else {
+                continue;
+            };
+            for range in ranges {
+                let Value::Array(fields) = range else {
+                    continue;
+                };
+                let (Some(start), Some(end)) =
+                    (fields.first().and_then(int), fields.get(1).and_then(int))
+                else {
+                    continue;
+                };
+                if !(start..=end).contains(&i64::from(slot)) {
+                    continue;
+                }
+                // Each node: [host, port, id, …], the master first.
+                let ports: Vec<u16> = fields[2..]
+                    .iter()
+                    .filter_map(|node| match node {
+                        Value::Array(node) => node.get(1).and_then(int),
+                        _ => None,
+                    })
+                    .filter_map(|p| u16::try_from(p).ok())
+                    .collect();
+                let master = *ports.first()?;
+                // Replicas by their own account (CLUSTER SLOTS lists them only once gossip
+                // has spread their state).
+                let replicas = self
+                    .nodes
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .filter(|&p| {
+                        cli(p, &["info", "replication"]).is_some_and(|info| {
+                            info.contains("role:slave")
+                                && info
+                                    .lines()
+                                    .any(|l| l.trim() == format!("master_port:{master}"))
+                        })
+                    })
+                    .collect();
+                return Some((master, replicas));
+            }
+        }
+        None
+    }
+
+    /// Kills a node with SIGKILL.
+    pub fn kill(&mut self, port: u16) {
+        if let Some((_, child)) = self.nodes.iter_mut().find(|(p, _)| *p == port) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// The ports of the nodes that are masters now.

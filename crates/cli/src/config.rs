@@ -45,7 +45,7 @@ pub struct Config {
     /// On a Redis Cluster, how many shards the limiter counters and audit streams are spread
     /// over (the same in every process of an installation; changing it restarts the counters
     /// of calls in flight).
-    #[arg(long, env = "PORTCULLIS_REDIS_SHARDS", default_value = "16", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "PORTCULLIS_REDIS_SHARDS", default_value_t = portcullis_core::redis_keys::DEFAULT_SHARDS, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub redis_shards: u16,
 
     /// PEM file of the certificate authorities a `rediss://` Redis's certificate must chain to,

@@ -18,6 +18,10 @@ use std::sync::Arc;
 
 use crate::ids::TenantId;
 
+/// The shards of a cluster unless configured otherwise: divisible by 2, 3, 4, 6, 8, 12, 16,
+/// 24 and 48, so that as many masters with equal slot ranges get equal numbers of shards.
+pub const DEFAULT_SHARDS: u16 = 48;
+
 /// The number of hash slots of a Redis Cluster.
 const SLOTS: u16 = 16_384;
 
