@@ -416,6 +416,39 @@ async fn connect_serves_a_stdio_client_through_a_grant_url_in_both_eras() {
     }
 }
 
+/// Starts server-everything's long-running operation (`seconds` long) in `session` with the
+/// request id `id`, and reads its answer until the first progress notification (its token
+/// restored to the client's).
+async fn long_call(
+    http: &reqwest::Client,
+    url: &str,
+    session: &str,
+    id: &str,
+    seconds: u32,
+) -> portcullis_tests::sse::SseMessages {
+    let call = http
+        .post(url)
+        .header("mcp-session-id", session)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "trigger-long-running-operation",
+            "arguments": {"duration": seconds, "steps": seconds},
+            "_meta": {"progressToken": "p"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut events = portcullis_tests::sse::SseMessages::new(call);
+    loop {
+        let event = events.next().await.unwrap();
+        if event["method"] == "notifications/progress" {
+            assert_eq!(event["params"]["progressToken"], "p");
+            return events;
+        }
+    }
+}
+
 /// Opens a session on the bridge; returns its id.
 async fn initialize(http: &reqwest::Client, url: &str) -> String {
     let response = http
@@ -454,26 +487,7 @@ async fn a_killed_child_fails_its_call_at_once_and_a_killed_bridge_leaves_no_chi
     let pid = bridge.server_started(1).await;
 
     // A call that runs for 10 s; its child is killed once it has reported progress.
-    let call = http
-        .post(&bridge.url)
-        .header("mcp-session-id", &session)
-        .header("accept", "application/json, text/event-stream")
-        .json(
-            &json!({"jsonrpc": "2.0", "id": "long", "method": "tools/call", "params": {
-            "name": "trigger-long-running-operation", "arguments": {"duration": 10, "steps": 10},
-            "_meta": {"progressToken": "p"}}}),
-        )
-        .send()
-        .await
-        .unwrap();
-    let mut events = portcullis_tests::sse::SseMessages::new(call);
-    let progress = loop {
-        let event = events.next().await.unwrap();
-        if event["method"] == "notifications/progress" {
-            break event;
-        }
-    };
-    assert_eq!(progress["params"]["progressToken"], "p");
+    let mut events = long_call(&http, &bridge.url, &session, "long", 10).await;
     let killed = Instant::now();
     portcullis_tests::signal(pid, "KILL");
     let answer = loop {
@@ -645,20 +659,8 @@ async fn a_shared_child_serves_every_session_and_cancellations_reach_it() {
     }
 
     // A client's cancellation reaches the child under the bridge's id for the request.
-    let long = http
-        .post(&bridge.url)
-        .header("mcp-session-id", &first)
-        .header("accept", "application/json, text/event-stream")
-        .json(
-            &json!({"jsonrpc": "2.0", "id": "slow", "method": "tools/call", "params": {
-            "name": "trigger-long-running-operation", "arguments": {"duration": 30, "steps": 30},
-            "_meta": {"progressToken": "p"}}}),
-        )
-        .send()
-        .await
-        .unwrap();
-    let mut events = portcullis_tests::sse::SseMessages::new(long);
-    while events.next().await.unwrap()["method"] != "notifications/progress" {}
+    // Its answer stays open until the cancellation (a client that left would cancel nothing).
+    let _slow = long_call(&http, &bridge.url, &first, "slow", 30).await;
     let cancelled = http
         .post(&bridge.url)
         .header("mcp-session-id", &first)

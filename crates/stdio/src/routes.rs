@@ -39,6 +39,11 @@ pub struct Outgoing {
 /// The sending side of one HTTP answer (a POST's stream, or a listening stream).
 pub type Sink = mpsc::UnboundedSender<Outgoing>;
 
+/// Sends `message` down `sink`; false when its answer is gone.
+fn send(sink: &Sink, message: Value, last: bool) -> bool {
+    sink.send(Outgoing { message, last }).is_ok()
+}
+
 struct Pending {
     session: SessionKey,
     client_id: Value,
@@ -157,10 +162,7 @@ impl Routes {
             return Err(AlreadyListening);
         }
         for message in routes.backlog.drain(..) {
-            let _ = sink.send(Outgoing {
-                message,
-                last: false,
-            });
+            send(&sink, message, false);
         }
         routes.listener = Some(sink);
         Ok(())
@@ -197,13 +199,7 @@ impl Routes {
                 return false;
             };
             object.insert("id".into(), pending.client_id);
-            return pending
-                .sink
-                .send(Outgoing {
-                    message,
-                    last: true,
-                })
-                .is_ok();
+            return send(&pending.sink, message, true);
         }
         if object.get("method").and_then(Value::as_str) == Some("notifications/progress")
             && let Some(token) = object
@@ -213,13 +209,7 @@ impl Routes {
             && let Some(original) = &pending.progress_token
         {
             *token = original.clone();
-            return pending
-                .sink
-                .send(Outgoing {
-                    message,
-                    last: false,
-                })
-                .is_ok();
+            return send(&pending.sink, message, false);
         }
         let is_request = object.contains_key("id");
         if let Some(pending) = self
@@ -228,13 +218,7 @@ impl Routes {
             .rev()
             .find(|p| !p.listen && !p.sink.is_closed())
         {
-            return pending
-                .sink
-                .send(Outgoing {
-                    message,
-                    last: false,
-                })
-                .is_ok();
+            return send(&pending.sink, message, false);
         }
         // Nobody is waiting for an answer: the listening streams take it. A request goes to
         // one of them only (one client answers it), the newest session's.
@@ -252,12 +236,7 @@ impl Routes {
             .collect();
         if is_request {
             if let Some(sink) = listening.first() {
-                return sink
-                    .send(Outgoing {
-                        message,
-                        last: false,
-                    })
-                    .is_ok();
+                return send(sink, message, false);
             }
             return match self
                 .sessions
@@ -274,12 +253,7 @@ impl Routes {
         }
         let mut delivered = false;
         for sink in listening {
-            delivered |= sink
-                .send(Outgoing {
-                    message: message.clone(),
-                    last: false,
-                })
-                .is_ok();
+            delivered |= send(sink, message.clone(), false);
         }
         for session in self
             .sessions
@@ -296,14 +270,12 @@ impl Routes {
     /// and every stream ends.
     pub fn fail_all(&mut self, why: &str) {
         for (_, pending) in std::mem::take(&mut self.pending) {
-            let _ = pending.sink.send(Outgoing {
-                message: json!({
-                    "jsonrpc": "2.0",
-                    "id": pending.client_id,
-                    "error": {"code": portcullis_mcp::codes::INTERNAL_ERROR, "message": why},
-                }),
-                last: true,
+            let error = json!({
+                "jsonrpc": "2.0",
+                "id": pending.client_id,
+                "error": {"code": portcullis_mcp::codes::INTERNAL_ERROR, "message": why},
             });
+            send(&pending.sink, error, true);
         }
         self.sessions.clear();
     }
@@ -312,12 +284,7 @@ impl Routes {
 impl SessionRoutes {
     fn deliver(&mut self, message: Value) {
         if let Some(listener) = &self.listener
-            && listener
-                .send(Outgoing {
-                    message: message.clone(),
-                    last: false,
-                })
-                .is_ok()
+            && send(listener, message.clone(), false)
         {
             return;
         }
