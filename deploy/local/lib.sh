@@ -105,6 +105,7 @@ ensure_test_peers() {
   local dir="$ROOT/tests/peers"
   command -v python3 >/dev/null || apt_install python3 python3-venv
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  [ -x /usr/sbin/nginx ] || apt_install nginx
   if [ ! -x "$dir/.venv/bin/python" ] || ! cmp -s "$dir/requirements.txt" "$dir/.venv/requirements.txt"; then
     log "test peers: Python venv ($(tr '\n' ' ' <"$dir/requirements.txt"))"
     python3 -m venv "$dir/.venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$dir/.venv"; }

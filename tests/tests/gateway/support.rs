@@ -63,6 +63,12 @@ impl Gateway for GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// Its process id (for a test that signals it).
+    #[allow(dead_code)] // Not every suite that shares this file signals a gateway.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops it as an orchestrator would (SIGTERM: drain, then exit) and checks it exits 0.
     pub async fn stop(mut self) {
         let status = portcullis_tests::terminate(&mut self.child).await;
