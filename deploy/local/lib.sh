@@ -36,6 +36,20 @@ apt_install() {
   as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Installs packages whose daemons must not start: Debian would start nginx on port 80 of every
+# interface. Its maintainer scripts ask policy-rc.d first; one refusing everything stands in
+# for the install, unless the machine has its own.
+apt_install_without_starting() {
+  local policy=/usr/sbin/policy-rc.d made=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    made=1
+  fi
+  apt_install "$@" || { [ -z "$made" ] || as_root rm -f "$policy"; return 1; }
+  [ -z "$made" ] || as_root rm -f "$policy"
+}
+
 ensure_postgres() {
   if [ -n "${DATABASE_URL:-}" ]; then
     log "Postgres: using DATABASE_URL"
@@ -105,7 +119,7 @@ ensure_test_peers() {
   local dir="$ROOT/tests/peers"
   command -v python3 >/dev/null || apt_install python3 python3-venv
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
-  [ -x /usr/sbin/nginx ] || apt_install nginx
+  [ -x /usr/sbin/nginx ] || apt_install_without_starting nginx
   if [ ! -x "$dir/.venv/bin/python" ] || ! cmp -s "$dir/requirements.txt" "$dir/.venv/requirements.txt"; then
     log "test peers: Python venv ($(tr '\n' ' ' <"$dir/requirements.txt"))"
     python3 -m venv "$dir/.venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$dir/.venv"; }
