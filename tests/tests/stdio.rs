@@ -481,7 +481,10 @@ async fn initialize(http: &reqwest::Client, url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_child_fails_its_call_at_once_and_a_killed_bridge_leaves_no_child() {
     let entry = everything_entry();
-    let bridge = Bridge::start(&[], &["node", entry.to_str().unwrap(), "stdio"]);
+    let bridge = Bridge::start(
+        &["--max-sessions", "2"],
+        &["node", entry.to_str().unwrap(), "stdio"],
+    );
     let http = reqwest::Client::new();
     let session = initialize(&http, &bridge.url).await;
     let pid = bridge.server_started(1).await;
@@ -528,13 +531,46 @@ async fn a_killed_child_fails_its_call_at_once_and_a_killed_bridge_leaves_no_chi
         .await
         .unwrap();
     assert!(listed["result"]["tools"].as_array().unwrap().len() > 5);
-    let _third = initialize(&http, &bridge.url).await;
+    let third = initialize(&http, &bridge.url).await;
     bridge.server_started(3).await;
+    // Two sessions are open, the most it serves: a third starts no process.
+    let refused = http
+        .post(&bridge.url)
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 9, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "one-too-many", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(bridge.started().len(), 3);
+    let ended = http
+        .delete(&bridge.url)
+        .header("mcp-session-id", &third)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 204);
+    let _fourth = initialize(&http, &bridge.url).await;
+    bridge.server_started(4).await;
 
     // SIGKILL of the bridge: no guard and no server survives it.
     let children = bridge.children();
-    assert_eq!(children.len(), 6, "{children:?}");
-    assert!(children[2..].iter().all(|&p| running(p)));
+    assert_eq!(children.len(), 8, "{children:?}");
+    // The second and the fourth session's guard and server run (the first's was killed,
+    // the third's stopped with its session).
+    let alive = [&children[2..4], &children[6..8]].concat();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children[4..6].iter().any(|&p| running(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "an ended session's child still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(alive.iter().all(|&p| running(p)), "{alive:?}");
     portcullis_tests::signal(bridge.process.id(), "KILL");
     let deadline = Instant::now() + Duration::from_secs(5);
     while children.iter().any(|&p| running(p)) {

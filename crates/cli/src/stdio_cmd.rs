@@ -53,6 +53,10 @@ pub struct BridgeStdio {
     /// How long a stopping child gets before it is killed.
     #[arg(long, env = "PORTCULLIS_BRIDGE_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// The most sessions open at once (each its own child unless --shared); more are refused
+    /// with 503 until one ends.
+    #[arg(long, env = "PORTCULLIS_BRIDGE_MAX_SESSIONS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_sessions: u32,
     #[command(flatten)]
     pub logging: Logging,
     /// The stdio MCP server and its arguments.
@@ -126,6 +130,7 @@ pub async fn bridge(args: BridgeStdio) -> anyhow::Result<ExitCode> {
         shared: args.shared,
         token,
         grace: args.grace,
+        max_sessions: args.max_sessions as usize,
         guard: vec![exe.into_os_string(), "child-guard".into()],
         command: ChildCommand {
             argv: args.command,

@@ -49,6 +49,8 @@ pub struct BridgeSettings {
     pub token: Option<String>,
     /// How long a stopping child gets before it is killed.
     pub grace: Duration,
+    /// The most sessions open at once (each a child process, unless `shared`).
+    pub max_sessions: usize,
     /// How to start the child guard: the program and its leading arguments
     /// (`[portcullis, child-guard]`).
     pub guard: Vec<std::ffi::OsString>,
@@ -97,6 +99,7 @@ impl Running {
 struct Bridge {
     spawner: Arc<Spawner>,
     shared: bool,
+    max_sessions: usize,
     token: Option<String>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// The child of stateless requests, and of every session with `--shared`.
@@ -130,6 +133,7 @@ pub async fn start(settings: BridgeSettings) -> Result<Running, BridgeError> {
             settings.grace,
         )),
         shared: settings.shared,
+        max_sessions: settings.max_sessions,
         token: settings.token,
         sessions: Mutex::default(),
         common: tokio::sync::Mutex::new(None),
@@ -233,6 +237,18 @@ impl Bridge {
         self: &Arc<Self>,
         mut request: Map<String, Value>,
     ) -> Result<Response, Response> {
+        // Each session may be a process: a client must not be able to start them unbounded.
+        if lock(&self.sessions).len() >= self.max_sessions {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                request.get("id"),
+                codes::INTERNAL_ERROR,
+                &format!(
+                    "{} sessions are open, the most this bridge serves; end one (DELETE) or try later",
+                    self.max_sessions
+                ),
+            ));
+        }
         let process = if self.shared {
             self.common().await
         } else {
@@ -635,6 +651,7 @@ mod tests {
             shared: false,
             token: None,
             grace: Duration::from_secs(1),
+            max_sessions: 10,
             guard: vec!["portcullis".into(), "child-guard".into()],
             command: ChildCommand {
                 argv: vec!["true".into()],
