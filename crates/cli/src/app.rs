@@ -1,6 +1,7 @@
 //! Starting and stopping the services: connect, bind, serve, drain.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,6 +20,7 @@ use portcullis_gateway::Leftover;
 use crate::config::{Config, Validated};
 use crate::health::{self, Dependencies};
 use crate::http;
+use crate::telemetry::{ServerSpans, Traces};
 
 /// Which services a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,15 @@ impl Role {
 
     fn runs_gateway(self) -> bool {
         matches!(self, Role::Both | Role::Gateway)
+    }
+
+    /// The `service.name` of its spans, unless `OTEL_SERVICE_NAME` says otherwise.
+    fn service_name(self) -> &'static str {
+        match self {
+            Role::Both => "portcullis",
+            Role::ControlPlane => "portcullis-control-plane",
+            Role::Gateway => "portcullis-gateway",
+        }
     }
 }
 
@@ -139,6 +150,7 @@ pub async fn start_with(
     conns: Connections,
 ) -> anyhow::Result<Running> {
     crate::metrics::handle();
+    let traces = Traces::new(config, role.service_name())?;
     let deps = Dependencies {
         db: conns.db.clone(),
         redis: conns.redis.clone(),
@@ -166,10 +178,19 @@ pub async fn start_with(
         let router =
             portcullis_control_plane::build(shared, config.control_plane.clone(), shutdown.clone())
                 .await?;
+        let spans = traces
+            .as_ref()
+            .map(|t| t.listener("portcullis-control-plane", None));
+        // A span is named by its route's template, which only the router knows.
+        let router = match spans {
+            Some(_) => router.route_layer(axum::middleware::from_fn(http::route_template)),
+            None => router,
+        };
         let (addr, server) = bind(
             config.control_plane_addr,
             "control-plane",
             router,
+            spans,
             &deps,
             (&shutdown, &force),
         )
@@ -195,11 +216,15 @@ pub async fn start_with(
         let threads = config
             .worker_threads
             .map_or_else(default_threads, usize::from);
+        let spans = traces
+            .as_ref()
+            .map(|t| t.listener("portcullis-gateway", Some("gateway.request")));
         let (addr, server) = bind_workers(
             config.gateway_addr,
             "gateway",
             threads,
             make,
+            spans,
             // A gateway with a cache grace serves through a Postgres outage: it stays ready.
             &Dependencies {
                 postgres_optional: !config.gateway.grant_cache_grace.is_zero(),
@@ -218,26 +243,16 @@ pub async fn start_with(
     let grace = config.shutdown_grace;
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let all = join_servers(servers);
-        tokio::pin!(all);
-        tokio::select! {
-            result = &mut all => return result,
-            () = token.cancelled() => {}
+        let result = drain(join_servers(servers), token, grace, force).await;
+        // Every request has ended, and with it its span: export what is still queued.
+        if let Some(traces) = traces
+            && tokio::task::spawn_blocking(move || traces.shutdown())
+                .await
+                .is_err()
+        {
+            tracing::warn!("the trace exporter's shutdown panicked");
         }
-        // Draining: the listeners stopped accepting; give open requests the grace period.
-        match tokio::time::timeout(grace, &mut all).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(
-                    ?grace,
-                    "requests still open after the shutdown grace period; closing them"
-                );
-                // The listeners end at once now; the gateway's workers first write the audit
-                // entries of the requests they close.
-                force.cancel();
-                all.await
-            }
-        }
+        result
     });
     Ok(Running {
         control_plane,
@@ -245,6 +260,35 @@ pub async fn start_with(
         shutdown,
         task,
     })
+}
+
+/// Waits for the listeners (`all`) to end: after `shutdown`, for up to `grace`, and then
+/// closes what is still open (cancels `force`).
+async fn drain(
+    all: impl Future<Output = anyhow::Result<()>>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    force: CancellationToken,
+) -> anyhow::Result<()> {
+    tokio::pin!(all);
+    tokio::select! {
+        result = &mut all => return result,
+        () = shutdown.cancelled() => {}
+    }
+    // Draining: the listeners stopped accepting; give open requests the grace period.
+    match tokio::time::timeout(grace, &mut all).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "requests still open after the shutdown grace period; closing them"
+            );
+            // The listeners end at once now; the gateway's workers first write the audit
+            // entries of the requests they close.
+            force.cancel();
+            all.await
+        }
+    }
 }
 
 type Server = JoinHandle<anyhow::Result<()>>;
@@ -262,10 +306,12 @@ fn app(router: Router, deps: &Dependencies) -> Router {
 }
 
 /// Serves `app` on `listener` until `shutdown`, each connection's requests through the shared
-/// [`http::Edge`] (`service` names the listener in log lines).
+/// [`http::Edge`] (`service` names the listener in log lines; `spans`, when tracing is on, makes
+/// their trace spans).
 async fn serve(
     listener: TcpListener,
     app: Router,
+    spans: Option<Arc<ServerSpans>>,
     service: &'static str,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -278,7 +324,8 @@ async fn serve(
         }
     });
     let connections = tower::service_fn(move |stream: IncomingStream<'_, _>| {
-        let edge = http::Edge::new(app.clone(), service, *stream.remote_addr());
+        let edge =
+            http::Edge::new(app.clone(), service, *stream.remote_addr()).traced(spans.clone());
         std::future::ready(Ok::<_, std::convert::Infallible>(edge))
     });
     axum::serve(listener, connections)
@@ -296,7 +343,8 @@ type MakeWorker = dyn Fn(CancellationToken) -> anyhow::Result<(Router, JoinHandl
 /// Binds `addr` and serves it from `threads` threads, each with a single-threaded runtime of
 /// its own accepting on the one listening socket, so a request runs from start to finish on
 /// one thread, with no hand-off between threads (which, measured, cost the gateway about a
-/// third of its CPU time per request). Each thread makes its routes with `make`.
+/// third of its CPU time per request). Each thread makes its routes with `make`; `spans` makes
+/// their trace spans when tracing is on.
 async fn bind_workers(
     addr: SocketAddr,
     service: &'static str,
@@ -305,6 +353,7 @@ async fn bind_workers(
     + Send
     + Sync
     + 'static,
+    spans: Option<Arc<ServerSpans>>,
     deps: &Dependencies,
     (shutdown, force): (&CancellationToken, &CancellationToken),
 ) -> anyhow::Result<(SocketAddr, Server)> {
@@ -324,7 +373,7 @@ async fn bind_workers(
     let mut ready = Vec::with_capacity(threads);
     let mut done = Vec::with_capacity(threads);
     for (i, listener) in listeners.into_iter().enumerate() {
-        let (make, deps) = (make.clone(), deps.clone());
+        let (make, deps, spans) = (make.clone(), deps.clone(), spans.clone());
         let (shutdown, force) = (shutdown.clone(), force.clone());
         let (started, ready_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
         let (finished, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
@@ -355,7 +404,7 @@ async fn bind_workers(
                             return Ok(None);
                         }
                     };
-                    let served = serve(listener, app(router, &deps), service, shutdown);
+                    let served = serve(listener, app(router, &deps), spans, service, shutdown);
                     tokio::select! {
                         result = served => result?,
                         () = force.cancelled() => {}
@@ -421,6 +470,7 @@ async fn bind(
     addr: SocketAddr,
     service: &'static str,
     router: Router,
+    spans: Option<Arc<ServerSpans>>,
     deps: &Dependencies,
     (shutdown, force): (&CancellationToken, &CancellationToken),
 ) -> anyhow::Result<(SocketAddr, Server)> {
@@ -432,7 +482,7 @@ async fn bind(
     let (token, force) = (shutdown.clone(), force.clone());
     let server = tokio::spawn(async move {
         tokio::select! {
-            served = serve(listener, app, service, token) => served?,
+            served = serve(listener, app, spans, service, token) => served?,
             // The connections still open are left to the process's end.
             () = force.cancelled() => {}
         }

@@ -82,6 +82,16 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_LOG", default_value = "info")]
     pub log: String,
 
+    /// Where traces go: the base URL of an OTLP/HTTP receiver (a collector's port 4318, say),
+    /// spans being posted to `/v1/traces` under it. Unset or empty: no tracing at all.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", hide_env_values = true)]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+
+    /// The `service.name` of the exported spans (default: `portcullis-gateway`,
+    /// `portcullis-control-plane`, or `portcullis` for `serve`).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
+
     /// How long a shutdown waits for in-flight requests before it closes them, e.g. `30s`.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -145,6 +155,9 @@ pub enum ConfigError {
     /// `PORTCULLIS_LOG` does not parse.
     #[error("invalid PORTCULLIS_LOG: {0}")]
     Log(String),
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is not an http(s) URL.
+    #[error("invalid OTEL_EXPORTER_OTLP_ENDPOINT: {0}")]
+    OtlpEndpoint(String),
 }
 
 /// The settings alone, as a command line of their own.
@@ -172,6 +185,29 @@ impl Config {
         parse_database_url(&self.database_url)
     }
 
+    /// Where spans are posted: `/v1/traces` under `OTEL_EXPORTER_OTLP_ENDPOINT` (as the
+    /// OpenTelemetry specification has it), or `None` when tracing is off.
+    pub fn traces_endpoint(&self) -> Result<Option<url::Url>, ConfigError> {
+        let Some(base) = self
+            .otel_exporter_otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        else {
+            return Ok(None);
+        };
+        let mut url =
+            url::Url::parse(base).map_err(|e| ConfigError::OtlpEndpoint(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(ConfigError::OtlpEndpoint(
+                "must be an http:// or https:// URL with a host (an OTLP/HTTP receiver)".into(),
+            ));
+        }
+        let path = format!("{}/v1/traces", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        Ok(Some(url))
+    }
+
     /// Checks every setting and returns the parsed connection options.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         let database = parse_database_url(&self.database_url)?;
@@ -192,6 +228,7 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| ConfigError::Log(e.to_string()))?;
+        self.traces_endpoint()?;
         let credentials = match &self.encryption_keys {
             Some(spec) => {
                 Keyring::parse(spec).map_err(|e| ConfigError::EncryptionKeys(e.to_string()))?
@@ -340,6 +377,43 @@ mod tests {
             name("postgres://h/db?application_name=gw-eu").as_deref(),
             Some("gw-eu")
         );
+    }
+
+    #[test]
+    fn traces_go_under_the_otlp_endpoint_and_only_when_it_is_set() {
+        let endpoint = |flags: &[&str]| {
+            config(flags)
+                .traces_endpoint()
+                .map(|url| url.map(String::from))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(endpoint(&[]), Ok(None));
+        assert_eq!(endpoint(&["--otel-exporter-otlp-endpoint", " "]), Ok(None));
+        for (base, traces) in [
+            ("http://collector:4318", "http://collector:4318/v1/traces"),
+            ("http://collector:4318/", "http://collector:4318/v1/traces"),
+            (
+                "https://otlp.example/otlp/",
+                "https://otlp.example/otlp/v1/traces",
+            ),
+        ] {
+            assert_eq!(
+                endpoint(&["--otel-exporter-otlp-endpoint", base]),
+                Ok(Some(traces.to_owned()))
+            );
+        }
+        for bad in ["collector:4318", "grpc://collector:4317", "not a url"] {
+            let err = endpoint(&["--otel-exporter-otlp-endpoint", bad]).unwrap_err();
+            assert!(
+                err.starts_with("invalid OTEL_EXPORTER_OTLP_ENDPOINT: "),
+                "{bad}: {err}"
+            );
+            assert!(
+                config(&["--otel-exporter-otlp-endpoint", bad])
+                    .validate()
+                    .is_err()
+            );
+        }
     }
 
     #[test]

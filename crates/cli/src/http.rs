@@ -1,5 +1,5 @@
 //! What every listener shares, in one service around its app ([`Edge`]): request ids, request
-//! logging with secrets redacted, panics turned into 500s.
+//! logging with secrets redacted, trace spans when tracing is on, panics turned into 500s.
 //!
 //! One hand-written wrapper rather than a stack of general-purpose layers: it runs on every
 //! request the gateway proxies, and four layers added to the router cost the gateway a tenth
@@ -12,14 +12,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use axum::middleware::Next;
 use tower::Service;
 use tracing::Span;
+
+use crate::telemetry::{ServerSpan, ServerSpans};
 
 /// The header that carries the request id in and out.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -30,12 +34,15 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// - adds the client's address ([`ConnectInfo`]), for the handlers that throttle by it;
 /// - runs the handler in a `request` span (service, request id, method, and the path with a
 ///   grant token redacted; never the query string) and logs the status and latency at the end;
+/// - when tracing is on, runs it in a trace span too ([`ServerSpans`]), which its handlers find
+///   in the request's extensions (an [`opentelemetry::Context`]), ended with the answer's head;
 /// - answers 500 if the handler panics, and logs the panic.
 #[derive(Clone)]
 pub struct Edge<S> {
     inner: S,
     service: &'static str,
     peer: SocketAddr,
+    spans: Option<Arc<ServerSpans>>,
 }
 
 impl<S> Edge<S> {
@@ -45,8 +52,29 @@ impl<S> Edge<S> {
             inner,
             service,
             peer,
+            spans: None,
         }
     }
+
+    /// The same, with a trace span per request (`None`: tracing is off).
+    pub fn traced(self, spans: Option<Arc<ServerSpans>>) -> Self {
+        Self { spans, ..self }
+    }
+}
+
+/// Middleware for a router's routes (`Router::route_layer`): the template of the route that
+/// answered goes with the answer, for its trace span. Only the control plane's routes have it;
+/// the gateway's spans need no route, and its calls no extra layer.
+pub async fn route_template(
+    matched: Option<MatchedPath>,
+    request: Request<Body>,
+    next: Next,
+) -> Response<Body> {
+    let mut response = next.run(request).await;
+    if let Some(matched) = matched {
+        response.extensions_mut().insert(matched);
+    }
+    response
 }
 
 /// Longest `x-request-id` taken from a client.
@@ -88,6 +116,13 @@ where
             }
         };
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        let trace = match &self.spans {
+            Some(spans) => spans.start(&request),
+            None => None,
+        };
+        if let Some(trace) = &trace {
+            request.extensions_mut().insert(trace.context().clone());
+        }
         // Field values are only computed when the span is enabled.
         let span = tracing::info_span!(
             "request",
@@ -111,6 +146,7 @@ where
             span,
             request_id,
             started: Instant::now(),
+            trace,
         }
     }
 }
@@ -123,6 +159,8 @@ pin_project_lite::pin_project! {
         span: Span,
         request_id: HeaderValue,
         started: Instant,
+        // Ended with the answer's head; dropped (and so ended) with the request otherwise.
+        trace: Option<ServerSpan>,
     }
 }
 
@@ -169,6 +207,10 @@ where
             latency_ms = this.started.elapsed().as_secs_f64() * 1000.0,
             "finished processing request"
         );
+        if let Some(trace) = this.trace.take() {
+            let route = response.extensions().get::<MatchedPath>();
+            trace.end(response.status(), route.map(MatchedPath::as_str));
+        }
         Poll::Ready(Ok(response))
     }
 }

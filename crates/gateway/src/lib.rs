@@ -3,7 +3,8 @@
 //! A request goes through, in order (DESIGN §2): grant resolution ([`grants`]), parsing and
 //! protocol-era checks (`portcullis-mcp`), the policy decision ([`enforce`]), the limiter
 //! ([`limiter`]), the decision's audit entry ([`audit`]), the upstream call ([`upstream`],
-//! [`legacy`]) with the answer streamed back ([`relay`]), and the outcome's audit entry. See
+//! [`legacy`]) with the answer streamed back ([`relay`]), and the outcome's audit entry. When
+//! tracing is on, the request's trace span records what was decided ([`spans`]). See
 //! `docs/gateway.md`.
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub mod proxy;
 pub mod relay;
 pub mod replies;
 pub mod sessions;
+pub mod spans;
 pub mod spill;
 pub mod upstream;
 

@@ -30,6 +30,7 @@ use crate::legacy::{self, Connection};
 use crate::lifetime::Lifetime;
 use crate::relay::{self, ByteStream, Pending, ToolFilter, Watch};
 use crate::sessions::{EventIds, Session};
+use crate::spans::RequestSpan;
 use crate::upstream::{
     Mirrored, UpstreamError, UpstreamResponse, body_stream, is_event_stream, request_headers,
     response_headers,
@@ -104,19 +105,23 @@ fn finish(result: Result<Response, Rejection>) -> Response {
 }
 
 // The handlers take the whole request and keep its headers: axum's `HeaderMap` extractor
-// would copy them.
+// would copy them. Its trace span, when tracing is on, is in its extensions.
 
 /// `POST /g/{token}/mcp`.
 pub async fn post_by_grant(State(gw): Gw, Path(token): Path<String>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    finish(gw.post(Credential::Path(&token), parts.headers, body).await)
+    let (mut parts, body) = request.into_parts();
+    let span = RequestSpan::take(&mut parts.extensions);
+    finish(
+        gw.post(Credential::Path(&token), parts.headers, body, span)
+            .await,
+    )
 }
 
 /// `GET /g/{token}/mcp`.
 pub async fn get_by_grant(State(gw): Gw, Path(token): Path<String>, request: Request) -> Response {
-    let headers = request.into_parts().0.headers;
+    let (headers, span) = head(request);
     finish(
-        gw.stream(Credential::Path(&token), headers, Method::GET)
+        gw.stream(Credential::Path(&token), headers, Method::GET, span)
             .await,
     )
 }
@@ -127,9 +132,9 @@ pub async fn delete_by_grant(
     Path(token): Path<String>,
     request: Request,
 ) -> Response {
-    let headers = request.into_parts().0.headers;
+    let (headers, span) = head(request);
     finish(
-        gw.stream(Credential::Path(&token), headers, Method::DELETE)
+        gw.stream(Credential::Path(&token), headers, Method::DELETE, span)
             .await,
     )
 }
@@ -140,9 +145,10 @@ pub async fn post_by_server(
     Path(server): Path<String>,
     request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let span = RequestSpan::take(&mut parts.extensions);
     let credential = Credential::Bearer { server: &server };
-    finish(gw.post(credential, parts.headers, body).await)
+    finish(gw.post(credential, parts.headers, body, span).await)
 }
 
 /// `GET /mcp/{server_id}`.
@@ -151,9 +157,9 @@ pub async fn get_by_server(
     Path(server): Path<String>,
     request: Request,
 ) -> Response {
-    let headers = request.into_parts().0.headers;
+    let (headers, span) = head(request);
     let credential = Credential::Bearer { server: &server };
-    finish(gw.stream(credential, headers, Method::GET).await)
+    finish(gw.stream(credential, headers, Method::GET, span).await)
 }
 
 /// `DELETE /mcp/{server_id}`.
@@ -162,9 +168,16 @@ pub async fn delete_by_server(
     Path(server): Path<String>,
     request: Request,
 ) -> Response {
-    let headers = request.into_parts().0.headers;
+    let (headers, span) = head(request);
     let credential = Credential::Bearer { server: &server };
-    finish(gw.stream(credential, headers, Method::DELETE).await)
+    finish(gw.stream(credential, headers, Method::DELETE, span).await)
+}
+
+/// A bodiless request's headers and trace span.
+fn head(request: Request) -> (HeaderMap, RequestSpan) {
+    let mut parts = request.into_parts().0;
+    let span = RequestSpan::take(&mut parts.extensions);
+    (parts.headers, span)
 }
 
 /// One POST, once its message is read and checked.
@@ -179,6 +192,7 @@ struct Inbound {
     client_session: Option<String>,
     arrived: Instant,
     ts: DateTime<Utc>,
+    span: RequestSpan,
 }
 
 /// Who an answer goes back to: the grant, and the session id the client presented (opened,
@@ -309,10 +323,12 @@ impl Gateway {
         credential: Credential<'_>,
         headers: HeaderMap,
         body: Body,
+        span: RequestSpan,
     ) -> Result<Response, Rejection> {
         let arrived = Instant::now();
         let ts = Utc::now();
         let grant = self.authenticate(credential, &headers).await?;
+        span.grant(&grant);
         let read = match self.read(&grant, &headers, body).await {
             Ok(read) => read,
             Err((rejection, message)) => {
@@ -329,6 +345,7 @@ impl Gateway {
                     &rejection.error,
                     arrived,
                     kind.unwrap_or(MethodKind::Other),
+                    &span,
                 );
                 return Err(rejection);
             }
@@ -343,10 +360,12 @@ impl Gateway {
             client_session: read.client_session,
             arrived,
             ts,
+            span,
         };
         if read.message.is_request() {
             self.request(inbound, read.message, read.bytes).await
         } else {
+            inbound.span.method(read.message.method());
             self.pass_message(inbound, read.bytes).await
         }
     }
@@ -452,11 +471,11 @@ impl Gateway {
         let prepared = self.prepare(&inbound, &message, kind, &mut event).await;
         let (watch, held, decided) = match prepared {
             Err(error) => {
-                self.failed(event, &error, inbound.arrived, kind);
+                self.failed(event, &error, inbound.arrived, kind, &inbound.span);
                 return Err(error.at(id.as_ref()));
             }
             Ok(Prepared::Answer(answer)) => {
-                self.answered_locally(event, inbound.arrived, kind);
+                self.answered_locally(event, inbound.arrived, kind, &inbound.span);
                 return Ok(json_response(StatusCode::OK, HeaderMap::new(), answer));
             }
             Ok(Prepared::Forward {
@@ -471,6 +490,7 @@ impl Gateway {
                 (watch, held, decided)
             }
         };
+        inbound.span.decided(&event);
         let decided = match decided {
             Some(json) => json,
             None => self.audit.write_now(&event).await,
@@ -614,14 +634,22 @@ impl Gateway {
         error: &GatewayError,
         arrived: Instant,
         kind: MethodKind,
+        span: &RequestSpan,
     ) {
         event.decision = AuditDecision::Error;
         event.message = Some(error.to_string());
-        self.answered_locally(event, arrived, kind);
+        self.answered_locally(event, arrived, kind, span);
     }
 
-    /// Records a call the gateway answered itself.
-    fn answered_locally(&self, mut event: AuditEvent, arrived: Instant, kind: MethodKind) {
+    /// Records a call the gateway answered itself (in its trace span too).
+    fn answered_locally(
+        &self,
+        mut event: AuditEvent,
+        arrived: Instant,
+        kind: MethodKind,
+        span: &RequestSpan,
+    ) {
+        span.decided(&event);
         let elapsed = arrived.elapsed();
         event.outcome = Some(AuditOutcome {
             upstream_status: None,
@@ -679,11 +707,14 @@ impl Gateway {
             pending.fail_unsent(&e);
             return Err(e.at(id.as_ref()));
         }
-        let response = match self
+        inbound.span.propagate(&mut headers);
+        let sent = inbound.span.clock();
+        let response = self
             .upstream
             .send(Method::POST, &server.uri, headers, Some(body))
-            .await
-        {
+            .await;
+        inbound.span.upstream_answered(&response, sent);
+        let response = match response {
             Ok(response) => response,
             Err(e) => {
                 pending.fail_upstream(&e);
@@ -924,11 +955,14 @@ impl Gateway {
         }
         let mut headers = request_headers(&inbound.headers, server, inbound.mirrored, true);
         self.upstream_session(&inbound.grant, inbound.session.as_ref(), &mut headers)?;
+        inbound.span.propagate(&mut headers);
+        let sent = inbound.span.clock();
         let response = self
             .upstream
             .send(Method::POST, &server.uri, headers, Some(body))
-            .await?;
-        Ok(self.relay(Caller::of(&inbound), response, Watch::Nothing, None, None))
+            .await;
+        inbound.span.upstream_answered(&response, sent);
+        Ok(self.relay(Caller::of(&inbound), response?, Watch::Nothing, None, None))
     }
 
     /// A client's message to a legacy (HTTP+SSE) upstream. A response whose id is a reply
@@ -1013,8 +1047,10 @@ impl Gateway {
         credential: Credential<'_>,
         headers: HeaderMap,
         method: Method,
+        span: RequestSpan,
     ) -> Result<Response, Rejection> {
         let grant = self.authenticate(credential, &headers).await?;
+        span.grant(&grant);
         check_headers_once(&headers).map_err(GatewayError::from)?;
         let session = match header_str(&headers, mcp::MCP_SESSION_ID) {
             Some(s) => Some(self.sessions.unwrap(grant.id, s)?),
@@ -1046,10 +1082,14 @@ impl Gateway {
             }
         }
         self.upstream_session(&grant, session.as_ref(), &mut upstream_headers)?;
+        span.propagate(&mut upstream_headers);
+        let sent = span.clock();
         let response = self
             .upstream
             .send(method.clone(), &grant.server.uri, upstream_headers, None)
-            .await?;
+            .await;
+        span.upstream_answered(&response, sent);
+        let response = response?;
         let watch = if method == Method::GET && response.status().is_success() {
             // A resumed stream replays earlier answers: a tools/list among them is filtered
             // as it was the first time. A GET stream is SSE, whatever its header says.

@@ -91,8 +91,10 @@ impl UpstreamError {
     }
 }
 
-/// Request headers a client may send through: the MCP transport's own, and tracing context.
-/// (`Last-Event-ID` goes only with a GET, which resumes a stream: see `proxy`.)
+/// Request headers a client may send through: the MCP transport's own, and tracing context
+/// (whose `traceparent` and `tracestate` the gateway replaces with its own span's when tracing
+/// is on: see `spans`). (`Last-Event-ID` goes only with a GET, which resumes a stream: see
+/// `proxy`.)
 const FORWARDED_REQUEST: [HeaderName; 5] = [
     header::ACCEPT,
     HeaderName::from_static(mcp::MCP_PROTOCOL_VERSION),
