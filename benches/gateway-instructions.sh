@@ -9,7 +9,10 @@
 #
 # Usage: benches/gateway-instructions.sh [calls, default 5000] [connections, default 32]
 # PORTCULLIS_BIN=path counts that binary instead of building one. KEEP=dir copies the two
-# profiles there (for callgrind_annotate). Listens on 127.0.0.1 only.
+# profiles there (for callgrind_annotate). TRACES=1 counts them with tracing on: each call
+# carries a client's `traceparent`, and the gateway exports its spans over OTLP/HTTP to the
+# upstream nginx (which takes any POST); the exporter's threads are counted with the gateway.
+# Listens on 127.0.0.1 only.
 set -euo pipefail
 . "$(dirname "$0")/../deploy/local/lib.sh"
 cd "$ROOT"
@@ -33,6 +36,11 @@ export PORTCULLIS_WORKER_THREADS=1
 # production default of 250 ms, which would refuse calls (counted instructions do not depend on it).
 export PORTCULLIS_LIMITER_TIMEOUT=${PORTCULLIS_LIMITER_TIMEOUT:-5s}
 GATEWAY_WRAP="valgrind --tool=callgrind --callgrind-out-file=$OUT/gateway.%p"
+TRACE_HEADER=()
+if [ -n "${TRACES:-}" ]; then
+  export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$UP_PORT"
+  TRACE_HEADER=(-H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01')
+fi
 . "$ROOT/benches/gateway-setup.sh"
 # The set-up's exit trap stops the gateway (and waits for every child); Redis and the profiles
 # are this script's.
@@ -41,7 +49,7 @@ trap 'kill "$REDIS_PID" 2>/dev/null || true; cleanup; rm -rf "$OUT"' EXIT
 URL="http://127.0.0.1:$GW_PORT/g/$TOKEN/mcp"
 calls() {
   oha --no-tui -n "$1" -c "$CONNS" -m POST -H 'content-type: application/json' \
-    -H 'accept: application/json, text/event-stream' -D "$WORK/body.json" "$URL" \
+    -H 'accept: application/json, text/event-stream' "${TRACE_HEADER[@]}" -D "$WORK/body.json" "$URL" \
     | awk '/Success rate/ { print $3 }'
 }
 # The profile `callgrind_control -d` last wrote for pid $1 (named $2), and its count so far.
