@@ -449,16 +449,19 @@ async fn long_call(
     }
 }
 
+/// A session-era `initialize` request.
+fn initialize_request(id: i64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "stdio-test", "version": "1"}}})
+}
+
 /// Opens a session on the bridge; returns its id.
 async fn initialize(http: &reqwest::Client, url: &str) -> String {
     let response = http
         .post(url)
         .header("accept", "application/json, text/event-stream")
-        .json(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "kill-test", "version": "1"}}}),
-        )
+        .json(&initialize_request(1))
         .send()
         .await
         .unwrap();
@@ -536,11 +539,7 @@ async fn a_killed_child_fails_its_call_at_once_and_a_killed_bridge_leaves_no_chi
     // Two sessions are open, the most it serves: a third starts no process.
     let refused = http
         .post(&bridge.url)
-        .json(
-            &json!({"jsonrpc": "2.0", "id": 9, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "one-too-many", "version": "1"}}}),
-        )
+        .json(&initialize_request(9))
         .send()
         .await
         .unwrap();
@@ -612,9 +611,7 @@ async fn connect_keeps_the_token_out_of_its_logs_and_the_process_list() {
     let mut stdin = connect.stdin.take().unwrap();
     let mut stdout = tokio::io::BufReader::new(connect.stdout.take().unwrap()).lines();
     for line in [
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"}}}),
+        initialize_request(1),
         json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
         json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
     ] {
@@ -771,9 +768,7 @@ async fn the_bridge_requires_its_token_and_keeps_it_from_the_child() {
         &["node", entry.to_str().unwrap(), "stdio"],
     );
     let http = reqwest::Client::new();
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": {"name": "token-test", "version": "1"}}});
+    let initialize = initialize_request(1);
     for wrong in [None, Some("Bearer nope")] {
         let mut request = http.post(&bridge.url).json(&initialize);
         if let Some(wrong) = wrong {
