@@ -26,27 +26,8 @@ impl RedisCluster {
             nodes: Vec::new(),
         };
         for _ in 0..masters * (1 + replicas) {
-            let port = free_cluster_port()?;
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--cluster-node-timeout", "2000"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&cluster.dir)
-                .arg("--logfile")
-                .arg(cluster.dir.join(format!("{port}.log")))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            cluster.nodes.push((port, child));
-        }
-        for &(port, _) in &cluster.nodes {
-            wait_until(Duration::from_secs(10), || {
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            })?;
+            let node = cluster.start_node()?;
+            cluster.nodes.push(node);
         }
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -75,6 +56,48 @@ impl RedisCluster {
                 == masters * replicas
         })?;
         Ok(cluster)
+    }
+
+    /// Starts one node on a free port pair and waits until it says it is ready. A port can be
+    /// taken between choosing it and binding it (tests run in parallel, and the bus port lies in
+    /// the ephemeral range): the node then exits, and another pair is tried.
+    fn start_node(&self) -> std::io::Result<(u16, Child)> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_cluster_port()?;
+            let log = self.dir.join(format!("{port}.log"));
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--cluster-node-timeout", "2000"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&self.dir)
+                .arg("--logfile")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                if said.contains("Ready to accept connections") {
+                    return Ok((port, child));
+                }
+                if child.try_wait()?.is_some() || Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = said.lines().last().unwrap_or("no log").to_owned();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "a Redis Cluster node would not start: {last}"
+        )))
     }
 
     /// Every node's URL, comma-separated (the seed list for `REDIS_URL`).
