@@ -26,6 +26,10 @@ DURATION=${1:-10}
 CONNS=${2:-64}
 SESSIONS=1000
 UP_PORT=18911 PROXY_PORT=18912 GW_PORT=18913 PY_PORT=18914 FLOOR_PORT=18915
+# A Redis and a Postgres of the benchmark's own, and a control plane ingesting the audit into
+# that Postgres: the whole system, as `deploy/local/run` starts it, with the CPU of each part
+# told apart from whatever else the machine runs.
+BENCH_PRIVATE=1 REDIS_PORT=18916 PG_PORT=18917 CP_PORT=18918
 
 . "$ROOT/benches/gateway-setup.sh"
 
@@ -65,9 +69,25 @@ cpu_ms() { ticks_ms '$14 + $15' "$@"; }
 kernel_ms() { ticks_ms '$15' "$@"; }
 # Idle time of the whole machine so far, all cores (ms).
 idle_ms() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%d", ($5 + $6) * 1000 / hz }' /proc/stat; }
+# Postgres's CPU so far (ms): the postmaster's own and its reaped children's, and its live
+# children's (a backend that exits moves its time from the second to the first).
+pg_ms() {
+  local master ticks children
+  master=$(head -1 "$PG_DATA/postmaster.pid")
+  ticks=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$master/stat")
+  children=$(pgrep -P "$master" | xargs -r -I{} cat /proc/{}/stat 2>/dev/null | awk '{ s += $14 + $15 } END { print s + 0 }')
+  echo $(((ticks + children) * 1000 / $(getconf CLK_TCK)))
+}
+# Waits until the control plane has ingested every audit entry (it deletes what it stored).
+drained() {
+  for _ in $(seq 1 1200); do
+    [ "$(redis-cli -p "$REDIS_PORT" XLEN "$PREFIX:audit")" = 0 ] && return 0
+    sleep 0.05
+  done
+  log "warning: the audit stream did not drain in 60 s"
+}
 UPSTREAM=$(pgrep -P "$(cat "$WORK/upstream.pid")")
 PROXY=$(pgrep -P "$(cat "$WORK/proxy.pid")" | tr '\n' ' ')
-REDIS_PID=$(pgrep -x redis-server | head -1 || true)
 # CPU used (ms) and requests served, summed over a target's peak runs: C[$t,$what].
 declare -A RPS P50 P99 H99 C
 # µs per request of what $2 used over target $1's peak runs.
@@ -100,8 +120,13 @@ for r in $(seq 1 "$ROUNDS"); do
     gw0=$(cpu_ms "$GW_PID") px0=$(cpu_ms $PROXY) up0=$(cpu_ms "$UPSTREAM") rd0=$(cpu_ms $REDIS_PID)
     fl0=$(cpu_ms "$FLOOR_PID") fk0=$(kernel_ms "$FLOOR_PID")
     gk0=$(kernel_ms "$GW_PID") pk0=$(kernel_ms $PROXY) id0=$(idle_ms)
+    cp0=$(cpu_ms "$CP_PID") pg0=$(pg_ms)
     read -r rps p50 p99 ok rate < <(load "$t" "")
     RPS[$t,$r]=$rps P50[$t,$r]=$p50 P99[$t,$r]=$p99
+    # The run's audit is the run's cost, however long ingesting it takes.
+    if [ "$t" = portcullis ]; then drained; fi
+    count "$t" control_plane "$cp0" "$(cpu_ms "$CP_PID")"
+    count "$t" postgres "$pg0" "$(pg_ms)"
     # shellcheck disable=SC2086
     count "$t" gateway "$gw0" "$(cpu_ms "$GW_PID")"
     count "$t" proxy "$px0" "$(cpu_ms $PROXY)"
@@ -152,6 +177,7 @@ for r in $(seq 1 "$ROUNDS"); do
     if [ "$t" = portcullis ]; then
       waits >"$WORK/waits.$r.after"
       SNAPSHOTS+=("$WORK/waits.$r.before" "$WORK/waits.$r.after")
+      drained
     fi
   done
   for t in portcullis floor; do
@@ -199,6 +225,20 @@ GW=$(per_request portcullis gateway) RD=$(per_request portcullis redis)
 printf '  portcullis %s in the gateway, %s of it in the kernel, + %s in Redis = %s (Redis: %s)\n' \
   "$GW" "$(per_request portcullis gateway_kernel)" "$RD" \
   "$(awk -v a="$GW" -v b="$RD" 'BEGIN { printf "%.1f", a + b }')" "$BATCH"
+CP=$(per_request portcullis control_plane) PG=$(per_request portcullis postgres)
+awk -v g="$GW" -v r="$RD" -v c="$CP" -v p="$PG" -v f="$(per_request floor floor)" 'BEGIN {
+  printf "  portcullis (gateway + Redis) / the floor proxy: %.2fx (target: at most 1.8x)\n", (g + r) / f
+  printf "  the whole system per enforced call: gateway %s + Redis %s + control plane ingesting %s + Postgres %s = %.1f us (target: at most 90)\n", g, r, c, p, g + r + c + p
+  printf "  ingestion: %.0f events/s per core of the control plane, %.0f per core of Postgres, %.0f per core of both\n", 1e6 / c, 1e6 / p, 1e6 / (c + p)
+}'
+# Rows written and rewritten: an event whose decision and outcome were stored apart is an
+# insert and an update.
+psql -At "$DB_URL" -c "SELECT coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0)
+                       FROM pg_stat_user_tables WHERE relname LIKE 'audit_events%'" | tr '|' ' ' | {
+  read -r ins upd
+  printf '  audit rows: %s inserted, %s updated afterwards (%.1f%%)\n' "$ins" "$upd" \
+    "$(awk -v i="$ins" -v u="$upd" 'BEGIN { print i > 0 ? u * 100 / i : 0 }')"
+}
 # A request's share of the machine at a given rate is cores / rate. At 0.8x nginx's rate, the
 # gateway and Redis could use at most that share minus what everything else (the load
 # generator, the upstream) used per request in the Portcullis runs (their share minus the

@@ -24,19 +24,46 @@ fi
 WORK=$(mktemp -d)
 PIDS=()
 DB=portcullis_bench_$$
+PREFIX=bench-$$
+# BENCH_PRIVATE=1: a Postgres and a Redis of the benchmark's own (on PG_PORT and REDIS_PORT), so
+# that the CPU they use is the benchmark's alone, whatever else the machine runs; their
+# processes are then PG_PIDS (the postmaster first) and REDIS_PID.
+PG_DATA=
+if [ -n "${BENCH_PRIVATE:-}" ]; then
+  log "starting a private Redis (:$REDIS_PORT) and Postgres (:$PG_PORT)"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$WORK" \
+    --logfile "$WORK/redis.log" &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  PG_BIN="/usr/lib/postgresql/$(ls /usr/lib/postgresql | sort -V | tail -n 1)/bin"
+  PG_DATA=$(mktemp -d /tmp/portcullis-bench-pg.XXXXXX)
+  AS_PG=()
+  # Postgres refuses to run as root: run it as the postgres user the package created.
+  if [ "$(id -u)" -eq 0 ]; then AS_PG=(runuser -u postgres --); chown postgres:postgres "$PG_DATA"; fi
+  "${AS_PG[@]}" "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust >/dev/null
+  "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DATA" start >/dev/null
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+  wait_port "$REDIS_PORT" "the private Redis"
+fi
 # The server of DATABASE_URL (set by ensure_postgres), reached through its `postgres` database.
 DB_BASE="${DATABASE_URL%/*}/postgres"
 DB_URL="${DATABASE_URL%/*}/$DB"
-PREFIX=bench-$$
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for n in upstream proxy; do
     [ -f "$WORK/$n.pid" ] && kill "$(cat "$WORK/$n.pid")" 2>/dev/null || true
   done
   wait 2>/dev/null || true
-  psql -q "$DB_BASE" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-  redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" --scan --pattern "$PREFIX:*" 2>/dev/null \
-    | xargs -r redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" DEL >/dev/null 2>&1 || true
+  if [ -n "$PG_DATA" ]; then
+    "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DATA"
+  else
+    psql -q "$DB_BASE" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+    redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" --scan --pattern "$PREFIX:*" 2>/dev/null \
+      | xargs -r redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" DEL >/dev/null 2>&1 || true
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -104,12 +131,21 @@ INSERT INTO grants (id, tenant_id, server_id, policy_id, identity, token_hash, t
 SQL
 
 log "starting the gateway (:$GW_PORT)"
-DATABASE_URL=$DB_URL PORTCULLIS_REDIS_PREFIX=$PREFIX PORTCULLIS_GATEWAY_ADDR=127.0.0.1:$GW_PORT \
-  PORTCULLIS_UPSTREAM_ALLOW=127.0.0.0/8 PORTCULLIS_AUDIT_SPILL_DIR="$WORK/spill" \
-  PORTCULLIS_ENCRYPTION_KEYS=$("$BIN" keygen) PORTCULLIS_SESSION_KEYS=$("$BIN" keygen) \
-  PORTCULLIS_LOG=warn ${GATEWAY_WRAP:-} "$BIN" gateway >"$WORK/gateway.log" 2>&1 &
+export DATABASE_URL=$DB_URL PORTCULLIS_REDIS_PREFIX=$PREFIX PORTCULLIS_UPSTREAM_ALLOW=127.0.0.0/8 \
+  PORTCULLIS_ENCRYPTION_KEYS=$("$BIN" keygen) PORTCULLIS_SESSION_KEYS=$("$BIN" keygen) PORTCULLIS_LOG=warn
+PORTCULLIS_GATEWAY_ADDR=127.0.0.1:$GW_PORT PORTCULLIS_AUDIT_SPILL_DIR="$WORK/spill" \
+  ${GATEWAY_WRAP:-} "$BIN" gateway >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
+# CP_PORT=n: a control plane too, ingesting the audit stream into Postgres as a deployment's does.
+CP_PID=
+if [ -n "${CP_PORT:-}" ]; then
+  log "starting the control plane (:$CP_PORT), ingesting"
+  PORTCULLIS_CONTROL_PLANE_ADDR=127.0.0.1:$CP_PORT "$BIN" control-plane >"$WORK/control-plane.log" 2>&1 &
+  CP_PID=$!
+  PIDS+=("$CP_PID")
+  wait_port "$CP_PORT" "the control plane"
+fi
 for _ in $(seq 1 1200); do port_open "$GW_PORT" && break; sleep 0.1; done
 wait_port "$GW_PORT" portcullis
 
