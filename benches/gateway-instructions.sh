@@ -45,6 +45,7 @@ fi
 # The set-up's exit trap stops the gateway (and waits for every child); Redis and the profiles
 # are this script's.
 trap 'kill "$REDIS_PID" 2>/dev/null || true; cleanup; rm -rf "$OUT"' EXIT
+trap 'exit 130' INT TERM
 
 URL="http://127.0.0.1:$GW_PORT/g/$TOKEN/mcp"
 calls() {

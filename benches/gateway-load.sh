@@ -237,7 +237,7 @@ psql -At "$DB_URL" -c "SELECT coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_up
                        FROM pg_stat_user_tables WHERE relname LIKE 'audit_events%'" | tr '|' ' ' | {
   read -r ins upd
   printf '  audit rows: %s inserted, %s updated afterwards (%.1f%%)\n' "$ins" "$upd" \
-    "$(awk -v i="$ins" -v u="$upd" 'BEGIN { print i > 0 ? u * 100 / i : 0 }')"
+    "$(awk -v i="$ins" -v u="$upd" 'BEGIN { print (i > 0 ? u * 100 / i : 0) }')"
 }
 # A request's share of the machine at a given rate is cores / rate. At 0.8x nginx's rate, the
 # gateway and Redis could use at most that share minus what everything else (the load

@@ -67,6 +67,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# A signal (Ctrl-C, a timeout) ends the run through the EXIT trap too.
+trap 'exit 130' INT TERM
 
 ANSWER='{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"isError":false}}'
 # Two nginx instances, so each side's CPU can be told apart: the upstream (one worker), and
