@@ -3,6 +3,8 @@
 //! calls pass on `default: allow` or a wildcard `tools` key, with no exact key, `hide` entry or
 //! category rule of their own.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 use std::collections::BTreeSet;
 
 use portcullis_policy::{
