@@ -461,6 +461,12 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
         .await
         .unwrap();
     assert!(fresh.contains("list_messages"), "{fresh}");
+    // Its tool links to the tool's page, as in the rows the server rendered.
+    let tool_link = element(b, "#audit-rows tr.fresh a.tool-link").await;
+    assert_eq!(
+        tool_link.attr("href").await.unwrap(),
+        Some(format!("/servers/{sid}/tools/list_messages"))
+    );
     // A call its upstream never answered says so, live and after a reload.
     let mut unanswered = list_messages_allowed();
     let why = "request failed: client error (Connect): tcp connect error: Connection refused";
