@@ -461,6 +461,12 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
         .await
         .unwrap();
     assert!(fresh.contains("list_messages"), "{fresh}");
+    // Its tool links to the tool's page, as in the rows the server rendered.
+    let tool_link = element(b, "#audit-rows tr.fresh a.tool-link").await;
+    assert_eq!(
+        tool_link.attr("href").await.unwrap(),
+        Some(format!("/servers/{sid}/tools/list_messages"))
+    );
     // A call its upstream never answered says so, live and after a reload.
     let mut unanswered = list_messages_allowed();
     let why = "request failed: client error (Connect): tcp connect error: Connection refused";
@@ -560,4 +566,322 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
     shot(b, "18-settings").await;
     b.goto(&format!("{base}/admin-audit")).await.unwrap();
     shot(b, "19-admin-audit").await;
+}
+
+/// The real Twilio MCP server (300 tools: the v2010 API and Conversations) behind
+/// `portcullis bridge stdio` on a loopback port; stopped on drop.
+struct TwilioBridge {
+    process: Child,
+    url: String,
+}
+
+impl TwilioBridge {
+    fn start() -> Option<Self> {
+        let peers = portcullis_tests::peers::peers_dir();
+        let entry = peers.join("node_modules/@twilio-alpha/mcp/build/index.js");
+        if !entry.exists() {
+            eprintln!(
+                "skipping: {} is missing (deploy/local/test installs the test peers)",
+                entry.display()
+            );
+            return None;
+        }
+        let mut process = Command::new(env!("CARGO_BIN_EXE_portcullis-e2e"))
+            .args(["bridge", "stdio", "--listen", "127.0.0.1:0", "--"])
+            .arg("node")
+            .arg(&entry)
+            // Fake credentials pass Twilio's format check; nothing reaches Twilio.
+            .arg("AC00000000000000000000000000000000/SK00000000000000000000000000000000:secret")
+            .args(["--services", "twilio_api_v2010,twilio_conversations_v1"])
+            .current_dir(&peers)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut url = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(process.stdout.take().unwrap()),
+            &mut url,
+        )
+        .unwrap();
+        assert!(url.starts_with("http://127.0.0.1:"), "printed {url:?}");
+        Some(Self {
+            process,
+            url: url.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for TwilioBridge {
+    fn drop(&mut self) {
+        portcullis_tests::signal(self.process.id(), "TERM");
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.process.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_pages_of_the_twilio_catalogue_in_a_browser() {
+    if !std::path::Path::new(CHROMIUM).exists() || !std::path::Path::new(CHROMEDRIVER).exists() {
+        eprintln!(
+            "skipping: {CHROMIUM} or {CHROMEDRIVER} is missing (deploy/local/test installs them)"
+        );
+        return;
+    }
+    let Some(bridge) = TwilioBridge::start() else {
+        return;
+    };
+    let stack = Stack::start().await;
+    let driver = Driver::start().await;
+    let b = driver.client().await;
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(tool_pages(
+        &stack, &bridge, &b,
+    )))
+    .await;
+    b.close().await.ok();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn tool_pages(stack: &Stack, bridge: &TwilioBridge, b: &Client) {
+    let base = &stack.base;
+    let api = stack
+        .signup("security@twilio-pages.example", "Twilio Pages")
+        .await;
+    let server = api
+        .expect(
+            "POST",
+            "/api/v1/servers",
+            Some(json!({ "name": "twilio", "url": bridge.url })),
+            201,
+        )
+        .await;
+    let sid = server["id"].as_str().unwrap().to_owned();
+    let discovered = api
+        .expect(
+            "POST",
+            &format!("/api/v1/servers/{sid}/discover"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(discovered["tools"].as_array().unwrap().len(), 300);
+    let policy = api
+        .expect(
+            "POST",
+            &format!("/api/v1/servers/{sid}/policies"),
+            Some(
+                json!({ "name": "agents", "document": { "version": "1", "default": "deny",
+                "categories": { "read": "allow" } } }),
+            ),
+            201,
+        )
+        .await;
+    let pid = policy["id"].as_str().unwrap().to_owned();
+    let destructive = "TwilioApiV2010--DeleteIncomingPhoneNumber";
+    let financial = "TwilioApiV2010--CreateIncomingPhoneNumber";
+    let read = "TwilioApiV2010--ListIncomingPhoneNumber";
+
+    // Usage: what gateways would have recorded for the three tools.
+    let grant = uuid::Uuid::now_v7().to_string();
+    let mut events = Vec::new();
+    for (tool, identity, decision, latency) in [
+        (read, "support-agent", "allow", Some(12.0)),
+        (read, "support-agent", "allow", Some(30.0)),
+        (read, "billing-agent", "rate_limited", None),
+        (financial, "billing-agent", "approval_required", None),
+        (destructive, "support-agent", "hidden", None),
+    ] {
+        let mut e = audit_event(&api.tenant_id, &sid, &grant, identity, tool, decision, None);
+        if let Some(ms) = latency {
+            e["outcome"] = json!({ "upstream_status": 200, "is_error": false, "latency_ms": ms });
+        }
+        events.push(e);
+    }
+    push_events(&stack.redis, &events).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_events")
+                .fetch_one(stack.db.pool())
+                .await
+                .unwrap()
+                == 5
+        })
+        .await,
+        "the events never reached the audit log"
+    );
+
+    // Sign in as the same person.
+    b.goto(&format!("{base}/login")).await.unwrap();
+    let form = b.form(Locator::Css("form[action='/login']")).await.unwrap();
+    form.set_by_name("email", "security@twilio-pages.example")
+        .await
+        .unwrap();
+    form.set_by_name("password", "correct horse battery")
+        .await
+        .unwrap();
+    form.submit().await.unwrap();
+    wait_path(b, |p| p == "/servers").await;
+
+    // The catalogue: 300 tools, riskiest first; "not governed" is empty under default deny
+    // with a category rule for reads.
+    b.goto(&format!("{base}/tools")).await.unwrap();
+    assert_eq!(
+        b.find_all(Locator::Css("#catalogue tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        300
+    );
+    shot(b, "20-tool-catalogue").await;
+
+    for (tool, category, shot_name) in [
+        (destructive, "destructive", "21-tool-destructive"),
+        (financial, "financial", "22-tool-financial"),
+        (read, "read", "23-tool-read"),
+    ] {
+        let report = api
+            .expect(
+                "GET",
+                &format!("/api/v1/servers/{sid}/tools/{tool}"),
+                None,
+                200,
+            )
+            .await;
+        assert_eq!(report["risk"]["category"], category);
+        b.goto(&format!("{base}/servers/{sid}/tools/{tool}"))
+            .await
+            .unwrap();
+        assert_eq!(text_of(b, "#tool-name").await, tool);
+        assert_eq!(
+            text_of(b, "#tool-risk").await,
+            format!(
+                "{} · {}",
+                report["risk"]["category"].as_str().unwrap(),
+                report["risk"]["level"].as_str().unwrap()
+            )
+        );
+        let mut shown = Vec::new();
+        for row in b
+            .find_all(Locator::Css("#signals tr.signal"))
+            .await
+            .unwrap()
+        {
+            shown.push(
+                row.find(Locator::Css("td"))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let expected: Vec<String> = report["risk"]["signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["what"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(shown, expected, "{tool}");
+        let recommended: Value =
+            serde_json::from_str(&text_of(b, "#recommended-json").await).unwrap();
+        assert_eq!(recommended, report["recommended"], "{tool}");
+        let effect = text_of(b, "#effects td.effect").await;
+        assert_eq!(effect, report["policies"][0]["summary"].as_str().unwrap());
+        for (period, key) in [("#usage-day", "day"), ("#usage-week", "week")] {
+            let usage = &report["usage"][key];
+            for (cell, field) in [
+                ("calls", "calls"),
+                ("denials", "denials"),
+                ("rate-limited", "rate_limited"),
+                ("approvals", "approvals"),
+            ] {
+                assert_eq!(
+                    text_of(b, &format!("{period} td.{cell}")).await,
+                    usage[field].to_string(),
+                    "{tool} {period} {cell}"
+                );
+            }
+            let p95 = text_of(b, &format!("{period} td.p95")).await;
+            match usage["p95_ms"].as_f64() {
+                Some(ms) => assert_eq!(p95, format!("{ms} ms")),
+                None => assert_eq!(p95, "–"),
+            }
+        }
+        shot(b, shot_name).await;
+    }
+    // The read tool's figures, as recorded above.
+    let read_report = api
+        .expect(
+            "GET",
+            &format!("/api/v1/servers/{sid}/tools/{read}"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(read_report["usage"]["day"]["calls"], 3);
+    assert_eq!(read_report["usage"]["day"]["rate_limited"], 1);
+    assert_eq!(read_report["usage"]["day"]["p50_ms"], 21.0);
+
+    // Add the financial tool's recommended rule (approval) to the policy: diff first, then a
+    // new version, whose diff the policy shows.
+    b.goto(&format!("{base}/servers/{sid}/tools/{financial}"))
+        .await
+        .unwrap();
+    click(b, "#preview-rule").await;
+    wait_path(b, |p| p.ends_with("/add-rule")).await;
+    let diff = text_of(b, "#rule-diff").await;
+    assert!(
+        diff.contains(&format!("+     \"{financial}\": {{")),
+        "{diff}"
+    );
+    assert!(diff.contains("+       \"approval\": {}"), "{diff}");
+    shot(b, "24-tool-add-rule-preview").await;
+    click(b, "#save-rule").await;
+    wait_path(b, |p| p.ends_with("/diff")).await;
+    let page = wait_text(b, "Saved as version 2").await;
+    assert!(page.contains("v1 → v2"), "{page}");
+    let diff = text_of(b, "pre.diff").await;
+    assert!(
+        diff.contains(&format!("+     \"{financial}\": {{")),
+        "{diff}"
+    );
+    shot(b, "25-tool-rule-added").await;
+    let saved = api
+        .expect("GET", &format!("/api/v1/policies/{pid}"), None, 200)
+        .await;
+    assert_eq!(saved["version"], 2);
+    assert_eq!(
+        saved["document"]["tools"][financial],
+        json!({ "approval": {} })
+    );
+    // The tool page now names the exact rule.
+    b.goto(&format!("{base}/servers/{sid}/tools/{financial}"))
+        .await
+        .unwrap();
+    let effect = text_of(b, "#effects td.effect").await;
+    assert!(effect.starts_with("approval"), "{effect}");
+    assert!(body_text(b).await.contains(&format!("/tools/{financial}")));
+
+    // A viewer sees the page but not the action.
+    let viewer = api.token_of("viewer").await;
+    let resp = viewer
+        .http
+        .get(format!("{base}/servers/{sid}/tools/{financial}"))
+        .bearer_auth(&viewer.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("recommended-json") && !html.contains("id=\"add-rule\""));
 }

@@ -78,7 +78,15 @@
     cell(row, ev.identity);
     cell(row, serverNames[ev.server_id] || ev.server_id.slice(0, 8));
     cell(row, ev.method);
-    cell(row, ev.tool);
+    // The tool links to its page, as in the rows the server rendered.
+    var tool = cell(row, "");
+    if (ev.tool) {
+      var toolLink = document.createElement("a");
+      toolLink.href = "/servers/" + encodeURIComponent(ev.server_id) + "/tools/" + encodeURIComponent(ev.tool);
+      toolLink.className = "tool-link";
+      toolLink.textContent = ev.tool;
+      tool.appendChild(toolLink);
+    }
     cell(row, ev.decision, "decision decision-" + ev.decision);
     cell(row, ev.rule, "code");
     var status = ev.upstream_status === null ? "" : String(ev.upstream_status);

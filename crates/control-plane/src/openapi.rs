@@ -7,6 +7,76 @@ use serde_json::{Map, Value, json};
 use crate::routes::{API, Access, Route};
 
 fn schemas() -> Value {
+    let mut all = core_schemas();
+    if let (Some(all), Value::Object(tools)) = (all.as_object_mut(), tool_schemas()) {
+        all.extend(tools);
+    }
+    all
+}
+
+/// The tool page's and the catalogue's answers.
+fn tool_schemas() -> Value {
+    json!({
+        "ToolReport": {
+            "type": "object",
+            "required": ["server_id", "name", "risk", "status", "definition_hash", "history", "policies", "governed", "recommended", "guidance", "attacks", "usage"],
+            "properties": {
+                "server_id": { "type": "string", "format": "uuid" }, "server_name": { "type": "string" },
+                "name": { "type": "string" }, "title": { "type": ["string", "null"] },
+                "description": { "type": ["string", "null"], "description": "Upstream text: untrusted" },
+                "annotations": { "description": "The upstream's claims (readOnlyHint, destructiveHint, …), not facts" },
+                "input_schema": {},
+                "risk": { "type": "object", "properties": { "category": { "type": "string" }, "level": { "type": "string" },
+                    "signals": { "type": "array", "items": { "type": "object", "properties": {
+                        "text": { "type": "string" }, "what": { "type": "string" }, "source": { "type": "string" },
+                        "kind": { "type": "string", "enum": ["name", "description", "argument", "annotation"] } } } } } },
+                "status": { "type": "object", "properties": { "state": { "type": "string", "enum": ["approved", "changed", "new", "removed"] },
+                    "blocked": { "type": "boolean" }, "text": { "type": "string" } } },
+                "definition_hash": { "type": "string" }, "approved_hash": { "type": ["string", "null"] },
+                "history": { "type": "array", "items": { "type": "object", "properties": { "definition_hash": { "type": "string" },
+                    "first_seen_at": { "type": "string", "format": "date-time" }, "last_seen_at": { "type": "string", "format": "date-time" },
+                    "approved": { "type": "boolean" }, "current": { "type": "boolean" } } } },
+                "definition_diff": { "type": ["array", "null"], "items": { "type": "object", "properties": { "op": { "type": "string", "enum": [" ", "-", "+"] }, "text": { "type": "string" } } } },
+                "policies": { "type": "array", "items": { "type": "object", "properties": {
+                    "policy_id": { "type": "string", "format": "uuid" }, "policy_name": { "type": "string" }, "version": { "type": "integer" },
+                    "governing": { "type": ["object", "null"], "properties": {
+                        "match": { "type": "string", "enum": ["exact", "glob", "category", "default"] },
+                        "rule": { "type": "string", "description": "JSON pointer, (hidden), (default deny) or (default allow)" },
+                        "effect": { "type": "string", "enum": ["hidden", "deny", "allow", "approval"] },
+                        "require": { "type": "integer" }, "deny_if": { "type": "integer" }, "approval_conditional": { "type": "boolean" },
+                        "limits": { "type": "array", "items": { "type": "object" } }, "validate": { "type": "boolean" }, "monitor": { "type": "boolean" } } },
+                    "summary": { "type": "string" }, "governed": { "type": "boolean" } } } },
+                "governed": { "type": "boolean" },
+                "recommended": { "type": ["object", "null"], "description": "policy.json fragment" },
+                "guidance": { "type": "array", "items": { "type": "object", "properties": {
+                    "action": { "type": "string", "enum": ["rate_limit", "block", "approval"] }, "text": { "type": "string" }, "json": { "type": "object" } } } },
+                "attacks": { "type": "array", "items": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "why": { "type": "string" }, "stopped_by": { "type": "string" }, "doc": { "type": "string" } } } },
+                "usage": { "type": "object", "properties": {
+                    "day": { "$ref": "#/components/schemas/UsagePeriod" }, "week": { "$ref": "#/components/schemas/UsagePeriod" },
+                    "top_identities": { "type": "array", "items": { "type": "object", "properties": {
+                        "identity": { "type": "string" }, "calls": { "type": "integer" }, "blocked": { "type": "integer" } } } },
+                    "since": { "type": "string", "format": "date-time" } } }
+            }
+        },
+        "UsagePeriod": {
+            "type": "object",
+            "properties": { "calls": { "type": "integer" }, "denials": { "type": "integer" }, "rate_limited": { "type": "integer" },
+                "approvals": { "type": "integer" }, "p50_ms": { "type": ["number", "null"] }, "p95_ms": { "type": ["number", "null"] } }
+        },
+        "Catalogue": {
+            "type": "object", "required": ["tools"],
+            "properties": { "tools": { "type": "array", "items": { "type": "object", "properties": {
+                "server_id": { "type": "string", "format": "uuid" }, "server_name": { "type": "string" }, "name": { "type": "string" },
+                "category": { "type": "string" }, "level": { "type": "string" }, "signal": { "type": "string" },
+                "status": { "type": "string", "enum": ["approved", "changed", "new", "removed"] }, "blocked": { "type": "boolean" },
+                "governed": { "type": "boolean" }, "ungoverned_by": { "type": "array", "items": { "type": "string" } },
+                "has_policy": { "type": "boolean" } } } } }
+        }
+    })
+}
+
+fn core_schemas() -> Value {
     json!({
         "Error": {
             "type": "object",
@@ -129,6 +199,13 @@ fn shapes(route: &Route) -> (Option<Value>, Vec<(String, Value)>) {
         ("POST", "/api/v1/servers/{id}/discover") | ("GET", "/api/v1/servers/{id}/tools") => {
             (None, vec![answer("200", "The tools", Some("Tools"))])
         }
+        ("GET", "/api/v1/servers/{id}/tools/{name}") => {
+            (None, vec![answer("200", "The tool", Some("ToolReport"))])
+        }
+        ("GET", "/api/v1/tools") => (
+            None,
+            vec![answer("200", "The catalogue", Some("Catalogue"))],
+        ),
         ("POST", "/api/v1/servers/{id}/policies") => (
             Some(body("PolicyInput")),
             vec![
@@ -180,6 +257,7 @@ fn query_parameters(route: &Route) -> Vec<Value> {
         "/api/v1/policies/{id}/diff" => vec!["from", "to"],
         "/api/v1/servers/{id}/overview" => vec!["hours"],
         "/api/v1/admin-audit" => vec!["object_kind", "before", "limit"],
+        "/api/v1/tools" => vec!["risk", "category", "status", "governed", "q", "sort", "dir"],
         _ => Vec::new(),
     };
     names

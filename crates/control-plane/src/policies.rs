@@ -540,6 +540,8 @@ pub struct DiffQuery {
     pub from: Option<i32>,
     /// Newer version.
     pub to: Option<i32>,
+    /// A notice (dashboard only).
+    pub notice: Option<String>,
 }
 
 /// The two versions a diff compares.

@@ -28,6 +28,12 @@ use crate::error::{Error, Result};
 use crate::input;
 use crate::servers::{self, Server};
 
+mod catalogue;
+mod governance;
+mod guidance;
+mod page;
+mod usage;
+
 /// A stored tool.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Tool {
@@ -227,6 +233,19 @@ pub async fn apply_discovery(
         .bind(status)
         .execute(&mut *tx)
         .await?;
+        // The history of definitions, so a changed tool can be shown against the approved one.
+        sqlx::query(
+            "INSERT INTO tool_definitions (tenant_id, server_id, name, definition_hash, definition)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant_id, server_id, name, definition_hash) DO UPDATE SET last_seen_at = now()",
+        )
+        .bind(tenant.0)
+        .bind(server_id.0)
+        .bind(&typed.name)
+        .bind(&hash)
+        .bind(&definition)
+        .execute(&mut *tx)
+        .await?;
     }
     let vanished: Vec<String> = existing
         .values()
@@ -392,30 +411,53 @@ async fn api_approve(
     Ok(axum::Json(tool.to_json()))
 }
 
+/// `?back=tool`: back to the tool's page rather than the server's.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ApproveBack {
+    #[serde(default)]
+    back: String,
+}
+
 async fn approve_submit(
     State(state): State<AppState>,
     Manager(tenant): Manager,
     Path((id, name)): Path<(String, String)>,
+    input::QueryParams(form): input::QueryParams<ApproveBack>,
 ) -> Result<Response> {
     let server: ServerId = input::id(&id)?;
     approve(&state, &tenant, server, &name).await?;
+    let back = if form.back == "tool" {
+        let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        format!("/servers/{server}/tools/{encoded}")
+    } else {
+        format!("/servers/{server}")
+    };
     Ok(see_other_with(
-        &format!("/servers/{server}"),
+        &back,
         &format!("Approved the current definition of {name}."),
     ))
 }
 
-/// `/api/v1/servers/{id}/tools…`.
+/// `/api/v1/servers/{id}/tools…` and the catalogue `/api/v1/tools`.
 pub fn api() -> Router<AppState> {
     Router::new()
+        .route("/api/v1/tools", get(catalogue::api_catalogue))
         .route("/api/v1/servers/{id}/tools", get(api_tools))
+        .route("/api/v1/servers/{id}/tools/{name}", get(page::api_tool))
         .route(
             "/api/v1/servers/{id}/tools/{name}/approve",
             post(api_approve),
         )
 }
 
-/// The approve button of the server page.
+/// The tool pages, the catalogue, and the approve button.
 pub fn pages() -> Router<AppState> {
-    Router::new().route("/servers/{id}/tools/{name}/approve", post(approve_submit))
+    Router::new()
+        .route("/tools", get(catalogue::catalogue_page))
+        .route("/servers/{id}/tools/{name}", get(page::tool_page))
+        .route(
+            "/servers/{id}/tools/{name}/add-rule",
+            get(page::add_rule_preview).post(page::add_rule_submit),
+        )
+        .route("/servers/{id}/tools/{name}/approve", post(approve_submit))
 }

@@ -69,9 +69,9 @@ pub fn is_visible(
 }
 
 /// The rule a tool name resolves to.
-enum Resolved<'p> {
-    Hidden,
-    Rule(&'p CompiledRule),
+pub(crate) enum Resolved<'p> {
+    Hidden(Via),
+    Rule(&'p CompiledRule, Via),
     CategoryDeny {
         rule: &'p SharedStr,
         message: &'p SharedStr,
@@ -79,11 +79,22 @@ enum Resolved<'p> {
     Unmatched,
 }
 
+/// Which part of the policy a resolution came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// The tool's own name (a `tools` key or a `hide` entry).
+    Exact,
+    /// A wildcard `tools` key or `hide` entry.
+    Glob,
+    /// The rule of the tool's risk category.
+    Category,
+}
+
 impl CompiledPolicy {
     /// Decides one call against this policy.
     pub fn evaluate(&self, call: &Call<'_>) -> Decision {
         match self.resolve(call.tool, call.category) {
-            Resolved::Hidden => self.decision(
+            Resolved::Hidden(_) => self.decision(
                 Outcome::Hidden,
                 &SharedStr::from_static(HIDDEN),
                 &HIDDEN_MESSAGE,
@@ -107,43 +118,55 @@ impl CompiledPolicy {
                     Err(unreadable) => self.unreadable(unreadable),
                 },
             },
-            Resolved::Rule(rule) => self.apply(rule, call),
+            Resolved::Rule(rule, _) => self.apply(rule, call),
         }
     }
 
     /// Whether `tool` belongs in a filtered `tools/list`; see [`is_visible`].
     pub fn is_visible(&self, tool: &str, category: Option<RiskCategory>) -> bool {
         match self.resolve(tool, category) {
-            Resolved::Hidden => false,
-            Resolved::Rule(_) | Resolved::CategoryDeny { .. } => true,
+            Resolved::Hidden(_) => false,
+            Resolved::Rule(..) | Resolved::CategoryDeny { .. } => true,
             Resolved::Unmatched => self.default == DefaultAction::Allow,
         }
     }
 
-    fn is_hidden(&self, tool: &str) -> bool {
-        self.hidden_names.contains(tool) || self.hidden_globs.iter().any(|g| g.matches(tool))
+    /// How `tool` is hidden, if it is: by its own name or by a wildcard entry of `hide`.
+    fn hidden_by(&self, tool: &str) -> Option<Via> {
+        if self.hidden_names.contains(tool) {
+            Some(Via::Exact)
+        } else if self.hidden_globs.iter().any(|g| g.matches(tool)) {
+            Some(Via::Glob)
+        } else {
+            None
+        }
     }
 
-    fn resolve(&self, tool: &str, category: Option<RiskCategory>) -> Resolved<'_> {
-        if self.is_hidden(tool) {
-            return Resolved::Hidden;
+    /// The rule `tool` resolves to: the one place that decides it, for calls, for `tools/list`
+    /// and for the dashboard's account of what a policy does with a tool.
+    pub(crate) fn resolve(&self, tool: &str, category: Option<RiskCategory>) -> Resolved<'_> {
+        if let Some(via) = self.hidden_by(tool) {
+            return Resolved::Hidden(via);
         }
-        let by_name = self.exact.get(tool).copied().or_else(|| {
-            self.globs
+        let by_name = match self.exact.get(tool) {
+            Some(i) => Some((*i, Via::Exact)),
+            None => self
+                .globs
                 .iter()
                 .find(|(glob, _)| glob.matches(tool))
-                .map(|(_, rule)| *rule)
-        });
-        if let Some(rule) = by_name.and_then(|i| self.rules.get(i)) {
-            return Resolved::Rule(rule);
+                .map(|(_, rule)| (*rule, Via::Glob)),
+        };
+        if let Some((rule, via)) = by_name.and_then(|(i, via)| Some((self.rules.get(i)?, via))) {
+            return Resolved::Rule(rule, via);
         }
         match category.and_then(|c| self.categories.get(c.index())) {
-            Some(CategoryEntry::Hide) => Resolved::Hidden,
+            Some(CategoryEntry::Hide) => Resolved::Hidden(Via::Category),
             Some(CategoryEntry::Deny { rule, message }) => Resolved::CategoryDeny { rule, message },
-            Some(CategoryEntry::Rule(i)) => self
-                .rules
-                .get(*i)
-                .map_or(Resolved::Unmatched, Resolved::Rule),
+            Some(CategoryEntry::Rule(i)) => {
+                self.rules.get(*i).map_or(Resolved::Unmatched, |rule| {
+                    Resolved::Rule(rule, Via::Category)
+                })
+            }
             Some(CategoryEntry::None) | None => Resolved::Unmatched,
         }
     }

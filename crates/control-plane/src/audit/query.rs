@@ -669,6 +669,8 @@ struct Row {
     ts: String,
     identity: String,
     server: String,
+    /// The server's id, for the link to the tool's page.
+    server_id: String,
     method: String,
     tool: String,
     decision: String,
@@ -745,6 +747,7 @@ async fn audit_page(
             ts: when(&e.ts),
             identity: e.identity.clone(),
             server: server_name(e.server_id),
+            server_id: e.server_id.to_string(),
             method: e.method.clone(),
             tool: e.tool.clone().unwrap_or_default(),
             decision: e.decision.clone(),

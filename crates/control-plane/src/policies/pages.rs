@@ -449,7 +449,8 @@ async fn diff_page(
                 policy.name, from.version, to.version
             ),
             "servers",
-        ),
+        )
+        .with_notice(q.notice.clone()),
         changed: lines.iter().filter(|l| l.op != " ").count(),
         from: from.version,
         to: to.version,
