@@ -318,7 +318,7 @@ async fn a_day_whose_rows_arrived_early_still_gets_its_partition() {
     let mut early = audit_event(&tenant, &tenant, &tenant, "agent", "t", "allow", None);
     early["ts"] = json!(chrono::Utc::now() + chrono::Duration::days(20));
     let event = portcullis_core::audit::stream::decode(early.to_string().as_bytes()).unwrap();
-    ingest::write_batch(db.pool(), &[event]).await.unwrap();
+    ingest::write_batch(db.pool(), &[&event]).await.unwrap();
     let in_default: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events_default")
         .fetch_one(db.pool())
         .await
@@ -343,4 +343,167 @@ async fn a_day_whose_rows_arrived_early_still_gets_its_partition() {
     .await
     .unwrap();
     assert_eq!((partitions, in_default, total), (3, 0, 1));
+}
+
+/// Starts an ingester with `claim_idle` (a decision waits for its outcome a quarter of it).
+fn start_ingester(
+    db: &TestDatabase,
+    redis: &TestRedis,
+    claim_idle: Duration,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(ingest::run(
+        db.pool().clone(),
+        redis.redis(),
+        redis.redis_keys(),
+        ingest::Config {
+            batch: 500,
+            claim_idle,
+            consumer: Some("one".to_owned()),
+        },
+        stop.clone(),
+    ));
+    (stop, handle)
+}
+
+/// Waits until `query` (a count) returns `want`.
+async fn until(db: &TestDatabase, query: &'static str, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: i64 = sqlx::query_scalar(query)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{query}: {got}, not {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every text an agent or upstream controls arrives byte for byte, whatever CSV, array
+/// literals or JSON make of quotes, commas, line breaks, backslashes and braces.
+#[tokio::test]
+async fn hostile_text_arrives_byte_for_byte() {
+    let db = TestDatabase::new().await;
+    let redis = TestRedis::new().await;
+    let tenant = uuid::Uuid::now_v7().to_string();
+    let nasty = "a \"quote\", a comma,\na newline\r\n\ta tab \\ a backslash {brace} 'single' \\N ✓";
+    let mut decision = audit_event(
+        &tenant,
+        &tenant,
+        &tenant,
+        nasty,
+        nasty,
+        "allow",
+        Some(nasty),
+    );
+    decision["message"] = json!(nasty);
+    decision["session"] = json!("");
+    decision["arg_keys"] = json!([nasty, "", "NULL", "{}", "\\"]);
+    decision["arguments"] = json!({ "to": nasty, "n": [1, 2.5, null, true] });
+    let mut outcome = decision.clone();
+    outcome["outcome"] = json!({ "upstream_status": 200, "is_error": false, "latency_ms": 1.25,
+                                 "upstream_error": nasty });
+    cp_support::push_events(&redis, &[decision.clone(), outcome]).await;
+    let (stop, ingester) = start_ingester(&db, &redis, Duration::from_secs(8));
+    until(
+        &db,
+        "SELECT count(*) FROM audit_events WHERE latency_ms IS NOT NULL",
+        1,
+    )
+    .await;
+    stop.cancel();
+    ingester.await.unwrap();
+    let row: (
+        String,
+        String,
+        String,
+        String,
+        String,
+        Vec<String>,
+        serde_json::Value,
+        String,
+    ) = sqlx::query_as(
+        "SELECT identity, tool, rule, message, session, arg_keys, arguments, upstream_error
+               FROM audit_events",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            nasty.to_owned(),
+            nasty.to_owned(),
+            nasty.to_owned(),
+            nasty.to_owned(),
+            String::new(),
+            vec![
+                nasty.to_owned(),
+                String::new(),
+                "NULL".into(),
+                "{}".into(),
+                "\\".into()
+            ],
+            decision["arguments"].clone(),
+            nasty.to_owned(),
+        )
+    );
+    let nulls: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT request_id, arg_digest FROM audit_events")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(nulls, (None, None));
+}
+
+/// An allowed call's decision waits for its outcome and both become one row, written once; a
+/// decision whose outcome is late is stored alone after the wait, and its outcome then fills
+/// in that row.
+#[tokio::test]
+async fn a_decision_waits_for_its_outcome_and_a_late_outcome_completes_its_row() {
+    let db = TestDatabase::new().await;
+    let redis = TestRedis::new().await;
+    let tenant = uuid::Uuid::now_v7().to_string();
+    let (stop, ingester) = start_ingester(&db, &redis, Duration::from_secs(4));
+
+    let prompt = audit_event(&tenant, &tenant, &tenant, "agent", "prompt", "allow", None);
+    let late = audit_event(&tenant, &tenant, &tenant, "agent", "late", "allow", None);
+    cp_support::push_events(&redis, &[prompt.clone(), late.clone()]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not stored yet: both wait for their outcomes.
+    assert_eq!(count(&db).await, 0);
+    let mut answered = prompt.clone();
+    answered["outcome"] = json!({ "upstream_status": 200, "is_error": false, "latency_ms": 3.0 });
+    cp_support::push_events(&redis, &[answered]).await;
+    until(
+        &db,
+        "SELECT count(*) FROM audit_events WHERE tool = 'prompt' AND latency_ms = 3",
+        1,
+    )
+    .await;
+    // The late one is stored alone once its wait (a quarter of claim_idle) is over.
+    until(
+        &db,
+        "SELECT count(*) FROM audit_events WHERE tool = 'late' AND latency_ms IS NULL",
+        1,
+    )
+    .await;
+    let mut answered = late.clone();
+    answered["outcome"] = json!({ "upstream_status": 502, "is_error": true, "latency_ms": 9.0 });
+    cp_support::push_events(&redis, &[answered]).await;
+    until(
+        &db,
+        "SELECT count(*) FROM audit_events WHERE tool = 'late' AND upstream_status = 502",
+        1,
+    )
+    .await;
+    assert_eq!(count(&db).await, 2);
+    while pending_entries(&redis).await > 0 || stream_length(&redis).await > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    ingester.await.unwrap();
 }

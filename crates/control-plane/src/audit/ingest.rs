@@ -1,11 +1,20 @@
 //! The audit ingester: gateways' stream → Postgres, in batches, idempotently.
 //!
 //! Each ingester is a consumer of the group `ingest` on the audit stream. It reads a batch with
-//! `XREADGROUP`, merges the decision and outcome entries of the same event, upserts the batch
-//! into `audit_events` keyed by `(ts, id)` in one statement, and only after the commit
-//! acknowledges (and deletes) the entries. A crash between commit and acknowledgement leaves
-//! the entries pending; another ingester claims them with `XAUTOCLAIM` once they have been idle
-//! for `claim_idle`, and the upsert makes the replay harmless: every event lands exactly once.
+//! `XREADGROUP`, merges the decision and outcome entries of the same event, stores the batch
+//! into `audit_events` keyed by `(ts, id)`, and only after the commit acknowledges (and
+//! deletes) the entries. A crash between commit and acknowledgement leaves the entries
+//! pending; another ingester claims them with `XAUTOCLAIM` once they have been idle for
+//! `claim_idle`, and the upsert makes the replay harmless: every event lands exactly once.
+//!
+//! **One row, written once.** An `allow` decision is followed by its outcome as soon as the
+//! upstream answers, often in the next read. Stored apart, the pair costs an insert and then an
+//! update of every index of the row; so an allowed call's decision waits in the ingester for
+//! its outcome, up to [`OUTCOME_WAIT`], and the two are stored as one row. Its stream entries
+//! stay pending meanwhile: a crash redelivers them, nothing is lost. A batch is sent with
+//! `COPY`, Postgres's cheapest way in; should any of its rows exist already (a redelivery, a
+//! decision stored alone after waiting, another ingester's claim), the batch is upserted
+//! instead (`INSERT … ON CONFLICT`), which fills in the outcome.
 //!
 //! On a Redis Cluster there is one stream per shard (`RedisKeys::audit_streams`), each in its
 //! own slot; every ingester reads them all in turn (a read per stream, since one command may
@@ -14,10 +23,11 @@
 //! two streams (an entry sent again after a failure goes to any); the upsert merges them
 //! whichever comes first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use portcullis_core::audit::{AuditEvent, stream};
+use portcullis_core::audit::{AuditDecision, AuditEvent, stream};
 use portcullis_core::redis_keys::RedisKeys;
 use portcullis_redis::{Conn, Redis, Timeouts};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -38,8 +48,18 @@ pub struct Config {
 
 /// How long one `XREADGROUP` waits for new entries (with a single stream).
 const BLOCK: Duration = Duration::from_millis(500);
+/// The shortest such wait (`BLOCK 0` would mean forever).
+const MIN_BLOCK: Duration = Duration::from_millis(1);
 /// With several streams, how long to wait after a round in which none had new entries.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long an allowed call's decision waits in the ingester for its outcome before it is
+/// stored alone (and its outcome, later, as an update); at most a quarter of `claim_idle`, so
+/// that no ingester takes waiting entries for a dead consumer's.
+pub const OUTCOME_WAIT: Duration = Duration::from_secs(2);
+/// How many ids of decisions stored alone an ingester remembers, so that their outcomes go
+/// straight to the upsert; past it, it forgets them all (they then take the `COPY` attempt
+/// first).
+const STORED_ALONE_CAP: usize = 100_000;
 
 /// Runs until `shutdown`; reconnects to Redis and Postgres by itself after failures.
 pub async fn run(
@@ -114,15 +134,22 @@ async fn session(
     for stream_key in &streams {
         ensure_group(&mut conn, stream_key).await?;
     }
+    let wait = OUTCOME_WAIT.min(config.claim_idle / 4);
+    let mut waiting: Vec<Waiting> = streams.iter().map(|_| Waiting::new(wait)).collect();
     // After a failure (Postgres down mid-batch) this consumer's own entries are still pending:
-    // take them up again first rather than waiting for the idle claim.
-    for stream_key in &streams {
+    // take them up again first rather than waiting for the idle claim. Everything pending is
+    // stored now, outcome or not (`COUNT` pages through the pending list, which only shrinks
+    // as entries are acknowledged).
+    for (stream_key, waiting) in streams.iter().zip(&mut waiting) {
         loop {
             let entries = read(&mut conn, stream_key, consumer, config, "0", None).await?;
             if entries.is_empty() {
                 break;
             }
-            ingest(db, &mut conn, stream_key, entries).await?;
+            waiting.add(entries);
+            waiting
+                .store(db, &mut conn, stream_key, Instant::now() + wait)
+                .await?;
         }
     }
     // One stream can wait on the server for new entries; several are read in turn.
@@ -133,19 +160,24 @@ async fn session(
             return Ok(());
         }
         if last_claim.is_none_or(|t| t.elapsed() >= config.claim_idle / 2) {
-            for stream_key in &streams {
-                claim_stale(db, &mut conn, stream_key, config, consumer).await?;
+            for (stream_key, waiting) in streams.iter().zip(&mut waiting) {
+                claim_stale(db, &mut conn, stream_key, config, consumer, waiting).await?;
             }
             last_claim = Some(Instant::now());
         }
         let mut idle = true;
-        for stream_key in &streams {
+        for (stream_key, waiting) in streams.iter().zip(&mut waiting) {
+            // While decisions wait for their outcomes, a read waits no longer than they may.
+            let block = block.map(|b| waiting.due_in().map_or(b, |due| due.clamp(MIN_BLOCK, b)));
             let entries = read(&mut conn, stream_key, consumer, config, ">", block).await?;
-            if entries.is_empty() {
+            if entries.is_empty() && !waiting.is_due() {
                 continue;
             }
-            idle = false;
-            ingest(db, &mut conn, stream_key, entries).await?;
+            idle &= entries.is_empty();
+            waiting.add(entries);
+            waiting
+                .store(db, &mut conn, stream_key, Instant::now())
+                .await?;
         }
         if idle && block.is_none() {
             tokio::select! {
@@ -197,6 +229,7 @@ async fn claim_stale(
     stream_key: &str,
     config: &Config,
     consumer: &str,
+    waiting: &mut Waiting,
 ) -> anyhow::Result<()> {
     let mut start = "0-0".to_owned();
     loop {
@@ -233,7 +266,10 @@ async fn claim_stale(
                 entries = reply.claimed.len(),
                 "claimed audit entries of another consumer"
             );
-            ingest(db, conn, stream_key, reply.claimed).await?;
+            // A dead consumer's entries have waited long enough: store them as they are.
+            waiting.add(reply.claimed);
+            let now = Instant::now() + waiting.wait;
+            waiting.store(db, conn, stream_key, now).await?;
         }
         if reply.next_stream_id == "0-0" {
             return Ok(());
@@ -242,18 +278,73 @@ async fn claim_stale(
     }
 }
 
-/// Merges the entries of one batch by event id: the decision entry and the outcome entry
-/// become one row, so the upsert touches each row once.
-///
-/// The entry with the outcome is the gateway's last word on the call, so its decision stands:
-/// a charge the gateway stopped waiting for may still have been taken by Redis, with its
-/// `allow` decision entry, while the call was answered as a limiter error.
-fn merge(events: Vec<AuditEvent>) -> Vec<AuditEvent> {
-    let mut by_id: HashMap<uuid::Uuid, AuditEvent> = HashMap::with_capacity(events.len());
-    let mut order = Vec::with_capacity(events.len());
-    for event in events {
-        match by_id.get_mut(&event.id) {
-            Some(existing) => {
+/// Events read from one stream and not stored yet, with the stream entries that carried them.
+#[derive(Default)]
+struct Waiting {
+    /// How long an allowed call's decision waits for its outcome.
+    wait: Duration,
+    /// In the order their first part was read.
+    events: Vec<Pending>,
+    /// Position in `events` by event id.
+    index: HashMap<uuid::Uuid, usize>,
+    /// How many not yet stored events each stream entry carries: it is acknowledged at zero.
+    carried: HashMap<String, usize>,
+    /// Entries with nothing to store (malformed, trimmed), acknowledged with the next store.
+    empty: Vec<String>,
+    /// Ids of allowed calls whose decision was stored without its outcome.
+    stored_alone: HashSet<uuid::Uuid>,
+}
+
+/// One event, merged from the parts read so far.
+struct Pending {
+    event: AuditEvent,
+    /// The entry of each part (decision, outcome).
+    entries: Vec<String>,
+    /// When its first part was read.
+    read_at: Instant,
+}
+
+impl Waiting {
+    fn new(wait: Duration) -> Self {
+        Self {
+            wait,
+            ..Self::default()
+        }
+    }
+
+    /// An allowed call whose outcome has not come yet, and may still come before `now`.
+    fn awaits_outcome(&self, pending: &Pending, now: Instant) -> bool {
+        pending.event.decision == AuditDecision::Allow
+            && pending.event.outcome.is_none()
+            && pending.read_at + self.wait > now
+    }
+
+    /// Decodes the events of `entries` and merges them with those waiting.
+    fn add(&mut self, entries: Vec<StreamId>) {
+        let now = Instant::now();
+        for entry in entries {
+            let events = decode(&entry);
+            if events.is_empty() {
+                self.empty.push(entry.id);
+                continue;
+            }
+            *self.carried.entry(entry.id.clone()).or_default() += events.len();
+            for event in events {
+                self.merge(event, entry.id.clone(), now);
+            }
+        }
+    }
+
+    /// Merges one part of an event. The part with the outcome is the gateway's last word on
+    /// the call, so its decision stands: a charge the gateway stopped waiting for may still
+    /// have been taken by Redis, with its `allow` decision entry, while the call was answered
+    /// as a limiter error.
+    fn merge(&mut self, event: AuditEvent, entry: String, now: Instant) {
+        match self.index.get(&event.id) {
+            Some(&i) => {
+                let pending = &mut self.events[i];
+                pending.entries.push(entry);
+                let existing = &mut pending.event;
                 if existing.outcome.is_none() && event.outcome.is_some() {
                     existing.decision = event.decision;
                     existing.rule = event.rule;
@@ -262,15 +353,263 @@ fn merge(events: Vec<AuditEvent>) -> Vec<AuditEvent> {
                 }
             }
             None => {
-                order.push(event.id);
-                by_id.insert(event.id, event);
+                self.index.insert(event.id, self.events.len());
+                self.events.push(Pending {
+                    event,
+                    entries: vec![entry],
+                    read_at: now,
+                });
             }
         }
     }
-    order
+
+    /// How long until the oldest waiting decision must be stored, if one waits.
+    fn due_in(&self) -> Option<Duration> {
+        let first = self.events.first()?;
+        Some((first.read_at + self.wait).saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether a waiting decision must be stored now.
+    fn is_due(&self) -> bool {
+        self.due_in().is_some_and(|d| d.is_zero())
+    }
+
+    /// Takes out the events to store as of `now`: all but the allowed calls still awaiting
+    /// their outcome.
+    fn take_ready(&mut self, now: Instant) -> Vec<Pending> {
+        let (waiting, ready): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.events)
+            .into_iter()
+            .partition(|p| self.awaits_outcome(p, now));
+        self.index = waiting
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.event.id, i))
+            .collect();
+        self.events = waiting;
+        ready
+    }
+
+    /// Stores every event that is ready as of `now` (see [`Waiting::awaits_outcome`]), then
+    /// acknowledges and deletes the entries that carried only stored events.
+    async fn store(
+        &mut self,
+        db: &PgPool,
+        conn: &mut Conn,
+        stream_key: &str,
+        now: Instant,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let ready = self.take_ready(now);
+        if ready.is_empty() && self.empty.is_empty() {
+            return Ok(());
+        }
+        // Outcomes of decisions stored alone update their row; the rest are new rows.
+        let (updates, fresh): (Vec<&AuditEvent>, Vec<&AuditEvent>) = ready
+            .iter()
+            .map(|p| &p.event)
+            .partition(|e| self.stored_alone.contains(&e.id));
+        write(db, &fresh, &updates).await?;
+        let mut done = std::mem::take(&mut self.empty);
+        for pending in &ready {
+            let id = pending.event.id;
+            if pending.event.outcome.is_some() {
+                self.stored_alone.remove(&id);
+            } else if pending.event.decision == AuditDecision::Allow {
+                if self.stored_alone.len() >= STORED_ALONE_CAP {
+                    self.stored_alone.clear();
+                }
+                self.stored_alone.insert(id);
+            }
+            for entry in &pending.entries {
+                if let Some(n) = self.carried.get_mut(entry) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.carried.remove(entry);
+                        done.push(entry.clone());
+                    }
+                }
+            }
+        }
+        if !done.is_empty() {
+            // Acknowledge only after the commit: a crash before this means redelivery, not loss.
+            let _: () = redis::pipe()
+                .cmd("XACK")
+                .arg(stream_key)
+                .arg(stream::GROUP)
+                .arg(&done)
+                .ignore()
+                .cmd("XDEL")
+                .arg(stream_key)
+                .arg(&done)
+                .ignore()
+                .query_async(conn)
+                .await?;
+        }
+        metrics::counter!("portcullis_audit_ingested_total").increment(ready.len() as u64);
+        metrics::histogram!("portcullis_audit_ingest_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+/// The events an entry carries; a malformed or trimmed entry is logged and carries none.
+fn decode(entry: &StreamId) -> Vec<AuditEvent> {
+    let decoded = [stream::FIELD, stream::BATCH_FIELD]
         .into_iter()
-        .filter_map(|id| by_id.remove(&id))
-        .collect()
+        .find_map(|field| Some((field, entry.map.get(field)?)))
+        .and_then(|(field, v)| {
+            let bytes = redis::from_redis_value_ref::<Vec<u8>>(v).ok()?;
+            Some(stream::decode_field(field, &bytes))
+        });
+    match decoded {
+        Some(Ok(events)) => events,
+        // A malformed entry would fail forever: log it and let it go.
+        Some(Err(e)) => {
+            metrics::counter!("portcullis_audit_malformed_total").increment(1);
+            tracing::error!(entry = %entry.id, error = %e, "dropping a malformed audit entry");
+            Vec::new()
+        }
+        // A pending entry trimmed from the stream comes back empty.
+        None if entry.map.is_empty() => {
+            metrics::counter!("portcullis_audit_trimmed_total").increment(1);
+            tracing::error!(entry = %entry.id, "audit entry trimmed from the stream before it was stored");
+            Vec::new()
+        }
+        None => {
+            metrics::counter!("portcullis_audit_malformed_total").increment(1);
+            tracing::error!(entry = %entry.id, "dropping an audit entry without an event field");
+            Vec::new()
+        }
+    }
+}
+
+/// Stores new rows (`fresh`, by `COPY`) and fills in rows stored earlier (`updates`, by
+/// upsert). Should any fresh row exist already, they are upserted too.
+async fn write(db: &PgPool, fresh: &[&AuditEvent], updates: &[&AuditEvent]) -> anyhow::Result<()> {
+    if !fresh.is_empty() {
+        match copy(db, fresh).await {
+            Ok(()) => {}
+            Err(e) if refused_by_database(&e) => upsert(db, fresh).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    upsert(db, updates).await
+}
+
+/// The columns an event fills, in the order [`csv_row`] writes them.
+const COPY_STATEMENT: &str = "COPY audit_events (id, ts, tenant_id, grant_id, identity, server_id, method, tool,
+    decision, rule, message, policy_id, policy_version, protocol, session, request_id, arg_keys, arg_digest,
+    arguments, upstream_status, is_error, latency_ms, upstream_error) FROM STDIN (FORMAT csv)";
+
+/// Inserts a batch of new rows in one `COPY`; fails whole when any row exists already.
+async fn copy(db: &PgPool, events: &[&AuditEvent]) -> anyhow::Result<()> {
+    let mut rows = String::with_capacity(events.len() * 400);
+    for event in events {
+        csv_row(event, &mut rows);
+    }
+    let mut conn = db.acquire().await?;
+    let mut copy = conn.copy_in_raw(COPY_STATEMENT).await?;
+    copy.send(rows.as_bytes()).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+/// One event as a CSV line: text quoted (quotes doubled), NULL as nothing, `arg_keys` as an
+/// array literal, `arguments` as JSON text.
+fn csv_row(e: &AuditEvent, out: &mut String) {
+    let text = |out: &mut String, value: Option<&str>| {
+        if let Some(value) = value {
+            out.push('"');
+            for c in value.chars() {
+                if c == '"' {
+                    out.push('"');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+        out.push(',');
+    };
+    let display = |out: &mut String, value: Option<&dyn std::fmt::Display>| {
+        if let Some(value) = value {
+            let _ = write!(out, "{value}");
+        }
+        out.push(',');
+    };
+    let o = e.outcome.as_ref();
+    display(out, Some(&e.id));
+    text(out, Some(&e.ts.to_rfc3339()));
+    display(out, Some(&e.tenant_id));
+    display(out, Some(&e.grant_id));
+    text(out, Some(&e.identity));
+    display(out, Some(&e.server_id));
+    text(out, Some(&e.method));
+    text(out, e.tool.as_deref());
+    text(out, Some(e.decision.as_str()));
+    text(out, e.rule.as_deref());
+    text(out, e.message.as_deref());
+    display(out, e.policy_id.as_ref().map(|v| v as _));
+    display(out, e.policy_version.as_ref().map(|v| v as _));
+    text(out, e.protocol.as_deref());
+    text(out, e.session.as_deref());
+    text(out, e.request_id.as_deref());
+    // An array literal: each element quoted, `"` and `\` escaped by a backslash.
+    let mut keys = String::from("{");
+    for (i, key) in e.arg_keys.iter().enumerate() {
+        if i > 0 {
+            keys.push(',');
+        }
+        keys.push('"');
+        for c in key.chars() {
+            if c == '"' || c == '\\' {
+                keys.push('\\');
+            }
+            keys.push(c);
+        }
+        keys.push('"');
+    }
+    keys.push('}');
+    text(out, Some(&keys));
+    text(out, e.arg_digest.as_deref());
+    text(out, e.arguments.as_ref().map(|a| a.to_string()).as_deref());
+    display(
+        out,
+        o.and_then(|o| o.upstream_status).as_ref().map(|v| v as _),
+    );
+    display(out, o.and_then(|o| o.is_error).as_ref().map(|v| v as _));
+    display(out, o.map(|o| &o.latency_ms as _));
+    text(out, o.and_then(|o| o.upstream_error.as_deref()));
+    // The last field's separator becomes the line's end.
+    out.pop();
+    out.push('\n');
+}
+
+/// Upserts events, setting aside one by one those Postgres refuses for what they hold.
+async fn upsert(db: &PgPool, events: &[&AuditEvent]) -> anyhow::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let Err(e) = write_batch(db, events).await else {
+        return Ok(());
+    };
+    if !refused_by_database(&e) {
+        // Postgres unreachable: the entries stay pending and come back.
+        return Err(e);
+    }
+    // Postgres refused the batch for what it holds: one event it cannot store must hold back
+    // neither the others nor, coming back forever, the whole stream. One by one, setting
+    // aside those it refuses.
+    tracing::warn!(error = %e, events = events.len(), "audit batch refused; storing its events one by one");
+    for event in events {
+        if let Err(e) = write_batch(db, std::slice::from_ref(event)).await {
+            if !refused_by_database(&e) {
+                return Err(e);
+            }
+            metrics::counter!("portcullis_audit_rejected_total").increment(1);
+            tracing::error!(event = %event.id, error = %e, "dropping an audit event the database refuses");
+        }
+    }
+    Ok(())
 }
 
 fn row(event: &AuditEvent) -> Value {
@@ -303,11 +642,11 @@ fn row(event: &AuditEvent) -> Value {
 }
 
 /// Upserts a batch of events; the outcome fills in what the decision entry left empty.
-pub async fn write_batch(db: &PgPool, events: &[AuditEvent]) -> anyhow::Result<()> {
+pub async fn write_batch(db: &PgPool, events: &[&AuditEvent]) -> anyhow::Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let rows = Value::Array(events.iter().map(row).collect());
+    let rows = Value::Array(events.iter().map(|e| row(e)).collect());
     sqlx::query(
         "INSERT INTO audit_events (id, ts, tenant_id, grant_id, identity, server_id, method, tool, decision, rule,
                                    message, policy_id, policy_version, protocol, session, request_id, arg_keys,
@@ -353,80 +692,6 @@ fn refused_by_database(error: &anyhow::Error) -> bool {
     }
 }
 
-async fn ingest(
-    db: &PgPool,
-    conn: &mut Conn,
-    stream_key: &str,
-    entries: Vec<StreamId>,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-    let mut events = Vec::with_capacity(entries.len());
-    for entry in &entries {
-        let decoded = [stream::FIELD, stream::BATCH_FIELD]
-            .into_iter()
-            .find_map(|field| Some((field, entry.map.get(field)?)))
-            .and_then(|(field, v)| {
-                let bytes = redis::from_redis_value_ref::<Vec<u8>>(v).ok()?;
-                Some(stream::decode_field(field, &bytes))
-            });
-        match decoded {
-            Some(Ok(batch)) => events.extend(batch),
-            // A malformed entry would fail forever: log it and let it go.
-            Some(Err(e)) => {
-                metrics::counter!("portcullis_audit_malformed_total").increment(1);
-                tracing::error!(entry = %entry.id, error = %e, "dropping a malformed audit entry");
-            }
-            // A pending entry trimmed from the stream comes back empty.
-            None if entry.map.is_empty() => {
-                metrics::counter!("portcullis_audit_trimmed_total").increment(1);
-                tracing::error!(entry = %entry.id, "audit entry trimmed from the stream before it was stored");
-            }
-            None => {
-                metrics::counter!("portcullis_audit_malformed_total").increment(1);
-                tracing::error!(entry = %entry.id, "dropping an audit entry without an event field");
-            }
-        }
-    }
-    let events = merge(events);
-    if let Err(e) = write_batch(db, &events).await {
-        if !refused_by_database(&e) {
-            // Postgres unreachable: the entries stay pending and come back.
-            return Err(e);
-        }
-        // Postgres refused the batch for what it holds: one event it cannot store must hold
-        // back neither the others nor, coming back forever, the whole stream. One by one,
-        // setting aside those it refuses.
-        tracing::warn!(error = %e, events = events.len(), "audit batch refused; storing its events one by one");
-        for event in &events {
-            if let Err(e) = write_batch(db, std::slice::from_ref(event)).await {
-                if !refused_by_database(&e) {
-                    return Err(e);
-                }
-                metrics::counter!("portcullis_audit_rejected_total").increment(1);
-                tracing::error!(event = %event.id, error = %e, "dropping an audit event the database refuses");
-            }
-        }
-    }
-    // Acknowledge only after the commit: a crash before this line means redelivery, not loss.
-    let _: () = redis::pipe()
-        .cmd("XACK")
-        .arg(stream_key)
-        .arg(stream::GROUP)
-        .arg(&ids)
-        .ignore()
-        .cmd("XDEL")
-        .arg(stream_key)
-        .arg(&ids)
-        .ignore()
-        .query_async(conn)
-        .await?;
-    metrics::counter!("portcullis_audit_ingested_total").increment(events.len() as u64);
-    metrics::histogram!("portcullis_audit_ingest_batch_seconds")
-        .record(started.elapsed().as_secs_f64());
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +724,19 @@ mod tests {
         }
     }
 
+    fn merged(parts: Vec<AuditEvent>) -> Vec<AuditEvent> {
+        let mut waiting = Waiting::new(OUTCOME_WAIT);
+        let now = Instant::now();
+        for (i, part) in parts.into_iter().enumerate() {
+            waiting.merge(part, format!("{i}-0"), now);
+        }
+        waiting
+            .take_ready(now + OUTCOME_WAIT)
+            .into_iter()
+            .map(|p| p.event)
+            .collect()
+    }
+
     #[test]
     fn decision_and_outcome_entries_merge() {
         let id = uuid::Uuid::now_v7();
@@ -469,7 +747,7 @@ mod tests {
             latency_ms: 3.5,
             upstream_error: Some("no answer within 60s".into()),
         };
-        let merged = merge(vec![
+        let merged = merged(vec![
             event(id, None),
             event(other, None),
             event(id, Some(outcome.clone())),
@@ -496,10 +774,53 @@ mod tests {
             vec![event(id, None), refused.clone()],
             vec![refused.clone(), event(id, None)],
         ] {
-            let merged = merge(entries);
+            let merged = merged(entries);
             assert_eq!(merged.len(), 1);
             assert_eq!(merged[0].decision, AuditDecision::Error);
             assert_eq!(merged[0].rule.as_deref(), Some("(limiter unavailable)"));
         }
+    }
+
+    #[test]
+    fn an_allowed_call_waits_for_its_outcome_and_nothing_else_does() {
+        let mut waiting = Waiting::new(OUTCOME_WAIT);
+        let now = Instant::now();
+        let allowed = uuid::Uuid::now_v7();
+        let mut denied = event(uuid::Uuid::now_v7(), None);
+        denied.decision = AuditDecision::Deny;
+        waiting.merge(event(allowed, None), "1-0".into(), now);
+        waiting.merge(denied, "1-0".into(), now);
+        let ready = waiting.take_ready(now);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].event.decision, AuditDecision::Deny);
+        // The decision waits, at most OUTCOME_WAIT.
+        assert!(waiting.take_ready(now + OUTCOME_WAIT / 2).is_empty());
+        let ready = waiting.take_ready(now + OUTCOME_WAIT);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].event.id, allowed);
+        assert!(waiting.events.is_empty() && waiting.index.is_empty());
+    }
+
+    #[test]
+    fn csv_rows_quote_what_csv_and_array_literals_need() {
+        let mut e = event(uuid::Uuid::now_v7(), None);
+        e.identity = "a \"quoted\", comma\nand newline".into();
+        e.arg_keys = vec![
+            "plain".into(),
+            "q\"uote".into(),
+            "back\\slash".into(),
+            "{br,ace}".into(),
+        ];
+        e.rule = Some(String::new());
+        let mut line = String::new();
+        csv_row(&e, &mut line);
+        assert!(line.ends_with('\n'));
+        assert!(line.contains(
+            r#""a ""quoted"", comma
+and newline""#
+        ));
+        assert!(line.contains(r#""{""plain"",""q\""uote"",""back\\slash"",""{br,ace}""}""#));
+        // An empty string is quoted; a NULL is nothing at all.
+        assert!(line.contains(r#""t","allow","",,"#), "{line}");
     }
 }
