@@ -279,6 +279,41 @@ fn first_non_ws(bytes: &[u8]) -> Option<u8> {
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
+/// The offset of the first `\u` escape of a surrogate that is not half of a pair, if any.
+///
+/// Every backslash of valid JSON starts an escape inside a string, so a scan from escape to
+/// escape sees them all; invalid JSON is left for the parser to refuse.
+fn lone_surrogate(bytes: &[u8]) -> Option<usize> {
+    let hex = |at: usize| -> Option<u16> {
+        let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let mut i = 0;
+    while let Some(offset) = bytes.get(i..)?.iter().position(|&b| b == b'\\') {
+        let at = i + offset;
+        if bytes.get(at + 1) != Some(&b'u') {
+            i = at + 2;
+            continue;
+        }
+        let unit = hex(at + 2)?;
+        i = at + 6;
+        match unit {
+            0xD800..=0xDBFF => {
+                let low = (bytes.get(at + 6..at + 8) == Some(b"\\u"))
+                    .then(|| hex(at + 8))
+                    .flatten();
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return Some(at);
+                }
+                i = at + 12;
+            }
+            0xDC00..=0xDFFF => return Some(at),
+            _ => {}
+        }
+    }
+    None
+}
+
 fn json_error(e: &serde_json::Error) -> Error {
     Error::Parse(e.to_string())
 }
@@ -294,6 +329,14 @@ impl Message {
         // throughout, and the bytes are forwarded as they are, so check all of them once.
         let text = std::str::from_utf8(bytes)
             .map_err(|e| Error::Parse(format!("body is not UTF-8: {e}")))?;
+        // Nor does it check `\u` escapes there: a lone surrogate (`"\ud800"`) names no
+        // character, and upstreams disagree on it (one refuses the message, one reads U+FFFD,
+        // one keeps the half pair), so the message would not read the same everywhere.
+        if let Some(at) = lone_surrogate(bytes) {
+            return Err(Error::Parse(format!(
+                "unpaired surrogate escape at byte {at} (JSON text must be Unicode)"
+            )));
+        }
         match first_non_ws(bytes) {
             Some(b'{') => {}
             Some(b'[') => {
@@ -897,6 +940,36 @@ mod tests {
                 codes::PARSE_ERROR
             );
         }
+    }
+
+    #[test]
+    fn rejects_unpaired_surrogate_escapes_anywhere() {
+        // Found by the `message` fuzz target: an escape in a member the parser skips went
+        // through unchecked.
+        let found: &[u8] = br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"\ud800sampling":{}}}}"#;
+        let inputs: [&[u8]; 4] = [
+            found,
+            br#"{"jsonrpc":"2.0","id":1,"method":"x","junk":"\udc00"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":"\uD83D\u0041"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":"end\ud83d"}}"#,
+        ];
+        for input in inputs {
+            let err = Message::parse(input).unwrap_err();
+            assert_eq!(
+                err.code(),
+                codes::PARSE_ERROR,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        // Pairs, escaped backslashes and other escapes are fine.
+        let msg = parse_str(
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":"\ud83d\ude00","b":"\\ud800","c":"\u00e9\n"}}"#,
+        )
+        .unwrap();
+        assert!(msg.params().is_some());
+        assert_eq!(lone_surrogate(br#""\\\ud800""#), Some(3));
+        assert_eq!(lone_surrogate(br#""\\ud800""#), None);
     }
 
     #[test]

@@ -1,0 +1,124 @@
+//! Parses arbitrary bytes as one JSON-RPC message, as the gateway does with every POST body
+//! and every upstream answer. Any panic is a finding, and so is an accepted message that a
+//! lenient upstream would read differently: the method, id, tool name and arguments the
+//! gateway decides on must be the ones a `serde_json::Value` parse (duplicate members: the
+//! last wins) reads, and no object the gateway reads may hold a member that an upstream
+//! matching names regardless of case (Go's `encoding/json`) would take instead.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use portcullis_mcp::{Message, ProtocolEra, era, filter_tools_list, mrtr};
+use serde_json::{Map, Value};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(message) = Message::parse(data) else {
+        return;
+    };
+
+    // The encoding re-parses to the same message.
+    let encoded = message.encode();
+    let again = Message::parse(&encoded).expect("an encoded message parses");
+    assert_eq!(again.encode(), encoded, "encoding is stable");
+
+    let lenient: Value = serde_json::from_slice(data).expect("an accepted message is JSON");
+    let envelope = lenient
+        .as_object()
+        .expect("an accepted message is an object");
+    for member in ["jsonrpc", "id", "method", "params", "result", "error"] {
+        only_exact(envelope, member);
+    }
+    assert_eq!(
+        envelope.get("method").and_then(Value::as_str),
+        message.method(),
+        "the method a lenient parser reads"
+    );
+    if let Some(id) = message.id() {
+        assert_eq!(
+            envelope.get("id"),
+            Some(&serde_json::to_value(id).expect("ids serialise")),
+            "the id a lenient parser reads"
+        );
+    }
+
+    if let Some(call) = message.tool_call() {
+        if let Ok(call) = call {
+            let params = envelope["params"]
+                .as_object()
+                .expect("call params are an object");
+            for member in ["name", "arguments", "inputResponses", "requestState"] {
+                only_exact(params, member);
+            }
+            assert_eq!(
+                params.get("name").and_then(Value::as_str),
+                Some(call.name.as_ref()),
+                "the tool a lenient parser reads"
+            );
+            let arguments = match params.get("arguments") {
+                None | Some(Value::Null) => Value::Object(Map::new()),
+                Some(v) => v.clone(),
+            };
+            assert_eq!(
+                arguments, call.arguments,
+                "the arguments a lenient parser reads"
+            );
+            assert!(
+                !call.name.contains('\0'),
+                "a C-string reader would cut the name"
+            );
+        }
+    }
+
+    // Everything else the gateway does with a message must not panic.
+    let _ = era::detect(Some("2026-07-28"), &message);
+    let _ = era::detect(None, &message);
+    if let Some(result) = message.result() {
+        let _ = filter_tools_list(result, |_| true, ProtocolEra::Stateless);
+        let _ = filter_tools_list(
+            result,
+            |tool| {
+                tool.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| n.len() % 2 == 0)
+            },
+            ProtocolEra::Session,
+        );
+        let _ = mrtr::InputRequired::from_result(result).map(|r| r.map(|r| r.request_methods()));
+        let _ = portcullis_mcp::tools::call_result_is_error(result);
+    }
+    if let Some(params) = message.params() {
+        let _ = mrtr::Retry::from_params(params);
+        let _ = portcullis_mcp::meta::with_raw(params, "k", &Value::Bool(true));
+    }
+});
+
+/// An upstream that ignores case takes the last member whose name folds to `wanted`; the
+/// gateway must have refused any object where that is not the member named exactly `wanted`.
+fn only_exact(object: &Map<String, Value>, wanted: &str) {
+    let matching: Vec<&String> = object.keys().filter(|k| go_equal_fold(k, wanted)).collect();
+    assert!(
+        matching.is_empty() || matching == [wanted],
+        "members {matching:?} read as {wanted:?} to an upstream that ignores case"
+    );
+}
+
+/// Go's `strings.EqualFold` against an ASCII name: ASCII case, plus the two non-ASCII
+/// characters whose simple case folding reaches an ASCII letter (`ſ` is s, the Kelvin sign
+/// is k).
+fn go_equal_fold(name: &str, ascii: &str) -> bool {
+    let mut chars = name.chars();
+    for want in ascii.chars() {
+        let Some(c) = chars.next() else {
+            return false;
+        };
+        let c = match c {
+            '\u{017F}' => 's',
+            '\u{212A}' => 'k',
+            c => c,
+        };
+        if !c.eq_ignore_ascii_case(&want) {
+            return false;
+        }
+    }
+    chars.next().is_none()
+}
