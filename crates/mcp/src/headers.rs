@@ -649,4 +649,159 @@ mod tests {
         // A schema without annotations ignores every header.
         check_param_headers([("mcp-param-x", "1")], &json!({"type": "object"}), &args).unwrap();
     }
+
+    /// Property tests: no input panics, every value survives the header encoding, and headers
+    /// that pass always mirror what a lenient upstream reads in the body (`serde_json::Value`,
+    /// a repeated member: the last one wins), so nothing can route on one tool and run another.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        /// Header values: the body's own, case and encoding variants, sentinels, junk.
+        fn header_value(body: &'static str) -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                Just(Some(body.to_owned())),
+                Just(Some(body.to_uppercase())),
+                Just(Some(encode_header_value(body).into_owned())),
+                Just(Some(format!("=?base64?{}?=", BASE64.encode(body)))),
+                Just(Some(format!(" {body}"))),
+                Just(Some(format!("{body}\u{0}"))),
+                Just(Some("=?base64?!!?=".to_owned())),
+                Just(None),
+                "[ -~\t\u{80}-\u{10ffff}]{0,12}".prop_map(Some),
+            ]
+        }
+
+        /// A stateless-era request whose params may repeat or vary the names headers mirror.
+        fn body() -> impl Strategy<Value = String> {
+            let method = prop::sample::select(vec![
+                "tools/call",
+                "prompts/get",
+                "resources/read",
+                "tools/list",
+            ]);
+            let member = prop::sample::select(vec![
+                r#""name":"get_weather""#,
+                r#""name":"delete_all""#,
+                r#""NAME":"delete_all""#,
+                r#""n\u0061me":"get_weather""#,
+                r#""uri":"file:///a""#,
+                r#""URI":"file:///b""#,
+                r#""name":7"#,
+                r#""arguments":{"region":"us-west1"}"#,
+                r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#,
+                r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2025-11-25"}"#,
+            ]);
+            (method, prop::collection::vec(member, 0..5)).prop_map(|(method, members)| {
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{{}}}}}"#,
+                    members.join(",")
+                )
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn encoding_round_trips(value in "\\PC{0,24}|[\u{0}-\u{7f}]{0,24}") {
+                let encoded = encode_header_value(&value);
+                prop_assert!(encoded.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{encoded:?}");
+                prop_assert_eq!(decode_header_value(&encoded).unwrap(), value.as_str());
+            }
+
+            #[test]
+            fn decoding_never_panics(value in "\\PC{0,32}", inner in "[A-Za-z0-9+/=_-]{0,16}") {
+                let _ = decode_header_value(&value);
+                let _ = decode_header_value(&format!("=?base64?{inner}?="));
+            }
+
+            /// Headers that pass name the method, version and tool or resource that the body
+            /// names to a lenient reader.
+            #[test]
+            fn accepted_headers_mirror_the_body(
+                body in body(),
+                version in header_value("2026-07-28"),
+                method in header_value("tools/call"),
+                name in header_value("get_weather"),
+                uri in header_value("file:///a"),
+                pick_uri in any::<bool>(),
+            ) {
+                let Ok(message) = Message::parse(body.as_bytes()) else { return Ok(()) };
+                let name = if pick_uri { uri } else { name };
+                let headers = MirroredHeaders {
+                    protocol_version: version.as_deref(),
+                    method: method.as_deref(),
+                    name: name.as_deref(),
+                };
+                if check_mirrored_headers(&headers, &message).is_err() {
+                    return Ok(());
+                }
+                let lenient: Value = serde_json::from_str(&body).unwrap();
+                let params = &lenient["params"];
+                prop_assert_eq!(lenient["method"].as_str(), method.as_deref(), "{}", body);
+                prop_assert_eq!(
+                    params["_meta"]["io.modelcontextprotocol/protocolVersion"].as_str(),
+                    version.as_deref(),
+                    "{}", body
+                );
+                if let Some(source) = name_source(lenient["method"].as_str().unwrap()) {
+                    let decoded = decode_header_value(name.as_deref().unwrap()).unwrap();
+                    prop_assert_eq!(params[source].as_str(), Some(decoded.as_ref()), "{}", body);
+                    // A case-insensitive reader finds no other member it could take instead.
+                    let variants = params
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .filter(|k| k.eq_ignore_ascii_case(source))
+                        .count();
+                    prop_assert_eq!(variants, 1, "{}", body);
+                }
+            }
+
+            /// `Mcp-Param-*` headers that pass carry the argument's value.
+            #[test]
+            fn accepted_param_headers_mirror_the_arguments(
+                region in prop_oneof![
+                    Just(json!("us-west1")),
+                    Just(json!(42)),
+                    Just(json!(true)),
+                    Just(json!(null)),
+                    Just(json!(["us-west1"])),
+                ],
+                sent in prop::collection::vec(
+                    (
+                        prop::sample::select(vec!["mcp-param-region", "Mcp-Param-Region", "mcp-param-other", "mcp-param-"]),
+                        prop::sample::select(vec!["us-west1", "US-WEST1", "=?base64?dXMtd2VzdDE=?=", "42", "42.0", "4.2e1", "true", "True", " 42", "=?base64?!?="]),
+                    ),
+                    0..3,
+                ),
+            ) {
+                let schema = json!({"type": "object", "properties": {
+                    "region": {"type": "string", "x-mcp-header": "Region"}}});
+                let arguments = json!({ "region": region });
+                if check_param_headers(sent.iter().copied(), &schema, &arguments).is_err() {
+                    return Ok(());
+                }
+                let mirrored: Vec<&str> = sent
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("mcp-param-region"))
+                    .map(|(_, v)| *v)
+                    .collect();
+                match &arguments["region"] {
+                    Value::Null => prop_assert!(mirrored.is_empty()),
+                    Value::String(s) => {
+                        prop_assert_eq!(mirrored.len(), 1);
+                        prop_assert_eq!(&decode_header_value(mirrored[0]).unwrap(), s);
+                    }
+                    Value::Number(n) => {
+                        prop_assert_eq!(mirrored.len(), 1);
+                        let header: f64 = decode_header_value(mirrored[0]).unwrap().trim().parse().unwrap();
+                        prop_assert_eq!(Some(header), n.as_f64());
+                    }
+                    Value::Bool(b) => prop_assert_eq!(mirrored, vec![if *b { "true" } else { "false" }]),
+                    other => prop_assert!(false, "accepted a header for {}", other),
+                }
+            }
+        }
+    }
 }

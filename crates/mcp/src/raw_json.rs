@@ -433,4 +433,227 @@ mod tests {
         assert!(find_member(&raw(r#"{"NAME":"x"}"#), "name").is_err());
         assert!(find_member(&raw(r#"{"name":"x","named":"y"}"#), "name").is_ok());
     }
+
+    /// Property tests: no input panics, and what the gateway accepts reads the same to the
+    /// most lenient upstreams: `serde_json::Value` (a repeated member: the last one wins) and
+    /// Go's `encoding/json` (a member matches a field regardless of case, the last one wins).
+    mod props {
+        use super::*;
+        use crate::message::Message;
+        use proptest::prelude::*;
+
+        /// Member names as JSON text (escapes included): the names the gateway reads, their
+        /// case variants (ASCII, `ſ` for s, the Kelvin sign for k), escaped spellings, a
+        /// name with U+0000, and names it ignores.
+        fn name_text() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "name",
+                "NAME",
+                "Name",
+                "n\\u0061me",
+                "name\\u0000",
+                "arguments",
+                "Arguments",
+                "argument\\u017f",
+                "argument\u{17f}",
+                "path",
+                "PATH",
+                "pat\\u0068",
+                "kind",
+                "\u{212a}ind",
+                "\\u212aind",
+                "_meta",
+                "x",
+            ])
+        }
+
+        /// JSON text of a value, possibly an object whose names repeat or vary in case.
+        fn value_text() -> impl Strategy<Value = String> {
+            let leaf = prop::sample::select(vec![
+                "\"read_file\"",
+                "\"delete_file\"",
+                "\"/etc\"",
+                "1",
+                "1.5e3",
+                "null",
+                "true",
+                "[]",
+            ])
+            .prop_map(str::to_owned);
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec((name_text(), inner.clone()), 0..4).prop_map(|m| {
+                        let members: Vec<String> =
+                            m.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                        format!("{{{}}}", members.join(","))
+                    }),
+                    prop::collection::vec(inner, 0..3)
+                        .prop_map(|items| format!("[{}]", items.join(","))),
+                ]
+            })
+        }
+
+        /// An object's members as JSON text, names drawn from [`name_text`].
+        fn object_text() -> impl Strategy<Value = String> {
+            prop::collection::vec((name_text(), value_text()), 0..5).prop_map(|m| {
+                let members: Vec<String> = m.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", members.join(","))
+            })
+        }
+
+        /// Go's `strings.EqualFold` on the names generated here: ASCII case, `ſ` is s, the
+        /// Kelvin sign is k.
+        fn go_fold(name: &str) -> String {
+            name.chars()
+                .map(|c| match c {
+                    '\u{17F}' => 's',
+                    '\u{212A}' => 'k',
+                    c => c.to_ascii_lowercase(),
+                })
+                .collect()
+        }
+
+        /// The member an upstream that ignores case reads for `key`, from the object's members
+        /// in document order: the last whose name folds to it.
+        fn go_member<'a>(members: &'a [(String, Value)], key: &str) -> Option<&'a Value> {
+            members
+                .iter()
+                .rev()
+                .find(|(k, _)| go_fold(k) == go_fold(key))
+                .map(|(_, v)| v)
+        }
+
+        /// Whether any object in the value, at any depth, has two names an upstream that
+        /// ignores case reads as one, or a name with U+0000 in it.
+        fn has_ambiguous_names(text: &str) -> bool {
+            fn walk(value: &RawValue) -> bool {
+                let text = value.get();
+                if text.starts_with('{') {
+                    let members = in_order(text);
+                    let mut seen = HashSet::new();
+                    members
+                        .iter()
+                        .any(|(k, _)| k.contains('\0') || !seen.insert(go_fold(k)))
+                        || members.iter().any(|(_, v)| walk(v))
+                } else if text.starts_with('[') {
+                    let items: Vec<Box<RawValue>> = serde_json::from_str(text).unwrap();
+                    items.iter().any(|v| walk(v))
+                } else {
+                    false
+                }
+            }
+            walk(&RawValue::from_string(text.to_owned()).unwrap())
+        }
+
+        /// An object's members in document order, repeats kept (a `Value` keeps one).
+        fn in_order(text: &str) -> Vec<(String, Box<RawValue>)> {
+            struct Ordered;
+            impl<'de> Visitor<'de> for Ordered {
+                type Value = Vec<(String, Box<RawValue>)>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                        out.push((k, v));
+                    }
+                    Ok(out)
+                }
+            }
+            serde_json::Deserializer::from_str(text)
+                .deserialize_map(Ordered)
+                .unwrap()
+        }
+
+        fn go_members(text: &str) -> Vec<(String, Value)> {
+            in_order(text)
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::from_str(v.get()).unwrap()))
+                .collect()
+        }
+
+        proptest! {
+            #[test]
+            fn readers_never_panic(text in "\\PC{0,64}", key in "[a-zA-Z\u{17f}\u{212a}_]{0,6}") {
+                let _ = parse_strict(&text);
+                if let Ok(raw) = RawValue::from_string(text.clone()) {
+                    let _ = find_member(&raw, &key);
+                    let _ = member_str(&raw, &key);
+                    let _ = object_members(&raw);
+                }
+                let _ = same_name(&text, &key);
+                let _ = fold(&text);
+            }
+
+            #[test]
+            fn generated_json_never_panics(text in value_text(), key in name_text()) {
+                let raw = RawValue::from_string(text.clone()).unwrap();
+                let _ = find_member(&raw, key);
+                let _ = member_str(&raw, key);
+                let _ = object_members(&raw);
+            }
+
+            /// The strict reader takes exactly the documents whose names no lenient reader can
+            /// read two ways, and reads them as `serde_json::Value` does.
+            #[test]
+            fn strict_parse_agrees_with_the_lenient_readers(text in value_text()) {
+                let lenient: Value = serde_json::from_str(&text).unwrap();
+                match parse_strict(&text) {
+                    Ok(strict) => {
+                        prop_assert!(!has_ambiguous_names(&text), "accepted {}", text);
+                        prop_assert_eq!(strict, lenient);
+                    }
+                    Err(_) => prop_assert!(has_ambiguous_names(&text), "refused {}", text),
+                }
+            }
+
+            /// A member the gateway finds is the one both lenient readers find; one it does not
+            /// find neither of them finds.
+            #[test]
+            fn found_members_are_the_ones_upstreams_read(text in object_text(), key in name_text()) {
+                let key: String = serde_json::from_str(&format!("\"{key}\"")).unwrap();
+                let raw = RawValue::from_string(text.clone()).unwrap();
+                let lenient: Value = serde_json::from_str(&text).unwrap();
+                let members = go_members(&text);
+                if let Ok(found) = find_member(&raw, &key) {
+                    let found: Option<Value> = found.map(|v| serde_json::from_str(v.get()).unwrap());
+                    prop_assert_eq!(found.as_ref(), lenient.get(&key), "{}", text);
+                    prop_assert_eq!(found.as_ref(), go_member(&members, &key), "{}", text);
+                }
+                if object_members(&raw).is_ok() {
+                    let mut folded = HashSet::new();
+                    prop_assert!(members.iter().all(|(k, _)| folded.insert(go_fold(k))), "{}", text);
+                }
+            }
+
+            /// Any `tools/call` the gateway accepts names the tool and carries the arguments
+            /// that a `Value` parse and a case-insensitive reader of the same bytes take.
+            #[test]
+            fn accepted_calls_decide_what_upstreams_run(params in object_text(), nested in object_text()) {
+                for params in [params.clone(), format!("{{\"name\":\"t\",\"arguments\":{nested}}}"),
+                               params.replacen('{', &format!("{{\"arguments\":{nested},"), 1)] {
+                    let params = params.replace(",}", "}");
+                    let text = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#);
+                    let Ok(message) = Message::parse(text.as_bytes()) else { continue };
+                    let Some(Ok(call)) = message.tool_call() else { continue };
+                    let lenient: Value = serde_json::from_str(&text).unwrap();
+                    let arguments = match &lenient["params"].get("arguments") {
+                        None | Some(Value::Null) => Value::Object(Map::new()),
+                        Some(v) => (*v).clone(),
+                    };
+                    prop_assert_eq!(lenient["params"]["name"].as_str(), Some(call.name.as_ref()), "{}", text);
+                    prop_assert_eq!(&arguments, &call.arguments, "{}", text);
+                    let members = go_members(&params);
+                    prop_assert_eq!(go_member(&members, "name").and_then(Value::as_str), Some(call.name.as_ref()));
+                    let go_arguments = match go_member(&members, "arguments") {
+                        None | Some(Value::Null) => Value::Object(Map::new()),
+                        Some(v) => v.clone(),
+                    };
+                    prop_assert_eq!(&go_arguments, &call.arguments, "{}", text);
+                    prop_assert!(!has_ambiguous_names(&arguments.to_string()));
+                }
+            }
+        }
+    }
 }
