@@ -1545,3 +1545,95 @@ async fn an_announcement_redis_refused_is_sent_when_it_is_back() {
         Some(portcullis_core::Invalidation::Tenant { tenant_id })
     );
 }
+
+/// What Schemathesis found against the OpenAPI document, and the rest of the same kind: every
+/// answer is one the document gives, and nothing it forbids is accepted.
+#[tokio::test]
+async fn the_api_refuses_what_its_document_forbids() {
+    let stack = Stack::start().await;
+    let api = stack.signup("nul@example.com", "Nuls").await;
+    let (sid, pid) = server_with_policy(&api, "crm").await;
+
+    // U+0000, which Postgres stores in neither text nor jsonb, was a 500 (and cut a CSV export
+    // off mid-stream); it is the caller's error, named by its field where one can be named.
+    for path in [
+        "/api/v1/audit/export?format=csv&tool=a%00b",
+        "/api/v1/audit?identity=%00",
+        "/api/v1/admin-audit?object_kind=server%00",
+    ] {
+        let (status, body) = api.get(path).await;
+        assert_eq!(status, 422, "{path}: {body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("U+0000"),
+            "{body}"
+        );
+    }
+    for (method, path, body, pointer) in [
+        (
+            "POST",
+            "/api/v1/servers".to_owned(),
+            json!({ "name": "a\u{0}", "url": "http://127.0.0.1:9/mcp" }),
+            "/name",
+        ),
+        (
+            "PUT",
+            format!("/api/v1/policies/{pid}"),
+            json!({ "document": { "version": "1", "tools": { "send\u{0}": {} } } }),
+            "/document/tools/send\u{0}",
+        ),
+        (
+            "POST",
+            "/api/v1/login".to_owned(),
+            json!({ "email": "nul@example.com\u{0}", "password": "correct horse battery" }),
+            "/email",
+        ),
+    ] {
+        let (status, answer) = api.call(method, &path, Some(body)).await;
+        assert_eq!(status, 422, "{method} {path}: {answer}");
+        assert_eq!(answer["errors"][0]["pointer"], pointer, "{answer}");
+    }
+    // Where no extractor sees it (a path segment), the database's refusal is still a 400.
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/servers/{sid}/tools/a%00b/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("U+0000"),
+        "{body}"
+    );
+
+    // A page size out of range was quietly clamped; it is refused, as the audit list does.
+    for limit in ["0", "201", "-5"] {
+        let (status, body) = api.get(&format!("/api/v1/admin-audit?limit={limit}")).await;
+        assert_eq!(status, 422, "limit={limit}: {body}");
+        assert_eq!(body["errors"][0]["pointer"], "/limit");
+    }
+    api.expect("GET", "/api/v1/admin-audit?limit=200", None, 200)
+        .await;
+
+    // A sample call's arguments are an object, as a tool call's are.
+    let (status, body) = api
+        .post(
+            &format!("/api/v1/policies/{pid}/test"),
+            json!({ "tool": "send_message", "arguments": 5 }),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["pointer"], "/arguments");
+
+    // The reseal route is in the document (it was routed but missing from the route table).
+    let doc = api.expect("GET", "/api/v1/openapi.json", None, 200).await;
+    assert!(doc["paths"]["/api/v1/servers/reseal"]["post"].is_object());
+    api.expect("POST", "/api/v1/servers/reseal", None, 200)
+        .await;
+}

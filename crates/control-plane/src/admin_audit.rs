@@ -93,9 +93,21 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
+impl ListQuery {
+    /// The page size: 50 unless given; one outside 1 to 200 is refused (as the audit list
+    /// refuses one outside its range) rather than quietly changed.
+    pub fn page_size(&self) -> Result<i64> {
+        match self.limit {
+            None => Ok(50),
+            Some(n) if (1..=200).contains(&n) => Ok(n),
+            Some(_) => Err(crate::error::Error::field("/limit", "use 1 to 200")),
+        }
+    }
+}
+
 /// Newest first, keyset-paginated by id (UUID v7 ids sort by time).
 pub async fn list(db: &sqlx::PgPool, tenant: TenantId, q: &ListQuery) -> Result<Vec<Entry>> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let limit = q.page_size()?;
     let rows = sqlx::query_as::<_, Entry>(
         "SELECT id, actor_label, actor_id, action, object_kind, object_id, before, after, created_at
            FROM admin_audit
@@ -120,7 +132,7 @@ async fn api_list(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<axum::Json<Value>> {
     let entries = list(state.db(), tenant.id, &q).await?;
-    let next = (entries.len() as i64 == q.limit.unwrap_or(50).clamp(1, 200))
+    let next = (entries.len() as i64 == q.page_size()?)
         .then(|| entries.last().map(|e| e.id))
         .flatten();
     Ok(axum::Json(

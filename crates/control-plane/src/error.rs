@@ -122,6 +122,12 @@ impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::RowNotFound => Error::NotFound,
+            // Text with U+0000 (22021), or JSON with `\u0000` (22P05), which Postgres cannot
+            // store: the caller's input, wherever it came from (the extractors refuse it first
+            // where they can name the field).
+            sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("22021" | "22P05")) => {
+                Error::BadRequest("text must not contain the character U+0000".into())
+            }
             other => Error::Internal(other.into()),
         }
     }

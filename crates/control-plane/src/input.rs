@@ -27,6 +27,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 .map_err(rejected)?;
         portcullis_policy::json_text::unique_keys(raw.get())
             .map_err(|e| Error::field(e.pointer, e.message))?;
+        if raw.get().contains("\\u0000") {
+            let value: serde_json::Value =
+                serde_json::from_str(raw.get()).map_err(|e| Error::BadRequest(e.to_string()))?;
+            if let Some(pointer) = nul_at(&value, String::new()) {
+                return Err(Error::field(pointer, NUL));
+            }
+        }
         let axum::Json(value) =
             axum::Json::<T>::from_bytes(raw.get().as_bytes()).map_err(rejected)?;
         Ok(Self(value))
@@ -46,12 +53,44 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for FormBody<T> {
     }
 }
 
-/// Query parameters; malformed ones answer 400.
+/// Why a value with U+0000 is refused: Postgres stores neither `text` nor `jsonb` with one, so
+/// no field can hold it (and a reader of C strings would cut the text there).
+const NUL: &str = "must not contain the character U+0000";
+
+/// The JSON pointer of the first member name or string in `value` that holds U+0000.
+fn nul_at(value: &serde_json::Value, at: String) -> Option<String> {
+    let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(at),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, format!("{at}/{i}"))),
+        serde_json::Value::Object(members) => members.iter().find_map(|(k, v)| {
+            let here = format!("{at}/{}", escape(k));
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_at(v, here)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Query parameters; malformed ones answer 400, and one holding U+0000 answers 422.
 pub struct QueryParams<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for QueryParams<T> {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self> {
+        let query = parts.uri.query().unwrap_or_default();
+        if query.contains("%00")
+            && let Some((name, _)) = url::form_urlencoded::parse(query.as_bytes())
+                .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            return Err(Error::field(format!("/{}", name.replace('\0', "")), NUL));
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(rejection) => Err(Error::BadRequest(rejection.body_text())),
@@ -117,6 +156,18 @@ pub fn outbound_url(pointer: &str, value: &str, egress: &Egress) -> Result<url::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_nul_a_database_cannot_store() {
+        let value = serde_json::json!({ "a": [1, "x", { "b/c": "y\u{0}" }], "d": "e" });
+        assert_eq!(nul_at(&value, String::new()).as_deref(), Some("/a/2/b~1c"));
+        let key = serde_json::json!({ "ok": { "k\u{0}": 1 } });
+        assert_eq!(nul_at(&key, String::new()).as_deref(), Some("/ok/k\u{0}"));
+        assert_eq!(
+            nul_at(&serde_json::json!({ "a": "\\u0000" }), String::new()),
+            None
+        );
+    }
 
     #[test]
     fn emails_and_urls_parse_strictly() {

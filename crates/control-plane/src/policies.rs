@@ -381,10 +381,11 @@ pub async fn test(
     .fetch_optional(db)
     .await?;
     let category = category.as_deref().and_then(RiskCategory::from_name);
-    let arguments = if call.arguments.is_null() {
-        json!({})
-    } else {
-        call.arguments.clone()
+    let arguments = match &call.arguments {
+        Value::Null => json!({}),
+        Value::Object(_) => call.arguments.clone(),
+        // A tool call's arguments are an object: the gateway refuses any other.
+        _ => return Err(Error::field("/arguments", "must be an object")),
     };
     let server = policy.server_id.to_string();
     let tenant_text = tenant.to_string();

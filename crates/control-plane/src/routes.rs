@@ -148,6 +148,12 @@ pub const API: &[Route] = &[
     r("GET", "/api/v1/servers", Viewer, "List servers"),
     r("POST", "/api/v1/servers", Admin, "Register a server"),
     r(
+        "POST",
+        "/api/v1/servers/reseal",
+        Admin,
+        "Seal every server's credentials again with the active key",
+    ),
+    r(
         "GET",
         "/api/v1/servers/{id}",
         Viewer,

@@ -860,7 +860,7 @@ async fn admin_audit_page(
     Admin(tenant): Admin,
     QueryParams(q): QueryParams<admin_audit::ListQuery>,
 ) -> Result<AdminAuditPage> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let limit = q.page_size()?;
     let entries = admin_audit::list(state.db(), tenant.id, &q).await?;
     let next = if entries.len() as i64 == limit {
         entries.last().map(|e| e.id.to_string()).unwrap_or_default()
