@@ -12,15 +12,8 @@ use libfuzzer_sys::fuzz_target;
 use portcullis_core::{GrantId, Keyring};
 use portcullis_gateway::sessions::{EventIds, Refused, Session, SessionKeys};
 
-/// Two fixed keys, the newer active: ids sealed by either open.
-const KEYS: &str =
-    "2:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=,1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
-
-static FIXED: LazyLock<(SessionKeys, SessionKeys, GrantId, GrantId)> = LazyLock::new(|| {
-    let ring = || Keyring::parse(KEYS).expect("fixed keys parse");
+static GRANTS: LazyLock<(GrantId, GrantId)> = LazyLock::new(|| {
     (
-        SessionKeys::new(ring(), None),
-        SessionKeys::new(ring(), Some(Duration::from_secs(3600))),
         "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
             .parse()
             .expect("a grant id"),
@@ -31,8 +24,14 @@ static FIXED: LazyLock<(SessionKeys, SessionKeys, GrantId, GrantId)> = LazyLock:
 });
 
 fuzz_target!(|data: &[u8]| {
-    let (keys, aging, grant, other) = &*FIXED;
-    let (grant, other) = (*grant, *other);
+    // Fresh keys for each input, the newer active: libFuzzer learns the values the target
+    // compares, ids sealed under earlier inputs among them, and those must not count as forged.
+    let (_, old) = Keyring::generate(1);
+    let (_, new) = Keyring::generate(2);
+    let ring = || Keyring::parse(&format!("{new},{old}")).expect("generated keys parse");
+    let keys = SessionKeys::new(ring(), None);
+    let aging = SessionKeys::new(ring(), Some(Duration::from_secs(3600)));
+    let (grant, other) = *GRANTS;
     let text = String::from_utf8_lossy(data);
 
     // Nothing the fuzzer writes was sealed by these keys.

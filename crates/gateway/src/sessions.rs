@@ -282,4 +282,20 @@ mod tests {
         let other = SessionKeys::new(Keyring::generate(1).0, None);
         assert_eq!(other.unwrap(grant, &wrapped), Err(Refused::NotIssued));
     }
+
+    /// The input the `session_id` fuzz target stopped on: an id sealed under the target's own
+    /// fixed key, learned from an earlier input, with the white space a client may send around
+    /// it. It opens under the key that sealed it and no other (the target now seals each input
+    /// under fresh keys).
+    #[test]
+    fn ids_open_with_their_key_whatever_the_white_space_around_them() {
+        let sealer = SessionKeys::new(Keyring::generate(2).0, None);
+        let grant = GrantId::new();
+        let session = Session::Upstream("0=r".into());
+        let sent = format!("  {}", sealer.wrap(grant, &session));
+        assert_eq!(sealer.unwrap(grant, &sent), Ok(session));
+        let stranger = SessionKeys::new(Keyring::generate(2).0, None);
+        assert_eq!(stranger.unwrap(grant, &sent), Err(Refused::NotIssued));
+        assert!(!stranger.sealed_by_active("  ") && stranger.reseal(grant, &sent).is_none());
+    }
 }
