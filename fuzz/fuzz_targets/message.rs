@@ -7,8 +7,12 @@
 
 #![no_main]
 
+use std::collections::HashMap;
+
 use libfuzzer_sys::fuzz_target;
 use portcullis_mcp::{Message, ProtocolEra, era, filter_tools_list, mrtr};
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 fuzz_target!(|data: &[u8]| {
@@ -21,52 +25,58 @@ fuzz_target!(|data: &[u8]| {
     let again = Message::parse(&encoded).expect("an encoded message parses");
     assert_eq!(again.encode(), encoded, "encoding is stable");
 
-    let lenient: Value = serde_json::from_slice(data).expect("an accepted message is JSON");
-    let envelope = lenient
-        .as_object()
-        .expect("an accepted message is an object");
+    // An accepted message is JSON; read as lenient upstreams read it: each object's members
+    // (a repeated one: the last wins), then only the values the gateway decides on. Members it
+    // does not read are not read here either: serde_json's `Value` holds no number past f64's
+    // range, which a member the gateway skips may carry (its upstream reads or refuses it).
+    serde_json::from_slice::<IgnoredAny>(data).expect("an accepted message is JSON");
+    let envelope = members(std::str::from_utf8(data).expect("an accepted message is UTF-8"));
     for member in ["jsonrpc", "id", "method", "params", "result", "error"] {
-        only_exact(envelope, member);
+        only_exact(&envelope, member);
     }
     assert_eq!(
-        envelope.get("method").and_then(Value::as_str),
+        envelope
+            .get("method")
+            .map(|raw| value(raw))
+            .as_ref()
+            .and_then(Value::as_str),
         message.method(),
         "the method a lenient parser reads"
     );
     if let Some(id) = message.id() {
         assert_eq!(
-            envelope.get("id"),
-            Some(&serde_json::to_value(id).expect("ids serialise")),
+            envelope.get("id").map(|raw| value(raw)),
+            Some(serde_json::to_value(id).expect("ids serialise")),
             "the id a lenient parser reads"
         );
     }
 
-    if let Some(call) = message.tool_call() {
-        if let Ok(call) = call {
-            let params = envelope["params"]
-                .as_object()
-                .expect("call params are an object");
-            for member in ["name", "arguments", "inputResponses", "requestState"] {
-                only_exact(params, member);
-            }
-            assert_eq!(
-                params.get("name").and_then(Value::as_str),
-                Some(call.name.as_ref()),
-                "the tool a lenient parser reads"
-            );
-            let arguments = match params.get("arguments") {
-                None | Some(Value::Null) => Value::Object(Map::new()),
-                Some(v) => v.clone(),
-            };
-            assert_eq!(
-                arguments, call.arguments,
-                "the arguments a lenient parser reads"
-            );
-            assert!(
-                !call.name.contains('\0'),
-                "a C-string reader would cut the name"
-            );
+    if let Some(Ok(call)) = message.tool_call() {
+        let params = members(envelope["params"].get());
+        for member in ["name", "arguments", "inputResponses", "requestState"] {
+            only_exact(&params, member);
         }
+        assert_eq!(
+            params
+                .get("name")
+                .map(|raw| value(raw))
+                .as_ref()
+                .and_then(Value::as_str),
+            Some(call.name.as_ref()),
+            "the tool a lenient parser reads"
+        );
+        let arguments = match params.get("arguments").map(|raw| value(raw)) {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(v) => v,
+        };
+        assert_eq!(
+            arguments, call.arguments,
+            "the arguments a lenient parser reads"
+        );
+        assert!(
+            !call.name.contains('\0'),
+            "a C-string reader would cut the name"
+        );
     }
 
     // Everything else the gateway does with a message must not panic.
@@ -92,9 +102,19 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
+/// An object's members, raw; a repeated name keeps its last value.
+fn members(text: &str) -> HashMap<String, Box<RawValue>> {
+    serde_json::from_str(text).expect("an object the gateway read")
+}
+
+/// A member's value as `serde_json::Value` reads it.
+fn value(raw: &RawValue) -> Value {
+    serde_json::from_str(raw.get()).expect("a value the gateway read")
+}
+
 /// An upstream that ignores case takes the last member whose name folds to `wanted`; the
 /// gateway must have refused any object where that is not the member named exactly `wanted`.
-fn only_exact(object: &Map<String, Value>, wanted: &str) {
+fn only_exact(object: &HashMap<String, Box<RawValue>>, wanted: &str) {
     let matching: Vec<&String> = object.keys().filter(|k| go_equal_fold(k, wanted)).collect();
     assert!(
         matching.is_empty() || matching == [wanted],

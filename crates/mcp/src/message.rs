@@ -972,6 +972,26 @@ mod tests {
         assert_eq!(lone_surrogate(br#""\\ud800""#), None);
     }
 
+    /// The input the `message` fuzz target stopped on next: a number past f64's range, which
+    /// serde_json's `Value` cannot hold. Where the gateway decides (a call's arguments) it is
+    /// refused; in a member it skips it goes through as sent, for the upstream to read or
+    /// refuse.
+    #[test]
+    fn numbers_past_f64_are_refused_where_the_gateway_decides() {
+        let found = r#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"tools/call","params":{"n\u0061me":"t\u00e9","arguments":{"a":{"b":[1.5e600,-0,"\ud83d\ude00"]}}}}"#;
+        let call = parse_str(found).unwrap();
+        let refused = call.tool_call().unwrap().unwrap_err();
+        assert_eq!(refused.code(), codes::INVALID_PARAMS, "{refused}");
+        let skipped = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{},"_meta":{"x":1e999}}}"#;
+        let call = parse_str(skipped).unwrap();
+        assert_eq!(call.tool_call().unwrap().unwrap().name, "t");
+        assert!(
+            std::str::from_utf8(&call.encode())
+                .unwrap()
+                .contains("1e999")
+        );
+    }
+
     #[test]
     fn batches_are_their_own_error() {
         for input in [
