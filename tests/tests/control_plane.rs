@@ -1877,3 +1877,77 @@ async fn the_environments_proxy_is_never_used_and_a_blocked_target_stays_blocked
     assert_eq!(status, 502);
     assert!(proxy.connections() > 0, "the explicit proxy was not used");
 }
+
+/// Sign-up is throttled like sign-in, in a key space of its own: every attempt counts against
+/// the email and the client address, and past either limit the answer is a 429 with
+/// `Retry-After`, whoever the email belongs to.
+#[tokio::test]
+async fn signups_are_throttled_per_email_and_per_address() {
+    let stack = Stack::start_with(
+        portcullis::Role::ControlPlane,
+        &["--signup-max-per-account", "2", "--signup-max-per-ip", "4"],
+    )
+    .await;
+    let attempt = |email: &str, password: &str| {
+        stack
+            .http
+            .post(format!("{}/api/v1/signup", stack.base))
+            .json(&json!({ "email": email, "password": password, "organization": "T" }))
+            .send()
+    };
+    assert_eq!(
+        attempt("a@example.com", "correct horse battery")
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        attempt("a@example.com", "some other password")
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    let refused = attempt("a@example.com", "correct horse battery")
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    // Login attempts are counted apart: the account still signs in.
+    let login = stack
+        .http
+        .post(format!("{}/api/v1/login", stack.base))
+        .json(&json!({ "email": "a@example.com", "password": "correct horse battery" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    // The address: two more attempts, then none, for any email.
+    assert_eq!(
+        attempt("b@example.com", "correct horse battery")
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        attempt("c@example.com", "correct horse battery")
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let refused = attempt("d@example.com", "correct horse battery")
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests");
+    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(stack.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(made, 3);
+    assert!(stack.app.stop().await.is_ok());
+}

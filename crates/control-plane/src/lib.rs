@@ -82,6 +82,18 @@ pub struct Settings {
     #[arg(long, env = "PORTCULLIS_LOGIN_WINDOW", default_value = "15m", value_parser = parse_duration)]
     pub login_window: Duration,
 
+    /// Sign-up attempts allowed per email within the sign-up window.
+    #[arg(long, env = "PORTCULLIS_SIGNUP_MAX_PER_ACCOUNT", default_value_t = 5)]
+    pub signup_max_per_account: u32,
+
+    /// Sign-up attempts allowed per client address within the sign-up window.
+    #[arg(long, env = "PORTCULLIS_SIGNUP_MAX_PER_IP", default_value_t = 30)]
+    pub signup_max_per_ip: u32,
+
+    /// The sign-up throttle window, e.g. `1h`.
+    #[arg(long, env = "PORTCULLIS_SIGNUP_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    pub signup_window: Duration,
+
     /// Take the client address from the first `X-Forwarded-For` entry (behind a trusted proxy).
     #[arg(long, env = "PORTCULLIS_TRUST_FORWARDED_FOR", default_value_t = false)]
     pub trust_forwarded_for: bool,
