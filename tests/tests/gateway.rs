@@ -3123,3 +3123,60 @@ async fn the_environments_proxy_is_never_used_for_upstream_calls() {
     listening.abort();
     gw.stop().await;
 }
+
+/// A rug pull: a tool whose definition changed since a person approved it is refused and left
+/// out of `tools/list` while its server blocks changed tools (the default); approving the new
+/// definition lets it through again.
+#[tokio::test]
+async fn a_tool_whose_definition_changed_since_approval_is_refused_and_hidden() {
+    let (stack, upstream, f) = rmcp_stack(true, policy()).await;
+    for (name, approved) in [("echo", "approved-hash"), ("add", "hash-now")] {
+        sqlx::query(
+            "INSERT INTO tools (id, tenant_id, server_id, name, definition, definition_hash, approved_hash,
+                                risk_category, risk_level, status)
+             VALUES ($1, $2, $3, $4, '{}', 'hash-now', $5, 'other', 'low', 'active')",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(f.tenant.0)
+        .bind(f.server.0)
+        .bind(name)
+        .bind(approved)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    }
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    let (status, _, body) = post_stateless(&url, &[], 1, "echo", json!({"text": "x"})).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = message(&body);
+    assert_eq!(answer["result"]["isError"], true, "{body}");
+    assert!(body.contains("tool changed"), "{body}");
+    assert_eq!(upstream.calls(), 0);
+    let (status, _, body) = post_stateless(&url, &[], 2, "add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(text(&message(&body)), "3");
+    let session = rmcp_stateless(&url).await;
+    let names = tool_names(&session).await;
+    assert!(!names.contains(&"echo".to_owned()), "{names:?}");
+    assert!(names.contains(&"add".to_owned()), "{names:?}");
+    session.cancel().await.unwrap();
+
+    // A person approves the new definition: the tool works again.
+    sqlx::query("UPDATE tools SET approved_hash = definition_hash WHERE server_id = $1")
+        .bind(f.server.0)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    stack
+        .publish(&Invalidation::Server {
+            tenant_id: f.tenant,
+            server_id: f.server,
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, body) = post_stateless(&url, &[], 3, "echo", json!({"text": "x"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(text(&message(&body)), "echo: x");
+    stop_within_the_grace_period(gw).await;
+}
