@@ -1944,6 +1944,25 @@ async fn signups_are_throttled_per_email_and_per_address() {
     assert_eq!(refused.status(), 429);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "too_many_requests");
+    // The dashboard's form says so too, and keeps what was typed.
+    let page = cp_support::form(
+        stack.http.post(format!("{}/signup", stack.base)),
+        &[
+            ("email", "e@example.com"),
+            ("password", "correct horse battery"),
+            ("organization", "Typed Ltd"),
+        ],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(page.status(), 429);
+    assert!(page.headers().contains_key("retry-after"));
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("too many attempts") && html.contains("Typed Ltd"),
+        "{html}"
+    );
     let made: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(stack.db.pool())
         .await

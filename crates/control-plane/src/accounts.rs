@@ -476,6 +476,18 @@ async fn signup_submit(
             },
         )
             .into_response()),
+        // The form again, filled in, saying when to try again.
+        Err(e @ Error::TooManyRequests { retry_after }) => Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after.to_string())],
+            SignupPage {
+                layout: Layout::public("Sign up"),
+                email: form.email,
+                organization: form.organization,
+                problems: Problems(vec![FieldError::new("", e.to_string())]),
+            },
+        )
+            .into_response()),
         Err(e) => Err(e),
     }
 }
