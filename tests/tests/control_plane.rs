@@ -1637,3 +1637,428 @@ async fn the_api_refuses_what_its_document_forbids() {
     api.expect("POST", "/api/v1/servers/reseal", None, 200)
         .await;
 }
+
+/// DNS rebinding and cross-site requests against the control plane: a foreign `Host` is a 421
+/// and a foreign `Origin` a 403, before sign-in or sign-up look at the request (no account is
+/// made, no session opened); the dashboard's own origin and names are served.
+#[tokio::test]
+async fn a_foreign_host_or_origin_is_refused_before_sign_in() {
+    let stack = Stack::start().await;
+    let api = stack.signup("owner@example.com", "Acme").await;
+    let own = stack.base.trim_start_matches("http://").to_owned();
+    let signup = |email: &str| json!({ "email": email, "password": "correct horse battery", "organization": "Evil" });
+    let login = json!({ "email": "owner@example.com", "password": "correct horse battery" });
+    for (host, origin, expected) in [
+        (
+            Some("evil.example.com"),
+            Some("http://evil.example.com"),
+            421,
+        ),
+        (Some("evil.example.com"), None, 421),
+        (None, Some("http://evil.example.com"), 403),
+        (Some(own.as_str()), Some("null"), 403),
+    ] {
+        for (path, body) in [
+            ("/api/v1/signup", signup("mallory@example.com")),
+            ("/api/v1/login", login.clone()),
+        ] {
+            let mut request = stack.http.post(format!("{}{path}", stack.base)).json(&body);
+            if let Some(host) = host {
+                request = request.header("host", host);
+            }
+            if let Some(origin) = origin {
+                request = request.header("origin", origin);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), expected, "{path} {host:?} {origin:?}");
+            assert!(!response.headers().contains_key("set-cookie"));
+            let answer: Value = response.json().await.unwrap();
+            assert!(answer["error"]["message"].is_string(), "{answer}");
+        }
+        // A dashboard form, too.
+        let mut request = cp_support::form(
+            stack.http.post(format!("{}/login", stack.base)),
+            &[
+                ("email", "owner@example.com"),
+                ("password", "correct horse battery"),
+            ],
+        );
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), expected, "/login {host:?} {origin:?}");
+        assert!(!response.headers().contains_key("set-cookie"));
+    }
+    let made: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE email = 'mallory@example.com'")
+            .fetch_one(stack.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(made, 0, "a refused sign-up made an account");
+    // Probes answer whatever the name (kubelets and scrapers use the pod's address).
+    let probe = stack
+        .http
+        .get(format!("{}/healthz", stack.base))
+        .header("host", "10.0.0.5:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200);
+    // Its own origin and the loopback names are served.
+    let origin = stack.base.clone();
+    let localhost = own.replace("127.0.0.1", "localhost");
+    for (host, origin) in [
+        (own.as_str(), Some(origin.as_str())),
+        (localhost.as_str(), None),
+    ] {
+        let mut request = stack
+            .http
+            .post(format!("{}/api/v1/login", stack.base))
+            .header("host", host)
+            .json(&login);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{host} {origin:?}");
+    }
+    assert_eq!(api.get("/api/v1/me").await.0, 200);
+    assert!(stack.app.stop().await.is_ok());
+}
+
+/// A listener that counts the connections made to it and answers none.
+struct CountingListener {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CountingListener {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(connection);
+            }
+        });
+        Self {
+            addr,
+            connections,
+            accept,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingListener {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// `portcullis control-plane` as a process of its own, with `env` added to its environment;
+/// killed when dropped.
+struct ControlPlaneProcess {
+    child: std::process::Child,
+    base: String,
+}
+
+impl ControlPlaneProcess {
+    fn start(
+        db: &portcullis_tests::TestDatabase,
+        redis: &portcullis_tests::TestRedis,
+        (keys, flags): (&str, &[&str]),
+        env: &[(&str, &str)],
+    ) -> Self {
+        use std::io::BufRead as _;
+        let redis_url = portcullis_tests::redis_url();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis-e2e"))
+            .arg("control-plane")
+            .args(["--database-url", &db.url(), "--redis-url", &redis_url])
+            .args(portcullis_tests::redis_flags(&redis_url))
+            .args(["--redis-prefix", redis.prefix()])
+            .args([
+                "--control-plane-addr",
+                "127.0.0.1:0",
+                "--encryption-keys",
+                keys,
+            ])
+            .args(["--log", "warn", "--shutdown-grace", "1s"])
+            .args(flags)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.strip_prefix("dashboard:")
+                    .map(str::trim)
+                    .map(str::to_owned)
+            })
+            .expect("the control plane printed no address")
+            .trim_end_matches('/')
+            .to_owned();
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, base }
+    }
+}
+
+impl Drop for ControlPlaneProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The environment's `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` would send discovery through a
+/// proxy that resolves and connects on its own, past the egress guard. The control plane never
+/// reads them: discovery of an allowed upstream connects directly (the proxy sees nothing), and
+/// a host name that resolves to a refused address stays refused. An explicit
+/// `--egress-proxy` is used, and must itself be on a permitted address.
+#[tokio::test]
+async fn the_environments_proxy_is_never_used_and_a_blocked_target_stays_blocked() {
+    let db = portcullis_tests::TestDatabase::new().await;
+    let redis = portcullis_tests::TestRedis::new().await;
+    let proxy = CountingListener::start().await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    let env: Vec<(&str, &str)> = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|name| (name, proxy_url.as_str()))
+    .collect();
+    // Upstreams on 127.0.0.2 only: 127.0.0.1 (where `localhost` resolves, and the proxy is)
+    // stays refused.
+    let keys = portcullis_tests::encryption_keys();
+    let cp = ControlPlaneProcess::start(
+        &db,
+        &redis,
+        (&keys, &["--upstream-allow", "127.0.0.2/32"]),
+        &env,
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let signed_up: Value = http
+        .post(format!("{}/api/v1/signup", cp.base))
+        .json(&json!({ "email": "proxy@example.com", "password": "correct horse battery", "organization": "P" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api = Api {
+        base: cp.base.clone(),
+        http: http.clone(),
+        token: signed_up["api_token"].as_str().unwrap().to_owned(),
+        tenant_id: signed_up["tenant_id"].as_str().unwrap().to_owned(),
+        user_id: signed_up["user_id"].as_str().unwrap().to_owned(),
+    };
+    let upstream = Upstream::start_on("proxy-test-key-123456", "127.0.0.2").await;
+    let server = api
+        .expect(
+            "POST",
+            "/api/v1/servers",
+            Some(json!({ "name": "direct", "url": upstream.url, "headers": { "x-api-key": "proxy-test-key-123456" } })),
+            201,
+        )
+        .await;
+    let found = api
+        .expect(
+            "POST",
+            &format!("/api/v1/servers/{}/discover", id(&server)),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        found["tools"].as_array().unwrap().len(),
+        cp_support::sample_tools().len()
+    );
+    assert_eq!(
+        proxy.connections(),
+        0,
+        "discovery went through the environment's proxy"
+    );
+
+    // A host name that resolves to a refused address (localhost: 127.0.0.1).
+    let port = upstream.url.rsplit(':').next().unwrap();
+    let blocked = api
+        .expect(
+            "POST",
+            "/api/v1/servers",
+            Some(json!({ "name": "blocked", "url": format!("http://localhost:{port}") })),
+            201,
+        )
+        .await;
+    let (status, body) = api
+        .post(
+            &format!("/api/v1/servers/{}/discover", id(&blocked)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("resolves to no public address"),
+        "{body}"
+    );
+    assert_eq!(
+        proxy.connections(),
+        0,
+        "a blocked target was sent to the proxy"
+    );
+    drop(cp);
+
+    // An explicit proxy on a refused address stops the process at start-up...
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis-e2e"))
+        .args(["control-plane", "--database-url", &db.url()])
+        .args(["--control-plane-addr", "127.0.0.1:0"])
+        .args(["--encryption-keys", &portcullis_tests::encryption_keys()])
+        .args(["--egress-proxy", &proxy_url])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("invalid PORTCULLIS_EGRESS_PROXY"), "{said}");
+    // ...and one it permits is used.
+    let cp = ControlPlaneProcess::start(
+        &db,
+        &redis,
+        (
+            &keys,
+            &[
+                "--upstream-allow",
+                "127.0.0.1/32,127.0.0.2/32",
+                "--egress-proxy",
+                &proxy_url,
+            ],
+        ),
+        &[],
+    );
+    let api = Api {
+        base: cp.base.clone(),
+        ..api
+    };
+    let (status, _) = api
+        .post(
+            &format!("/api/v1/servers/{}/discover", id(&server)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 502);
+    assert!(proxy.connections() > 0, "the explicit proxy was not used");
+}
+
+/// Sign-up is throttled like sign-in, in a key space of its own: every attempt counts against
+/// the email and the client address, and past either limit the answer is a 429 with
+/// `Retry-After`, whoever the email belongs to.
+#[tokio::test]
+async fn signups_are_throttled_per_email_and_per_address() {
+    let stack = Stack::start_with(
+        portcullis::Role::ControlPlane,
+        &["--signup-max-per-account", "2", "--signup-max-per-ip", "4"],
+    )
+    .await;
+    let attempt = |email: &str, password: &str| {
+        stack
+            .http
+            .post(format!("{}/api/v1/signup", stack.base))
+            .json(&json!({ "email": email, "password": password, "organization": "T" }))
+            .send()
+    };
+    assert_eq!(
+        attempt("a@example.com", "correct horse battery")
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        attempt("a@example.com", "some other password")
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    let refused = attempt("a@example.com", "correct horse battery")
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    // Login attempts are counted apart: the account still signs in.
+    let login = stack
+        .http
+        .post(format!("{}/api/v1/login", stack.base))
+        .json(&json!({ "email": "a@example.com", "password": "correct horse battery" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    // The address: two more attempts, then none, for any email.
+    assert_eq!(
+        attempt("b@example.com", "correct horse battery")
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        attempt("c@example.com", "correct horse battery")
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let refused = attempt("d@example.com", "correct horse battery")
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests");
+    // The dashboard's form says so too, and keeps what was typed.
+    let page = cp_support::form(
+        stack.http.post(format!("{}/signup", stack.base)),
+        &[
+            ("email", "e@example.com"),
+            ("password", "correct horse battery"),
+            ("organization", "Typed Ltd"),
+        ],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(page.status(), 429);
+    assert!(page.headers().contains_key("retry-after"));
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("too many attempts") && html.contains("Typed Ltd"),
+        "{html}"
+    );
+    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(stack.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(made, 3);
+    assert!(stack.app.stop().await.is_ok());
+}

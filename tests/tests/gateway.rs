@@ -2971,3 +2971,212 @@ async fn the_gateway_refuses_to_start_with_a_spill_directory_it_cannot_use() {
     assert!(error.contains("PORTCULLIS_AUDIT_SPILL_DIR"), "{error}");
     assert!(error.contains(&file.display().to_string()), "{error}");
 }
+
+/// A TCP relay in front of an upstream that counts the connections it is asked for, so a test
+/// can tell that nothing reached the upstream.
+struct CountingRelay {
+    url: String,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CountingRelay {
+    /// In front of `upstream_url`, `http://ADDR/PATH`.
+    async fn start(upstream_url: &str) -> Self {
+        let (target, path) = upstream_url
+            .trim_start_matches("http://")
+            .split_once('/')
+            .unwrap();
+        let target = target.to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/{path}", listener.local_addr().unwrap());
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self {
+            url,
+            connections,
+            accept,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingRelay {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// DNS rebinding: a page on evil.example.com whose name now points at the gateway makes the
+/// browser send `Host: evil.example.com` (and its own `Origin`). The gateway answers 421 before
+/// it looks at the grant, so no session opens and the upstream (which would have refused that
+/// Host itself, had it seen it) is never called; a foreign `Origin` under the right `Host` is
+/// a 403. Without either, the same request opens a session.
+#[tokio::test]
+async fn a_foreign_host_or_origin_is_refused_before_the_grant_is_looked_at() {
+    let stack = Stack::new().await;
+    let upstream = RmcpServer::start(true).await;
+    let relay = CountingRelay::start(&upstream.url).await;
+    let f = stack.fixture(&relay.url, "streamable_http", policy()).await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    let own = gw.gateway.unwrap().to_string();
+
+    let refusals = [
+        (
+            vec![
+                ("host", "evil.example.com"),
+                ("origin", "http://evil.example.com"),
+            ],
+            421,
+        ),
+        (vec![("host", "evil.example.com")], 421),
+        (vec![("origin", "http://evil.example.com")], 403),
+        (vec![("host", own.as_str()), ("origin", "null")], 403),
+    ];
+    for (headers, expected) in &refusals {
+        for body in [
+            support::initialize(1),
+            call(2, "echo", json!({"text": "x"})),
+        ] {
+            let (status, headers_out, answer) = post(&url, headers, &body).await;
+            assert_eq!(status, *expected, "{headers:?}: {answer}");
+            assert!(
+                !headers_out.contains_key("mcp-session-id"),
+                "{headers:?} opened a session"
+            );
+            assert_eq!(message(&answer)["error"]["code"], -32600, "{answer}");
+            assert!(!answer.contains(f.token.expose()));
+        }
+        // The bearer route too: refused before the token is read.
+        let by_server = format!("http://{own}/mcp/{}", f.server);
+        let bearer = format!("Bearer {}", f.token.expose());
+        let mut with_token = headers.clone();
+        with_token.push(("authorization", bearer.as_str()));
+        let (status, _, answer) = post(&by_server, &with_token, &support::initialize(1)).await;
+        assert_eq!(status, *expected, "{headers:?}: {answer}");
+    }
+    assert_eq!(
+        relay.connections(),
+        0,
+        "a refused request reached the upstream"
+    );
+    assert_eq!(upstream.calls(), 0);
+
+    // The gateway's own names and origin, or none: served.
+    let localhost = own.replace("127.0.0.1", "localhost");
+    let origin = format!("http://{own}");
+    for headers in [
+        vec![],
+        vec![("host", localhost.as_str())],
+        vec![("origin", origin.as_str())],
+    ] {
+        let (status, headers_out, answer) = post(&url, &headers, &support::initialize(1)).await;
+        assert_eq!(status, 200, "{headers:?}: {answer}");
+        assert!(headers_out.contains_key("mcp-session-id"), "{answer}");
+    }
+    assert!(relay.connections() > 0);
+    stop_within_the_grace_period(gw).await;
+}
+
+/// The gateway's upstream client reads no proxy from the environment: with `HTTP_PROXY`,
+/// `HTTPS_PROXY` and `ALL_PROXY` pointing at a listener, calls still go straight to the
+/// upstream, through the egress guard, and the listener sees nothing.
+#[tokio::test]
+async fn the_environments_proxy_is_never_used_for_upstream_calls() {
+    let (stack, upstream, f) = rmcp_stack(true, policy()).await;
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = seen.clone();
+    let listening = tokio::spawn(async move {
+        while let Ok((connection, _)) = proxy.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(connection);
+        }
+    });
+    let env: Vec<(&str, &str)> = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy"]
+        .into_iter()
+        .map(|name| (name, proxy_url.as_str()))
+        .collect();
+    let gw = stack.gateway_process_with_env(&[], &env).await;
+    let (status, _, body) =
+        post_stateless(&f.url(&gw), &[], 1, "echo", json!({"text": "direct"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(text(&message(&body)), "echo: direct");
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0);
+    listening.abort();
+    gw.stop().await;
+}
+
+/// A rug pull: a tool whose definition changed since a person approved it is refused and left
+/// out of `tools/list` while its server blocks changed tools (the default); approving the new
+/// definition lets it through again.
+#[tokio::test]
+async fn a_tool_whose_definition_changed_since_approval_is_refused_and_hidden() {
+    let (stack, upstream, f) = rmcp_stack(true, policy()).await;
+    for (name, approved) in [("echo", "approved-hash"), ("add", "hash-now")] {
+        sqlx::query(
+            "INSERT INTO tools (id, tenant_id, server_id, name, definition, definition_hash, approved_hash,
+                                risk_category, risk_level, status)
+             VALUES ($1, $2, $3, $4, '{}', 'hash-now', $5, 'other', 'low', 'active')",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(f.tenant.0)
+        .bind(f.server.0)
+        .bind(name)
+        .bind(approved)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    }
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    let (status, _, body) = post_stateless(&url, &[], 1, "echo", json!({"text": "x"})).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = message(&body);
+    assert_eq!(answer["result"]["isError"], true, "{body}");
+    assert!(body.contains("tool changed"), "{body}");
+    assert_eq!(upstream.calls(), 0);
+    let (status, _, body) = post_stateless(&url, &[], 2, "add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(text(&message(&body)), "3");
+    let session = rmcp_stateless(&url).await;
+    let names = tool_names(&session).await;
+    assert!(!names.contains(&"echo".to_owned()), "{names:?}");
+    assert!(names.contains(&"add".to_owned()), "{names:?}");
+    session.cancel().await.unwrap();
+
+    // A person approves the new definition: the tool works again.
+    sqlx::query("UPDATE tools SET approved_hash = definition_hash WHERE server_id = $1")
+        .bind(f.server.0)
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    stack
+        .publish(&Invalidation::Server {
+            tenant_id: f.tenant,
+            server_id: f.server,
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, body) = post_stateless(&url, &[], 3, "echo", json!({"text": "x"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(text(&message(&body)), "echo: x");
+    stop_within_the_grace_period(gw).await;
+}

@@ -255,7 +255,10 @@ async fn replicas(stack: &Stack) -> Vec<GatewayProcess> {
     // under load, which must not take queued decisions of forwarded calls with it, and 600
     // calls arrive at once on a 2-core machine: the timeout is made generous, so that neither
     // depends on how fast Redis answers during the test.
-    let flags = ["--limiter-timeout", "10s"];
+    // nginx forwards the client's Host, its own address, whose port is chosen after the
+    // replicas start: the replicas answer to 127.0.0.1 on any port (in production, the public
+    // URL names the load balancer).
+    let flags = ["--limiter-timeout", "10s", "--gateway-hosts", "127.0.0.1"];
     let (a, b, c) = tokio::join!(
         stack.gateway_process(&flags),
         stack.gateway_process(&flags),

@@ -20,6 +20,7 @@ use portcullis_gateway::Leftover;
 use crate::config::{Config, Validated};
 use crate::health::{self, Dependencies};
 use crate::http;
+use crate::rebinding::{Dialect, Guard, Names};
 use crate::telemetry::{ServerSpans, Traces};
 
 /// Which services a process runs.
@@ -186,11 +187,17 @@ pub async fn start_with(
             Some(_) => router.route_layer(axum::middleware::from_fn(http::route_template)),
             None => router,
         };
+        let names = Names {
+            public_url: public_url(&config.control_plane.public_url, "PORTCULLIS_PUBLIC_URL")?,
+            hosts: config.control_plane_hosts.clone(),
+            origins: config.control_plane_origins.clone(),
+            dialect: Dialect::Api,
+        };
         let (addr, server) = bind(
             config.control_plane_addr,
             "control-plane",
             router,
-            spans,
+            (spans, &names),
             &deps,
             (&shutdown, &force),
         )
@@ -219,12 +226,21 @@ pub async fn start_with(
         let spans = traces
             .as_ref()
             .map(|t| t.listener("portcullis-gateway", Some("gateway.request")));
+        let names = Names {
+            public_url: public_url(
+                &config.control_plane.public_gateway_url,
+                "PORTCULLIS_PUBLIC_GATEWAY_URL",
+            )?,
+            hosts: config.gateway_hosts.clone(),
+            origins: config.gateway_origins.clone(),
+            dialect: Dialect::JsonRpc,
+        };
         let (addr, server) = bind_workers(
             config.gateway_addr,
             "gateway",
             threads,
             make,
-            spans,
+            (spans, &names),
             // A gateway with a cache grace serves through a Postgres outage: it stays ready.
             &Dependencies {
                 postgres_optional: !config.gateway.grant_cache_grace.is_zero(),
@@ -260,6 +276,15 @@ pub async fn start_with(
         shutdown,
         task,
     })
+}
+
+/// A listener's public URL setting (`setting` names it), which must be an http(s) URL.
+fn public_url(text: &str, setting: &str) -> anyhow::Result<url::Url> {
+    let url = url::Url::parse(text).map_err(|e| anyhow::anyhow!("invalid {setting}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        anyhow::bail!("invalid {setting}: must be an http:// or https:// URL with a host");
+    }
+    Ok(url)
 }
 
 /// Waits for the listeners (`all`) to end: after `shutdown`, for up to `grace`, and then
@@ -307,11 +332,11 @@ fn app(router: Router, deps: &Dependencies) -> Router {
 
 /// Serves `app` on `listener` until `shutdown`, each connection's requests through the shared
 /// [`http::Edge`] (`service` names the listener in log lines; `spans`, when tracing is on, makes
-/// their trace spans).
+/// their trace spans; `guard` says which names and origins it answers to).
 async fn serve(
     listener: TcpListener,
     app: Router,
-    spans: Option<Arc<ServerSpans>>,
+    (spans, guard): (Option<Arc<ServerSpans>>, Arc<Guard>),
     service: &'static str,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -324,8 +349,9 @@ async fn serve(
         }
     });
     let connections = tower::service_fn(move |stream: IncomingStream<'_, _>| {
-        let edge =
-            http::Edge::new(app.clone(), service, *stream.remote_addr()).traced(spans.clone());
+        let edge = http::Edge::new(app.clone(), service, *stream.remote_addr())
+            .traced(spans.clone())
+            .guarded(guard.clone());
         std::future::ready(Ok::<_, std::convert::Infallible>(edge))
     });
     axum::serve(listener, connections)
@@ -353,7 +379,7 @@ async fn bind_workers(
     + Send
     + Sync
     + 'static,
-    spans: Option<Arc<ServerSpans>>,
+    (spans, names): (Option<Arc<ServerSpans>>, &Names),
     deps: &Dependencies,
     (shutdown, force): (&CancellationToken, &CancellationToken),
 ) -> anyhow::Result<(SocketAddr, Server)> {
@@ -362,6 +388,7 @@ async fn bind_workers(
     let first = reuse_port_listener(addr)
         .with_context(|| format!("cannot listen on {addr} for the {service}"))?;
     let local = first.local_addr()?;
+    let guard = Arc::new(Guard::new(names, local));
     let mut listeners = vec![first];
     for _ in 1..threads {
         listeners.push(
@@ -373,7 +400,8 @@ async fn bind_workers(
     let mut ready = Vec::with_capacity(threads);
     let mut done = Vec::with_capacity(threads);
     for (i, listener) in listeners.into_iter().enumerate() {
-        let (make, deps, spans) = (make.clone(), deps.clone(), spans.clone());
+        let (make, deps) = (make.clone(), deps.clone());
+        let edge = (spans.clone(), guard.clone());
         let (shutdown, force) = (shutdown.clone(), force.clone());
         let (started, ready_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
         let (finished, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
@@ -404,7 +432,7 @@ async fn bind_workers(
                             return Ok(None);
                         }
                     };
-                    let served = serve(listener, app(router, &deps), spans, service, shutdown);
+                    let served = serve(listener, app(router, &deps), edge, service, shutdown);
                     tokio::select! {
                         result = served => result?,
                         () = force.cancelled() => {}
@@ -441,7 +469,7 @@ async fn bind_workers(
         }
         Ok(())
     });
-    tracing::info!(service, %local, threads, "listening");
+    tracing::info!(service, %local, threads, hosts = guard.hosts(), "listening");
     Ok((local, server))
 }
 
@@ -470,7 +498,7 @@ async fn bind(
     addr: SocketAddr,
     service: &'static str,
     router: Router,
-    spans: Option<Arc<ServerSpans>>,
+    (spans, names): (Option<Arc<ServerSpans>>, &Names),
     deps: &Dependencies,
     (shutdown, force): (&CancellationToken, &CancellationToken),
 ) -> anyhow::Result<(SocketAddr, Server)> {
@@ -478,17 +506,19 @@ async fn bind(
         .await
         .with_context(|| format!("cannot listen on {addr} for the {service}"))?;
     let local = listener.local_addr()?;
+    let guard = Arc::new(Guard::new(names, local));
+    let hosts = guard.hosts();
     let app = app(router, deps);
     let (token, force) = (shutdown.clone(), force.clone());
     let server = tokio::spawn(async move {
         tokio::select! {
-            served = serve(listener, app, spans, service, token) => served?,
+            served = serve(listener, app, (spans, guard), service, token) => served?,
             // The connections still open are left to the process's end.
             () = force.cancelled() => {}
         }
         Ok(())
     });
-    tracing::info!(service, %local, "listening");
+    tracing::info!(service, %local, hosts, "listening");
     Ok((local, server))
 }
 

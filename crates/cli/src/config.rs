@@ -8,6 +8,8 @@ use std::time::Duration;
 use portcullis_core::Keyring;
 use portcullis_core::egress::Egress;
 use portcullis_core::settings::parse_duration;
+
+use crate::rebinding::{HostNames, WebOrigins};
 use sqlx::postgres::PgConnectOptions;
 
 /// Settings shared by `serve`, `control-plane`, `gateway` and `migrate`.
@@ -73,6 +75,30 @@ pub struct Config {
         default_value = "127.0.0.1:8081"
     )]
     pub gateway_addr: SocketAddr,
+
+    /// More names the control plane answers to, besides its public URL's host (and the
+    /// loopback names with its port, when it listens on the loopback or on every interface):
+    /// `host` or `host:port`, comma-separated; without a port, any port. A request whose `Host`
+    /// is none of them is refused with 421 (DNS rebinding).
+    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE_HOSTS", default_value = "")]
+    pub control_plane_hosts: HostNames,
+
+    /// More names the gateway answers to, besides its public URL's host (and the loopback
+    /// names with its port, when it listens on the loopback or on every interface), as for
+    /// the control plane: e.g. the in-cluster service name `portcullis-gateway:8081`.
+    #[arg(long, env = "PORTCULLIS_GATEWAY_HOSTS", default_value = "")]
+    pub gateway_hosts: HostNames,
+
+    /// Web origins, besides its own, whose pages may call the control plane
+    /// (`scheme://host[:port]`, comma-separated). A request with another `Origin` is refused
+    /// with 403.
+    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE_ORIGINS", default_value = "")]
+    pub control_plane_origins: WebOrigins,
+
+    /// Web origins, besides its own, whose pages may call the gateway (a browser-based MCP
+    /// client's, say), as for the control plane.
+    #[arg(long, env = "PORTCULLIS_GATEWAY_ORIGINS", default_value = "")]
+    pub gateway_origins: WebOrigins,
 
     /// Log format: `json` (one object a line) or `pretty`.
     #[arg(long, env = "PORTCULLIS_LOG_FORMAT", default_value = "json")]

@@ -23,12 +23,15 @@ use axum::middleware::Next;
 use tower::Service;
 use tracing::Span;
 
+use crate::rebinding::Guard;
 use crate::telemetry::{ServerSpan, ServerSpans};
 
 /// The header that carries the request id in and out.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The shared wrapper around a listener's whole app (one per connection). For each request it:
+/// - refuses, before anything else, a request whose `Host` is not one of the listener's names
+///   (421) or whose `Origin` is another site's (403): see [`crate::rebinding`];
 /// - keeps the client's `x-request-id` (at most 128 visible ASCII characters), or sets a new
 ///   one (UUID v7, so ids sort by time), on the request (handlers read it) and on the response;
 /// - adds the client's address ([`ConnectInfo`]), for the handlers that throttle by it;
@@ -43,6 +46,7 @@ pub struct Edge<S> {
     service: &'static str,
     peer: SocketAddr,
     spans: Option<Arc<ServerSpans>>,
+    guard: Option<Arc<Guard>>,
 }
 
 impl<S> Edge<S> {
@@ -53,6 +57,15 @@ impl<S> Edge<S> {
             service,
             peer,
             spans: None,
+            guard: None,
+        }
+    }
+
+    /// The same, answering only to the names and origins `guard` allows.
+    pub fn guarded(self, guard: Arc<Guard>) -> Self {
+        Self {
+            guard: Some(guard),
+            ..self
         }
     }
 
@@ -131,13 +144,31 @@ where
             method = %request.method(),
             path = %portcullis_core::redact::path(request.uri().path()),
         );
+        let refused = self
+            .guard
+            .as_ref()
+            .and_then(|guard| Some((guard, guard.check_request(&request).err()?)));
         let called = {
             let _entered = span.enter();
-            catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
+            match refused {
+                Some((guard, refusal)) => {
+                    tracing::debug!(
+                        ?refusal,
+                        host = ?request.headers().get(header::HOST),
+                        origin = ?request.headers().get(header::ORIGIN),
+                        "request refused"
+                    );
+                    Err(Ok(guard.refuse(refusal)))
+                }
+                None => catch_unwind(AssertUnwindSafe(|| self.inner.call(request))).map_err(Err),
+            }
         };
         let state = match called {
             Ok(future) => State::Running { future },
-            Err(panic) => State::Done {
+            Err(Ok(refusal)) => State::Done {
+                answer: Some(refusal),
+            },
+            Err(Err(panic)) => State::Done {
                 answer: Some(panicked(panic)),
             },
         };
@@ -169,7 +200,8 @@ pin_project_lite::pin_project! {
     enum State<F> {
         /// The handler's future.
         Running { #[pin] future: F },
-        /// The handler panicked: its 500, until it is taken.
+        /// Answered without the handler (the request was refused), or the handler panicked
+        /// (its 500): the answer, until it is taken.
         Done { answer: Option<Response<Body>> },
     }
 }

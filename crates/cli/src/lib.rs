@@ -7,6 +7,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod policy_cmd;
+pub mod rebinding;
 pub mod stdio_cmd;
 pub mod stored_policies;
 pub mod telemetry;

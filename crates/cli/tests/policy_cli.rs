@@ -226,3 +226,29 @@ fn usage_errors_exit_2() {
     let out = portcullis(&["policy", "eval", "--tool", "x"], "");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Every policy docs/security.md shows passes `portcullis policy check`: the threat model's
+/// examples are policies the product accepts, not sketches.
+#[test]
+fn the_threat_models_example_policies_pass_the_check() {
+    let doc = std::fs::read_to_string(format!(
+        "{}/../../docs/security.md",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("docs/security.md is readable");
+    let examples: Vec<&str> = doc
+        .split("```json\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    assert!(examples.len() >= 9, "found {} examples", examples.len());
+    for example in examples {
+        let out = portcullis(&["policy", "check", "-"], example);
+        assert!(
+            out.status.success() && stdout(&out).trim() == "ok",
+            "{example}\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+}

@@ -19,7 +19,7 @@ use crate::error::{Error, FieldError, Result};
 use crate::input::{FormBody, JsonBody, QueryParams};
 use crate::members;
 use crate::passwords::{self, Password};
-use crate::throttle;
+use crate::throttle::{self, Door};
 
 /// What a sign-up needs.
 #[derive(Debug, Deserialize)]
@@ -41,8 +41,11 @@ struct Signed {
 }
 
 /// Creates a tenant with its first admin. An existing user signing up again (with their
-/// password) gets a new organisation of their own.
-async fn signup(state: &AppState, form: &SignupForm) -> Result<Signed> {
+/// password) gets a new organisation of their own. Attempts are throttled per email and per
+/// client address, like sign-in's failures.
+async fn signup(state: &AppState, form: &SignupForm, ip: ClientIp) -> Result<Signed> {
+    throttle::check(state, Door::Signup, &form.email, ip.0).await?;
+    throttle::count(state, Door::Signup, &form.email, ip.0).await;
     let mut errors = Vec::new();
     let email = crate::input::email("/email", &form.email).map_err(|e| collect(&mut errors, e));
     let organization = crate::input::text("/organization", &form.organization, 200)
@@ -131,9 +134,10 @@ fn collect(errors: &mut Vec<FieldError>, e: Error) {
 
 async fn api_signup(
     State(state): State<AppState>,
+    ip: ClientIp,
     JsonBody(form): JsonBody<SignupForm>,
 ) -> Result<Response> {
-    let signed = signup(&state, &form).await?;
+    let signed = signup(&state, &form, ip).await?;
     let who = Tenant {
         id: signed.tenant,
         role: Role::Admin,
@@ -186,7 +190,7 @@ async fn login(
     user_agent: Option<&str>,
 ) -> Result<LoggedIn> {
     let email = form.email.trim();
-    throttle::check(state, email, ip.0).await?;
+    throttle::check(state, Door::Login, email, ip.0).await?;
     let found: Option<(Uuid, String)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
             .bind(email)
@@ -198,7 +202,7 @@ async fn login(
     };
     let ok = passwords::verify(form.password.clone(), stored).await?;
     let Some(user) = user.filter(|_| ok) else {
-        throttle::failed(state, email, ip.0).await;
+        throttle::count(state, Door::Login, email, ip.0).await;
         metrics::counter!("portcullis_logins_total", "result" => "failed").increment(1);
         return Err(Error::BadRequest("wrong email or password".into()));
     };
@@ -436,7 +440,7 @@ async fn signup_submit(
     headers: HeaderMap,
     FormBody(form): FormBody<SignupForm>,
 ) -> Result<Response> {
-    match signup(&state, &form).await {
+    match signup(&state, &form, ip).await {
         Ok(signed) => {
             let secret = auth::open_session(
                 &state,
@@ -469,6 +473,18 @@ async fn signup_submit(
                 email: form.email,
                 organization: form.organization,
                 problems: Problems(vec![FieldError::new("/email", message)]),
+            },
+        )
+            .into_response()),
+        // The form again, filled in, saying when to try again.
+        Err(e @ Error::TooManyRequests { retry_after }) => Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after.to_string())],
+            SignupPage {
+                layout: Layout::public("Sign up"),
+                email: form.email,
+                organization: form.organization,
+                problems: Problems(vec![FieldError::new("", e.to_string())]),
             },
         )
             .into_response()),

@@ -82,6 +82,18 @@ pub struct Settings {
     #[arg(long, env = "PORTCULLIS_LOGIN_WINDOW", default_value = "15m", value_parser = parse_duration)]
     pub login_window: Duration,
 
+    /// Sign-up attempts allowed per email within the sign-up window.
+    #[arg(long, env = "PORTCULLIS_SIGNUP_MAX_PER_ACCOUNT", default_value_t = 5)]
+    pub signup_max_per_account: u32,
+
+    /// Sign-up attempts allowed per client address within the sign-up window.
+    #[arg(long, env = "PORTCULLIS_SIGNUP_MAX_PER_IP", default_value_t = 30)]
+    pub signup_max_per_ip: u32,
+
+    /// The sign-up throttle window, e.g. `1h`.
+    #[arg(long, env = "PORTCULLIS_SIGNUP_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    pub signup_window: Duration,
+
     /// Take the client address from the first `X-Forwarded-For` entry (behind a trusted proxy).
     #[arg(long, env = "PORTCULLIS_TRUST_FORWARDED_FOR", default_value_t = false)]
     pub trust_forwarded_for: bool,
@@ -117,6 +129,14 @@ pub struct Settings {
     /// Time limit of one webhook delivery.
     #[arg(long, env = "PORTCULLIS_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub webhook_timeout: Duration,
+
+    /// An HTTP proxy that discovery, connection tests and webhooks go through
+    /// (`http://host:port`), when the network allows no direct connection out. Its address
+    /// must be one `PORTCULLIS_UPSTREAM_ALLOW` permits. Unset: they connect directly;
+    /// `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` are never read, since a proxy would connect
+    /// to addresses the egress guard refuses.
+    #[arg(long, env = "PORTCULLIS_EGRESS_PROXY")]
+    pub egress_proxy: Option<String>,
 }
 
 impl Default for Settings {
@@ -167,6 +187,42 @@ impl reqwest::dns::Resolve for GuardedResolver {
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// The client of every connection the control plane makes on a tenant's behalf (discovery,
+/// connection tests, webhooks): host names resolve through the egress guard, redirects are
+/// not followed, and no proxy is used but the one `egress_proxy` names. The environment's
+/// `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` are ignored: a proxy resolves and connects on
+/// its own, so a target the guard would refuse (`http://redis.internal:6379`) would be
+/// reached through it.
+fn outbound_client(egress: &Egress, egress_proxy: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(GuardedResolver(Arc::new(egress.clone()))))
+        .no_proxy();
+    if let Some(proxy) = egress_proxy.map(str::trim).filter(|p| !p.is_empty()) {
+        builder = builder.proxy(egress_proxy_of(egress, proxy)?);
+    }
+    Ok(builder.build()?)
+}
+
+/// The explicit egress proxy, whose own address goes through the guard: an address here, a
+/// host name when it is resolved (through the guarded resolver, like an upstream's).
+fn egress_proxy_of(egress: &Egress, proxy: &str) -> anyhow::Result<reqwest::Proxy> {
+    let invalid = |why: String| anyhow::anyhow!("invalid PORTCULLIS_EGRESS_PROXY: {why}");
+    let url = url::Url::parse(proxy).map_err(|e| invalid(e.to_string()))?;
+    if url.scheme() != "http" || url.host().is_none() || !matches!(url.path(), "" | "/") {
+        return Err(invalid("must be an http://host:port URL".into()));
+    }
+    egress
+        .check_host(url.host_str().unwrap_or_default())
+        .map_err(|e| {
+            invalid(format!(
+                "{e} (add its network to PORTCULLIS_UPSTREAM_ALLOW)"
+            ))
+        })?;
+    reqwest::Proxy::all(url.as_str()).map_err(|e| invalid(e.to_string()))
 }
 
 /// Everything a handler can reach, cheap to clone.
@@ -232,11 +288,7 @@ pub async fn build(
     if !(1..=3650).contains(&settings.audit_retention_days) {
         anyhow::bail!("invalid PORTCULLIS_AUDIT_RETENTION_DAYS: use 1 to 3650");
     }
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(GuardedResolver(Arc::new(shared.egress.clone()))))
-        .build()?;
+    let http = outbound_client(&shared.egress, settings.egress_proxy.as_deref())?;
     let state = AppState(Arc::new(Inner {
         secure_cookies: public.scheme() == "https",
         gateway_url: settings.public_gateway_url.trim_end_matches('/').to_owned(),
@@ -250,4 +302,41 @@ pub async fn build(
     approvals::spawn_background(&state, &shutdown);
     webhooks::spawn_background(&state, &shutdown);
     Ok(routes::router(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_egress_proxy_is_an_http_url_on_an_address_the_guard_permits() {
+        let public: Egress = "".parse().unwrap_or_default();
+        let loopback: Egress = "127.0.0.0/8".parse().unwrap_or_default();
+        let err = |egress: &Egress, proxy: &str| {
+            egress_proxy_of(egress, proxy)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let refused = err(&public, "http://127.0.0.1:3128");
+        assert!(
+            refused.starts_with("invalid PORTCULLIS_EGRESS_PROXY: ")
+                && refused.contains("PORTCULLIS_UPSTREAM_ALLOW"),
+            "{refused}"
+        );
+        assert!(egress_proxy_of(&loopback, "http://127.0.0.1:3128").is_ok());
+        assert!(egress_proxy_of(&public, "http://proxy.example.com:3128").is_ok());
+        for bad in [
+            "socks5://127.0.0.1:1080",
+            "proxy:3128",
+            "http://127.0.0.1:3128/x",
+        ] {
+            assert!(
+                err(&loopback, bad).starts_with("invalid PORTCULLIS_EGRESS_PROXY: "),
+                "{bad}"
+            );
+        }
+        assert!(outbound_client(&public, Some(" ")).is_ok());
+        assert!(outbound_client(&public, Some("http://10.0.0.1:3128")).is_err());
+    }
 }

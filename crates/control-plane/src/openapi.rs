@@ -635,9 +635,17 @@ fn shapes(route: &Route) -> (Option<Value>, Vec<(String, Value)>) {
             Some(body("Signup")),
             vec![
                 answer("201", "Created", Some("SignupResult")),
-                invalid(),
-                conflict(),
-                answer("429", "Too many attempts", Some("Error")),
+                answer(
+                    "409",
+                    "The email has an account, and the password is not its",
+                    Some("Error"),
+                ),
+                answer("422", "Fields not acceptable", Some("ValidationErrors")),
+                answer(
+                    "429",
+                    "Too many sign-ups from this address or for this email (Retry-After)",
+                    Some("Error"),
+                ),
             ],
         ),
         ("POST", "/api/v1/login") => (

@@ -436,7 +436,9 @@ async fn fallback() -> Error {
 }
 
 /// Headers every answer carries: no framing, no sniffing, no caching of pages that may show a
-/// secret once, no referrer (a grant URL must not leak through one), and a strict CSP.
+/// secret once, no referrer to another site (a grant URL must not leak through one), and a
+/// strict CSP. `same-origin` rather than `no-referrer`: under `no-referrer` a browser sends
+/// `Origin: null` with the dashboard's own forms, which the listener's Origin check refuses.
 async fn security_headers(request: Request, next: Next) -> Response {
     let is_asset = request.uri().path().starts_with("/assets/");
     let mut response = next.run(request).await;
@@ -448,7 +450,7 @@ async fn security_headers(request: Request, next: Next) -> Response {
     );
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(
         header::CONTENT_SECURITY_POLICY,

@@ -270,6 +270,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(api_key: &'static str) -> Self {
+        Self::start_on(api_key, "127.0.0.1").await
+    }
+
+    /// Like [`Upstream::start`], on another loopback address (`127.0.0.2`, say).
+    pub async fn start_on(api_key: &'static str, ip: &str) -> Self {
         use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
         use rmcp::transport::streamable_http_server::{
             StreamableHttpServerConfig, StreamableHttpService,
@@ -283,7 +288,9 @@ impl Upstream {
         let service = StreamableHttpService::new(
             move || Ok(server.clone()),
             Arc::new(LocalSessionManager::default()),
-            StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
+            StreamableHttpServerConfig::default()
+                .with_cancellation_token(stop.child_token())
+                .with_allowed_hosts([ip]),
         );
         let seen = seen_keys.clone();
         let router =
@@ -310,7 +317,7 @@ impl Upstream {
                         }
                     },
                 ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = stop.clone();
         tokio::spawn(async move {

@@ -145,10 +145,20 @@ impl Stack {
 
     /// `portcullis gateway` as a process of its own, on port 0; `extra` flags are added.
     pub async fn gateway_process(&self, extra: &[&str]) -> GatewayProcess {
+        self.gateway_process_with_env(extra, &[]).await
+    }
+
+    /// [`Stack::gateway_process`] with `env` added to its environment.
+    pub async fn gateway_process_with_env(
+        &self,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let flags = self.flags(&self.db.url(), &portcullis_tests::redis_url(), extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-e2e"))
             .arg("gateway")
             .args(flags)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
