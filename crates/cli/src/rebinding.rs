@@ -192,6 +192,9 @@ pub struct Names {
 #[derive(Debug, Clone)]
 pub struct Guard {
     hosts: Vec<HostName>,
+    /// `Host` values that are one of `hosts` as they stand (lower case), so that the usual
+    /// request is checked by a comparison rather than a URL parse.
+    exact: Vec<String>,
     origins: Vec<WebOrigin>,
     dialect: Dialect,
 }
@@ -242,8 +245,18 @@ impl Guard {
         }
         own_hosts.extend(hosts.0.iter().cloned());
         own_origins.extend(origins.0.iter().cloned());
+        let mut exact = Vec::new();
+        for name in &own_hosts {
+            if let Some(port) = name.port {
+                exact.push(format!("{}:{port}", name.host));
+                if port == 80 || port == 443 {
+                    exact.push(name.host.clone());
+                }
+            }
+        }
         Self {
             hosts: own_hosts,
+            exact,
             origins: own_origins,
             dialect: *dialect,
         }
@@ -270,9 +283,11 @@ impl Guard {
             Some(authority) => Some(authority),
             None => headers.get(header::HOST).and_then(|v| v.to_str().ok()),
         };
-        let known = host
-            .and_then(HostName::parse)
-            .is_some_and(|given| self.hosts.iter().any(|own| own.matches(&given)));
+        let known = host.is_some_and(|host| {
+            self.exact.iter().any(|own| own.eq_ignore_ascii_case(host))
+                || HostName::parse(host)
+                    .is_some_and(|given| self.hosts.iter().any(|own| own.matches(&given)))
+        });
         if !known {
             return Err(Refusal::ForeignHost);
         }
