@@ -502,16 +502,26 @@ const COPY_STATEMENT: &str = "COPY audit_events (id, ts, tenant_id, grant_id, id
     arguments, upstream_status, is_error, latency_ms, upstream_error) FROM STDIN (FORMAT csv)";
 
 /// Inserts a batch of new rows in one `COPY`; fails whole when any row exists already.
+///
+/// The `COPY` runs in a task of its own. A `COPY` dropped half way (its ingester cancelled)
+/// would return its connection to the pool with the copy's end still unread, and the next
+/// query on that connection would read it as its own answer. Left to finish instead, it stores
+/// its rows or fails whole; either way the entries stay pending until acknowledged, and a
+/// later claim of them finds the rows and upserts.
 async fn copy(db: &PgPool, events: &[&AuditEvent]) -> anyhow::Result<()> {
     let mut rows = String::with_capacity(events.len() * 400);
     for event in events {
         csv_row(event, &mut rows);
     }
-    let mut conn = db.acquire().await?;
-    let mut copy = conn.copy_in_raw(COPY_STATEMENT).await?;
-    copy.send(rows.as_bytes()).await?;
-    copy.finish().await?;
-    Ok(())
+    let db = db.clone();
+    tokio::spawn(async move {
+        let mut conn = db.acquire().await?;
+        let mut copy = conn.copy_in_raw(COPY_STATEMENT).await?;
+        copy.send(rows.as_bytes()).await?;
+        copy.finish().await?;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await?
 }
 
 /// One event as a CSV line: text quoted (quotes doubled), NULL as nothing, `arg_keys` as an
