@@ -147,9 +147,20 @@ fn eval(
             category,
         },
     );
-    let json = serde_json::to_string(&decision)
+    let mut json = serde_json::to_value(&decision)
         .map_err(|e| Failure(format!("cannot print the decision: {e}")))?;
-    emit(&json)?;
+    // The question as the user would see it: only a call's arguments can fill it in.
+    if let (Some(confirmation), Some(Value::Object(printed))) =
+        (&decision.confirmation, json.get_mut("confirmation"))
+    {
+        let question = confirmation.prompt.render(
+            tool,
+            &arguments,
+            &portcullis_gateway::audit::redact_arguments,
+        );
+        printed.insert("question".to_owned(), Value::String(question));
+    }
+    emit(&json.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -87,7 +87,18 @@
       toolLink.textContent = ev.tool;
       tool.appendChild(toolLink);
     }
-    cell(row, ev.decision, "decision decision-" + ev.decision);
+    var decision = cell(row, "");
+    var badge = document.createElement("span");
+    badge.className = "decision decision-" + ev.decision;
+    badge.textContent = ev.decision;
+    decision.appendChild(badge);
+    if (ev.confirmation) {
+      var answer = document.createElement("span");
+      answer.className = "confirmation confirmation-" + ev.confirmation;
+      answer.textContent = ev.confirmation;
+      decision.appendChild(document.createTextNode(" "));
+      decision.appendChild(answer);
+    }
     cell(row, ev.rule, "code");
     var status = ev.upstream_status === null ? "" : String(ev.upstream_status);
     if (ev.upstream_error) {

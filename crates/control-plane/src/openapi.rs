@@ -92,7 +92,7 @@ fn array(items: Value) -> Value {
 }
 
 fn schemas() -> Value {
-    let decision = json!({ "type": "string", "enum": ["allow", "deny", "hidden", "rate_limited", "approval_required", "error"] });
+    let decision = json!({ "type": "string", "enum": ["allow", "deny", "hidden", "rate_limited", "approval_required", "confirmation_required", "error"] });
     let summary = json!({
         "id": uuid(), "ts": time(), "grant_id": uuid(), "identity": { "type": "string" },
         "server_id": uuid(), "method": { "type": "string" },
@@ -100,6 +100,8 @@ fn schemas() -> Value {
         "rule": { "type": ["string", "null"] }, "message": { "type": ["string", "null"] },
         "upstream_status": { "type": ["integer", "null"] }, "latency_ms": { "type": ["number", "null"] },
         "upstream_error": { "type": ["string", "null"], "description": "Why the call ended without a whole answer" },
+        "confirmation": { "type": ["string", "null"], "enum": ["confirmed", "declined", "cancelled", "timed_out", null],
+            "description": "The user's answer to a confirmation_required call; null when nobody was asked, or before they answered" },
     });
     let summary_required = [
         "id",
@@ -115,6 +117,7 @@ fn schemas() -> Value {
         "upstream_status",
         "latency_ms",
         "upstream_error",
+        "confirmation",
     ];
     let mut detail = summary.clone();
     if let Some(fields) = detail.as_object_mut() {
@@ -386,10 +389,17 @@ fn schemas() -> Value {
             "tool": { "type": "string" }, "category": { "type": ["string", "null"] },
             "visible": { "type": "boolean" },
             "decision": object(&["decision", "rule", "message", "charges", "monitor", "validate"], json!({
-                "decision": { "type": "string", "enum": ["allow", "deny", "hidden", "approval_required"] },
+                "decision": { "type": "string", "enum": ["allow", "deny", "hidden", "approval_required", "confirmation_required"] },
                 "rule": { "type": "string" }, "message": { "type": "string" },
                 "charges": { "type": "array" }, "monitor": { "type": "boolean" }, "validate": { "type": "boolean" },
-                "approval_timeout_ms": { "type": "integer" } })) }))
+                "approval_timeout_ms": { "type": "integer" },
+                "confirmation": object(&["message", "timeout_ms"], json!({
+                    "message": { "type": "string", "description": "The rule's message as written" },
+                    "timeout_ms": { "type": "integer" },
+                    "then_approval": object(&["rule", "message", "timeout_ms"], json!({
+                        "rule": { "type": "string" }, "message": { "type": "string" }, "timeout_ms": { "type": "integer" } })),
+                    "fallback_approval": object(&["rule", "message", "timeout_ms"], json!({
+                        "rule": { "type": "string" }, "message": { "type": "string" }, "timeout_ms": { "type": "integer" } })) })) })) }))
         }),
         json!({
         "GrantInput": object(&["server_id", "policy_id", "identity"], json!({
@@ -435,6 +445,13 @@ fn schemas() -> Value {
 
 /// The tool page's and the catalogue's answers.
 fn tool_schemas() -> Value {
+    let governing = json!({ "type": ["object", "null"], "properties": {
+        "match": { "type": "string", "enum": ["exact", "glob", "category", "default"] },
+        "rule": { "type": "string", "description": "JSON pointer, (hidden), (default deny) or (default allow)" },
+        "effect": { "type": "string", "enum": ["hidden", "deny", "allow", "approval"] },
+        "require": { "type": "integer" }, "deny_if": { "type": "integer" }, "approval_conditional": { "type": "boolean" },
+        "confirm": { "type": "boolean", "description": "The agent's user confirms each call (confirm)" },
+        "limits": { "type": "array", "items": { "type": "object" } }, "validate": { "type": "boolean" }, "monitor": { "type": "boolean" } } });
     json!({
         "ToolReport": {
             "type": "object",
@@ -458,12 +475,7 @@ fn tool_schemas() -> Value {
                 "definition_diff": { "type": ["array", "null"], "items": { "type": "object", "properties": { "op": { "type": "string", "enum": [" ", "-", "+"] }, "text": { "type": "string" } } } },
                 "policies": { "type": "array", "items": { "type": "object", "properties": {
                     "policy_id": { "type": "string", "format": "uuid" }, "policy_name": { "type": "string" }, "version": { "type": "integer" },
-                    "governing": { "type": ["object", "null"], "properties": {
-                        "match": { "type": "string", "enum": ["exact", "glob", "category", "default"] },
-                        "rule": { "type": "string", "description": "JSON pointer, (hidden), (default deny) or (default allow)" },
-                        "effect": { "type": "string", "enum": ["hidden", "deny", "allow", "approval"] },
-                        "require": { "type": "integer" }, "deny_if": { "type": "integer" }, "approval_conditional": { "type": "boolean" },
-                        "limits": { "type": "array", "items": { "type": "object" } }, "validate": { "type": "boolean" }, "monitor": { "type": "boolean" } } },
+                    "governing": governing,
                     "summary": { "type": "string" }, "governed": { "type": "boolean" } } } },
                 "governed": { "type": "boolean" },
                 "recommended": { "type": ["object", "null"], "description": "policy.json fragment" },
@@ -911,7 +923,7 @@ fn query(name: &str, schema: Value, description: &str) -> Value {
 }
 
 fn query_parameters(route: &Route) -> Vec<Value> {
-    let decisions = "allow|deny|hidden|rate_limited|approval_required|error";
+    let decisions = "allow|deny|hidden|rate_limited|approval_required|confirmation_required|error";
     let audit_filters = || {
         vec![
             query("server_id", trimmed(UUID), "Only this server's events"),
@@ -923,6 +935,11 @@ fn query_parameters(route: &Route) -> Vec<Value> {
                 "outcome",
                 trimmed("failed"),
                 "`failed`: forwarded calls that did not succeed upstream",
+            ),
+            query(
+                "confirmation",
+                trimmed("confirmed|declined|cancelled|timed_out"),
+                "Only calls whose user gave this answer to a confirmation",
             ),
         ]
     };

@@ -20,6 +20,9 @@ pub enum AuditDecision {
     RateLimited,
     /// The call waits for a human approval.
     ApprovalRequired,
+    /// The call needs the agent's user to confirm it; their answer is the outcome's
+    /// [`Confirmation`].
+    ConfirmationRequired,
     /// The gateway could not decide or forward (limiter down, upstream unreachable, bad message).
     Error,
 }
@@ -33,17 +36,19 @@ impl AuditDecision {
             Self::Hidden => "hidden",
             Self::RateLimited => "rate_limited",
             Self::ApprovalRequired => "approval_required",
+            Self::ConfirmationRequired => "confirmation_required",
             Self::Error => "error",
         }
     }
 
     /// Every decision, in display order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Allow,
         Self::Deny,
         Self::Hidden,
         Self::RateLimited,
         Self::ApprovalRequired,
+        Self::ConfirmationRequired,
         Self::Error,
     ];
 }
@@ -118,6 +123,54 @@ pub struct AuditOutcome {
     /// reached, did not answer in time or broke off its answer, or the client went away.
     #[serde(default)]
     pub upstream_error: Option<String>,
+    /// The user's answer to a `confirmation_required` call; `None` for other calls, and while
+    /// the user has not answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<Confirmation>,
+}
+
+/// What the agent's user answered when asked to confirm a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confirmation {
+    /// They confirmed: the call went on (to an approval, the limits, the upstream).
+    Confirmed,
+    /// They declined (or accepted without ticking the confirmation).
+    Declined,
+    /// They dismissed the question, or their client closed the stream it was asked on.
+    Cancelled,
+    /// No answer came within the rule's timeout.
+    TimedOut,
+}
+
+impl Confirmation {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmed => "confirmed",
+            Self::Declined => "declined",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    /// Every answer, in display order.
+    pub const ALL: [Self; 4] = [
+        Self::Confirmed,
+        Self::Declined,
+        Self::Cancelled,
+        Self::TimedOut,
+    ];
+}
+
+impl std::str::FromStr for Confirmation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown confirmation {s:?}"))
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +182,10 @@ mod tests {
         for d in AuditDecision::ALL {
             assert_eq!(d.as_str().parse::<AuditDecision>().unwrap(), d);
             assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+        }
+        for c in Confirmation::ALL {
+            assert_eq!(c.as_str().parse::<Confirmation>().unwrap(), c);
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }
     }
 }
@@ -404,6 +461,10 @@ pub mod stream {
             self.serde(&outcome.latency_ms);
             self.raw(b",\"upstream_error\":");
             self.opt_clipped(outcome.upstream_error.as_deref(), limits::TEXT);
+            if let Some(confirmation) = outcome.confirmation {
+                self.raw(b",\"confirmation\":");
+                self.str(confirmation.as_str());
+            }
             self.raw(b"}");
         }
 
@@ -510,6 +571,7 @@ mod stream_tests {
             is_error: Some(false),
             latency_ms: 1.5,
             upstream_error: None,
+            confirmation: None,
         });
         let spliced = stream::encode_outcome(&json, &finished);
         assert_eq!(spliced, stream::encode(&finished));
@@ -590,6 +652,7 @@ mod stream_tests {
                 is_error: None,
                 latency_ms: 0.123_456_789,
                 upstream_error: Some("request failed: \"refused\"\n\u{1} é".into()),
+                confirmation: None,
             }),
         }
     }
@@ -617,6 +680,7 @@ mod stream_tests {
             is_error: Some(true),
             latency_ms: 12.0,
             upstream_error: None,
+            confirmation: None,
         });
         let mut far = full.clone();
         far.ts = DateTime::from_timestamp(400_000_000_000, 5).unwrap();
@@ -698,6 +762,7 @@ mod stream_tests {
                 is_error: None,
                 latency_ms: latency,
                 upstream_error,
+                confirmation: None,
             });
             let json = stream::encode(&event);
             let derived = serde_json::to_string(&event).unwrap();

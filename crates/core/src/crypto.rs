@@ -180,6 +180,12 @@ pub fn legacy_reply_context(grant: crate::GrantId) -> Vec<u8> {
     format!("legacy-reply:{grant}").into_bytes()
 }
 
+/// The context of the id of the gateway's own `elicitation/create` asking a session-era user
+/// to confirm a call: the grant it was asked under, so only that grant's client can answer.
+pub fn confirmation_context(grant: crate::GrantId) -> Vec<u8> {
+    format!("confirmation:{grant}").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,6 +120,15 @@ impl RedisKeys {
         }
     }
 
+    /// Where the user's answer to the gateway's confirmation question `id` waits for the
+    /// replica holding the question's stream (session era).
+    pub fn confirmation(&self, tenant: TenantId, id: &str) -> String {
+        match self.tag(tenant) {
+            None => format!("{}:{{t:{tenant}}}:confirm:{id}", self.prefix),
+            Some(tag) => format!("{}:{tag}:confirm:{tenant}:{id}", self.prefix),
+        }
+    }
+
     /// The audit stream of a shard (see [`RedisKeys::shard`]), from the gateways to the
     /// control plane's ingester.
     pub fn audit_stream(&self, shard: usize) -> String {

@@ -38,11 +38,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use portcullis_core::{GrantId, Keyring};
+use portcullis_mcp::elicitation::{self, Answer};
 use portcullis_mcp::mrtr::{self, InputRequired};
 use portcullis_mcp::tools::ToolCall;
 use portcullis_mcp::{Message, RequestId, codes};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::limiter::Reservation;
 use crate::relay::Held;
@@ -70,6 +72,22 @@ struct Envelope {
     /// The call it continues passed an approval (consumed one), so its retries need none.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     a: bool,
+    /// The call it continues was confirmed by the user, so its retries are not asked again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    f: bool,
+    /// Set on the gateway's own `input_required` answer, asking the user to confirm the call
+    /// (`confirm`): the retry carries the user's answer, and there is no upstream state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    q: Option<Asked>,
+}
+
+/// The gateway's question to the user, as its envelope binds it.
+#[derive(Serialize, Deserialize)]
+struct Asked {
+    /// SHA-256 (hex) of the session id the client presented, if it presented one: the answer
+    /// counts in that session only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<String>,
 }
 
 /// How a `tools/call` relates to an earlier `input_required` answer.
@@ -78,8 +96,28 @@ pub enum Round {
     Fresh,
     /// A retry whose envelope opened: it continues a call that was already charged.
     Continuation(Resumed),
+    /// A retry answering the gateway's own question to the user (`confirm`).
+    Confirming(Confirming),
+    /// Session era: the call whose user has just confirmed it, on the stream that asked them.
+    Confirmed,
     /// A `requestState` that does not open: refused.
     Refused(Refusal),
+}
+
+/// A retry that answers the gateway's confirmation question.
+pub struct Confirming {
+    /// What the user answered; `None` when the retry carries no readable answer.
+    pub answer: Option<Answer>,
+    expires: i64,
+    /// SHA-256 (hex) of the sealed envelope: the key of its one use.
+    pub marker: String,
+}
+
+impl Confirming {
+    /// Until when its one-use claim is kept, Unix milliseconds.
+    pub fn claim_expires_ms(&self) -> i64 {
+        claim_expiry(self.expires)
+    }
 }
 
 /// A continuation's opened envelope.
@@ -91,6 +129,8 @@ pub struct Resumed {
     /// The call it continues passed an approval: its retries need none. (A call that needed
     /// none then, or ran in `mode: monitor`, is asked for one when the policy now wants it.)
     pub approved: bool,
+    /// The call it continues was confirmed by its user: its retries are not asked again.
+    pub confirmed: bool,
     /// SHA-256 (hex) of the sealed envelope: the key of its one use.
     pub marker: String,
 }
@@ -103,9 +143,14 @@ pub const CLAIM_MARGIN: Duration = Duration::from_secs(600);
 impl Resumed {
     /// Until when its one-use claim is kept, Unix milliseconds.
     pub fn claim_expires_ms(&self) -> i64 {
-        let margin = i64::try_from(CLAIM_MARGIN.as_millis()).unwrap_or(i64::MAX);
-        self.expires.saturating_mul(1000).saturating_add(margin)
+        claim_expiry(self.expires)
     }
+}
+
+/// The claim expiry of an envelope that expires at `expires` (Unix seconds), in Unix ms.
+fn claim_expiry(expires: i64) -> i64 {
+    let margin = i64::try_from(CLAIM_MARGIN.as_millis()).unwrap_or(i64::MAX);
+    expires.saturating_mul(1000).saturating_add(margin)
 }
 
 /// Why a `requestState` was refused.
@@ -120,6 +165,8 @@ pub enum Refusal {
     /// The call it continues needed an approval, and Redis could not say whether this
     /// `requestState` was used already.
     Unclaimed,
+    /// It carried the gateway's question to the user, who did not answer in time.
+    ConfirmationExpired,
 }
 
 impl Refusal {
@@ -137,30 +184,52 @@ impl Refusal {
             }
             Refusal::Unclaimed => {
                 "requestState not checked: the rate limiter is unavailable, so a continuation of \
-                 a call that needs approval cannot be checked for reuse; retry later"
+                 a call that needs approval or confirmation cannot be checked for reuse; retry \
+                 later"
+            }
+            Refusal::ConfirmationExpired => {
+                "the user did not confirm the call in time (its confirmation expired); call the \
+                 tool again to ask them again"
             }
         }
     }
 }
 
 impl Round {
-    /// Reads the round of `call` under `grant`.
-    pub fn of(keys: &Keyring, grant: GrantId, call: &ToolCall<'_>) -> Self {
+    /// Reads the round of `call` under `grant`, in the client's `session` (the session id it
+    /// presented, if any).
+    pub fn of(keys: &Keyring, grant: GrantId, session: Option<&str>, call: &ToolCall<'_>) -> Self {
         let Some(state) = call.retry.request_state.as_deref() else {
             return Round::Fresh;
         };
         let digest = portcullis_core::canonical::digest(&call.arguments);
-        match open(keys, grant, &call.name, &digest, state, now()) {
-            Ok((envelope, sealed)) => Round::Continuation(Resumed {
+        let (envelope, sealed) = match open(keys, grant, &call.name, &digest, state, now()) {
+            Ok(opened) => opened,
+            Err(refusal) => return Round::Refused(refusal),
+        };
+        // Of the sealed bytes, not of the text: one envelope has one marker however its text
+        // is dressed.
+        let marker = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&sealed));
+        match envelope.q {
+            Some(asked) if asked.s != session.map(session_digest) => {
+                Round::Refused(Refusal::Unopenable)
+            }
+            Some(_) => Round::Confirming(Confirming {
+                answer: call
+                    .retry
+                    .input_responses
+                    .and_then(|responses| elicitation::read_input_response(responses, CONFIRM_KEY)),
+                expires: envelope.exp,
+                marker,
+            }),
+            None => Round::Continuation(Resumed {
                 state: envelope.s,
                 expires: envelope.exp,
                 reservation: envelope.r,
                 approved: envelope.a,
-                // Of the sealed bytes, not of the text: one envelope has one marker however
-                // its text is dressed.
-                marker: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&sealed)),
+                confirmed: envelope.f,
+                marker,
             }),
-            Err(refusal) => Round::Refused(refusal),
         }
     }
 
@@ -174,22 +243,80 @@ impl Resumed {
     /// The retry as the upstream must see it: the request with its own `requestState` put
     /// back (or removed, when it gave none).
     pub fn restore(&self, message: &Message) -> Result<Bytes, portcullis_mcp::Error> {
-        let Message::Request { id, method, params } = message else {
-            return Err(portcullis_mcp::Error::InvalidParams(
-                "tools/call needs params".into(),
-            ));
-        };
-        let params = params.as_deref().ok_or_else(|| {
-            portcullis_mcp::Error::InvalidParams("tools/call needs params".into())
-        })?;
-        let params = mrtr::set_request_state(params, self.state.as_deref())?;
-        Ok(Message::Request {
-            id: id.clone(),
-            method: method.clone(),
-            params: Some(params),
-        }
-        .encode())
+        with_params(message, |params| {
+            mrtr::set_request_state(params, self.state.as_deref())
+        })
     }
+}
+
+impl Confirming {
+    /// The retry as the upstream must see it: the call as first sent, without the user's
+    /// answer or the gateway's state (the upstream never sees the question).
+    pub fn restore(message: &Message) -> Result<Bytes, portcullis_mcp::Error> {
+        with_params(message, mrtr::without_retry)
+    }
+}
+
+/// `message` (a request) encoded with its params rewritten by `rewrite`.
+fn with_params(
+    message: &Message,
+    rewrite: impl FnOnce(&RawValue) -> Result<Box<RawValue>, portcullis_mcp::Error>,
+) -> Result<Bytes, portcullis_mcp::Error> {
+    let Message::Request { id, method, params } = message else {
+        return Err(portcullis_mcp::Error::InvalidParams(
+            "tools/call needs params".into(),
+        ));
+    };
+    let params = params
+        .as_deref()
+        .ok_or_else(|| portcullis_mcp::Error::InvalidParams("tools/call needs params".into()))?;
+    Ok(Message::Request {
+        id: id.clone(),
+        method: method.clone(),
+        params: Some(rewrite(params)?),
+    }
+    .encode())
+}
+
+/// The key of the gateway's confirmation question among an `input_required` answer's
+/// `inputRequests` (and so of the user's answer among the retry's `inputResponses`).
+pub const CONFIRM_KEY: &str = "portcullis_confirm";
+
+/// SHA-256 (hex) of a client's session id, as a confirmation envelope binds it.
+fn session_digest(session: &str) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        session.trim().as_bytes(),
+    ))
+}
+
+/// A `requestState` asking the user to confirm the call of `tool` (arguments of canonical
+/// digest `digest`) under `grant`, in the client's `session`, valid for `timeout`.
+pub fn seal_question(
+    keys: &Keyring,
+    grant: GrantId,
+    session: Option<&str>,
+    tool: &str,
+    digest: &str,
+    timeout: Duration,
+) -> String {
+    let lifetime = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX);
+    seal(
+        keys,
+        grant,
+        tool,
+        digest,
+        Envelope {
+            v: VERSION,
+            exp: now().saturating_add(lifetime.max(1)),
+            s: None,
+            r: None,
+            a: false,
+            f: false,
+            q: Some(Asked {
+                s: session.map(session_digest),
+            }),
+        },
+    )
 }
 
 /// The JSON-RPC error answering a refused `requestState`.
@@ -225,12 +352,13 @@ pub struct Sealer {
     expires: Option<i64>,
     reservation: Option<Reservation>,
     approved: bool,
+    confirmed: bool,
 }
 
 impl Sealer {
     /// For the call `tool` with arguments of canonical digest `digest`, in `round`, holding
     /// `held` (its own charges, or those of the call it continues, and the approval it
-    /// consumed, if any).
+    /// consumed, if any); `confirmed` when its user confirmed it in this round.
     pub fn new(
         keys: Arc<Keyring>,
         grant: GrantId,
@@ -238,10 +366,14 @@ impl Sealer {
         digest: String,
         round: &Round,
         held: &Held,
+        confirmed: bool,
     ) -> Self {
         // Approved here, or in the round it continues: its retries need no approval again.
         let approved = held.approval.is_some()
             || matches!(round, Round::Continuation(resumed) if resumed.approved);
+        // Likewise confirmed.
+        let confirmed =
+            confirmed || matches!(round, Round::Continuation(resumed) if resumed.confirmed);
         let expires = match round {
             Round::Continuation(resumed) => Some(resumed.expires),
             _ => None,
@@ -254,6 +386,7 @@ impl Sealer {
             expires,
             reservation: held.reservation.clone(),
             approved,
+            confirmed,
         }
     }
 
@@ -285,6 +418,8 @@ impl Sealer {
                 s: input.request_state.map(Cow::into_owned),
                 r: self.reservation.clone(),
                 a: self.approved,
+                f: self.confirmed,
+                q: None,
             },
         );
         match mrtr::set_request_state(result, Some(&sealed)) {
@@ -330,7 +465,11 @@ fn open(
         return Err(Refusal::Unopenable);
     }
     if envelope.exp <= now {
-        return Err(Refusal::Expired);
+        return Err(if envelope.q.is_some() {
+            Refusal::ConfirmationExpired
+        } else {
+            Refusal::Expired
+        });
     }
     Ok((envelope, sealed))
 }
@@ -352,7 +491,7 @@ mod tests {
     }
 
     fn round(keys: &Keyring, grant: GrantId, message: &Message) -> Round {
-        Round::of(keys, grant, &message.tool_call().unwrap().unwrap())
+        Round::of(keys, grant, None, &message.tool_call().unwrap().unwrap())
     }
 
     fn sealed_answer(sealer: &Sealer, result: &str) -> Value {
@@ -374,6 +513,7 @@ mod tests {
             digest,
             &Round::Fresh,
             &Held::default(),
+            false,
         );
         let answer = sealed_answer(
             &sealer,
@@ -463,6 +603,7 @@ mod tests {
                 reservation: Some(charged.clone()),
                 approval: Some(crate::approvals::Consumed::detached("apr_x")),
             },
+            false,
         );
         let answer = sealed_answer(&sealer, r#"{"resultType":"input_required"}"#);
         let state = answer["result"]["requestState"]
@@ -494,6 +635,7 @@ mod tests {
                 reservation: resumed.reservation.clone(),
                 approval: None,
             },
+            false,
         );
         assert_eq!(later.expires, Some(resumed.expires));
         assert_eq!(later.reservation, Some(charged));
@@ -509,6 +651,8 @@ mod tests {
                 s: None,
                 r: None,
                 a: false,
+                f: false,
+                q: None,
             },
         );
         assert_eq!(
@@ -521,6 +665,72 @@ mod tests {
         assert!(sealer.rewrite(&complete).is_none());
         let error = call(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"x"}}"#);
         assert!(sealer.rewrite(&error).is_none());
+    }
+
+    #[test]
+    fn a_question_opens_for_its_call_and_session_with_the_users_answer() {
+        let keys = Keyring::generate(1).0;
+        let grant = GrantId::new();
+        let args = r#"{"to":"+44"}"#;
+        let digest = portcullis_core::canonical::digest(&serde_json::from_str(args).unwrap());
+        let minute = Duration::from_secs(60);
+        let state = seal_question(&keys, grant, Some("s-1"), "send", &digest, minute);
+        let answered = |state: &str, action: &str| {
+            call(&format!(
+                r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"send","arguments":{args},"inputResponses":{{"{CONFIRM_KEY}":{{"action":"{action}","content":{{"confirm":true}}}}}},"requestState":{}}}}}"#,
+                Value::String(state.to_owned())
+            ))
+        };
+        let of = |message: &Message, session: Option<&str>| {
+            Round::of(
+                &keys,
+                grant,
+                session,
+                &message.tool_call().unwrap().unwrap(),
+            )
+        };
+        let yes = answered(&state, "accept");
+        let Round::Confirming(confirming) = of(&yes, Some("s-1")) else {
+            panic!("the question did not open")
+        };
+        assert_eq!(confirming.answer, Some(Answer::Confirmed));
+        // The upstream sees neither the answer nor the state.
+        let restored: Value = serde_json::from_slice(&Confirming::restore(&yes).unwrap()).unwrap();
+        assert_eq!(
+            restored["params"],
+            serde_json::json!({"name": "send", "arguments": {"to": "+44"}})
+        );
+        let Round::Confirming(declined) = of(&answered(&state, "decline"), Some("s-1")) else {
+            panic!("the question did not open")
+        };
+        assert_eq!(declined.answer, Some(Answer::Declined));
+        // Another session, or none: refused.
+        for session in [Some("s-2"), None] {
+            assert!(matches!(
+                of(&yes, session),
+                Round::Refused(Refusal::Unopenable)
+            ));
+        }
+        // Past its timeout: refused as a confirmation that timed out.
+        let late = seal(
+            &keys,
+            grant,
+            "send",
+            &digest,
+            Envelope {
+                v: VERSION,
+                exp: now() - 1,
+                s: None,
+                r: None,
+                a: false,
+                f: false,
+                q: Some(Asked { s: None }),
+            },
+        );
+        assert!(matches!(
+            of(&answered(&late, "accept"), None),
+            Round::Refused(Refusal::ConfirmationExpired)
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! needs no approval: the call it continues paid for both.
 
 use bytes::Bytes;
-use portcullis_core::audit::{AuditDecision, AuditEvent};
+use portcullis_core::audit::{AuditDecision, AuditEvent, Confirmation};
 use portcullis_mcp::tools::{ToolCall, tool_error_response, unknown_tool_response};
 use portcullis_mcp::{ProtocolEra, RequestId};
 use portcullis_policy::{AuditArguments, Call, Decision, OnLimiterError, Outcome, SharedStr};
@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Gateway;
 use crate::approvals::Opened;
+use crate::confirm::{Reach, Settled};
 use crate::continuation::{self, Round};
 use crate::error::GatewayError;
 use crate::grants::Grant;
@@ -44,9 +45,14 @@ pub enum Verdict {
     },
     /// Answer it with this JSON-RPC message (HTTP 200).
     Answer(Bytes),
+    /// Session era: ask its user to confirm it on the stream that answers it, then decide it
+    /// again ([`crate::confirm`]).
+    Ask(crate::confirm::Ask),
 }
 
-/// Decides a `tools/call` in `round`, filling the audit event's decision fields.
+/// Decides a `tools/call` in `round`, filling the audit event's decision fields, and
+/// `confirmation` with the user's answer when the call needed their confirmation.
+#[allow(clippy::too_many_arguments)] // One call's context, all of it needed here.
 pub async fn tools_call(
     gw: &Gateway,
     grant: &Grant,
@@ -54,7 +60,9 @@ pub async fn tools_call(
     call: &ToolCall<'_>,
     round: &Round,
     era: ProtocolEra,
+    reach: Reach<'_>,
     event: &mut AuditEvent,
+    confirmation: &mut Option<Confirmation>,
 ) -> Result<Verdict, GatewayError> {
     let name: &str = &call.name;
     let policy = grant.policy.compiled.as_deref();
@@ -70,6 +78,10 @@ pub async fn tools_call(
     // arguments is refused before anything else.
     if let Round::Refused(refusal) = round {
         event.decision = AuditDecision::Deny;
+        if *refusal == continuation::Refusal::ConfirmationExpired {
+            event.decision = AuditDecision::ConfirmationRequired;
+            *confirmation = Some(Confirmation::TimedOut);
+        }
         event.rule = Some(continuation::RULE.to_owned());
         event.message = Some(refusal.message().to_owned());
         return Ok(Verdict::Answer(continuation::refusal_response(
@@ -115,7 +127,7 @@ pub async fn tools_call(
     );
     let would_run = matches!(
         decision.outcome,
-        Outcome::Allow | Outcome::ApprovalRequired { .. }
+        Outcome::Allow | Outcome::ApprovalRequired { .. } | Outcome::ConfirmationRequired { .. }
     );
     if would_run && grant.server.block_changed_tools && known.is_some_and(|t| t.changed) {
         decision = refuse(
@@ -133,10 +145,11 @@ pub async fn tools_call(
         };
         if let Some(problem) = problem {
             // The `validate` key sits in the rule whose decision this is: an approval's
-            // decision names the rule's `approval` key.
+            // decision names the rule's `approval` key, a confirmation's its `confirm` key.
             let rule_id = decision
                 .rule
                 .strip_suffix("/approval")
+                .or_else(|| decision.rule.strip_suffix("/confirm"))
                 .unwrap_or(&decision.rule);
             let rule = format!("{rule_id}/validate");
             decision = refuse(
@@ -147,10 +160,33 @@ pub async fn tools_call(
         }
     }
 
-    let monitor = decision.monitor;
-    let needs_approval = matches!(decision.outcome, Outcome::ApprovalRequired { .. });
     event.rule = Some(decision.rule.to_string());
     event.message = Some(decision.message.to_string());
+    if matches!(decision.outcome, Outcome::ConfirmationRequired { .. }) && !decision.monitor {
+        let settled = crate::confirm::settle(
+            gw,
+            grant,
+            id,
+            call,
+            round,
+            era,
+            reach,
+            &decision,
+            event,
+            confirmation,
+        );
+        // Boxed: a rare branch's future must not grow every call's.
+        match Box::pin(settled).await? {
+            Settled::Answer(verdict) => return Ok(verdict),
+            Settled::Go(next) => decision = next,
+        }
+    }
+    let monitor = decision.monitor;
+    let needs_approval = matches!(decision.outcome, Outcome::ApprovalRequired { .. });
+    if confirmation.is_none() {
+        event.rule = Some(decision.rule.to_string());
+        event.message = Some(decision.message.to_string());
+    }
     let mut approved: Option<crate::approvals::Consumed> = None;
     // A continuation whose envelope was claimed while its approval was looked up.
     let mut claimed_here = None;
@@ -277,7 +313,17 @@ pub async fn tools_call(
                 }
             }
         }
-        Outcome::Allow => event.decision = AuditDecision::Allow,
+        // Reached only in monitor mode: audited, nobody asked.
+        Outcome::ConfirmationRequired { .. } => {
+            event.decision = AuditDecision::ConfirmationRequired;
+        }
+        Outcome::Allow => {
+            event.decision = if confirmation.is_some() {
+                AuditDecision::ConfirmationRequired
+            } else {
+                AuditDecision::Allow
+            };
+        }
     }
     let forward = |reservation, approval| Verdict::Forward {
         held: Held {
@@ -384,7 +430,10 @@ pub async fn tools_call(
                 charge.max,
                 window_text(charge.window),
             );
-            if event.decision == AuditDecision::Allow {
+            if matches!(
+                event.decision,
+                AuditDecision::Allow | AuditDecision::ConfirmationRequired
+            ) {
                 event.decision = AuditDecision::RateLimited;
                 event.rule = Some(charge.rule.to_string());
                 event.message = Some(message.clone());
@@ -433,7 +482,12 @@ pub async fn tools_call(
 
 /// A call the gateway denies for a reason of its own (not a policy rule's message): audited as
 /// `deny` with `message`, answered `[POLICY DENIED] <message>.`
-fn denied(event: &mut AuditEvent, id: &RequestId, message: String, era: ProtocolEra) -> Verdict {
+pub(crate) fn denied(
+    event: &mut AuditEvent,
+    id: &RequestId,
+    message: String,
+    era: ProtocolEra,
+) -> Verdict {
     let text = format!("[POLICY DENIED] {message}.");
     event.decision = AuditDecision::Deny;
     event.message = Some(message);
@@ -468,7 +522,7 @@ fn note_refusal(event: &mut AuditEvent, refusal: continuation::Refusal) {
 }
 
 /// The answer to a continuation refused, audited.
-fn refused_continuation(
+pub(crate) fn refused_continuation(
     event: &mut AuditEvent,
     id: &RequestId,
     refusal: continuation::Refusal,
@@ -501,6 +555,7 @@ fn refuse(decision: &Decision, rule: SharedStr, message: &str) -> Decision {
         charges: Vec::new(),
         monitor: decision.monitor,
         validate: false,
+        confirmation: None,
     }
 }
 
@@ -513,7 +568,7 @@ fn with_period(text: &str) -> String {
 }
 
 /// The decision as an answer's `_meta` carries it.
-fn meta(event: &AuditEvent, extra: Option<(&str, Value)>) -> Map<String, Value> {
+pub(crate) fn meta(event: &AuditEvent, extra: Option<(&str, Value)>) -> Map<String, Value> {
     let mut decision = json!({
         "decision": event.decision.as_str(),
         "rule": event.rule,

@@ -59,6 +59,9 @@ pub enum GatewayError {
     /// Postgres could not be reached or answered with an error.
     #[error("the gateway cannot reach its database")]
     Database(#[from] sqlx::Error),
+    /// Redis could not take what the request brought (the answer to a confirmation).
+    #[error("the gateway cannot reach its store now; send it again")]
+    Store(#[from] crate::limiter::LimiterError),
 }
 
 impl From<crate::sessions::Refused> for GatewayError {
@@ -111,7 +114,7 @@ impl GatewayError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) | Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -125,7 +128,7 @@ impl GatewayError {
             }
             Self::SessionNotFound | Self::SessionExpired => SESSION_NOT_FOUND_CODE,
             Self::MethodNotAllowed(_) => portcullis_mcp::codes::METHOD_NOT_FOUND,
-            Self::Upstream(_) | Self::Database(_) => INTERNAL_CODE,
+            Self::Upstream(_) | Self::Database(_) | Self::Store(_) => INTERNAL_CODE,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod audit;
 pub mod batch;
 pub mod cache;
 pub mod catalogue;
+pub mod confirm;
 pub mod continuation;
 pub mod enforce;
 pub mod error;

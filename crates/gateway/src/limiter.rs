@@ -207,6 +207,44 @@ impl Limiter {
         Ok(())
     }
 
+    /// Leaves the user's `answer` to confirmation question `id` of `tenant` for the replica
+    /// that asked it (session era), kept until `expires_ms` (Unix milliseconds). The first
+    /// answer stands: a second one for the same question changes nothing.
+    pub async fn put_answer(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        answer: &str,
+        expires_ms: i64,
+    ) -> Result<(), LimiterError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.keys.confirmation(tenant, id))
+            .arg(answer)
+            .arg("NX")
+            .arg("PXAT")
+            .arg(expires_ms);
+        let mut conn = self.redis.clone();
+        let _: Option<String> = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout))??;
+        Ok(())
+    }
+
+    /// Takes the answer to confirmation question `id` of `tenant`, if it has come.
+    pub async fn take_answer(
+        &self,
+        tenant: TenantId,
+        id: &str,
+    ) -> Result<Option<String>, LimiterError> {
+        let mut cmd = redis::cmd("GETDEL");
+        cmd.arg(self.keys.confirmation(tenant, id));
+        let mut conn = self.redis.clone();
+        let answer: Option<String> = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout))??;
+        Ok(answer)
+    }
+
     /// Gives back the charges of a call that failed upstream (those still inside the window).
     pub async fn refund(&self, reservation: &Reservation) -> Result<(), LimiterError> {
         let mut invocation = self.refund.prepare_invoke();

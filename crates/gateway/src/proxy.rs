@@ -17,12 +17,14 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use portcullis_core::GrantToken;
-use portcullis_core::audit::{AuditDecision, AuditEvent, AuditOutcome};
+use portcullis_core::audit::{AuditDecision, AuditEvent, AuditOutcome, Confirmation};
+use portcullis_mcp::elicitation::Answer;
 use portcullis_mcp::headers::names as mcp;
 use portcullis_mcp::{Message, MethodKind, MirroredHeaders, ProtocolEra, RequestId};
 
 use crate::Gateway;
-use crate::continuation::{Round, Sealer};
+use crate::confirm::{Ask, Reach};
+use crate::continuation::{Confirming, Round, Sealer};
 use crate::enforce::Verdict;
 use crate::error::{GatewayError, INTERNAL_CODE, Rejection};
 use crate::grants::{Grant, Transport};
@@ -85,8 +87,11 @@ enum Credential<'a> {
 // would cost an allocation on every forwarded call to save a copy of a few hundred bytes.
 #[allow(clippy::large_enum_variant)]
 enum Prepared {
-    /// The gateway answers it (a refusal, an approval pending).
-    Answer(Bytes),
+    /// The gateway answers it (a refusal, an approval pending, a question to the user), with
+    /// the user's answer when they were asked.
+    Answer(Bytes, Option<Confirmation>),
+    /// Session era: its user is asked to confirm it first.
+    Ask(Ask),
     /// It goes upstream.
     Forward {
         /// What to do with the answer.
@@ -97,6 +102,8 @@ enum Prepared {
         decided: Option<String>,
         /// The body to send instead of the client's (a continuation's retry).
         restored: Option<Bytes>,
+        /// The user's answer, when the call needed their confirmation.
+        confirmation: Option<Confirmation>,
     },
 }
 
@@ -190,6 +197,10 @@ struct Inbound {
     version: String,
     session: Option<Session>,
     client_session: Option<String>,
+    /// The client declared form elicitation (at `initialize`: this request's, or its session's).
+    elicits: bool,
+    /// Session era: its user has just confirmed this call, on the stream that asked them.
+    confirmed: bool,
     arrived: Instant,
     ts: DateTime<Utc>,
     span: RequestSpan,
@@ -201,6 +212,8 @@ struct Inbound {
 struct Caller<'a> {
     grant: &'a Grant,
     session: Option<(&'a Session, &'a str)>,
+    /// The client declared form elicitation: a session id sealed for it says so.
+    elicits: bool,
 }
 
 impl<'a> Caller<'a> {
@@ -211,6 +224,7 @@ impl<'a> Caller<'a> {
                 .session
                 .as_ref()
                 .zip(inbound.client_session.as_deref()),
+            elicits: inbound.elicits,
         }
     }
 }
@@ -223,6 +237,7 @@ struct Read {
     version: String,
     session: Option<Session>,
     client_session: Option<String>,
+    elicits: bool,
 }
 
 /// The audit event of a request through `grant`, before it is decided.
@@ -255,6 +270,126 @@ fn audit_event(
         arg_digest: None,
         arguments: None,
         outcome: None,
+    }
+}
+
+/// A session-era question's audit event, waiting for the user's answer. Dropped before it is
+/// settled (the client closed the stream while the question was open), it records the user's
+/// answer as `cancelled`.
+struct Asking {
+    gw: Arc<Gateway>,
+    event: Option<AuditEvent>,
+    kind: MethodKind,
+    arrived: Instant,
+}
+
+impl Asking {
+    /// Records the user's answer as the question's outcome (once).
+    fn settle(&mut self, answer: Confirmation) {
+        if let Some(event) = self.event.take() {
+            self.record(event, answer);
+        }
+    }
+
+    fn record(&self, mut event: AuditEvent, answer: Confirmation) {
+        let outcome = local_outcome(self.arrived, Some(answer));
+        let elapsed = std::time::Duration::from_secs_f64(outcome.latency_ms / 1000.0);
+        event.outcome = Some(outcome);
+        self.gw.meters.request(self.kind, event.decision, elapsed);
+        // The whole event, not the outcome spliced into the decision entry: the answer may
+        // have changed its message (the ingester keeps the entry with the outcome's).
+        self.gw.audit.enqueue(&event);
+    }
+}
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        if let Some(mut event) = self.event.take() {
+            event.message = Some(
+                "the client closed the stream before its user answered the confirmation".into(),
+            );
+            self.record(event, Confirmation::Cancelled);
+        }
+    }
+}
+
+/// A session-era call waiting for its user's answer, with what it needs to go on.
+struct Waiting {
+    asking: Asking,
+    inbound: Inbound,
+    message: Message,
+    body: Bytes,
+}
+
+impl Waiting {
+    /// The refusal of a call its user did not confirm, as the stream's last event; audited.
+    fn refuse(mut self, answer: Confirmation) -> ByteEvents {
+        let Some(mut event) = self.asking.event.take() else {
+            return futures::stream::empty().boxed();
+        };
+        let id = self.message.id().cloned().unwrap_or(RequestId::from(0));
+        let body = match crate::confirm::refused(&mut event, &id, self.inbound.era, answer) {
+            Verdict::Answer(body) => body,
+            _ => Bytes::new(),
+        };
+        self.asking.record(event, answer);
+        once_bytes(crate::confirm::sse_event(&body))
+    }
+}
+
+/// Part of a question's stream.
+type ByteEvents = futures::stream::BoxStream<'static, Result<Bytes, axum::Error>>;
+
+fn once_bytes(bytes: Bytes) -> ByteEvents {
+    futures::stream::once(async move { Ok(bytes) }).boxed()
+}
+
+/// The user's answer to `question`, if it comes before `until`.
+async fn wait_for_answer(
+    gw: &Gateway,
+    grant: &Grant,
+    question: &crate::confirm::Question,
+    until: tokio::time::Instant,
+) -> Option<Answer> {
+    loop {
+        if let Some(answer) = crate::confirm::answered(gw, grant, question).await {
+            return Some(answer);
+        }
+        let next = tokio::time::Instant::now() + crate::confirm::POLL;
+        if next >= until {
+            tokio::time::sleep_until(until).await;
+            return None;
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// A response as SSE events: its stream as it is, or its JSON body as one event.
+fn as_events(response: Response) -> ByteEvents {
+    let streams = is_event_stream(response.headers());
+    let body = response.into_body();
+    if streams {
+        return body.into_data_stream().boxed();
+    }
+    futures::stream::once(async move {
+        let bytes = axum::body::to_bytes(body, usize::MAX).await?;
+        Ok(if bytes.is_empty() {
+            bytes
+        } else {
+            crate::confirm::sse_event(&bytes)
+        })
+    })
+    .boxed()
+}
+
+/// The outcome of a request the gateway answered itself, now.
+fn local_outcome(arrived: Instant, confirmation: Option<Confirmation>) -> AuditOutcome {
+    AuditOutcome {
+        upstream_status: None,
+        is_error: None,
+        latency_ms: arrived.elapsed().as_secs_f64() * 1000.0,
+        upstream_error: None,
+        confirmation,
     }
 }
 
@@ -319,7 +454,7 @@ impl Gateway {
     }
 
     async fn post(
-        &self,
+        self: &Arc<Self>,
         credential: Credential<'_>,
         headers: HeaderMap,
         body: Body,
@@ -358,6 +493,8 @@ impl Gateway {
             version: read.version,
             session: read.session,
             client_session: read.client_session,
+            elicits: read.elicits,
+            confirmed: false,
             arrived,
             ts,
             span,
@@ -429,20 +566,29 @@ impl Gateway {
                 .into());
             }
             let client_session = header_str(headers, mcp::MCP_SESSION_ID).map(str::to_owned);
-            let session = match &client_session {
-                Some(s) => Some(self.sessions.unwrap(grant.id, s)?),
-                None => None,
+            let (session, mut elicits) = match &client_session {
+                Some(s) => {
+                    let (session, elicits) = self.sessions.unwrap_client(grant.id, s)?;
+                    (Some(session), elicits)
+                }
+                None => (None, false),
             };
-            Ok::<_, GatewayError>((era, version, session, client_session))
+            if message.method_kind() == Some(MethodKind::Initialize) {
+                elicits = message
+                    .params()
+                    .is_some_and(portcullis_mcp::elicitation::initialize_supports_form);
+            }
+            Ok::<_, GatewayError>((era, version, session, client_session, elicits))
         })();
         match checked {
-            Ok((era, version, session, client_session)) => Ok(Read {
+            Ok((era, version, session, client_session, elicits)) => Ok(Read {
                 message,
                 bytes,
                 era,
                 version,
                 session,
                 client_session,
+                elicits,
             }),
             Err(e) => {
                 let rejection = e.at(message.id());
@@ -452,7 +598,7 @@ impl Gateway {
     }
 
     async fn request(
-        &self,
+        self: &Arc<Self>,
         inbound: Inbound,
         message: Message,
         mut body: Bytes,
@@ -469,12 +615,27 @@ impl Gateway {
             inbound.client_session.clone(),
         );
         let prepared = self.prepare(&inbound, &message, kind, &mut event).await;
-        let (watch, held, decided) = match prepared {
+        let (watch, held, decided, confirmation) = match prepared {
             Err(error) => {
                 self.failed(event, &error, inbound.arrived, kind, &inbound.span);
                 return Err(error.at(id.as_ref()));
             }
-            Ok(Prepared::Answer(answer)) => {
+            Ok(Prepared::Ask(ask)) => {
+                // The question is in the audit log before it is asked.
+                self.audit.write_now(&event).await;
+                inbound.span.decided(&event);
+                let asking = Asking {
+                    gw: Arc::clone(self),
+                    event: Some(event),
+                    kind,
+                    arrived: inbound.arrived,
+                };
+                return Ok(self.ask_in_session(asking, inbound, message, body, ask));
+            }
+            Ok(Prepared::Answer(answer, confirmation)) => {
+                if let Some(confirmation) = confirmation {
+                    event.outcome = Some(local_outcome(inbound.arrived, Some(confirmation)));
+                }
                 self.answered_locally(event, inbound.arrived, kind, &inbound.span);
                 return Ok(json_response(StatusCode::OK, HeaderMap::new(), answer));
             }
@@ -483,11 +644,12 @@ impl Gateway {
                 held,
                 decided,
                 restored,
+                confirmation,
             }) => {
                 if let Some(restored) = restored {
                     body = restored;
                 }
-                (watch, held, decided)
+                (watch, held, decided, confirmation)
             }
         };
         inbound.span.decided(&event);
@@ -495,7 +657,8 @@ impl Gateway {
             Some(json) => json,
             None => self.audit.write_now(&event).await,
         };
-        let pending = Pending::new(self, kind, event, decided, held, inbound.arrived);
+        let mut pending = Pending::new(self, kind, event, decided, held, inbound.arrived);
+        pending.confirmation = confirmation;
         self.meters.overhead.record(inbound.arrived.elapsed());
         match grant.server.transport {
             Transport::StreamableHttp => self.forward(inbound, id, body, watch, pending).await,
@@ -504,6 +667,71 @@ impl Gateway {
                     .await
             }
         }
+    }
+
+    /// Session era: answers a call with an SSE stream that asks its user to confirm it
+    /// ([`crate::confirm`]), waits for the answer (which any replica may receive), and then
+    /// carries on that stream the answer to the call decided again (the upstream's, or the
+    /// gateway's refusal), or the refusal the user's answer makes. The question's audit event
+    /// gets the user's answer as its outcome; the call decided again has an event of its own.
+    fn ask_in_session(
+        self: &Arc<Self>,
+        asking: Asking,
+        inbound: Inbound,
+        message: Message,
+        body: Bytes,
+        ask: Ask,
+    ) -> Response {
+        let question = crate::confirm::Question::new(ask.timeout);
+        let grant = inbound.grant.clone();
+        let first = question.event(self.sessions.keyring(), grant.id, &ask.question);
+        let deadline = tokio::time::Instant::now() + ask.timeout;
+        let waiting = Waiting {
+            asking,
+            inbound,
+            message,
+            body,
+        };
+        let gw = Arc::clone(self);
+        let rest = futures::stream::unfold(Some(waiting), move |state| {
+            let (gw, grant, question) = (gw.clone(), grant.clone(), question.clone());
+            async move {
+                let mut waiting = state?;
+                let until = deadline.min(tokio::time::Instant::now() + crate::confirm::KEEPALIVE);
+                let answer = wait_for_answer(&gw, &grant, &question, until).await;
+                let out = match answer {
+                    None if tokio::time::Instant::now() < deadline => {
+                        let comment = Bytes::from_static(b": waiting for the user\n\n");
+                        return Some((once_bytes(comment), Some(waiting)));
+                    }
+                    None => waiting.refuse(Confirmation::TimedOut),
+                    Some(Answer::Confirmed) => {
+                        waiting.asking.settle(Confirmation::Confirmed);
+                        let Waiting {
+                            mut inbound,
+                            message,
+                            body,
+                            ..
+                        } = waiting;
+                        inbound.confirmed = true;
+                        let decided = gw.request(inbound, message, body).await;
+                        as_events(finish(decided))
+                    }
+                    Some(other) => waiting.refuse(crate::confirm::audited(other)),
+                };
+                Some((out, None))
+            }
+        })
+        .flatten();
+        let stream = futures::stream::once(async move { Ok(first) }).chain(rest);
+        let mut out = Response::new(Body::from_stream(stream));
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        out.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        out
     }
 
     /// Decides a request before it is forwarded: for `tools/call` the policy (which may answer
@@ -538,12 +766,29 @@ impl Gateway {
                     self.check_param_headers(inbound, &call).await?;
                 }
                 let keys = self.sessions.keyring();
-                let round = Round::of(keys, grant.id, &call);
-                // A continuation's retry reaches the upstream with its own `requestState` back.
+                let session = inbound.client_session.as_deref();
+                let round = if inbound.confirmed {
+                    Round::Confirmed
+                } else {
+                    Round::of(keys, grant.id, session, &call)
+                };
+                // A continuation's retry reaches the upstream with its own `requestState` back;
+                // the answer to the gateway's own question does not reach it at all.
                 let restored = match &round {
                     Round::Continuation(resumed) => Some(resumed.restore(message)?),
+                    Round::Confirming(_) => Some(Confirming::restore(message)?),
                     _ => None,
                 };
+                let reach = Reach {
+                    elicits: match inbound.era {
+                        ProtocolEra::Stateless => message
+                            .params()
+                            .is_some_and(portcullis_mcp::elicitation::request_supports_form),
+                        ProtocolEra::Session | ProtocolEra::Legacy => inbound.elicits,
+                    },
+                    session,
+                };
+                let mut confirmation = None;
                 let verdict = crate::enforce::tools_call(
                     self,
                     grant,
@@ -551,11 +796,14 @@ impl Gateway {
                     &call,
                     &round,
                     inbound.era,
+                    reach,
                     event,
+                    &mut confirmation,
                 )
                 .await?;
                 match verdict {
-                    Verdict::Answer(answer) => Ok(Prepared::Answer(answer)),
+                    Verdict::Answer(answer) => Ok(Prepared::Answer(answer, confirmation)),
+                    Verdict::Ask(ask) => Ok(Prepared::Ask(ask)),
                     Verdict::Forward { held, decided } => {
                         let digest = event
                             .arg_digest
@@ -563,13 +811,22 @@ impl Gateway {
                             .unwrap_or_else(|| portcullis_core::canonical::digest(&call.arguments));
                         // An `input_required` answer carries the charges on to the retry that
                         // ends the call, which refunds them if it fails.
-                        let sealer =
-                            Sealer::new(keys.clone(), grant.id, &call.name, digest, &round, &held);
+                        let confirmed = confirmation == Some(Confirmation::Confirmed);
+                        let sealer = Sealer::new(
+                            keys.clone(),
+                            grant.id,
+                            &call.name,
+                            digest,
+                            &round,
+                            &held,
+                            confirmed,
+                        );
                         Ok(Prepared::Forward {
                             watch: Watch::ToolsCall(sealer),
                             held,
                             decided,
                             restored,
+                            confirmation,
                         })
                     }
                 }
@@ -579,12 +836,14 @@ impl Gateway {
                 held: relay::Held::default(),
                 decided: None,
                 restored: None,
+                confirmation: None,
             }),
             _ => Ok(Prepared::Forward {
                 watch: Watch::Nothing,
                 held: relay::Held::default(),
                 decided: None,
                 restored: None,
+                confirmation: None,
             }),
         }
     }
@@ -641,7 +900,8 @@ impl Gateway {
         self.answered_locally(event, arrived, kind, span);
     }
 
-    /// Records a call the gateway answered itself (in its trace span too).
+    /// Records a call the gateway answered itself (in its trace span too), keeping the user's
+    /// answer when the event's outcome holds one already.
     fn answered_locally(
         &self,
         mut event: AuditEvent,
@@ -651,12 +911,8 @@ impl Gateway {
     ) {
         span.decided(&event);
         let elapsed = arrived.elapsed();
-        event.outcome = Some(AuditOutcome {
-            upstream_status: None,
-            is_error: None,
-            latency_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream_error: None,
-        });
+        let confirmation = event.outcome.as_ref().and_then(|o| o.confirmation);
+        event.outcome = Some(local_outcome(arrived, confirmation));
         self.meters.overhead.record(elapsed);
         self.meters.request(kind, event.decision, elapsed);
         self.audit.enqueue(&event);
@@ -826,10 +1082,11 @@ impl Gateway {
                 _ => None,
             };
             let wrapped = same.unwrap_or_else(|| {
-                Cow::Owned(
-                    self.sessions
-                        .wrap(caller.grant.id, &Session::Upstream(id.to_owned())),
-                )
+                Cow::Owned(self.sessions.wrap_client(
+                    caller.grant.id,
+                    &Session::Upstream(id.to_owned()),
+                    caller.elicits,
+                ))
             });
             if let Ok(value) = HeaderValue::from_str(&wrapped) {
                 out.insert(SESSION_HEADER, value);
@@ -947,8 +1204,12 @@ impl Gateway {
         Ok(out)
     }
 
-    /// Notifications and responses from the client: to the upstream session, unaudited.
+    /// Notifications and responses from the client: to the upstream session, unaudited; an
+    /// answer to one of the gateway's own questions goes to the replica that asked it instead.
     async fn pass_message(&self, inbound: Inbound, body: Bytes) -> Result<Response, Rejection> {
+        if self.took_answer(&inbound, &body).await? {
+            return Ok(StatusCode::ACCEPTED.into_response());
+        }
         let server = &inbound.grant.server;
         if server.transport == Transport::Sse {
             return self.pass_legacy(&inbound, &body).await;
@@ -963,6 +1224,24 @@ impl Gateway {
             .await;
         inbound.span.upstream_answered(&response, sent);
         Ok(self.relay(Caller::of(&inbound), response?, Watch::Nothing, None, None))
+    }
+
+    /// Whether `body` answers a question the gateway asked under this grant (it is then
+    /// delivered, see [`crate::confirm`]).
+    async fn took_answer(&self, inbound: &Inbound, body: &Bytes) -> Result<bool, Rejection> {
+        let Ok(message) = Message::parse(body) else {
+            return Ok(false);
+        };
+        let grant = &inbound.grant;
+        let Some((question, answer)) =
+            crate::confirm::answer_of(self.sessions.keyring(), grant.id, &message)
+        else {
+            return Ok(false);
+        };
+        crate::confirm::deliver(self, grant, &question, answer)
+            .await
+            .map_err(|e| GatewayError::Store(e).at(message.id()))?;
+        Ok(true)
     }
 
     /// A client's message to a legacy (HTTP+SSE) upstream. A response whose id is a reply
@@ -1052,9 +1331,12 @@ impl Gateway {
         let grant = self.authenticate(credential, &headers).await?;
         span.grant(&grant);
         check_headers_once(&headers).map_err(GatewayError::from)?;
-        let session = match header_str(&headers, mcp::MCP_SESSION_ID) {
-            Some(s) => Some(self.sessions.unwrap(grant.id, s)?),
-            None => None,
+        let (session, elicits) = match header_str(&headers, mcp::MCP_SESSION_ID) {
+            Some(s) => {
+                let (session, elicits) = self.sessions.unwrap_client(grant.id, s)?;
+                (Some(session), elicits)
+            }
+            None => (None, false),
         };
         if grant.server.transport == Transport::Sse {
             return if method == Method::DELETE {
@@ -1102,6 +1384,7 @@ impl Gateway {
             session: session
                 .as_ref()
                 .zip(header_str(&headers, mcp::MCP_SESSION_ID)),
+            elicits,
         };
         Ok(self.relay(caller, response, watch, None, None))
     }

@@ -129,6 +129,8 @@ pub struct Pending {
     arrived: Instant,
     /// HTTP status of the upstream answer, once known.
     pub status: Option<u16>,
+    /// The user's answer, when the call needed their confirmation.
+    pub confirmation: Option<portcullis_core::audit::Confirmation>,
     /// The request certainly did not reach the upstream's tool ([`Pending::fail_unsent`]).
     unsent: bool,
     method: MethodKind,
@@ -155,6 +157,7 @@ impl Pending {
             approval: held.approval,
             arrived,
             status: None,
+            confirmation: None,
             unsent: false,
             method,
         }
@@ -200,6 +203,7 @@ impl Pending {
             is_error,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_error,
+            confirmation: self.confirmation,
         });
         self.meters.request(self.method, event.decision, elapsed);
         if let Some(approval) = self.approval.take() {

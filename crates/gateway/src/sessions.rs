@@ -16,10 +16,14 @@ use portcullis_core::{GrantId, Keyring};
 
 /// Payload tags: the kind of session, and whether its issue time follows (8 bytes, seconds
 /// since the Unix epoch, big-endian). Ids sealed before issue times were recorded have none.
+/// `e` is `u` for a client that declared form elicitation at `initialize`, so every replica
+/// knows it can ask the client's user to confirm a call (a legacy session's replayed
+/// `initialize` params say so themselves).
 const UPSTREAM: u8 = b'U';
 const LEGACY: u8 = b'L';
 const UPSTREAM_TIMED: u8 = b'u';
 const LEGACY_TIMED: u8 = b'l';
+const UPSTREAM_TIMED_ELICITS: u8 = b'e';
 
 /// What a client's session id stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,11 +70,17 @@ impl SessionKeys {
 
     /// The id the client sees for a new `session` under `grant`, issued now.
     pub fn wrap(&self, grant: GrantId, session: &Session) -> String {
-        self.seal(grant, session, unix_now())
+        self.wrap_client(grant, session, false)
     }
 
-    fn seal(&self, grant: GrantId, session: &Session, issued: u64) -> String {
+    /// [`SessionKeys::wrap`] for a client that declared form elicitation (`elicits`) or not.
+    pub fn wrap_client(&self, grant: GrantId, session: &Session, elicits: bool) -> String {
+        self.seal(grant, session, unix_now(), elicits)
+    }
+
+    fn seal(&self, grant: GrantId, session: &Session, issued: u64, elicits: bool) -> String {
         let (tag, body) = match session {
+            Session::Upstream(id) if elicits => (UPSTREAM_TIMED_ELICITS, id.as_bytes()),
             Session::Upstream(id) => (UPSTREAM_TIMED, id.as_bytes()),
             Session::Legacy(init) => (LEGACY_TIMED, init.as_bytes()),
         };
@@ -97,27 +107,45 @@ impl SessionKeys {
     /// Opens a client's session id issued under `grant` by a key of the ring, no older than
     /// the maximum age.
     pub fn unwrap(&self, grant: GrantId, client_id: &str) -> Result<Session, Refused> {
-        self.open(grant, client_id).map(|(session, _)| session)
+        self.open(grant, client_id).map(|opened| opened.session)
+    }
+
+    /// [`SessionKeys::unwrap`], and whether the client declared form elicitation when the
+    /// session began.
+    pub fn unwrap_client(
+        &self,
+        grant: GrantId,
+        client_id: &str,
+    ) -> Result<(Session, bool), Refused> {
+        self.open(grant, client_id).map(|opened| {
+            let elicits = match &opened.session {
+                Session::Upstream(_) => opened.elicits,
+                Session::Legacy(init) => serde_json::value::RawValue::from_string(init.clone())
+                    .is_ok_and(|params| {
+                        portcullis_mcp::elicitation::initialize_supports_form(&params)
+                    }),
+            };
+            (opened.session, elicits)
+        })
     }
 
     /// A client's session id sealed again by the active key, with the same session and issue
     /// time (so a key rotation neither ends sessions nor makes them younger).
     pub fn reseal(&self, grant: GrantId, client_id: &str) -> Option<String> {
-        let (session, issued) = self.open(grant, client_id).ok()?;
-        Some(self.seal(grant, &session, issued?))
+        let opened = self.open(grant, client_id).ok()?;
+        Some(self.seal(grant, &opened.session, opened.issued?, opened.elicits))
     }
 
     /// When a session id the client holds stops opening: its issue time plus the maximum
     /// age. `None` without a maximum age, and for an id that does not open.
     pub fn ends(&self, grant: GrantId, client_id: &str) -> Option<SystemTime> {
         let max_age = self.max_age?.as_secs();
-        let (_, issued) = self.open(grant, client_id).ok()?;
+        let issued = self.open(grant, client_id).ok()?.issued;
         Some(UNIX_EPOCH + Duration::from_secs(issued?.saturating_add(max_age)))
     }
 
-    /// The session and its issue time (`None` for an id sealed before issue times were kept,
-    /// which opens only while there is no maximum age).
-    fn open(&self, grant: GrantId, client_id: &str) -> Result<(Session, Option<u64>), Refused> {
+    /// The session, its issue time and its elicitation flag.
+    fn open(&self, grant: GrantId, client_id: &str) -> Result<Opened, Refused> {
         let plain = self
             .keys
             .open_text(
@@ -127,7 +155,7 @@ impl SessionKeys {
             .map_err(|_| Refused::NotIssued)?;
         let (&tag, rest) = plain.split_first().ok_or(Refused::NotIssued)?;
         let (issued, body) = match tag {
-            UPSTREAM_TIMED | LEGACY_TIMED => {
+            UPSTREAM_TIMED | LEGACY_TIMED | UPSTREAM_TIMED_ELICITS => {
                 let (time, body) = rest.split_first_chunk::<8>().ok_or(Refused::NotIssued)?;
                 (Some(u64::from_be_bytes(*time)), body)
             }
@@ -142,12 +170,26 @@ impl SessionKeys {
         }
         let body = String::from_utf8(body.to_vec()).map_err(|_| Refused::NotIssued)?;
         let session = match tag {
-            UPSTREAM | UPSTREAM_TIMED => Session::Upstream(body),
+            UPSTREAM | UPSTREAM_TIMED | UPSTREAM_TIMED_ELICITS => Session::Upstream(body),
             LEGACY | LEGACY_TIMED => Session::Legacy(body),
             _ => return Err(Refused::NotIssued),
         };
-        Ok((session, issued))
+        Ok(Opened {
+            session,
+            issued,
+            elicits: tag == UPSTREAM_TIMED_ELICITS,
+        })
     }
+}
+
+/// An opened session id.
+struct Opened {
+    session: Session,
+    /// Its issue time (`None` for an id sealed before issue times were kept, which opens only
+    /// while there is no maximum age).
+    issued: Option<u64>,
+    /// The client declared form elicitation (an upstream session's flag).
+    elicits: bool,
 }
 
 fn unix_now() -> u64 {
@@ -243,15 +285,18 @@ mod tests {
         let grant = GrantId::new();
         let session = Session::Legacy("{}".into());
         let old = SessionKeys::new(old, None);
-        let young = old.seal(grant, &session, unix_now() - 3599);
-        let aged = old.seal(grant, &session, unix_now() - 3600);
+        let young = old.seal(grant, &session, unix_now() - 3599, false);
+        let aged = old.seal(grant, &session, unix_now() - 3600, false);
         assert_eq!(timed.unwrap(grant, &young), Ok(session.clone()));
         assert_eq!(timed.unwrap(grant, &aged), Err(Refused::Expired));
         assert_eq!(forever.unwrap(grant, &aged), Ok(session.clone()));
         // Sealed anew by the active key, an id keeps its issue time: it ages out as before.
         let resealed = timed.reseal(grant, &young).unwrap();
         assert!(timed.sealed_by_active(&resealed) && !timed.sealed_by_active(&young));
-        assert_eq!(timed.open(grant, &resealed), timed.open(grant, &young));
+        assert_eq!(
+            timed.open(grant, &resealed).map(|o| (o.session, o.issued)),
+            timed.open(grant, &young).map(|o| (o.session, o.issued))
+        );
         assert_eq!(timed.reseal(grant, &aged), None);
         // An id sealed before issue times were kept opens only without a maximum age.
         let untimed = old
@@ -263,6 +308,35 @@ mod tests {
         assert_eq!(timed.unwrap(grant, &untimed), Err(Refused::Expired));
         // An id of another grant is not issued, whatever its age.
         assert_eq!(timed.unwrap(GrantId::new(), &aged), Err(Refused::NotIssued));
+    }
+
+    #[test]
+    fn a_session_remembers_whether_its_client_elicits_through_reseals() {
+        let (old, old_spec) = Keyring::generate(1);
+        let (_, new_spec) = Keyring::generate(2);
+        let rotated = SessionKeys::new(
+            Keyring::parse(&format!("{new_spec},{old_spec}")).unwrap(),
+            None,
+        );
+        let grant = GrantId::new();
+        let session = Session::Upstream("abc".into());
+        let old = SessionKeys::new(old, None);
+        for elicits in [true, false] {
+            let id = old.wrap_client(grant, &session, elicits);
+            assert_eq!(
+                rotated.unwrap_client(grant, &id),
+                Ok((session.clone(), elicits))
+            );
+            let resealed = rotated.reseal(grant, &id).unwrap();
+            assert_eq!(
+                rotated.unwrap_client(grant, &resealed),
+                Ok((session.clone(), elicits))
+            );
+        }
+        // A legacy session's replayed `initialize` says it.
+        let legacy = Session::Legacy(r#"{"capabilities":{"elicitation":{}}}"#.into());
+        let id = rotated.wrap(grant, &legacy);
+        assert_eq!(rotated.unwrap_client(grant, &id), Ok((legacy, true)));
     }
 
     #[test]

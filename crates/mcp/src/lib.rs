@@ -11,6 +11,7 @@
 //! later (per-request `_meta`, mirrored `Mcp-Method`/`Mcp-Name` headers, `input_required`
 //! results, `subscriptions/listen`).
 
+pub mod elicitation;
 pub mod era;
 pub mod error;
 pub mod headers;

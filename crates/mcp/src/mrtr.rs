@@ -160,6 +160,21 @@ pub fn set_request_state(object: &RawValue, state: Option<&str>) -> Result<Box<R
     write_object(out).map_err(|e| Error::InvalidParams(e.to_string()))
 }
 
+/// The params of a retry without its retry members (`inputResponses` and `requestState`, in
+/// any case, as upstreams that ignore case would read them): the request as it was first sent.
+/// The other members keep their order and bytes.
+pub fn without_retry(params: &RawValue) -> Result<Box<RawValue>, Error> {
+    let members = object_members(params).map_err(|e| Error::InvalidParams(e.to_string()))?;
+    let kept: Vec<(&str, &str)> = members
+        .iter()
+        .filter(|(key, _)| {
+            !key.eq_ignore_ascii_case(INPUT_RESPONSES) && !key.eq_ignore_ascii_case(REQUEST_STATE)
+        })
+        .map(|(key, value)| (key.as_ref(), value.get()))
+        .collect();
+    write_object(kept).map_err(|e| Error::InvalidParams(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +325,18 @@ mod tests {
         assert_eq!(added.get(), r#"{"name":"t","requestState":"s"}"#);
         assert!(set_request_state(&raw("[1]"), None).is_err());
         assert!(set_request_state(&raw(r#"{"a":1,"a":2}"#), None).is_err());
+    }
+
+    #[test]
+    fn a_retry_loses_its_retry_members_in_any_case() {
+        let retry = raw(
+            r#"{"name":"t","inputResponses":{"k":{}},"arguments":{"a":1},"RequestState":"s","_meta":{}}"#,
+        );
+        assert_eq!(
+            without_retry(&retry).unwrap().get(),
+            r#"{"name":"t","arguments":{"a":1},"_meta":{}}"#
+        );
+        assert!(without_retry(&raw("[1]")).is_err());
     }
 
     #[test]

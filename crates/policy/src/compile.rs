@@ -19,9 +19,14 @@ use crate::document::{
 };
 use crate::error::{PolicyError, child, index};
 use crate::glob::Glob;
+use crate::prompt::Prompt;
 
 /// How long an approval waits when a rule does not say.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// How long the user has to confirm a call when a rule does not say.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest a rule may give the user to confirm: the client's request waits that long.
+pub const MAX_CONFIRM_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// A validated policy, ready to evaluate calls. Cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -56,8 +61,17 @@ pub(crate) struct CompiledRule {
     pub(crate) require: Box<[Requirement]>,
     pub(crate) deny_if: Box<[DenyEntry]>,
     pub(crate) limits: Box<[CompiledLimit]>,
+    pub(crate) confirm: Option<CompiledConfirm>,
     pub(crate) approval: Option<CompiledApproval>,
     pub(crate) validate: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledConfirm {
+    pub(crate) prompt: Prompt,
+    pub(crate) timeout: Duration,
+    pub(crate) rule: SharedStr,
+    pub(crate) message: SharedStr,
 }
 
 #[derive(Debug)]
@@ -248,6 +262,27 @@ fn compile_rule(rule: &ToolRule, pointer: &str, errors: &mut Vec<PolicyError>) -
 
     let limits = compile_limits(&rule.limits, &child(pointer, "limits"));
 
+    let confirm = rule.confirm.as_ref().and_then(|confirm| {
+        let at = child(pointer, "confirm");
+        let prompt = match confirm.message.as_deref().map(Prompt::parse) {
+            None => Prompt::default(),
+            Some(Ok(prompt)) => prompt,
+            Some(Err(message)) => {
+                errors.push(PolicyError::new(child(&at, "message"), message));
+                return None;
+            }
+        };
+        Some(CompiledConfirm {
+            prompt,
+            timeout: confirm
+                .timeout
+                .as_ref()
+                .map_or(DEFAULT_CONFIRM_TIMEOUT, |t| t.duration()),
+            message: format!("this call needs the user's confirmation (rule {at})").into(),
+            rule: at.into(),
+        })
+    });
+
     let approval = rule.approval.as_ref().map(|approval| {
         let at = child(pointer, "approval");
         let when = approval
@@ -270,6 +305,7 @@ fn compile_rule(rule: &ToolRule, pointer: &str, errors: &mut Vec<PolicyError>) -
         require,
         deny_if,
         limits,
+        confirm,
         approval,
         validate: rule.validate,
     }

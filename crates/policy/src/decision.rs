@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::prompt::Prompt;
+
 /// A string that is either static or shared, so a decision names its rule without copying it.
 #[derive(Clone)]
 pub struct SharedStr(Repr);
@@ -130,16 +132,24 @@ pub enum Outcome {
         /// How long the approval may wait.
         timeout: Duration,
     },
+    /// Ask the agent's user to confirm it (the decision's [`Confirmation`] says what), then
+    /// go on as the confirmation says.
+    ConfirmationRequired {
+        /// How long the user has to answer.
+        timeout: Duration,
+    },
 }
 
 impl Outcome {
-    /// The name used in audit records and the CLI: `allow`, `deny`, `hidden`, `approval_required`.
+    /// The name used in audit records and the CLI: `allow`, `deny`, `hidden`,
+    /// `approval_required`, `confirmation_required`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Allow => "allow",
             Outcome::Deny => "deny",
             Outcome::Hidden => "hidden",
             Outcome::ApprovalRequired { .. } => "approval_required",
+            Outcome::ConfirmationRequired { .. } => "confirmation_required",
         }
     }
 }
@@ -166,6 +176,29 @@ pub struct Charge {
     pub rule: SharedStr,
 }
 
+/// What a `confirmation_required` decision asks, and what follows a confirmed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmation {
+    /// The question, rendered per call ([`Prompt::render`]).
+    pub prompt: Prompt,
+    /// The approval the rule also asks for, once the user has confirmed.
+    pub then: Option<ApprovalStep>,
+    /// The rule's approval (whether or not its `when` holds for this call): what stands in for
+    /// the user when their client cannot be asked.
+    pub fallback: Option<ApprovalStep>,
+}
+
+/// The approval that follows a confirmation, as the decision would name it on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalStep {
+    /// How long the approval may wait.
+    pub timeout: Duration,
+    /// Pointer of the rule's `approval`.
+    pub rule: SharedStr,
+    /// Why, for the agent and the audit log.
+    pub message: SharedStr,
+}
+
 /// The result of evaluating one call against a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -182,6 +215,8 @@ pub struct Decision {
     pub monitor: bool,
     /// Check the arguments against the tool's `inputSchema` before forwarding.
     pub validate: bool,
+    /// What the user is asked, for `confirmation_required`.
+    pub confirmation: Option<Confirmation>,
 }
 
 impl Decision {
@@ -194,7 +229,50 @@ impl Decision {
             charges: Vec::new(),
             monitor: false,
             validate: false,
+            confirmation: None,
         }
+    }
+
+    /// The decision once the user has confirmed a `confirmation_required` call: the approval
+    /// the rule also asks for, else allow (with the same charges). `None` for other outcomes.
+    pub fn confirmed(&self) -> Option<Decision> {
+        let confirmation = self.confirmation.as_ref()?;
+        let (outcome, rule, message) = match &confirmation.then {
+            Some(step) => (
+                Outcome::ApprovalRequired {
+                    timeout: step.timeout,
+                },
+                step.rule.clone(),
+                step.message.clone(),
+            ),
+            None => (Outcome::Allow, self.rule.clone(), self.message.clone()),
+        };
+        Some(Decision {
+            outcome,
+            rule,
+            message,
+            charges: self.charges.clone(),
+            monitor: self.monitor,
+            validate: self.validate,
+            confirmation: None,
+        })
+    }
+
+    /// The decision when the user cannot be asked (their client does not support elicitation):
+    /// the rule's approval, whatever its `when` says, or `None` (deny) when it has none.
+    pub fn unconfirmable(&self) -> Option<Decision> {
+        let step = self.confirmation.as_ref()?.fallback.as_ref()?;
+        Some(Decision {
+            outcome: Outcome::ApprovalRequired {
+                timeout: step.timeout,
+            },
+            rule: step.rule.clone(),
+            message: step.message.clone(),
+            charges: self.charges.clone(),
+            monitor: self.monitor,
+            validate: self.validate,
+            confirmation: None,
+        })
     }
 
     /// Whether the outcome lets the call through unconditionally (ignoring monitor mode).
@@ -214,12 +292,60 @@ struct DecisionJson {
     validate: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     approval_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    confirmation: Option<ConfirmationJson>,
+}
+
+/// A confirmation as the CLI prints it: the message as written (the CLI adds the rendered
+/// `question`), how long the user has, and the approval that follows.
+#[derive(Serialize, Deserialize)]
+struct ConfirmationJson {
+    message: String,
+    timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    then_approval: Option<ApprovalStepJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fallback_approval: Option<ApprovalStepJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApprovalStepJson {
+    rule: SharedStr,
+    message: SharedStr,
+    timeout_ms: u64,
+}
+
+impl ApprovalStepJson {
+    fn of(step: &ApprovalStep) -> Self {
+        Self {
+            rule: step.rule.clone(),
+            message: step.message.clone(),
+            timeout_ms: millis::of(step.timeout),
+        }
+    }
+
+    fn step(self) -> ApprovalStep {
+        ApprovalStep {
+            timeout: Duration::from_millis(self.timeout_ms),
+            rule: self.rule,
+            message: self.message,
+        }
+    }
 }
 
 impl Serialize for Decision {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let approval_timeout_ms = match self.outcome {
             Outcome::ApprovalRequired { timeout } => Some(millis::of(timeout)),
+            _ => None,
+        };
+        let confirmation = match (self.outcome, &self.confirmation) {
+            (Outcome::ConfirmationRequired { timeout }, Some(c)) => Some(ConfirmationJson {
+                message: c.prompt.as_str().to_owned(),
+                timeout_ms: millis::of(timeout),
+                then_approval: c.then.as_ref().map(ApprovalStepJson::of),
+                fallback_approval: c.fallback.as_ref().map(ApprovalStepJson::of),
+            }),
             _ => None,
         };
         DecisionJson {
@@ -230,6 +356,7 @@ impl Serialize for Decision {
             monitor: self.monitor,
             validate: self.validate,
             approval_timeout_ms,
+            confirmation,
         }
         .serialize(s)
     }
@@ -245,12 +372,31 @@ impl<'de> Deserialize<'de> for Decision {
             "approval_required" => Outcome::ApprovalRequired {
                 timeout: Duration::from_millis(json.approval_timeout_ms.unwrap_or_default()),
             },
+            "confirmation_required" => Outcome::ConfirmationRequired {
+                timeout: Duration::from_millis(
+                    json.confirmation.as_ref().map_or(0, |c| c.timeout_ms),
+                ),
+            },
             other => {
                 return Err(serde::de::Error::unknown_variant(
                     other,
-                    &["allow", "deny", "hidden", "approval_required"],
+                    &[
+                        "allow",
+                        "deny",
+                        "hidden",
+                        "approval_required",
+                        "confirmation_required",
+                    ],
                 ));
             }
+        };
+        let confirmation = match json.confirmation {
+            Some(c) => Some(Confirmation {
+                prompt: Prompt::parse(&c.message).map_err(serde::de::Error::custom)?,
+                then: c.then_approval.map(ApprovalStepJson::step),
+                fallback: c.fallback_approval.map(ApprovalStepJson::step),
+            }),
+            None => None,
         };
         Ok(Self {
             outcome,
@@ -259,6 +405,7 @@ impl<'de> Deserialize<'de> for Decision {
             charges: json.charges,
             monitor: json.monitor,
             validate: json.validate,
+            confirmation,
         })
     }
 }
@@ -304,6 +451,7 @@ mod tests {
             }],
             monitor: false,
             validate: true,
+            confirmation: None,
         };
         let value = serde_json::to_value(&decision).unwrap();
         assert_eq!(

@@ -172,6 +172,10 @@ pub struct ToolRule {
     /// Counters charged when the call is allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<Limit>,
+    /// The agent's user confirms the call in their MCP client before it goes through
+    /// (before `approval`, when the rule has both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<Confirm>,
     /// Human approval before the call goes through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
@@ -269,6 +273,19 @@ pub struct Approval {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<Vec<Condition>>,
     /// How long a pending approval waits for an approver (default 1 hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Span>,
+}
+
+/// Confirmation settings of a rule: what the agent's user is asked, and how long they have.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirm {
+    /// The question, with `{args.…}` placeholders filled from the call's arguments; absent
+    /// means a question naming the tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// How long the user has to answer (default 2 minutes, at most 15).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Span>,
 }

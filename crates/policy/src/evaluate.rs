@@ -8,8 +8,10 @@
 //! 5. `require` — the first entry that does not hold denies;
 //! 6. `deny_if` — the first entry whose conditions all hold denies;
 //! 7. charges — a limit whose `cost` argument is missing or not a non-negative number denies;
-//! 8. `approval` — when all of `when` holds (or there is no `when`) → approval required;
-//! 9. allow, charging the rule's limits then the `all_tools` limits.
+//! 8. `confirm` → confirmation required (the user confirms in their client; then the
+//!    `approval` of step 9 follows when it asks, else the call is allowed);
+//! 9. `approval` — when all of `when` holds (or there is no `when`) → approval required;
+//! 10. allow, charging the rule's limits then the `all_tools` limits.
 //!
 //! Lookups never allocate: names are hashed as `&str`, globs are precompiled, rule ids and
 //! messages are shared strings. The only allocations are a decision's charges (one vector, one
@@ -18,9 +20,14 @@
 use serde_json::Value;
 
 use crate::classify::RiskCategory;
-use crate::compile::{CategoryEntry, CompiledLimit, CompiledPolicy, CompiledRule};
+use crate::compile::{
+    CategoryEntry, CompiledApproval, CompiledLimit, CompiledPolicy, CompiledRule,
+};
 use crate::conditions::{ArgPath, Condition, Reading, cost_at};
-use crate::decision::{Charge, DEFAULT_ALLOW, DEFAULT_DENY, Decision, HIDDEN, Outcome, SharedStr};
+use crate::decision::{
+    ApprovalStep, Charge, Confirmation, DEFAULT_ALLOW, DEFAULT_DENY, Decision, HIDDEN, Outcome,
+    SharedStr,
+};
 use crate::document::{DefaultAction, Mode, Scope};
 
 const HIDDEN_MESSAGE: SharedStr = SharedStr::from_static("this tool is hidden by policy");
@@ -222,24 +229,52 @@ impl CompiledPolicy {
             Ok(charges) => charges,
             Err(unreadable) => return Ok(self.unreadable(unreadable)),
         };
-        if let Some(approval) = &rule.approval {
-            let asks = match &approval.when {
+        let asks = match &rule.approval {
+            Some(approval) => match &approval.when {
                 None => true,
                 Some(when) => all_hold(when, args).map_err(|path| (&approval.rule, path))?,
-            };
-            if asks {
-                return Ok(Decision {
-                    charges,
-                    validate: rule.validate,
-                    ..self.decision(
-                        Outcome::ApprovalRequired {
-                            timeout: approval.timeout,
-                        },
-                        &approval.rule,
-                        &approval.message,
-                    )
-                });
+            },
+            None => false,
+        };
+        let approval = rule.approval.as_ref().filter(|_| asks);
+        if let Some(confirm) = &rule.confirm {
+            if let Some(path) = confirm.prompt.ambiguous_in(args) {
+                return Err((&confirm.rule, path));
             }
+            let step = |approval: &CompiledApproval| ApprovalStep {
+                timeout: approval.timeout,
+                rule: approval.rule.clone(),
+                message: approval.message.clone(),
+            };
+            return Ok(Decision {
+                charges,
+                validate: rule.validate,
+                confirmation: Some(Confirmation {
+                    prompt: confirm.prompt.clone(),
+                    then: approval.map(step),
+                    fallback: rule.approval.as_ref().map(step),
+                }),
+                ..self.decision(
+                    Outcome::ConfirmationRequired {
+                        timeout: confirm.timeout,
+                    },
+                    &confirm.rule,
+                    &confirm.message,
+                )
+            });
+        }
+        if let Some(approval) = approval {
+            return Ok(Decision {
+                charges,
+                validate: rule.validate,
+                ..self.decision(
+                    Outcome::ApprovalRequired {
+                        timeout: approval.timeout,
+                    },
+                    &approval.rule,
+                    &approval.message,
+                )
+            });
         }
         Ok(Decision {
             charges,
@@ -281,6 +316,7 @@ impl CompiledPolicy {
             charges: Vec::new(),
             monitor: self.mode == Mode::Monitor,
             validate: false,
+            confirmation: None,
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct Governing {
     pub deny_if: usize,
     /// Whether the approval is asked only when its `when` holds.
     pub approval_conditional: bool,
+    /// Whether the agent's user confirms each call in their client (`confirm`).
+    pub confirm: bool,
     /// The limits charged: the rule's, then `all_tools`'.
     pub limits: Vec<LimitSummary>,
     /// Whether arguments are checked against the tool's `inputSchema`.
@@ -133,6 +135,9 @@ impl Governing {
             }
             if self.deny_if > 0 {
                 parts.push(format!("{} deny_if entr(ies)", self.deny_if));
+            }
+            if self.confirm {
+                parts.push("the user confirms each call".to_owned());
             }
             for limit in &self.limits {
                 let unit = match &limit.cost {
@@ -167,6 +172,7 @@ impl CompiledPolicy {
             require: 0,
             deny_if: 0,
             approval_conditional: false,
+            confirm: false,
             limits: Vec::new(),
             validate: false,
             monitor,
@@ -202,6 +208,7 @@ impl CompiledPolicy {
             require: rule.require.len(),
             deny_if: rule.deny_if.len(),
             approval_conditional: rule.approval.as_ref().is_some_and(|a| a.when.is_some()),
+            confirm: rule.confirm.is_some(),
             limits: rule
                 .limits
                 .iter()

@@ -17,6 +17,7 @@ mod evaluate;
 mod glob;
 mod governing;
 pub mod json_text;
+mod prompt;
 mod recommend;
 mod validate;
 
@@ -24,13 +25,16 @@ pub use classify::{
     Risk, RiskCategory, RiskLevel, ToolAnnotations, ToolDefinition, classify,
     words as identifier_words,
 };
-pub use compile::{CompiledPolicy, DEFAULT_APPROVAL_TIMEOUT};
+pub use compile::{
+    CompiledPolicy, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_CONFIRM_TIMEOUT, MAX_CONFIRM_TIMEOUT,
+};
 pub use conditions::{Ambiguous, ArgPath, Op, holds_rounded_integer};
 pub use decision::{
-    Charge, DEFAULT_ALLOW, DEFAULT_DENY, Decision, HIDDEN, NO_POLICY, Outcome, SharedStr,
+    ApprovalStep, Charge, Confirmation, DEFAULT_ALLOW, DEFAULT_DENY, Decision, HIDDEN, NO_POLICY,
+    Outcome, SharedStr,
 };
 pub use document::{
-    AllTools, Approval, Audit, AuditArguments, CategoryAction, CategoryRule, Condition,
+    AllTools, Approval, Audit, AuditArguments, CategoryAction, CategoryRule, Condition, Confirm,
     DefaultAction, DenyIf, Limit, Mode, OnLimiterError, PolicyDocument, Scope, ToolRule, Version,
 };
 pub use duration::{Span, SpanError};
@@ -38,4 +42,5 @@ pub use error::PolicyError;
 pub use evaluate::{Call, evaluate, is_visible};
 pub use glob::Glob;
 pub use governing::{Effect, Governing, LimitSummary, Match};
+pub use prompt::{Prompt, inert};
 pub use recommend::{add_recommended_rule, recommend, recommend_document, recommend_rule};

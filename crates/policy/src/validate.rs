@@ -11,10 +11,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::classify::RiskCategory;
+use crate::compile::MAX_CONFIRM_TIMEOUT;
 use crate::conditions::{ArgPath, Op, REGEX_BUDGET, ValueProblem, check_operand, kind};
 use crate::document::{PolicyDocument, Scope};
 use crate::duration::Span;
 use crate::error::{PolicyError, child, index};
+use crate::prompt::Prompt;
 
 const DOCUMENT_KEYS: &[&str] = &[
     "version",
@@ -27,11 +29,14 @@ const DOCUMENT_KEYS: &[&str] = &[
     "categories",
     "tools",
 ];
-const RULE_KEYS: &[&str] = &["require", "deny_if", "limits", "approval", "validate"];
+const RULE_KEYS: &[&str] = &[
+    "require", "deny_if", "limits", "confirm", "approval", "validate",
+];
 const CONDITION_KEYS: &[&str] = &["path", "op", "value"];
 const DENY_IF_KEYS: &[&str] = &["conditions", "on_deny"];
 const LIMIT_KEYS: &[&str] = &["counter", "window", "max", "scope", "cost"];
 const APPROVAL_KEYS: &[&str] = &["when", "timeout"];
+const CONFIRM_KEYS: &[&str] = &["message", "timeout"];
 const MAX_COUNTER_LEN: usize = 128;
 
 /// Validates `value` as a policy document and reads it.
@@ -214,6 +219,9 @@ impl Walk {
             let limits = self.limits(v, &child(pointer, "limits"));
             self.no_double_charge(all_tools, &limits);
         }
+        if let Some(v) = map.get("confirm") {
+            self.confirm(v, &child(pointer, "confirm"));
+        }
         if let Some(v) = map.get("approval") {
             let approval_pointer = child(pointer, "approval");
             if let Some(approval) = self.object(v, &approval_pointer, "approval", APPROVAL_KEYS) {
@@ -232,6 +240,42 @@ impl Walk {
                 child(pointer, "validate"),
                 format!("expected true or false, found {}", kind(v)),
             );
+        }
+    }
+
+    fn confirm(&mut self, value: &Value, pointer: &str) {
+        let Some(confirm) = self.object(value, pointer, "confirm", CONFIRM_KEYS) else {
+            return;
+        };
+        match confirm.get("message") {
+            None => {}
+            Some(Value::String(text)) => {
+                if let Err(message) = Prompt::parse(text) {
+                    self.error(child(pointer, "message"), message);
+                }
+            }
+            Some(other) => self.error(
+                child(pointer, "message"),
+                format!(
+                    "expected a message string like \"Send an SMS to {{args.to}}?\", found {}",
+                    kind(other)
+                ),
+            ),
+        }
+        if let Some(timeout) = confirm.get("timeout") {
+            let at = child(pointer, "timeout");
+            if let Some((duration, text)) = self.span(timeout, &at, "timeout")
+                && duration > MAX_CONFIRM_TIMEOUT
+            {
+                self.error(
+                    at,
+                    format!(
+                        "timeout {text:?} is too long: the client's call waits for the answer, \
+                         so it may be at most {} minutes",
+                        MAX_CONFIRM_TIMEOUT.as_secs() / 60
+                    ),
+                );
+            }
         }
     }
 

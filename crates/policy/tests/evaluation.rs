@@ -882,3 +882,132 @@ fn arguments_readable_more_than_one_way_are_denied_by_the_rule_that_reads_them()
     let d = decide(&p, "pay", json!({"amount": 5, "to": "eve"}));
     assert!(matches!(d.outcome, Outcome::ApprovalRequired { .. }));
 }
+
+#[test]
+fn confirm_comes_after_deny_if_and_before_approval() {
+    let p = policy(json!({
+        "version": "1",
+        "all_tools": {"limits": [{"counter": "calls", "window": "minute", "max": 60}]},
+        "tools": {
+            "send_sms": {
+                "deny_if": [{"conditions": [{"path": "args.body", "op": "contains", "value": "password"}]}],
+                "confirm": {"message": "Send an SMS to {args.to}?", "timeout": "90s"},
+                "approval": {"when": [{"path": "args.urgent", "op": "eq", "value": true}], "timeout": "30m"},
+            },
+            "plain": {"confirm": {}},
+        },
+    }));
+    let denied = decide(&p, "send_sms", json!({"to": "+44", "body": "my password"}));
+    assert_eq!(denied.outcome, Outcome::Deny);
+    assert!(denied.confirmation.is_none());
+
+    let asked = decide(&p, "send_sms", json!({"to": "+44", "body": "hi"}));
+    assert_eq!(
+        asked.outcome,
+        Outcome::ConfirmationRequired {
+            timeout: Duration::from_secs(90)
+        }
+    );
+    assert_eq!(asked.rule, "/tools/send_sms/confirm");
+    assert_eq!(
+        asked.charges.len(),
+        1,
+        "charges are known before the user is asked"
+    );
+    let confirmation = asked.confirmation.as_ref().unwrap();
+    assert!(
+        confirmation.then.is_none(),
+        "no approval: its `when` does not hold"
+    );
+    let question = confirmation.prompt.render(
+        "send_sms",
+        &json!({"to": "+44", "body": "hi"}),
+        &|v: &Value| v.clone(),
+    );
+    assert!(
+        question.starts_with("Send an SMS to +44?\n\nTool: send\\_sms"),
+        "{question}"
+    );
+    let confirmed = asked.confirmed().unwrap();
+    assert_eq!(confirmed.outcome, Outcome::Allow);
+    assert_eq!(confirmed.charges, asked.charges);
+    assert!(confirmed.confirmation.is_none());
+
+    // Both: the user confirms, then an approver decides.
+    let both = decide(
+        &p,
+        "send_sms",
+        json!({"to": "+44", "body": "hi", "urgent": true}),
+    );
+    assert!(matches!(both.outcome, Outcome::ConfirmationRequired { .. }));
+    let then = both.confirmed().unwrap();
+    assert_eq!(then.outcome, APPROVAL_30M);
+    assert_eq!(then.rule, "/tools/send_sms/approval");
+
+    // Defaults: two minutes, a question naming nothing but the call itself.
+    let plain = decide(&p, "plain", json!({}));
+    assert_eq!(
+        plain.outcome,
+        Outcome::ConfirmationRequired {
+            timeout: Duration::from_secs(120)
+        }
+    );
+    assert_eq!(
+        plain.confirmation.unwrap().prompt.as_str(),
+        "Allow this tool call?"
+    );
+    assert!(decide(&p, "send_sms", json!({})).confirmed().is_some());
+    assert!(decide(&p, "other", json!({})).confirmed().is_none());
+}
+
+#[test]
+fn a_confirmation_whose_placeholder_reads_two_ways_is_denied() {
+    let p = policy(json!({"version": "1", "tools": {
+        "send": {"confirm": {"message": "To {args.to}?"}},
+    }}));
+    let d = decide(&p, "send", json!({"to": "a", "To": "b"}));
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.rule, "/tools/send/confirm");
+    assert!(
+        d.message.contains("more than one way at args.to"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn confirmation_decisions_print_for_the_cli_and_read_back() {
+    let p = policy(json!({"version": "1", "tools": {
+        "pay": {"confirm": {"message": "Pay {args.amount}?"}, "approval": {"timeout": "1h"}},
+    }}));
+    let d = decide(&p, "pay", json!({"amount": 5}));
+    let value = serde_json::to_value(&d).unwrap();
+    assert_eq!(value["decision"], "confirmation_required");
+    assert_eq!(value["confirmation"]["message"], "Pay {args.amount}?");
+    assert_eq!(value["confirmation"]["timeout_ms"], 120_000);
+    assert_eq!(
+        value["confirmation"]["then_approval"]["rule"],
+        "/tools/pay/approval"
+    );
+    assert_eq!(
+        value["confirmation"]["then_approval"]["timeout_ms"],
+        3_600_000
+    );
+    let back: Decision = serde_json::from_value(value).unwrap();
+    assert_eq!(back, d);
+}
+
+#[test]
+fn a_client_that_cannot_confirm_falls_back_to_the_rules_approval() {
+    let p = policy(json!({"version": "1", "tools": {
+        "pay": {"confirm": {}, "approval": {"when": [{"path": "args.amount", "op": "gt", "value": 100}], "timeout": "30m"}},
+        "send": {"confirm": {}},
+    }}));
+    // The approval stands in for the user even where its `when` would not ask for it.
+    let small = decide(&p, "pay", json!({"amount": 5}));
+    assert!(small.confirmed().unwrap().is_allowed());
+    let fallback = small.unconfirmable().unwrap();
+    assert_eq!(fallback.outcome, APPROVAL_30M);
+    assert_eq!(fallback.rule, "/tools/pay/approval");
+    assert!(decide(&p, "send", json!({})).unconfirmable().is_none());
+}

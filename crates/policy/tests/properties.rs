@@ -277,7 +277,14 @@ fn check(
     match decision.outcome {
         Outcome::Hidden => prop_assert!(!visible),
         Outcome::Allow | Outcome::ApprovalRequired { .. } => prop_assert!(visible),
+        Outcome::ConfirmationRequired { .. } => {
+            prop_assert!(visible);
+            prop_assert!(decision.confirmation.is_some());
+        }
         Outcome::Deny => prop_assert!(decision.charges.is_empty()),
+    }
+    if !matches!(decision.outcome, Outcome::ConfirmationRequired { .. }) {
+        prop_assert!(decision.confirmation.is_none());
     }
     let json = serde_json::to_value(decision).expect("decisions serialise");
     let back: Decision = serde_json::from_value(json).expect("decisions deserialise");

@@ -116,7 +116,7 @@ fn invalid_documents_report_every_error_with_its_pointer() {
             vec![
                 (
                     "/tools/send~1sms/limts",
-                    "unknown key \"limts\" (did you mean \"limits\"?); expected require, deny_if, limits, approval or validate",
+                    "unknown key \"limts\" (did you mean \"limits\"?); expected require, deny_if, limits, confirm, approval or validate",
                 ),
                 (
                     "/tools/send~1sms/validate",
@@ -422,6 +422,42 @@ fn invalid_documents_report_every_error_with_its_pointer() {
                 "(did you mean \"approval\"?)",
             )],
         ),
+        (
+            json!({"version": "1", "tools": {
+                "send": {"confirm": {"mesage": "x", "timeout": "forever"}},
+                "pay": {"confirm": {"message": "Pay {args.amount", "timeout": "16m"}},
+                "ask": {"confirm": {"message": "To {to}? }"}},
+                "bad": {"confirm": "yes"},
+                "num": {"confirm": {"message": 3, "timeout": 5}},
+                "empty": {"confirm": {"message": " "}},
+            }}),
+            vec![
+                (
+                    "/tools/ask/confirm/message",
+                    "placeholder {to}: path \"to\" must be \"args\" or start with \"args.\"",
+                ),
+                (
+                    "/tools/bad/confirm",
+                    "confirm must be an object, found a string",
+                ),
+                ("/tools/empty/confirm/message", "message must not be empty"),
+                (
+                    "/tools/num/confirm/message",
+                    "expected a message string like",
+                ),
+                ("/tools/num/confirm/timeout", "expected a timeout such as"),
+                ("/tools/pay/confirm/message", "unterminated placeholder"),
+                (
+                    "/tools/pay/confirm/timeout",
+                    "timeout \"16m\" is too long: the client's call waits for the answer, so it may be at most 15 minutes",
+                ),
+                (
+                    "/tools/send/confirm/mesage",
+                    "unknown key \"mesage\" (did you mean \"message\"?); expected message or timeout",
+                ),
+                ("/tools/send/confirm/timeout", "unknown timeout \"forever\""),
+            ],
+        ),
     ];
     for (document, expected) in cases {
         let found = errors(document.clone());
@@ -495,6 +531,10 @@ fn valid_documents_cover_every_key() {
             "approval": {"when": [], "timeout": "15m"},
             "validate": false,
         }}}),
+        json!({"version": "1", "tools": {
+            "send_sms": {"confirm": {"message": "Send an SMS to {args.to} ({{literal}})?", "timeout": "2m"}},
+            "pay": {"confirm": {}, "approval": {}},
+        }, "categories": {"financial": {"confirm": {"timeout": "15m"}}}}),
     ];
     for document in documents {
         let parsed =

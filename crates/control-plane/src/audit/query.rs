@@ -23,7 +23,7 @@ use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::Stream;
 use portcullis_core::TenantId;
-use portcullis_core::audit::AuditDecision;
+use portcullis_core::audit::{AuditDecision, Confirmation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, QueryBuilder};
@@ -65,19 +65,23 @@ pub struct EventSummary {
     pub latency_ms: Option<f64>,
     /// Why the call ended without a whole answer, when it did.
     pub upstream_error: Option<String>,
+    /// The user's answer to a `confirmation_required` call: `confirmed`, `declined`,
+    /// `cancelled` or `timed_out`.
+    pub confirmation: Option<String>,
 }
 
-const SUMMARY: &str = "id, ts, grant_id, identity, server_id, method, tool, decision, rule, message, upstream_status, latency_ms, upstream_error";
+const SUMMARY: &str = "id, ts, grant_id, identity, server_id, method, tool, decision, rule, message, upstream_status, latency_ms, upstream_error, confirmation";
 
 /// The query parameters that filter the list, the export and the tail alike ([`Filter`]'s
 /// first fields).
-pub const FILTERS: [&str; 6] = [
+pub const FILTERS: [&str; 7] = [
     "server_id",
     "grant_id",
     "identity",
     "tool",
     "decision",
     "outcome",
+    "confirmation",
 ];
 
 /// The filter of the list, the export and the tail. Text fields as given in the query string.
@@ -95,6 +99,8 @@ pub struct Filter {
     pub decision: Option<String>,
     /// `failed`: only forwarded calls that did not succeed upstream ([`FAILED`]).
     pub outcome: Option<String>,
+    /// The user's answer to a confirmation: `confirmed`, `declined`, `cancelled`, `timed_out`.
+    pub confirmation: Option<String>,
     /// From (inclusive), RFC 3339 or `YYYY-MM-DDTHH:MM` (UTC).
     pub since: Option<String>,
     /// To (exclusive).
@@ -116,6 +122,7 @@ pub struct Parsed {
     tool: Option<String>,
     decision: Option<String>,
     failed: bool,
+    confirmation: Option<String>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     cursor: Option<(DateTime<Utc>, Uuid)>,
@@ -126,6 +133,14 @@ pub struct Parsed {
 /// upstream, or a tool result that reported an error. The partial index
 /// `audit_events_failed_idx` has this predicate, word for word, so the planner can use it.
 const FAILED: &str = "(upstream_error IS NOT NULL OR upstream_status >= 400 OR is_error)";
+
+/// `use a, b or c`.
+fn use_one_of(names: &[&str]) -> String {
+    match names {
+        [init @ .., last] if !init.is_empty() => format!("use {} or {last}", init.join(", ")),
+        _ => format!("use {}", names.join("")),
+    }
+}
 
 fn blank(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
@@ -171,10 +186,15 @@ impl Filter {
         if let Some(d) = &decision
             && d.parse::<AuditDecision>().is_err()
         {
-            errors.push(FieldError::new(
-                "/decision",
-                "use allow, deny, hidden, rate_limited, approval_required or error",
-            ));
+            let names: Vec<&str> = AuditDecision::ALL.iter().map(|d| d.as_str()).collect();
+            errors.push(FieldError::new("/decision", use_one_of(&names)));
+        }
+        let confirmation = blank(&self.confirmation).map(str::to_owned);
+        if let Some(c) = &confirmation
+            && c.parse::<Confirmation>().is_err()
+        {
+            let names: Vec<&str> = Confirmation::ALL.iter().map(|c| c.as_str()).collect();
+            errors.push(FieldError::new("/confirmation", use_one_of(&names)));
         }
         let failed = match blank(&self.outcome) {
             None => false,
@@ -227,6 +247,7 @@ impl Filter {
             tool: blank(&self.tool).map(str::to_owned),
             decision,
             failed,
+            confirmation,
             since,
             until,
             cursor,
@@ -244,6 +265,7 @@ impl Filter {
             ("tool", &self.tool),
             ("decision", &self.decision),
             ("outcome", &self.outcome),
+            ("confirmation", &self.confirmation),
             ("since", &self.since),
             ("until", &self.until),
         ] {
@@ -274,6 +296,9 @@ fn push_filter(q: &mut QueryBuilder<Postgres>, tenant: TenantId, f: &Parsed) {
     }
     if f.failed {
         q.push(" AND ").push(FAILED);
+    }
+    if let Some(v) = &f.confirmation {
+        q.push(" AND confirmation = ").push_bind(v.clone());
     }
     if let Some(v) = f.since {
         q.push(" AND ts >= ").push_bind(v);
@@ -400,7 +425,7 @@ fn csv_field(out: &mut String, text: &str) {
     }
 }
 
-const CSV_HEADER: &str = "id,ts,grant_id,identity,server_id,method,tool,decision,rule,message,upstream_status,latency_ms,upstream_error\n";
+const CSV_HEADER: &str = "id,ts,grant_id,identity,server_id,method,tool,decision,rule,message,upstream_status,latency_ms,upstream_error,confirmation\n";
 
 fn csv_line(e: &EventSummary) -> String {
     let mut out = String::new();
@@ -418,6 +443,7 @@ fn csv_line(e: &EventSummary) -> String {
         e.upstream_status.map(|s| s.to_string()).unwrap_or_default(),
         e.latency_ms.map(|l| format!("{l:.3}")).unwrap_or_default(),
         e.upstream_error.clone().unwrap_or_default(),
+        e.confirmation.clone().unwrap_or_default(),
     ];
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
@@ -680,6 +706,8 @@ struct Row {
     /// Why the call ended without a whole answer (the status cell's title).
     failure: String,
     latency: String,
+    /// The user's answer to a confirmation, if they were asked.
+    confirmation: String,
 }
 
 /// The list's upstream cell: the status, marked when the answer did not come whole.
@@ -707,6 +735,7 @@ struct AuditPage {
     query: String,
     servers: Vec<Choice>,
     decisions: Vec<&'static str>,
+    confirmations: Vec<&'static str>,
     problems: Vec<FieldError>,
 }
 
@@ -755,6 +784,7 @@ async fn audit_page(
             message: e.message.clone().unwrap_or_default(),
             status: upstream_cell(e.upstream_status, e.upstream_error.as_deref()),
             failure: e.upstream_error.clone().unwrap_or_default(),
+            confirmation: e.confirmation.clone().unwrap_or_default(),
             latency: e
                 .latency_ms
                 .map(|l| format!("{l:.1} ms"))
@@ -775,6 +805,7 @@ async fn audit_page(
             })
             .collect(),
         decisions: AuditDecision::ALL.iter().map(|d| d.as_str()).collect(),
+        confirmations: Confirmation::ALL.iter().map(|c| c.as_str()).collect(),
         problems,
         filter,
     };
