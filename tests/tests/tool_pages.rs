@@ -108,6 +108,9 @@ async fn a_tool_page_shows_effects_and_usage_and_adds_the_recommended_rule() {
     };
     let send = tool("send_message").await;
     assert_eq!(send["risk"]["category"], "financial");
+    // A financial tool's advice leads with asking the agent's user to confirm each call.
+    assert_eq!(send["guidance"][0]["action"], "confirm");
+    assert!(send["guidance"][0]["json"]["tools"]["send_message"]["confirm"].is_object());
     assert!(
         send["risk"]["signals"]
             .as_array()

@@ -480,7 +480,7 @@ fn tool_schemas() -> Value {
                 "governed": { "type": "boolean" },
                 "recommended": { "type": ["object", "null"], "description": "policy.json fragment" },
                 "guidance": { "type": "array", "items": { "type": "object", "properties": {
-                    "action": { "type": "string", "enum": ["rate_limit", "block", "approval"] }, "text": { "type": "string" }, "json": { "type": "object" } } } },
+                    "action": { "type": "string", "enum": ["confirm", "rate_limit", "block", "approval"] }, "text": { "type": "string" }, "json": { "type": "object" } } } },
                 "attacks": { "type": "array", "items": { "type": "object", "properties": {
                     "name": { "type": "string" }, "why": { "type": "string" }, "stopped_by": { "type": "string" }, "doc": { "type": "string" } } } },
                 "usage": { "type": "object", "properties": {

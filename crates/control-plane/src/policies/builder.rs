@@ -1,5 +1,6 @@
 //! The visual policy builder: one row per tool (Default / Allow / Deny / Hide / Custom, with a
-//! rate limit, a condition and approval), converted to and from the policy document.
+//! rate limit, a condition, confirmation by the agent's user and approval), converted to and
+//! from the policy document.
 //!
 //! The builder edits only `default`, `mode`, `hide` entries and `tools` rules of the tools it
 //! shows; everything else in the document (categories, `all_tools`, audit settings, rules it
@@ -23,6 +24,9 @@ pub struct Row {
     pub max: String,
     /// Rate limit window (`minute`, `hour`, `day`, or a duration like `15m`).
     pub window: String,
+    /// Whether the agent's user confirms each call in their MCP client (`confirm`, with the
+    /// default question and timeout).
+    pub confirm: bool,
     /// Whether calls wait for a human approval.
     pub approval: bool,
     /// A required condition: argument path (`args.to`).
@@ -66,7 +70,7 @@ fn is_deny(rule: &Map<String, Value>) -> bool {
 fn simple_allow(rule: &Map<String, Value>, row: &mut Row) -> bool {
     if !rule
         .keys()
-        .all(|k| matches!(k.as_str(), "limits" | "approval" | "require"))
+        .all(|k| matches!(k.as_str(), "limits" | "confirm" | "approval" | "require"))
     {
         return false;
     }
@@ -90,6 +94,13 @@ fn simple_allow(rule: &Map<String, Value>, row: &mut Row) -> bool {
             .and_then(Value::as_str)
             .unwrap_or("minute")
             .to_owned();
+    }
+    // A question or timeout of its own is more than a checkbox says: Custom keeps it.
+    if let Some(confirm) = rule.get("confirm") {
+        if confirm.as_object().is_none_or(|c| !c.is_empty()) {
+            return false;
+        }
+        row.confirm = true;
     }
     if let Some(approval) = rule.get("approval") {
         if approval.as_object().is_none_or(|a| !a.is_empty()) {
@@ -283,6 +294,9 @@ pub fn build(base: &Value, form: &[(String, String)]) -> Result<Value, Vec<Field
                         )),
                     }
                 }
+                if field(form, &format!("tool.{i}.confirm")).is_some() {
+                    rule.insert("confirm".into(), json!({}));
+                }
                 if field(form, &format!("tool.{i}.approval")).is_some() {
                     rule.insert("approval".into(), json!({}));
                 }
@@ -358,7 +372,9 @@ mod tests {
                 "read": {},
                 "send": { "limits": [{ "counter": "send_calls", "window": "minute", "max": 30, "scope": "grant" }] },
                 "weird": { "validate": true },
-                "nope": { "deny_if": [{ "conditions": [] }] }
+                "nope": { "deny_if": [{ "conditions": [] }] },
+                "sms": { "confirm": {}, "approval": {} },
+                "asked": { "confirm": { "message": "Send to {args.to}?" } }
             }
         });
         let rows = rows(&base, &[]);
@@ -369,6 +385,13 @@ mod tests {
         assert_eq!(mode("nope"), "deny");
         assert_eq!(mode("drop_db"), "hide");
         assert_eq!(rows.iter().find(|r| r.name == "send").unwrap().max, "30");
+        let sms = rows.iter().find(|r| r.name == "sms").unwrap();
+        assert_eq!(
+            (sms.mode.as_str(), sms.confirm, sms.approval),
+            ("allow", true, true)
+        );
+        // A question of its own stays in Custom, where the builder cannot lose it.
+        assert_eq!(mode("asked"), "custom");
 
         let built = build(
             &base,
@@ -379,6 +402,7 @@ mod tests {
                 ("tool.0.mode", "allow"),
                 ("tool.0.max", "5"),
                 ("tool.0.window", "hour"),
+                ("tool.0.confirm", "on"),
                 ("tool.0.approval", "on"),
                 ("tool.0.cond_path", "args.to"),
                 ("tool.0.cond_op", "regex"),
@@ -394,7 +418,12 @@ mod tests {
         assert_eq!(built["tools"]["send"]["limits"][0]["max"], 5);
         assert_eq!(built["tools"]["send"]["limits"][0]["window"], "hour");
         assert_eq!(built["tools"]["send"]["require"][0]["value"], "^\\+44");
+        assert_eq!(built["tools"]["send"]["confirm"], json!({}));
         assert_eq!(built["tools"]["send"]["approval"], json!({}));
+        assert_eq!(
+            built["tools"]["asked"],
+            json!({ "confirm": { "message": "Send to {args.to}?" } })
+        );
         assert_eq!(built["tools"]["weird"], json!({ "validate": true }));
         crate::policies::validate(&built).unwrap();
 

@@ -46,7 +46,7 @@ pub fn signal(text: &str) -> Signal {
 /// One way to govern the tool, with the policy fragment that does it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Advice {
-    /// `rate_limit`, `block` or `approval`.
+    /// `confirm`, `rate_limit`, `block` or `approval`.
     pub action: &'static str,
     /// What to do and why, for this tool's category.
     pub text: String,
@@ -54,8 +54,10 @@ pub struct Advice {
     pub json: Value,
 }
 
-/// Rate limit, block and approval advice for a tool of `category` named `name`.
-pub fn advice(name: &str, category: RiskCategory, counter: &str) -> Vec<Advice> {
+/// Rate limit, block and approval advice for a tool of `category` named `name`, led by asking
+/// the agent's user to confirm for a financial tool, and for a write tool that says it reaches
+/// outside its own system (`open_world`).
+pub fn advice(name: &str, category: RiskCategory, open_world: bool, counter: &str) -> Vec<Advice> {
     let (per_minute, limit_text) = match category {
         RiskCategory::Read => (
             120,
@@ -101,7 +103,18 @@ pub fn advice(name: &str, category: RiskCategory, counter: &str) -> Vec<Advice> 
         }
         _ => "Approval suits rare, consequential calls; for routine ones a limit is kinder.",
     };
-    vec![
+    let mut advice = Vec::with_capacity(4);
+    if let Some(text) = confirm_text(category, open_world) {
+        advice.push(Advice {
+            action: "confirm",
+            text: text.to_owned(),
+            json: json!({ "tools": { name: { "confirm": {
+                "message": format!("Allow {name} with these arguments?"),
+                "timeout": "2m"
+            } } } }),
+        });
+    }
+    advice.extend([
         Advice {
             action: "rate_limit",
             text: limit_text.to_owned(),
@@ -119,7 +132,21 @@ pub fn advice(name: &str, category: RiskCategory, counter: &str) -> Vec<Advice> 
             text: approval_text.to_owned(),
             json: json!({ "tools": { name: { "approval": { "timeout": "30m" } } } }),
         },
-    ]
+    ]);
+    advice
+}
+
+/// Why to ask the agent's user before each call, for the tools where that is advised.
+fn confirm_text(category: RiskCategory, open_world: bool) -> Option<&'static str> {
+    match category {
+        RiskCategory::Financial => Some(
+            "Ask the person driving the agent to confirm each charge in their MCP client, shown the exact arguments; add approval as well if someone else must sign off.",
+        ),
+        RiskCategory::Write if open_world => Some(
+            "It writes to systems outside the server: ask the person driving the agent to confirm each call in their MCP client, so a prompt-injected agent cannot send on their behalf unseen.",
+        ),
+        _ => None,
+    }
 }
 
 /// An attack pattern that applies to the tool.
@@ -261,6 +288,22 @@ mod tests {
             signal("Purchases or charges: \"buy\" (description)").kind,
             "description"
         );
+    }
+
+    #[test]
+    fn confirmation_is_advised_for_financial_and_open_world_write_tools() {
+        let leads = |category, open_world| {
+            advice("send", category, open_world, "send_calls")
+                .first()
+                .map(|a| a.action)
+        };
+        assert_eq!(leads(RiskCategory::Financial, false), Some("confirm"));
+        assert_eq!(leads(RiskCategory::Write, true), Some("confirm"));
+        assert_eq!(leads(RiskCategory::Write, false), Some("rate_limit"));
+        assert_eq!(leads(RiskCategory::Read, true), Some("rate_limit"));
+        let confirm = &advice("send", RiskCategory::Financial, false, "c")[0];
+        let policy = json!({ "version": "1", "tools": confirm.json["tools"] });
+        portcullis_policy::CompiledPolicy::from_json(&policy).unwrap();
     }
 
     #[test]

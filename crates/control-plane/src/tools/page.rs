@@ -261,7 +261,14 @@ pub async fn report(
         governed: effects.iter().all(|e| e.governed),
         policies: effects,
         recommended,
-        guidance: guidance::advice(&tool.name, category, &counter),
+        guidance: guidance::advice(
+            &tool.name,
+            category,
+            typed
+                .annotations
+                .is_some_and(|a| a.open_world_hint == Some(true)),
+            &counter,
+        ),
         attacks: guidance::attacks(category, &signals),
         usage,
         name: tool.name,
