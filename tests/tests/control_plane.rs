@@ -2231,10 +2231,22 @@ async fn signup_answers_alike_for_new_and_known_emails_and_the_mail_tells_the_ow
     let right_form = answer_of(form("correct horse battery").await.unwrap()).await;
     let wrong_api = answer_of(api("another long password").await.unwrap()).await;
     let wrong_form = answer_of(form("another long password").await.unwrap()).await;
-    assert_eq!(new_api, right_api, "the API answers a known email differently");
-    assert_eq!(new_api, wrong_api, "the API answers a wrong password differently");
-    assert_eq!(new_form, right_form, "the form answers a known email differently");
-    assert_eq!(new_form, wrong_form, "the form answers a wrong password differently");
+    assert_eq!(
+        new_api, right_api,
+        "the API answers a known email differently"
+    );
+    assert_eq!(
+        new_api, wrong_api,
+        "the API answers a wrong password differently"
+    );
+    assert_eq!(
+        new_form, right_form,
+        "the form answers a known email differently"
+    );
+    assert_eq!(
+        new_form, wrong_form,
+        "the form answers a wrong password differently"
+    );
 
     // The mails differ: a link to a new organisation of the account, and a notice.
     let right = stack.mail.take(email).await;
@@ -2331,7 +2343,10 @@ async fn mail_goes_through_smtp_and_waits_in_the_outbox_while_the_server_is_down
         row.0 >= 1 && row.1.is_some() && row.2
     })
     .await;
-    assert!(retried, "the mail was not tried, or not kept, while the server was down");
+    assert!(
+        retried,
+        "the mail was not tried, or not kept, while the server was down"
+    );
 
     // The server comes up: the next attempt delivers.
     let maildir = portcullis_tests::Mailbox::new();
@@ -2355,11 +2370,12 @@ async fn mail_goes_through_smtp_and_waits_in_the_outbox_while_the_server_is_down
         .unwrap();
     assert_eq!(confirmed.status(), 201);
     let cleared = eventually(Duration::from_secs(5), || async {
-        let row: (i32, bool) =
-            sqlx::query_as("SELECT attempts, sent_at IS NOT NULL AND body IS NULL FROM mail_outbox")
-                .fetch_one(pool)
-                .await
-                .unwrap();
+        let row: (i32, bool) = sqlx::query_as(
+            "SELECT attempts, sent_at IS NOT NULL AND body IS NULL FROM mail_outbox",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
         row.0 >= 2 && row.1
     })
     .await;

@@ -86,9 +86,9 @@ fn parse_transport(text: &str) -> anyhow::Result<Transport> {
             Ok(Transport::Smtp(builder.timeout(Some(SMTP_TIMEOUT)).build()))
         }
         "file" => {
-            let folder = url
-                .to_file_path()
-                .map_err(|()| invalid("a file URL names an absolute folder: file:///path".into()))?;
+            let folder = url.to_file_path().map_err(|()| {
+                invalid("a file URL names an absolute folder: file:///path".into())
+            })?;
             std::fs::create_dir_all(&folder)
                 .map_err(|e| invalid(format!("cannot create {}: {e}", folder.display())))?;
             Ok(Transport::Folder(folder))
@@ -242,12 +242,14 @@ async fn send(transport: &Transport, id: Uuid, message: Message) -> Result<(), F
             permanent: e.is_permanent(),
             message: e.to_string(),
         }),
-        Transport::Folder(folder) => write_file(folder, id, &message.formatted())
-            .await
-            .map_err(|e| Failure {
-                message: format!("cannot write to {}: {e}", folder.display()),
-                permanent: false,
-            }),
+        Transport::Folder(folder) => {
+            write_file(folder, id, &message.formatted())
+                .await
+                .map_err(|e| Failure {
+                    message: format!("cannot write to {}: {e}", folder.display()),
+                    permanent: false,
+                })
+        }
     }
 }
 
@@ -323,8 +325,14 @@ mod tests {
             "smtp:///nohost",
             "file://elsewhere.example.com/mail",
         ] {
-            let error = parse_transport(bad).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(error.starts_with("invalid PORTCULLIS_MAIL_TRANSPORT: "), "{bad}: {error}");
+            let error = parse_transport(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                error.starts_with("invalid PORTCULLIS_MAIL_TRANSPORT: "),
+                "{bad}: {error}"
+            );
             assert!(!error.contains("pw@"), "{error}");
         }
         assert!(Mailer::new(None, "not an address").is_err());
@@ -334,7 +342,10 @@ mod tests {
     #[test]
     fn links_stay_whole_in_seven_bit_messages() {
         let from: Mailbox = "Portcullis <noreply@example.com>".parse().unwrap();
-        let link = format!("https://portcullis.example.com/signup/confirm?token=pcc_{}", "A".repeat(43));
+        let link = format!(
+            "https://portcullis.example.com/signup/confirm?token=pcc_{}",
+            "A".repeat(43)
+        );
         let due = Due {
             id: Uuid::now_v7(),
             recipient: "owner@example.com".into(),
@@ -346,8 +357,14 @@ mod tests {
             panic!("the message does not build");
         };
         let formatted = String::from_utf8(built.formatted()).unwrap();
-        assert!(formatted.contains(&format!("\r\n{link}\r\n")), "{formatted}");
-        assert!(formatted.contains("Content-Transfer-Encoding: 7bit"), "{formatted}");
+        assert!(
+            formatted.contains(&format!("\r\n{link}\r\n")),
+            "{formatted}"
+        );
+        assert!(
+            formatted.contains("Content-Transfer-Encoding: 7bit"),
+            "{formatted}"
+        );
         // Text 7bit cannot carry is encoded.
         let accented = Due {
             body: Some("Café\n".into()),
@@ -357,7 +374,10 @@ mod tests {
             panic!("the message does not build");
         };
         let formatted = String::from_utf8(built.formatted()).unwrap();
-        assert!(!formatted.contains("Content-Transfer-Encoding: 7bit"), "{formatted}");
+        assert!(
+            !formatted.contains("Content-Transfer-Encoding: 7bit"),
+            "{formatted}"
+        );
         let bad = Due {
             recipient: "not an address".into(),
             ..due
