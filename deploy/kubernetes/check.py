@@ -193,7 +193,7 @@ def check_pod(obj, spec, problem, configmaps, secrets, settings, overlay):
                 secret = secrets.get(ref["name"])
                 if secret is None:
                     problem(obj, f"{name}: {var['name']} reads Secret {ref['name']}, which is not rendered")
-                elif ref["key"] not in (secret.get("data") or {}):
+                elif ref["key"] not in (secret.get("data") or {}) and not ref.get("optional"):
                     problem(obj, f"{name}: {var['name']} reads key {ref['key']}, which Secret {ref['name']} has not")
                 env[var["name"]] = "(secret)"
             else:

@@ -45,7 +45,11 @@ async fn run() {
     let keys = portcullis_tests::encryption_keys();
     let url = db.url();
     let redis_url = portcullis_tests::redis_url();
+    let mail = portcullis_tests::Mailbox::new();
+    let transport = mail.transport();
     let config = Config::from_flags([
+        "--mail-transport",
+        transport.as_str(),
         "--database-url",
         url.as_str(),
         "--redis-url",
@@ -65,15 +69,13 @@ async fn run() {
         .unwrap();
     let base = format!("http://{}", app.control_plane.unwrap());
     let http = reqwest::Client::new();
-    let signup: Value = http
-        .post(format!("{base}/api/v1/signup"))
-        .json(&serde_json::json!({ "email": "bench@example.com", "password": "benchmark password", "organization": "Bench" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let signup = portcullis_tests::signup(
+        &http,
+        &base,
+        &mail,
+        ("bench@example.com", "benchmark password", "Bench"),
+    )
+    .await;
     let token = signup["api_token"].as_str().unwrap().to_owned();
     let tenant = signup["tenant_id"].as_str().unwrap().to_owned();
 

@@ -70,7 +70,11 @@ async fn run() {
     let keys = portcullis_tests::encryption_keys();
     let url = db.url();
     let redis_url = portcullis_tests::redis_url();
+    let mail = portcullis_tests::Mailbox::new();
+    let transport = mail.transport();
     let config = Config::from_flags([
+        "--mail-transport",
+        transport.as_str(),
         "--database-url",
         url.as_str(),
         "--redis-url",
@@ -92,15 +96,13 @@ async fn run() {
         .unwrap();
     let base = format!("http://{}", app.control_plane.unwrap());
     let http = reqwest::Client::new();
-    let signup: Value = http
-        .post(format!("{base}/api/v1/signup"))
-        .json(&json!({ "email": "bench@example.com", "password": "benchmark password", "organization": "Bench" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let signup = portcullis_tests::signup(
+        &http,
+        &base,
+        &mail,
+        ("bench@example.com", "benchmark password", "Bench"),
+    )
+    .await;
     let token = signup["api_token"].as_str().unwrap().to_owned();
     let call = |method: reqwest::Method, path: String, body: Option<Value>| {
         let mut request = http

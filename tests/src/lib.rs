@@ -1,6 +1,7 @@
 //! The test harness every Portcullis test shares: a fresh Postgres database per test (cloned
 //! from a template migrated once), a unique Redis key prefix per test, and a chaos proxy that
-//! cuts a connection on demand. Everything a harness object starts stops when it is dropped.
+//! cuts a connection on demand, and a mailbox that reads the mail the control plane sends.
+//! Everything a harness object starts stops when it is dropped.
 //!
 //! Postgres and Redis are found through `DATABASE_URL` and `REDIS_URL` (any database name in
 //! `DATABASE_URL` is ignored: the harness makes its own), defaulting to the local servers.
@@ -8,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod chaos;
+mod mailbox;
 pub mod peers;
 mod postgres;
 pub mod redis_cluster;
@@ -15,6 +17,7 @@ mod redis_prefix;
 pub mod sse;
 
 pub use chaos::ChaosProxy;
+pub use mailbox::{Mail, Mailbox, signup};
 pub use postgres::TestDatabase;
 pub use redis_cluster::RedisCluster;
 pub use redis_prefix::TestRedis;

@@ -1,6 +1,7 @@
 //! Real MCP peers for end-to-end tests (see `shared/PEERS.md`): the Python SDK's server and
 //! client (run from the venv in `tests/peers/.venv`) and the TypeScript `server-everything`
-//! (from `tests/peers/node_modules`), both installed by `deploy/local/test`.
+//! (from `tests/peers/node_modules`), both installed by `deploy/local/test`; and a real SMTP
+//! server (`aiosmtpd`, from the same venv) for the control plane's mail.
 //!
 //! Every server listens on 127.0.0.1 only and is killed when its handle is dropped.
 
@@ -144,4 +145,17 @@ pub async fn python_client(url: &str, mode: &str, plan: &str) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout.lines().last().unwrap_or_default().to_owned()
+}
+
+/// Starts `aiosmtpd` (a real SMTP server) on 127.0.0.1:`port`, storing every message it
+/// receives in the maildir `maildir` (each in `maildir/new/`, read with
+/// [`crate::Mailbox::at`]).
+pub fn smtp_server(port: u16, maildir: &std::path::Path) -> PeerProcess {
+    let mut command = Command::new(python());
+    command
+        .args(["-m", "aiosmtpd", "--nosetuid"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--class", "aiosmtpd.handlers.Mailbox"])
+        .arg(maildir);
+    PeerProcess::spawn(command, port, "aiosmtpd")
 }

@@ -242,6 +242,21 @@ async fn journey(stack: &Stack, upstream: &Upstream, b: &Client, base: &str, gat
         .await
         .unwrap();
     form.submit().await.unwrap();
+    wait_text(b, "Check your email").await;
+    shot(b, "01b-signup-check-your-email").await;
+    // The mailed link, opened on the dashboard under test (the link names the configured
+    // public URL, which is not where this test's control plane listens), and Confirm pressed.
+    let link = stack
+        .mail
+        .take("owner@journey.example")
+        .await
+        .link()
+        .expect("the sign-up mail has no link");
+    let (_, path_and_query) = link.split_at(link.find("/signup/confirm").unwrap());
+    b.goto(&format!("{base}{path_and_query}")).await.unwrap();
+    wait_text(b, "Journey Ltd").await;
+    shot(b, "01c-signup-confirm").await;
+    click(b, "#confirm-signup").await;
     wait_path(b, |p| p == "/servers").await;
     shot(b, "02-servers-empty").await;
 

@@ -67,11 +67,14 @@ async fn signup_sessions_csrf_and_logout() {
     assert_eq!(me["role"], "admin");
     assert_eq!(me["tenant_id"], api.tenant_id.as_str());
 
-    // Signing up again with the same email but another password is refused.
+    // Signing up again with the same email but another password answers as any sign-up does;
+    // the address's owner hears of it by mail, with no link.
     let (status, body) = api
         .post("/api/v1/signup", json!({ "email": "ALICE@example.com", "password": "another password", "organization": "X" }))
         .await;
-    assert_eq!(status, 409, "{body}");
+    assert_eq!(status, 202, "{body}");
+    let notice = stack.mail.take("ALICE@example.com").await;
+    assert!(notice.link().is_none(), "{}", notice.raw);
     // Bad input answers 422 with pointers.
     let (status, body) = api
         .post(
@@ -1386,17 +1389,18 @@ async fn credential_keys_rotate_without_downtime() {
     let (_, new) = portcullis_core::Keyring::generate(2);
     let role = portcullis::Role::ControlPlane;
     let client = reqwest::Client::new();
-    let app = start_app_with_keys(&db, &redis, role, &[], &old).await;
+    let mail = portcullis_tests::Mailbox::new();
+    let transport = mail.transport();
+    let flags = ["--mail-transport", transport.as_str()];
+    let app = start_app_with_keys(&db, &redis, role, &flags, &old).await;
     let base = format!("http://{}", app.control_plane.unwrap());
-    let signup: Value = client
-        .post(format!("{base}/api/v1/signup"))
-        .json(&json!({ "email": "rot@example.com", "password": "correct horse battery", "organization": "Rot" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let signup = portcullis_tests::signup(
+        &client,
+        &base,
+        &mail,
+        ("rot@example.com", "correct horse battery", "Rot"),
+    )
+    .await;
     let api = |base: &str| Api {
         base: base.to_owned(),
         http: client.clone(),
@@ -1849,22 +1853,30 @@ async fn the_environments_proxy_is_never_used_and_a_blocked_target_stays_blocked
     // Upstreams on 127.0.0.2 only: 127.0.0.1 (where `localhost` resolves, and the proxy is)
     // stays refused.
     let keys = portcullis_tests::encryption_keys();
+    let mail = portcullis_tests::Mailbox::new();
+    let transport = mail.transport();
     let cp = ControlPlaneProcess::start(
         &db,
         &redis,
-        (&keys, &["--upstream-allow", "127.0.0.2/32"]),
+        (
+            &keys,
+            &[
+                "--upstream-allow",
+                "127.0.0.2/32",
+                "--mail-transport",
+                &transport,
+            ],
+        ),
         &env,
     );
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let signed_up: Value = http
-        .post(format!("{}/api/v1/signup", cp.base))
-        .json(&json!({ "email": "proxy@example.com", "password": "correct horse battery", "organization": "P" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let signed_up = portcullis_tests::signup(
+        &http,
+        &cp.base,
+        &mail,
+        ("proxy@example.com", "correct horse battery", "P"),
+    )
+    .await;
     let api = Api {
         base: cp.base.clone(),
         http: http.clone(),
@@ -1992,21 +2004,30 @@ async fn signups_are_throttled_per_email_and_per_address() {
             .await
             .unwrap()
             .status(),
-        201
+        202
     );
     assert_eq!(
         attempt("a@example.com", "some other password")
             .await
             .unwrap()
             .status(),
-        409
+        202
     );
     let refused = attempt("a@example.com", "correct horse battery")
         .await
         .unwrap();
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
-    // Login attempts are counted apart: the account still signs in.
+    // Login attempts are counted apart: the account (confirmed meanwhile) still signs in.
+    let token = stack.mail.take("a@example.com").await.token().unwrap();
+    let confirmed = stack
+        .http
+        .post(format!("{}/api/v1/signup/confirm", stack.base))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 201);
     let login = stack
         .http
         .post(format!("{}/api/v1/login", stack.base))
@@ -2021,14 +2042,14 @@ async fn signups_are_throttled_per_email_and_per_address() {
             .await
             .unwrap()
             .status(),
-        201
+        202
     );
     assert_eq!(
         attempt("c@example.com", "correct horse battery")
             .await
             .unwrap()
             .status(),
-        201
+        202
     );
     let refused = attempt("d@example.com", "correct horse battery")
         .await
@@ -2055,10 +2076,366 @@ async fn signups_are_throttled_per_email_and_per_address() {
         html.contains("too many attempts") && html.contains("Typed Ltd"),
         "{html}"
     );
-    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+    // Each accepted attempt queued one mail; the refused ones none.
+    let mailed: i64 = sqlx::query_scalar("SELECT count(*) FROM mail_outbox")
         .fetch_one(stack.db.pool())
         .await
         .unwrap();
-    assert_eq!(made, 3);
+    assert_eq!(mailed, 4);
     assert!(stack.app.stop().await.is_ok());
+}
+
+/// A sign-up answer, as the caller sees it: status and exact bytes.
+async fn answer_of(response: reqwest::Response) -> (u16, Vec<u8>) {
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+/// Sign-up tells nobody whether an email has an account: the same address while it is new,
+/// once it has an account with the password given, and with another password, gets the same
+/// status and the same bytes from the API, and from the form. What differs goes by mail to the
+/// address: a confirmation link (to the configured public URL, never the request's `Host`) for
+/// the first two, a notice with no link for the third. A link is shown by a page that changes
+/// nothing, works once, and an unknown, used or expired token gets one and the same answer.
+#[tokio::test]
+async fn signup_answers_alike_for_new_and_known_emails_and_the_mail_tells_the_owner() {
+    let public = "http://dashboard.example.test:8080";
+    let stack = Stack::start_with(
+        portcullis::Role::ControlPlane,
+        &["--public-url", public, "--signup-max-per-account", "20"],
+    )
+    .await;
+    let email = "Owner@Example.com";
+    let api = |password: &str| {
+        stack
+            .http
+            .post(format!("{}/api/v1/signup", stack.base))
+            .json(&json!({ "email": email, "password": password, "organization": "Owner Ltd" }))
+            .send()
+    };
+    let form = |password: &str| {
+        cp_support::form(
+            stack.http.post(format!("{}/signup", stack.base)),
+            &[
+                ("email", email),
+                ("password", password),
+                ("organization", "Owner Ltd"),
+            ],
+        )
+        .send()
+    };
+    let confirm = |token: &str| {
+        stack
+            .http
+            .post(format!("{}/api/v1/signup/confirm", stack.base))
+            .json(&json!({ "token": token }))
+            .send()
+    };
+    let link_of = |mail: &portcullis_tests::Mail| {
+        let link = mail
+            .link()
+            .unwrap_or_else(|| panic!("no link in {}", mail.raw));
+        assert!(
+            link.starts_with(&format!("{public}/signup/confirm?token=pcc_")),
+            "{link}"
+        );
+        mail.token().unwrap()
+    };
+
+    // A new email: the API and the form.
+    let new_api = answer_of(api("correct horse battery").await.unwrap()).await;
+    let new_form = answer_of(form("correct horse battery").await.unwrap()).await;
+    assert_eq!(new_api.0, 202);
+    let accepted: Value = serde_json::from_slice(&new_api.1).unwrap();
+    assert_eq!(
+        accepted,
+        json!({ "status": "confirmation_sent", "email": email })
+    );
+    assert_eq!(new_form.0, 202);
+    assert!(String::from_utf8_lossy(&new_form.1).contains("Check your email"));
+    let first = stack.mail.take(email).await;
+    let second = stack.mail.take(email).await;
+    assert_eq!(first.subject(), "Confirm your Portcullis sign-up");
+    let (first, second) = (link_of(&first), link_of(&second));
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(stack.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(users, 0, "an account was made before its confirmation");
+
+    // The link opens a page that confirms with a button (a POST): opening it changes nothing.
+    for _ in 0..2 {
+        let page = stack
+            .http
+            .get(format!("{}/signup/confirm?token={first}", stack.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let html = page.text().await.unwrap();
+        assert!(
+            html.contains("Owner Ltd") && html.contains("action=\"/signup/confirm\""),
+            "{html}"
+        );
+    }
+    let confirmed = cp_support::form(
+        stack.http.post(format!("{}/signup/confirm", stack.base)),
+        &[("token", first.as_str())],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(confirmed.status(), 303);
+    assert_eq!(confirmed.headers()["location"], "/servers");
+    let cookie = confirmed.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let me: Value = stack
+        .http
+        .get(format!("{}/api/v1/me", stack.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["tenant_name"], "Owner Ltd");
+    assert_eq!(me["role"], "admin");
+
+    // Used, unknown and expired tokens: one answer, which tells none of them apart.
+    let used = answer_of(confirm(&first).await.unwrap()).await;
+    assert_eq!(used.0, 400);
+    let unknown = answer_of(confirm("pcc_nothing-like-it").await.unwrap()).await;
+    sqlx::query("UPDATE signup_requests SET expires_at = now() - interval '1 second'")
+        .execute(stack.db.pool())
+        .await
+        .unwrap();
+    let expired = answer_of(confirm(&second).await.unwrap()).await;
+    assert_eq!(used, unknown);
+    assert_eq!(used, expired);
+    let page = stack
+        .http
+        .get(format!("{}/signup/confirm?token={first}", stack.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 400);
+
+    // The email has an account now: with its password, then with another.
+    let right_api = answer_of(api("correct horse battery").await.unwrap()).await;
+    let right_form = answer_of(form("correct horse battery").await.unwrap()).await;
+    let wrong_api = answer_of(api("another long password").await.unwrap()).await;
+    let wrong_form = answer_of(form("another long password").await.unwrap()).await;
+    assert_eq!(
+        new_api, right_api,
+        "the API answers a known email differently"
+    );
+    assert_eq!(
+        new_api, wrong_api,
+        "the API answers a wrong password differently"
+    );
+    assert_eq!(
+        new_form, right_form,
+        "the form answers a known email differently"
+    );
+    assert_eq!(
+        new_form, wrong_form,
+        "the form answers a wrong password differently"
+    );
+
+    // The mails differ: a link to a new organisation of the account, and a notice.
+    let right = stack.mail.take(email).await;
+    assert_eq!(right.subject(), "Confirm your new Portcullis organisation");
+    let right_token = link_of(&right);
+    assert!(link_of(&stack.mail.take(email).await).starts_with("pcc_"));
+    for _ in 0..2 {
+        let notice = stack.mail.take(email).await;
+        assert_eq!(
+            notice.subject(),
+            "Someone tried to sign up with your address"
+        );
+        assert!(notice.link().is_none(), "{}", notice.raw);
+        assert!(
+            notice.body.contains(&format!("{public}/login"))
+                && notice.body.contains("already have an account"),
+            "{}",
+            notice.body
+        );
+    }
+    let (status, body) = answer_of(confirm(&right_token).await.unwrap()).await;
+    assert_eq!(status, 201);
+    let added: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(added["user_id"], me["user_id"]);
+    assert_ne!(added["tenant_id"], me["tenant_id"]);
+    let api = cp_support::Api {
+        base: stack.base.clone(),
+        http: stack.http.clone(),
+        token: added["api_token"].as_str().unwrap().to_owned(),
+        tenant_id: String::new(),
+        user_id: String::new(),
+    };
+    assert_eq!(
+        api.expect("GET", "/api/v1/me", None, 200).await["role"],
+        "admin"
+    );
+
+    // The tokens are kept as hashes only, and every sent mail's text is gone.
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM signup_requests WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
+    )
+    .bind(&second)
+    .fetch_one(stack.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(kept, 0, "an expired sign-up outlived its link");
+    let cleared = eventually(Duration::from_secs(5), || async {
+        let bodies: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL OR body IS NOT NULL",
+        )
+        .fetch_one(stack.db.pool())
+        .await
+        .unwrap();
+        bodies == 0
+    })
+    .await;
+    assert!(cleared, "a sent mail kept its text");
+    assert!(stack.app.stop().await.is_ok());
+}
+
+/// Mail goes through a real SMTP server (aiosmtpd, on loopback). While the server is down it
+/// waits in the outbox and is retried; once the server is up it is delivered, and its text
+/// (which holds the one-time link) is cleared from the outbox.
+#[tokio::test]
+async fn mail_goes_through_smtp_and_waits_in_the_outbox_while_the_server_is_down() {
+    let port = cp_support::free_port();
+    let transport = format!("smtp://127.0.0.1:{port}");
+    let stack = Stack::start_with(
+        portcullis::Role::ControlPlane,
+        &[
+            "--mail-transport",
+            &transport,
+            "--mail-from",
+            "Portcullis Test <noreply@portcullis.test>",
+        ],
+    )
+    .await;
+    let response = stack
+        .http
+        .post(format!("{}/api/v1/signup", stack.base))
+        .json(&json!({ "email": "smtp@example.com", "password": "correct horse battery", "organization": "SMTP" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let pool = stack.db.pool();
+    let retried = eventually(Duration::from_secs(10), || async {
+        let row: (i32, Option<String>, bool) = sqlx::query_as(
+            "SELECT attempts, last_error, sent_at IS NULL AND body IS NOT NULL FROM mail_outbox",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        row.0 >= 1 && row.1.is_some() && row.2
+    })
+    .await;
+    assert!(
+        retried,
+        "the mail was not tried, or not kept, while the server was down"
+    );
+
+    // The server comes up: the next attempt delivers.
+    let maildir = portcullis_tests::Mailbox::new();
+    let _smtp = portcullis_tests::peers::smtp_server(port, &maildir.dir().join("smtp"));
+    let inbox = portcullis_tests::Mailbox::at(maildir.dir().join("smtp/new"));
+    let mail = inbox.take("smtp@example.com").await;
+    assert!(
+        mail.header("from")
+            .is_some_and(|f| f.contains("noreply@portcullis.test")),
+        "{}",
+        mail.raw
+    );
+    assert_eq!(mail.subject(), "Confirm your Portcullis sign-up");
+    let token = mail.token().unwrap();
+    let confirmed = stack
+        .http
+        .post(format!("{}/api/v1/signup/confirm", stack.base))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 201);
+    let cleared = eventually(Duration::from_secs(5), || async {
+        let row: (i32, bool) = sqlx::query_as(
+            "SELECT attempts, sent_at IS NOT NULL AND body IS NULL FROM mail_outbox",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        row.0 >= 2 && row.1
+    })
+    .await;
+    assert!(cleared, "the sent mail kept its text");
+    assert!(stack.app.stop().await.is_ok());
+}
+
+/// With no mail transport, the control plane says at start that sign-up confirmations cannot
+/// be delivered, and the mail waits in the outbox, text and all, untried.
+#[tokio::test]
+async fn without_a_mail_transport_mail_waits_in_the_outbox_and_the_start_says_so() {
+    use std::io::{BufRead as _, Read as _};
+    let db = portcullis_tests::TestDatabase::new().await;
+    let redis = portcullis_tests::TestRedis::new().await;
+    let redis_url = portcullis_tests::redis_url();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis-e2e"))
+        .arg("control-plane")
+        .args(["--database-url", &db.url(), "--redis-url", &redis_url])
+        .args(portcullis_tests::redis_flags(&redis_url))
+        .args(["--redis-prefix", redis.prefix()])
+        .args(["--control-plane-addr", "127.0.0.1:0"])
+        .args(["--encryption-keys", &portcullis_tests::encryption_keys()])
+        .args(["--log", "warn", "--approval-sweep-interval", "100ms"])
+        .env_remove("PORTCULLIS_MAIL_TRANSPORT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("dashboard:").map(|a| a.trim().to_owned()))
+        .expect("the control plane printed no address");
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/signup", base.trim_end_matches('/')))
+        .json(&json!({ "email": "nobody@example.com", "password": "correct horse battery", "organization": "N" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (attempts, waiting): (i32, bool) = sqlx::query_as(
+        "SELECT attempts, sent_at IS NULL AND body LIKE '%/signup/confirm?token=pcc_%' FROM mail_outbox",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!((attempts, waiting), (0, true));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut said = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert!(
+        said.contains("PORTCULLIS_MAIL_TRANSPORT is not set")
+            && said.contains("sign-up confirmations cannot be delivered"),
+        "{said}"
+    );
 }

@@ -2,8 +2,9 @@
 //! discovery, a policy, grants, calls through the gateway on both routes, an approval, refused
 //! calls, the audit export) against `portcullis serve` logging at `debug`, then every log line
 //! of the process, every audit row in Postgres, every error body and every exported file is
-//! searched for each secret the journey made or used: the password, API tokens, the session
-//! cookie, the CSRF token, the upstream credential and grant tokens. None may appear.
+//! searched for each secret the journey made or used: the password, the sign-up confirmation
+//! token, API tokens, the session cookie, the CSRF token, the upstream credential and grant
+//! tokens. None may appear.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
@@ -28,14 +29,18 @@ struct Serve {
     gateway: String,
     lines: Arc<Mutex<Vec<String>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// Where its mail goes.
+    mail: portcullis_tests::Mailbox,
 }
 
 impl Serve {
     fn start(db: &TestDatabase, redis: &TestRedis) -> Self {
         let keys = portcullis_tests::encryption_keys();
         let redis_url = portcullis_tests::redis_url();
+        let mail = portcullis_tests::Mailbox::new();
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-e2e"))
             .arg("serve")
+            .args(["--mail-transport", &mail.transport()])
             .args(["--database-url", &db.url(), "--redis-url", &redis_url])
             .args(portcullis_tests::redis_flags(&redis_url))
             .args(["--redis-prefix", redis.prefix()])
@@ -87,6 +92,7 @@ impl Serve {
             gateway: gateway.unwrap(),
             lines,
             readers,
+            mail,
         }
     }
 
@@ -204,7 +210,9 @@ async fn no_secret_reaches_a_log_line_an_audit_row_an_error_or_an_export() {
     let base = serve.dashboard.clone();
     let mut seen = Haystack::default();
 
-    // Sign up, then sign in: an API token, a session cookie, a CSRF token.
+    // Sign up, confirm through the mailed link (its page, then the API; then once more, which
+    // is refused), then sign in: a confirmation token, an API token, a session cookie, a CSRF
+    // token.
     let (status, _, body) = answer(
         http.post(format!("{base}/api/v1/signup"))
             .json(&json!({ "email": "owner@secrets.example", "password": PASSWORD, "organization": "Secrets" }))
@@ -213,8 +221,41 @@ async fn no_secret_reaches_a_log_line_an_audit_row_an_error_or_an_export() {
             .unwrap(),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
-    let api_token = serde_json::from_str::<Value>(&body).unwrap()["api_token"]
+    assert_eq!(status, 202, "{body}");
+    seen.add("the sign-up's answer", &body);
+    let confirm_token = serve
+        .mail
+        .take("owner@secrets.example")
+        .await
+        .token()
+        .unwrap();
+    let (status, _, body) = answer(
+        http.get(format!("{base}/signup/confirm?token={confirm_token}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut confirmed = String::new();
+    for expected in [201, 400] {
+        let (status, _, body) = answer(
+            http.post(format!("{base}/api/v1/signup/confirm"))
+                .json(&json!({ "token": confirm_token }))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, expected, "{body}");
+        // The 201 shows the API token, once, as it should.
+        if expected == 201 {
+            confirmed = body;
+        } else {
+            seen.add("the refused second confirmation", body);
+        }
+    }
+    let api_token = serde_json::from_str::<Value>(&confirmed).unwrap()["api_token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -459,7 +500,7 @@ async fn no_secret_reaches_a_log_line_an_audit_row_an_error_or_an_export() {
         (
             http.post(format!("{base}/api/v1/signup"))
                 .json(&json!({ "email": "owner@secrets.example", "password": "another long password", "organization": "X" })),
-            409,
+            202,
         ),
         (
             http.get(format!("{base}/api/v1/me"))
@@ -532,6 +573,8 @@ async fn no_secret_reaches_a_log_line_an_audit_row_an_error_or_an_export() {
         "admin_audit",
         "approvals",
         "webhook_deliveries",
+        "signup_requests",
+        "mail_outbox",
     ] {
         let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT row_to_json(t)::text FROM {table} t"
@@ -558,6 +601,7 @@ async fn no_secret_reaches_a_log_line_an_audit_row_an_error_or_an_export() {
     }
     let mut secrets = vec![
         ("the password", PASSWORD.to_owned()),
+        ("the sign-up confirmation token", confirm_token),
         ("the upstream credential", UPSTREAM_KEY.to_owned()),
         ("the API token", api_token),
         ("the second API token", second_api_token),

@@ -7,6 +7,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_core::{TenantId, TokenHash, UserId};
 use serde::Deserialize;
 use serde_json::json;
@@ -38,12 +40,20 @@ pub struct SignupForm {
 struct Signed {
     tenant: TenantId,
     user: UserId,
+    email: String,
 }
 
-/// Creates a tenant with its first admin. An existing user signing up again (with their
-/// password) gets a new organisation of their own. Attempts are throttled per email and per
-/// client address, like sign-in's failures.
-async fn signup(state: &AppState, form: &SignupForm, ip: ClientIp) -> Result<Signed> {
+/// How long a confirmation link works.
+const CONFIRMATION_HOURS: i32 = 24;
+
+/// Asks for an organisation with its first admin. The answer is the same whether or not the
+/// email has an account, and so is the work (one argon2 hash or verification, one transaction,
+/// one queued mail), so neither the answer nor its time tells which emails have accounts. What
+/// differs goes by mail to the address's owner: a confirmation link for a new account, or for
+/// an existing account whose password was given (a new organisation of its own); else a
+/// notice that the address has an account. Attempts are throttled per email and per client
+/// address. Returns the email the mail goes to.
+async fn signup(state: &AppState, form: &SignupForm, ip: ClientIp) -> Result<String> {
     throttle::check(state, Door::Signup, &form.email, ip.0).await?;
     throttle::count(state, Door::Signup, &form.email, ip.0).await;
     let mut errors = Vec::new();
@@ -60,36 +70,136 @@ async fn signup(state: &AppState, form: &SignupForm, ip: ClientIp) -> Result<Sig
             .bind(&email)
             .fetch_optional(state.db())
             .await?;
-    let user = match existing {
-        Some((id, stored)) => {
-            if !passwords::verify(form.password.clone(), Some(stored)).await? {
-                return Err(Error::Conflict(
-                    "an account with this email exists; sign in, or sign up with its password to add an organisation".into(),
-                ));
-            }
-            UserId(id)
+    // What a confirmation would make: a new account (its hash), or a new organisation of an
+    // existing account (its id); `None` when the password is not the account's.
+    let pending = match existing {
+        None => Some((Some(passwords::hash(password).await?), None)),
+        Some((id, stored)) => passwords::verify(form.password.clone(), Some(stored))
+            .await?
+            .then_some((None, Some(id))),
+    };
+    let public = state.settings.public_url.trim_end_matches('/');
+    let mut tx = state.db().begin().await?;
+    let (subject, body) = match pending {
+        Some((password_hash, user)) => {
+            let token = confirmation_token();
+            sqlx::query(
+                "INSERT INTO signup_requests (id, email, organization, password_hash, user_id, token_hash, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(hours => $7))",
+            )
+            .bind(Uuid::now_v7())
+            .bind(&email)
+            .bind(&organization)
+            .bind(password_hash)
+            .bind(user)
+            .bind(TokenHash::of(&token).as_bytes())
+            .bind(CONFIRMATION_HOURS)
+            .execute(&mut *tx)
+            .await?;
+            confirmation_mail(
+                &format!("{public}/signup/confirm?token={token}"),
+                user.is_some(),
+            )
         }
+        None => account_exists_mail(&format!("{public}/login")),
+    };
+    crate::mail::enqueue(&mut tx, &email, subject, &body).await?;
+    tx.commit().await?;
+    state.mailer.wake();
+    metrics::counter!("portcullis_signup_attempts_total", "result" => "accepted").increment(1);
+    Ok(email)
+}
+
+/// A confirmation token: `pcc_` and 32 random bytes (base64url). Only its SHA-256 is stored.
+fn confirmation_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("pcc_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The mail with a confirmation link, for a new account or a known account's new organisation.
+/// It names no organisation: whoever signs up chooses that text, and it would reach any address.
+fn confirmation_mail(link: &str, existing_account: bool) -> (&'static str, String) {
+    let (subject, what) = if existing_account {
+        (
+            "Confirm your new Portcullis organisation",
+            "add a new organisation to your Portcullis account",
+        )
+    } else {
+        (
+            "Confirm your Portcullis sign-up",
+            "create a Portcullis account and organisation with this address",
+        )
+    };
+    let body = format!(
+        "Someone, hopefully you, asked to {what}.\n\n\
+         To confirm, open this link and press Confirm. It works once, for {CONFIRMATION_HOURS} hours:\n\n\
+         {link}\n\n\
+         If it was not you, ignore this message: nothing is made without the confirmation.\n"
+    );
+    (subject, body)
+}
+
+/// The mail for a sign-up with an address that has an account, and another password.
+fn account_exists_mail(login: &str) -> (&'static str, String) {
+    let body = format!(
+        "Someone tried to sign up to Portcullis with this address. You already have an account,\n\
+         so nothing was made.\n\n\
+         Sign in at {login}\n\n\
+         To add an organisation to your account, sign up again with your account's password.\n\
+         If it was not you, you can ignore this message.\n"
+    );
+    ("Someone tried to sign up with your address", body)
+}
+
+/// What a confirmation needs: the token of the emailed link.
+#[derive(Debug, Deserialize)]
+pub struct ConfirmForm {
+    /// The token (`pcc_…`).
+    #[serde(default)]
+    pub token: String,
+}
+
+/// The one answer to a token that does not work, whether it never existed, was used or expired.
+fn invalid_link() -> Error {
+    Error::BadRequest(
+        "this confirmation link does not work: it was used already, it expired, or it was not sent by Portcullis; sign up again".into(),
+    )
+}
+
+/// Uses a confirmation token once: creates the account (for a new email), the organisation and
+/// the admin membership, with the admin audit entry.
+async fn confirm(state: &AppState, token: &str) -> Result<Signed> {
+    let mut tx = state.db().begin().await?;
+    let row: Option<(String, String, Option<String>, Option<Uuid>)> = sqlx::query_as(
+        "DELETE FROM signup_requests WHERE token_hash = $1 AND expires_at > now()
+         RETURNING email, organization, password_hash, user_id",
+    )
+    .bind(TokenHash::of(token.trim()).as_bytes())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((email, organization, password_hash, existing)) = row else {
+        return Err(invalid_link());
+    };
+    let user = match existing {
+        Some(id) => UserId(id),
         None => {
-            let hash = passwords::hash(password).await?;
             let id = UserId::new();
             let inserted = sqlx::query(
                 "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             )
             .bind(id.0)
             .bind(&email)
-            .bind(hash)
-            .execute(state.db())
+            .bind(password_hash.ok_or_else(invalid_link)?)
+            .execute(&mut *tx)
             .await?;
+            // Another sign-up of the address was confirmed first: that account is the one.
             if inserted.rows_affected() == 0 {
-                return Err(Error::Conflict(
-                    "an account with this email exists; sign in".into(),
-                ));
+                return Err(invalid_link());
             }
             id
         }
     };
     let tenant = TenantId::new();
-    let mut tx = state.db().begin().await?;
     sqlx::query("INSERT INTO tenants (id, name, audit_retention_days) VALUES ($1, $2, $3)")
         .bind(tenant.0)
         .bind(&organization)
@@ -118,11 +228,23 @@ async fn signup(state: &AppState, form: &SignupForm, ip: ClientIp) -> Result<Sig
         "tenant",
         &tenant.to_string(),
         None,
-        Some(json!({ "name": organization, "admin": email })),
+        Some(json!({ "name": organization, "admin": &email })),
     )
     .await?;
     metrics::counter!("portcullis_signups_total").increment(1);
-    Ok(Signed { tenant, user })
+    Ok(Signed {
+        tenant,
+        user,
+        email,
+    })
+}
+
+/// Deletes the sign-ups whose link expired (with the password hashes they hold).
+pub(crate) async fn forget_expired_signups(state: &AppState) -> Result<()> {
+    sqlx::query("DELETE FROM signup_requests WHERE expires_at <= now()")
+        .execute(state.db())
+        .await?;
+    Ok(())
 }
 
 fn collect(errors: &mut Vec<FieldError>, e: Error) {
@@ -132,19 +254,32 @@ fn collect(errors: &mut Vec<FieldError>, e: Error) {
     }
 }
 
+/// The answer to every accepted sign-up.
+fn confirmation_sent(email: &str) -> serde_json::Value {
+    json!({ "status": "confirmation_sent", "email": email })
+}
+
 async fn api_signup(
     State(state): State<AppState>,
     ip: ClientIp,
     JsonBody(form): JsonBody<SignupForm>,
 ) -> Result<Response> {
-    let signed = signup(&state, &form, ip).await?;
+    let email = signup(&state, &form, ip).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(confirmation_sent(&email))).into_response())
+}
+
+async fn api_confirm(
+    State(state): State<AppState>,
+    JsonBody(form): JsonBody<ConfirmForm>,
+) -> Result<Response> {
+    let signed = confirm(&state, &form.token).await?;
     let who = Tenant {
         id: signed.tenant,
         role: Role::Admin,
         actor: auth::Actor {
             user_id: Some(signed.user),
             token_id: None,
-            label: form.email.trim().to_owned(),
+            label: signed.email,
         },
         session: None,
     };
@@ -406,6 +541,22 @@ struct SignupPage {
 }
 
 #[derive(Template, WebTemplate)]
+#[template(path = "signup_sent.html")]
+struct SignupSentPage {
+    layout: Layout,
+    email: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "signup_confirm.html")]
+struct ConfirmPage {
+    layout: Layout,
+    token: String,
+    email: String,
+    organization: String,
+}
+
+#[derive(Template, WebTemplate)]
 #[template(path = "login.html")]
 struct LoginPage {
     layout: Layout,
@@ -437,25 +588,17 @@ async fn signup_page() -> SignupPage {
 async fn signup_submit(
     State(state): State<AppState>,
     ip: ClientIp,
-    headers: HeaderMap,
     FormBody(form): FormBody<SignupForm>,
 ) -> Result<Response> {
     match signup(&state, &form, ip).await {
-        Ok(signed) => {
-            let secret = auth::open_session(
-                &state,
-                signed.tenant,
-                signed.user,
-                ip.0,
-                user_agent(&headers),
-            )
-            .await?;
-            Ok((
-                [(header::SET_COOKIE, auth::session_cookie(&state, &secret))],
-                see_other("/servers"),
-            )
-                .into_response())
-        }
+        Ok(email) => Ok((
+            StatusCode::ACCEPTED,
+            SignupSentPage {
+                layout: Layout::public("Check your email"),
+                email,
+            },
+        )
+            .into_response()),
         Err(Error::Validation(errors)) => Ok((
             StatusCode::UNPROCESSABLE_ENTITY,
             SignupPage {
@@ -463,16 +606,6 @@ async fn signup_submit(
                 email: form.email,
                 organization: form.organization,
                 problems: Problems(errors),
-            },
-        )
-            .into_response()),
-        Err(Error::Conflict(message)) => Ok((
-            StatusCode::CONFLICT,
-            SignupPage {
-                layout: Layout::public("Sign up"),
-                email: form.email,
-                organization: form.organization,
-                problems: Problems(vec![FieldError::new("/email", message)]),
             },
         )
             .into_response()),
@@ -490,6 +623,49 @@ async fn signup_submit(
             .into_response()),
         Err(e) => Err(e),
     }
+}
+
+/// The page of an emailed link: what the confirmation makes, and a button that confirms. The
+/// link itself changes nothing, so a mail scanner that opens it does not use it up.
+async fn confirm_page(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<TokenQuery>,
+) -> Result<ConfirmPage> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT email, organization FROM signup_requests WHERE token_hash = $1 AND expires_at > now()",
+    )
+    .bind(TokenHash::of(q.token.trim()).as_bytes())
+    .fetch_optional(state.db())
+    .await?;
+    let (email, organization) = row.ok_or_else(invalid_link)?;
+    Ok(ConfirmPage {
+        layout: Layout::public("Confirm your sign-up"),
+        token: q.token,
+        email,
+        organization,
+    })
+}
+
+async fn confirm_submit(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    FormBody(form): FormBody<ConfirmForm>,
+) -> Result<Response> {
+    let signed = confirm(&state, &form.token).await?;
+    let secret = auth::open_session(
+        &state,
+        signed.tenant,
+        signed.user,
+        ip.0,
+        user_agent(&headers),
+    )
+    .await?;
+    Ok((
+        [(header::SET_COOKIE, auth::session_cookie(&state, &secret))],
+        see_other("/servers"),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -644,6 +820,7 @@ async fn invite_submit(
 pub fn api() -> Router<AppState> {
     Router::new()
         .route("/api/v1/signup", post(api_signup))
+        .route("/api/v1/signup/confirm", post(api_confirm))
         .route("/api/v1/login", post(api_login))
         .route("/api/v1/logout", post(api_logout))
         .route("/api/v1/me", get(api_me))
@@ -654,6 +831,7 @@ pub fn api() -> Router<AppState> {
 pub fn pages() -> Router<AppState> {
     Router::new()
         .route("/signup", get(signup_page).post(signup_submit))
+        .route("/signup/confirm", get(confirm_page).post(confirm_submit))
         .route("/login", get(login_page).post(login_submit))
         .route("/logout", post(logout_submit))
         .route("/invite", get(invite_page).post(invite_submit))

@@ -244,9 +244,11 @@ fn is_sign_in_form(path: &str) -> bool {
         path,
         "/login"
             | "/signup"
+            | "/signup/confirm"
             | "/invite"
             | "/api/v1/login"
             | "/api/v1/signup"
+            | "/api/v1/signup/confirm"
             | "/api/v1/invitations/accept"
     )
 }

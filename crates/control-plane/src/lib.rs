@@ -27,6 +27,7 @@ mod error;
 mod grants;
 mod input;
 pub mod invalidations;
+mod mail;
 mod members;
 mod openapi;
 mod overview;
@@ -118,7 +119,8 @@ pub struct Settings {
     #[arg(long, env = "PORTCULLIS_AUDIT_MAINTENANCE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub audit_maintenance_interval: Duration,
 
-    /// How often pending approvals past their expiry are closed and webhooks are sent.
+    /// How often pending approvals past their expiry are closed, webhooks and mail are sent,
+    /// and expired sign-up confirmations are forgotten.
     #[arg(long, env = "PORTCULLIS_APPROVAL_SWEEP_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub approval_sweep_interval: Duration,
 
@@ -137,6 +139,21 @@ pub struct Settings {
     /// to addresses the egress guard refuses.
     #[arg(long, env = "PORTCULLIS_EGRESS_PROXY")]
     pub egress_proxy: Option<String>,
+
+    /// Where mail (sign-up confirmations) goes: `smtp://[user:password@]host:port` (plain;
+    /// `?tls=required` for STARTTLS), `smtps://[user:password@]host:port` (TLS from the start),
+    /// or `file:///folder` (one `.eml` file a message, for local runs and tests). Unset: mail
+    /// waits in the outbox, and nobody can finish signing up.
+    #[arg(long, env = "PORTCULLIS_MAIL_TRANSPORT", hide_env_values = true)]
+    pub mail_transport: Option<String>,
+
+    /// The sender of that mail (`Name <address>` or `address`).
+    #[arg(
+        long,
+        env = "PORTCULLIS_MAIL_FROM",
+        default_value = "Portcullis <portcullis@localhost>"
+    )]
+    pub mail_from: String,
 }
 
 impl Default for Settings {
@@ -236,6 +253,8 @@ pub(crate) struct Inner {
     pub secure_cookies: bool,
     pub gateway_url: String,
     pub http: reqwest::Client,
+    /// Where the outbox's mail goes, and the bell that says some is waiting.
+    pub mailer: mail::Mailer,
     /// Cancelled at shutdown, so long-lived answers (the live tail) end and let the drain finish.
     pub shutdown: CancellationToken,
 }
@@ -289,6 +308,7 @@ pub async fn build(
         anyhow::bail!("invalid PORTCULLIS_AUDIT_RETENTION_DAYS: use 1 to 3650");
     }
     let http = outbound_client(&shared.egress, settings.egress_proxy.as_deref())?;
+    let mailer = mail::Mailer::new(settings.mail_transport.as_deref(), &settings.mail_from)?;
     let state = AppState(Arc::new(Inner {
         secure_cookies: public.scheme() == "https",
         gateway_url: settings.public_gateway_url.trim_end_matches('/').to_owned(),
@@ -296,11 +316,13 @@ pub async fn build(
         settings,
         cookie_key,
         http,
+        mailer,
         shutdown: shutdown.clone(),
     }));
     audit::spawn_background(&state, &shutdown);
     approvals::spawn_background(&state, &shutdown);
     webhooks::spawn_background(&state, &shutdown);
+    mail::spawn_background(&state, &shutdown);
     Ok(routes::router(state))
 }
 

@@ -274,6 +274,11 @@ fn schemas() -> Value {
             "email": { "type": "string", "maxLength": 320 },
             "password": { "type": "string", "minLength": 10, "maxLength": 512 },
             "organization": text(200) })),
+        "SignupAccepted": object(&["status", "email"], json!({
+            "status": { "const": "confirmation_sent" },
+            "email": { "type": "string", "description": "Where the mail went, as given (trimmed)" } })),
+        "SignupConfirm": object(&["token"], json!({
+            "token": { "type": "string", "description": "The token of the emailed link (`pcc_…`)" } })),
         "SignupResult": object(&["tenant_id", "user_id", "api_token"], json!({
             "tenant_id": uuid(), "user_id": uuid(), "api_token": { "type": "string" } })),
         "Login": object(&["email", "password"], json!({
@@ -646,16 +651,30 @@ fn shapes(route: &Route) -> (Option<Value>, Vec<(String, Value)>) {
         ("POST", "/api/v1/signup") => (
             Some(body("Signup")),
             vec![
-                answer("201", "Created", Some("SignupResult")),
                 answer(
-                    "409",
-                    "The email has an account, and the password is not its",
-                    Some("Error"),
+                    "202",
+                    "A mail is on its way to the address: a confirmation link, or a notice that it has an account (the answer is the same)",
+                    Some("SignupAccepted"),
                 ),
                 answer("422", "Fields not acceptable", Some("ValidationErrors")),
                 answer(
                     "429",
                     "Too many sign-ups from this address or for this email (Retry-After)",
+                    Some("Error"),
+                ),
+            ],
+        ),
+        ("POST", "/api/v1/signup/confirm") => (
+            Some(body("SignupConfirm")),
+            vec![
+                answer(
+                    "201",
+                    "Confirmed: the organisation, its admin and an admin API token",
+                    Some("SignupResult"),
+                ),
+                answer(
+                    "400",
+                    "The token does not work: unknown, used or expired (the same answer for each)",
                     Some("Error"),
                 ),
             ],

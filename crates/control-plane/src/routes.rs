@@ -77,7 +77,13 @@ pub const API: &[Route] = &[
         "POST",
         "/api/v1/signup",
         Public,
-        "Create an organisation and its first admin",
+        "Ask for an organisation and its first admin: the confirmation link goes by email, and the answer is the same whether or not the email has an account",
+    ),
+    r(
+        "POST",
+        "/api/v1/signup/confirm",
+        Public,
+        "Confirm a sign-up with the token of its emailed link: creates the organisation and returns an admin API token",
     ),
     r(
         "POST",
@@ -331,6 +337,18 @@ pub const PAGES: &[Route] = &[
     r("GET", "/", Public, "Front door"),
     r("GET", "/signup", Public, "Sign up"),
     r("POST", "/signup", Public, "Sign up"),
+    r(
+        "GET",
+        "/signup/confirm",
+        Public,
+        "Confirm a sign-up (?token=): the page",
+    ),
+    r(
+        "POST",
+        "/signup/confirm",
+        Public,
+        "Confirm a sign-up: creates the organisation",
+    ),
     r("GET", "/login", Public, "Sign in"),
     r("POST", "/login", Public, "Sign in"),
     r("POST", "/logout", Public, "Sign out"),

@@ -1,6 +1,7 @@
-//! What the control-plane tests share: a running stack on fresh Postgres and Redis, an API
-//! client, a real MCP upstream (rmcp, in process) whose tool list the test can change, a legacy
-//! HTTP+SSE upstream (the Python SDK), and a local webhook receiver.
+//! What the control-plane tests share: a running stack on fresh Postgres and Redis (its mail
+//! written to a folder of its own), an API client, a real MCP upstream (rmcp, in process) whose
+//! tool list the test can change, a legacy HTTP+SSE upstream (the Python SDK), and a local
+//! webhook receiver.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -9,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portcullis::{Config, Role, Running};
-use portcullis_tests::{TestDatabase, TestRedis};
+use portcullis_tests::{Mailbox, TestDatabase, TestRedis};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// A control plane (and optionally the gateway) on fresh Postgres and Redis.
+/// A control plane (and optionally the gateway) on fresh Postgres and Redis, its mail written
+/// to `mail` (unless the test names another `--mail-transport`).
 pub struct Stack {
     pub app: Running,
     pub base: String,
@@ -21,6 +23,7 @@ pub struct Stack {
     pub http: reqwest::Client,
     pub redis: TestRedis,
     pub db: TestDatabase,
+    pub mail: Mailbox,
 }
 
 impl Stack {
@@ -33,7 +36,14 @@ impl Stack {
     pub async fn start_with(role: Role, extra: &[&str]) -> Self {
         let db = TestDatabase::new().await;
         let redis = TestRedis::new().await;
-        let app = start_app(&db, &redis, role, extra).await;
+        let mail = Mailbox::new();
+        let transport = mail.transport();
+        let mut flags = Vec::new();
+        if !extra.contains(&"--mail-transport") {
+            flags.extend(["--mail-transport", transport.as_str()]);
+        }
+        flags.extend_from_slice(extra);
+        let app = start_app(&db, &redis, role, &flags).await;
         let base = format!("http://{}", app.control_plane.unwrap());
         let gateway = app.gateway.map(|a| format!("http://{a}"));
         Self {
@@ -46,20 +56,20 @@ impl Stack {
                 .unwrap(),
             redis,
             db,
+            mail,
         }
     }
 
-    /// Signs up a new organisation; returns its API client (admin token).
+    /// Signs up a new organisation and confirms it through the mailed link; returns its API
+    /// client (admin token).
     pub async fn signup(&self, email: &str, organization: &str) -> Api {
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/signup", self.base))
-            .json(&json!({ "email": email, "password": "correct horse battery", "organization": organization }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
-        let body: Value = resp.json().await.unwrap();
+        let body = portcullis_tests::signup(
+            &self.http,
+            &self.base,
+            &self.mail,
+            (email, "correct horse battery", organization),
+        )
+        .await;
         Api {
             base: self.base.clone(),
             http: self.http.clone(),
