@@ -703,3 +703,31 @@ async fn the_answer_may_reach_another_replica() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// Limits: a confirmed call is charged once, and refunded when it fails upstream, in both
+/// eras; a declined one was never charged (the first test shows it).
+#[tokio::test]
+async fn a_confirmed_call_that_fails_upstream_is_refunded() {
+    let doc = json!({"version": "1", "tools": {"fail": {
+        "confirm": {},
+        "limits": [{ "counter": "fails", "window": "minute", "max": 1 }]
+    }}});
+    let (stack, upstream, f) = stack(doc).await;
+    let gw = stack.gateway().await;
+    let url = f.url(&gw);
+    // Two failing calls a minute under a limit of one: the first one's charge came back.
+    let plan = json!([
+        {"name": "fail", "args": {"text": "one"}},
+        {"name": "fail", "args": {"text": "two"}},
+    ]);
+    for (mode, calls) in [("2026-07-28", 2), ("legacy", 4)] {
+        let run = python(&url, mode, "confirm", plan.clone()).await;
+        for result in &run.results {
+            assert_eq!(result["ok"]["is_error"], true, "{mode}: {result}");
+            assert!(tool_text(result).starts_with("failed:"), "{mode}: {result}");
+        }
+        assert_eq!(run.asked.len(), 2, "{mode}");
+        assert_eq!(upstream.calls(), calls, "{mode}");
+    }
+    gw.stop().await.unwrap();
+}

@@ -770,6 +770,12 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
             rule,
         ));
     }
+    // A call its user was asked to confirm, and declined: the answer is on its outcome.
+    events[5]["decision"] = json!("confirmation_required");
+    let mut declined = events[5].clone();
+    declined["outcome"] = json!({ "upstream_status": null, "is_error": null, "latency_ms": 900.0,
+        "upstream_error": null, "confirmation": "declined" });
+    events.push(declined);
     // The outcome of the first event arrives as a second entry with the same id and ts.
     let mut outcome = events[1].clone();
     outcome["outcome"] = json!({ "upstream_status": 200, "is_error": false, "latency_ms": 12.5,
@@ -809,7 +815,7 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
         pages += 1;
         for e in page["events"].as_array().unwrap() {
             let keys: Vec<&String> = e.as_object().unwrap().keys().collect();
-            assert_eq!(keys.len(), 13, "{e}");
+            assert_eq!(keys.len(), 14, "{e}");
             for k in [
                 "id",
                 "ts",
@@ -824,6 +830,7 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
                 "upstream_status",
                 "latency_ms",
                 "upstream_error",
+                "confirmation",
             ] {
                 assert!(e.get(k).is_some(), "missing {k}");
             }
@@ -865,6 +872,23 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
     let (code, body) = api.get("/api/v1/audit?outcome=maybe").await;
     assert_eq!(code, 422, "{body}");
     assert_eq!(body["errors"][0]["pointer"], "/outcome", "{body}");
+    // The user's answer is stored, shown and filterable.
+    for query in ["confirmation=declined", "decision=confirmation_required"] {
+        let page = api
+            .expect("GET", &format!("/api/v1/audit?{query}"), None, 200)
+            .await;
+        let found = page["events"].as_array().unwrap();
+        assert_eq!(found.len(), 1, "{query}: {found:?}");
+        assert_eq!(found[0]["id"], events[5]["id"]);
+        assert_eq!(found[0]["confirmation"], "declined");
+    }
+    let none = api
+        .expect("GET", "/api/v1/audit?confirmation=confirmed", None, 200)
+        .await;
+    assert!(none["events"].as_array().unwrap().is_empty());
+    let (code, body) = api.get("/api/v1/audit?confirmation=maybe").await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["errors"][0]["pointer"], "/confirmation", "{body}");
 
     let with_outcome = events[1]["id"].as_str().unwrap();
     let detail = api
@@ -877,7 +901,7 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
         "the upstream ended its SSE stream without answering"
     );
     assert_eq!(detail["arg_keys"], json!(["to"]));
-    let foreign = events[121]["id"].as_str().unwrap();
+    let foreign = events[122]["id"].as_str().unwrap();
     assert_eq!(api.get(&format!("/api/v1/audit/{foreign}")).await.0, 404);
 
     let csv = stack
@@ -893,7 +917,7 @@ async fn audit_events_are_ingested_paginated_filtered_and_exported() {
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = csv.text().await.unwrap();
     assert_eq!(csv.lines().count(), 31);
-    assert!(csv.starts_with("id,ts,grant_id,identity,server_id,method,tool,decision,rule,message,upstream_status,latency_ms,upstream_error\n"));
+    assert!(csv.starts_with("id,ts,grant_id,identity,server_id,method,tool,decision,rule,message,upstream_status,latency_ms,upstream_error,confirmation\n"));
     let jsonl = stack
         .http
         .get(format!("{}/api/v1/audit/export?format=jsonl", stack.base))

@@ -166,6 +166,38 @@ fn eval_prints_the_decision_as_one_json_object() {
 }
 
 #[test]
+fn eval_reports_a_confirmation_with_the_question_the_user_sees() {
+    let policy = r#"{"version": "1", "tools": {"send_sms": {
+        "confirm": {"message": "Send an SMS to {args.to}?", "timeout": "90s"},
+        "approval": {}
+    }}}"#;
+    let args = r#"{"to": "+44 <b>7700</b>", "api_key": "s3cr3t"}"#;
+    let out = portcullis(
+        &[
+            "policy", "eval", "--policy", "-", "--tool", "send_sms", "--args", args,
+        ],
+        policy,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let decision: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(decision["decision"], "confirmation_required");
+    assert_eq!(decision["rule"], "/tools/send_sms/confirm");
+    let confirmation = &decision["confirmation"];
+    assert_eq!(confirmation["message"], "Send an SMS to {args.to}?");
+    assert_eq!(confirmation["timeout_ms"], 90_000);
+    assert_eq!(
+        confirmation["then_approval"]["rule"],
+        "/tools/send_sms/approval"
+    );
+    // Filled, escaped, and redacted as the audit log redacts values.
+    assert_eq!(
+        confirmation["question"],
+        "Send an SMS to +44 \\<b\\>7700\\</b\\>?\n\nTool: send\\_sms\n\
+         Arguments: \\{\"api\\_key\":\"\\[redacted\\]\",\"to\":\"+44 \\<b\\>7700\\</b\\>\"\\}"
+    );
+}
+
+#[test]
 fn eval_refuses_an_invalid_policy() {
     let out = portcullis(
         &["policy", "eval", "--policy", "-", "--tool", "x"],

@@ -311,26 +311,32 @@ struct QuestionId {
     q: String,
     /// When it expires, Unix milliseconds.
     e: i64,
+    /// SHA-256 (hex) of the session id it was asked in.
+    s: String,
 }
 
-/// A question: its id in Redis, and until when it may be answered (Unix milliseconds).
+/// A question: its id in Redis, until when it may be answered (Unix milliseconds), and the
+/// session it was asked in (only an answer in that session counts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Question {
     /// Names the question's answer in Redis.
     pub id: String,
     /// Until when it may be answered.
     pub expires_ms: i64,
+    /// SHA-256 (hex) of the client's session id.
+    session: String,
 }
 
 impl Question {
-    /// A new question that may be answered for `timeout`.
-    pub fn new(timeout: Duration) -> Self {
+    /// A new question in the client's `session` that may be answered for `timeout`.
+    pub fn new(timeout: Duration, session: &str) -> Self {
         let timeout = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         Self {
             id: uuid::Uuid::now_v7().simple().to_string(),
             expires_ms: chrono::Utc::now()
                 .timestamp_millis()
                 .saturating_add(timeout),
+            session: continuation::session_digest(session),
         }
     }
 
@@ -339,6 +345,7 @@ impl Question {
         let plain = serde_json::to_vec(&QuestionId {
             q: self.id.clone(),
             e: self.expires_ms,
+            s: self.session.clone(),
         })
         .unwrap_or_default();
         RequestId::String(keys.seal_text(
@@ -362,6 +369,7 @@ impl Question {
         Some(Self {
             id: opened.q,
             expires_ms: opened.e,
+            session: opened.s,
         })
     }
 
@@ -391,21 +399,32 @@ pub fn sse_event(data: &[u8]) -> Bytes {
 }
 
 /// The answer a client's message gives, when it answers one of the gateway's questions asked
-/// under `grant`: a response (its `ElicitResult`; one that is not a readable one declines) or
-/// an error (cancels).
-pub fn answer_of(keys: &Keyring, grant: GrantId, message: &Message) -> Option<(Question, Answer)> {
+/// under `grant` in the client's `session`: a response (its `ElicitResult`; one that is not a
+/// readable one declines) or an error (cancels).
+pub fn answer_of(
+    keys: &Keyring,
+    grant: GrantId,
+    session: Option<&str>,
+    message: &Message,
+) -> Option<(Question, Answer)> {
+    let asked_here = |question: Question| {
+        session
+            .is_some_and(|s| continuation::session_digest(s) == question.session)
+            .then_some(question)
+    };
     match message {
         Message::Response { id, result } => {
-            let question = Question::of_request_id(keys, grant, id)?;
+            let question = asked_here(Question::of_request_id(keys, grant, id)?)?;
             let answer = serde_json::from_str::<Value>(result.get())
                 .ok()
                 .and_then(|result| elicitation::read_answer(&result))
                 .unwrap_or(Answer::Declined);
             Some((question, answer))
         }
-        Message::Error { id: Some(id), .. } => {
-            Some((Question::of_request_id(keys, grant, id)?, Answer::Cancelled))
-        }
+        Message::Error { id: Some(id), .. } => Some((
+            asked_here(Question::of_request_id(keys, grant, id)?)?,
+            Answer::Cancelled,
+        )),
         _ => None,
     }
 }
@@ -474,7 +493,7 @@ mod tests {
     fn answers_open_only_for_the_grant_that_asked() {
         let keys = Keyring::generate(1).0;
         let grant = GrantId::new();
-        let question = Question::new(Duration::from_secs(60));
+        let question = Question::new(Duration::from_secs(60), "s-1");
         let event = question.event(&keys, grant, "Send?\n\nTool: send");
         let text = std::str::from_utf8(&event).unwrap();
         assert!(
@@ -490,12 +509,14 @@ mod tests {
         };
         let yes = answer(json!({"action": "accept", "content": {"confirm": true}}));
         assert_eq!(
-            answer_of(&keys, grant, &yes),
+            answer_of(&keys, grant, Some("s-1"), &yes),
             Some((question.clone(), Answer::Confirmed))
         );
-        assert_eq!(answer_of(&keys, GrantId::new(), &yes), None);
+        assert_eq!(answer_of(&keys, GrantId::new(), Some("s-1"), &yes), None);
+        assert_eq!(answer_of(&keys, grant, Some("s-2"), &yes), None);
+        assert_eq!(answer_of(&keys, grant, None, &yes), None);
         assert_eq!(
-            answer_of(&keys, grant, &answer(json!({"nonsense": 1}))),
+            answer_of(&keys, grant, Some("s-1"), &answer(json!({"nonsense": 1}))),
             Some((question.clone(), Answer::Declined))
         );
         let error = parse(
@@ -503,11 +524,11 @@ mod tests {
                 .to_string(),
         );
         assert_eq!(
-            answer_of(&keys, grant, &error),
+            answer_of(&keys, grant, Some("s-1"), &error),
             Some((question, Answer::Cancelled))
         );
         let other = parse(r#"{"jsonrpc":"2.0","id":"abc","result":{}}"#);
-        assert_eq!(answer_of(&keys, grant, &other), None);
+        assert_eq!(answer_of(&keys, grant, Some("s-1"), &other), None);
     }
 
     #[test]

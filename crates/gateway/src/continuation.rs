@@ -282,8 +282,8 @@ fn with_params(
 /// `inputRequests` (and so of the user's answer among the retry's `inputResponses`).
 pub const CONFIRM_KEY: &str = "portcullis_confirm";
 
-/// SHA-256 (hex) of a client's session id, as a confirmation envelope binds it.
-fn session_digest(session: &str) -> String {
+/// SHA-256 (hex) of a client's session id, as a confirmation binds it.
+pub fn session_digest(session: &str) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         session.trim().as_bytes(),
     ))

@@ -682,7 +682,8 @@ impl Gateway {
         body: Bytes,
         ask: Ask,
     ) -> Response {
-        let question = crate::confirm::Question::new(ask.timeout);
+        let session = inbound.client_session.as_deref().unwrap_or_default();
+        let question = crate::confirm::Question::new(ask.timeout, session);
         let grant = inbound.grant.clone();
         let first = question.event(self.sessions.keyring(), grant.id, &ask.question);
         let deadline = tokio::time::Instant::now() + ask.timeout;
@@ -1233,8 +1234,9 @@ impl Gateway {
             return Ok(false);
         };
         let grant = &inbound.grant;
+        let session = inbound.client_session.as_deref();
         let Some((question, answer)) =
-            crate::confirm::answer_of(self.sessions.keyring(), grant.id, &message)
+            crate::confirm::answer_of(self.sessions.keyring(), grant.id, session, &message)
         else {
             return Ok(false);
         };
