@@ -434,3 +434,126 @@ pub fn looks_like_jwt(token: &str) -> bool {
 
 /// The rule an identity no binding covers is refused by, in the audit log.
 pub const NO_BINDING: &str = "(no binding)";
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+    use axum::http::HeaderMap;
+    use portcullis_core::{PolicyId, ServerId, TenantId};
+    use serde_json::json;
+
+    use super::*;
+    use crate::grants::{PolicyRef, Server, Transport};
+
+    fn binding(identity: Option<&str>, group: Option<&str>) -> Binding {
+        Binding {
+            id: uuid::Uuid::now_v7(),
+            identity: identity.map(str::to_owned),
+            group: group.map(str::to_owned),
+            policy: Arc::new(PolicyRef {
+                id: PolicyId::new(),
+                version: 1,
+                compiled: None,
+            }),
+        }
+    }
+
+    fn verified(identity: &str, groups: &[&str]) -> Verified {
+        Verified {
+            identity: identity.to_owned(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            issuer: "https://idp.example".to_owned(),
+            jti: None,
+            expires_at: Utc::now(),
+        }
+    }
+
+    fn access(tenant: TenantId) -> Access {
+        let url = url::Url::parse("http://127.0.0.1:9/mcp").unwrap();
+        Access {
+            server: Arc::new(Server {
+                id: ServerId::new(),
+                tenant,
+                uri: crate::upstream::uri(&url).unwrap(),
+                url,
+                transport: Transport::StreamableHttp,
+                headers: HeaderMap::new(),
+                block_changed_tools: false,
+            }),
+            providers: Vec::new(),
+            bindings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_most_specific_binding_wins() {
+        let bindings = [
+            binding(None, None),
+            binding(None, Some("ops")),
+            binding(None, Some("eng")),
+            binding(Some("ada@example.com"), None),
+        ];
+        let chosen = |who: &Verified| choose(&bindings, who).map(|b| b.id);
+        assert_eq!(
+            chosen(&verified("ada@example.com", &["ops"])),
+            Some(bindings[3].id)
+        );
+        // Of several bound groups, the oldest binding.
+        assert_eq!(
+            chosen(&verified("bob@example.com", &["eng", "ops"])),
+            Some(bindings[1].id)
+        );
+        assert_eq!(
+            chosen(&verified("eve@example.com", &["sales"])),
+            Some(bindings[0].id)
+        );
+        assert_eq!(
+            choose(&bindings[1..3], &verified("eve@example.com", &[])).map(|b| b.id),
+            None
+        );
+    }
+
+    #[test]
+    fn each_identity_is_one_stable_principal_per_server() {
+        let tenant = TenantId::new();
+        let (one, other) = (access(tenant), access(tenant));
+        let ada = verified("ada@example.com", &[]);
+        assert_eq!(principal(&one, &ada), principal(&one, &ada));
+        assert_ne!(principal(&one, &ada), principal(&other, &ada));
+        assert_ne!(
+            principal(&one, &ada),
+            principal(&one, &verified("bob@example.com", &[]))
+        );
+        assert_eq!(principal(&one, &ada).0.get_version_num(), 8);
+    }
+
+    #[test]
+    fn claims_give_the_identity_groups_and_jti() {
+        let provider = Provider {
+            issuer: "https://idp.example".into(),
+            audience: "https://gw.example".into(),
+            identity_claim: "email".into(),
+            groups_claim: Some("roles".into()),
+        };
+        let read = |claims: serde_json::Value| read_claims(&provider, claims.as_object().unwrap());
+        let ok = read(json!({ "email": "ada@example.com", "roles": ["a", 1, "b"], "jti": "j1", "exp": 2_000_000_000 }))
+            .unwrap();
+        assert_eq!(
+            (ok.identity.as_str(), ok.groups.clone()),
+            ("ada@example.com", vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert_eq!(ok.jti.as_deref(), Some("j1"));
+        assert_eq!(ok.expires_at.timestamp(), 2_000_000_000);
+        let one_group = read(json!({ "email": "ada@example.com", "roles": "admin" })).unwrap();
+        assert_eq!(one_group.groups, ["admin"]);
+        for bad in [
+            json!({ "sub": "x" }),
+            json!({ "email": " " }),
+            json!({ "email": "x".repeat(201) }),
+        ] {
+            assert!(matches!(read(bad), Err(Refused::NoIdentity(_))));
+        }
+        assert!(looks_like_jwt("a.b.c") && !looks_like_jwt("pcg_abc"));
+    }
+}
