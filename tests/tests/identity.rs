@@ -945,3 +945,94 @@ async fn limits_count_per_identity_and_keys_rotate_and_outlive_the_provider() {
     assert_eq!(ready.status(), 200);
     w.app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_dashboard_lists_and_changes_providers_and_bindings() {
+    let w = world().await;
+    let api = &w.api;
+    let upstream = Upstream::start("k").await;
+    let srv = server(api, &upstream, "crm").await;
+    let p = policy(api, &srv, "engineers", five_a_minute(&[])).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = || async {
+        let resp = http
+            .get(format!("{}/identity-providers", w.base))
+            .bearer_auth(&api.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    };
+    let post = |path: &str, pairs: Vec<(&'static str, String)>| {
+        let request = http
+            .post(format!("{}{path}", w.base))
+            .bearer_auth(&api.token);
+        async move {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let resp = cp_support::form(request, &pairs).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    assert!(get().await.contains("No provider yet"));
+
+    let (status, page) = post(
+        "/identity-providers",
+        vec![
+            ("issuer", "ftp://x".into()),
+            ("audience", w.gateway.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        page.contains("must be an http:// or https:// URL"),
+        "{page}"
+    );
+    let (status, _) = post(
+        "/identity-providers",
+        vec![
+            ("issuer", "http://127.0.0.1:9".into()),
+            ("audience", w.gateway.clone()),
+            ("identity_claim", "email".into()),
+            ("groups_claim", "groups".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, _) = post(
+        "/bindings",
+        vec![("policy_id", p.clone()), ("group", "eng".into())],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let page = get().await;
+    assert!(page.contains("<code>http://127.0.0.1:9</code>"), "{page}");
+    assert!(
+        page.contains("group eng") && page.contains("engineers"),
+        "{page}"
+    );
+
+    let bindings = api.expect("GET", "/api/v1/bindings", None, 200).await;
+    let bid = bindings["bindings"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = post(&format!("/bindings/{bid}/delete"), vec![]).await;
+    assert_eq!(status, 303);
+    let providers = api
+        .expect("GET", "/api/v1/identity-providers", None, 200)
+        .await;
+    let pid = providers["identity_providers"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = post(&format!("/identity-providers/{pid}/delete"), vec![]).await;
+    assert_eq!(status, 303);
+    let page = get().await;
+    assert!(
+        page.contains("No provider yet") && page.contains("No binding yet"),
+        "{page}"
+    );
+    w.app.stop().await.unwrap();
+}
