@@ -279,10 +279,11 @@ async fn policy(api: &Api, server: &str, name: &str, document: Value) -> String 
     created["id"].as_str().unwrap().to_owned()
 }
 
-/// Allows every tool but `hide`, 5 calls a minute per identity.
+/// Allows every tool but `hide`, 5 calls a minute per identity; a payment needs an approval.
 fn five_a_minute(hide: &[&str]) -> Value {
     json!({
         "version": "1", "default": "allow", "hide": hide,
+        "tools": { "create_payment": { "approval": {} } },
         "all_tools": { "limits": [{ "counter": "calls", "window": "minute", "max": 5, "scope": "identity" }] },
     })
 }
@@ -626,6 +627,34 @@ async fn identity_tokens_get_their_bound_policy_and_forged_ones_are_refused() {
     let called = a.call_tool(call("list_messages")).await.unwrap();
     assert_eq!(decision_of(&called), Value::Null, "{called:?}");
     assert_eq!(called.is_error, Some(false));
+    // An approval is A's: approved once, A's same call passes once.
+    let pay = || {
+        let mut params = call("create_payment");
+        params.arguments = Some(json!({ "amount": 5 }).as_object().unwrap().clone());
+        params
+    };
+    let pending = a.call_tool(pay()).await.unwrap();
+    assert_eq!(decision_of(&pending), "approval_required", "{pending:?}");
+    let approval =
+        serde_json::to_value(&pending).unwrap()["_meta"]["portcullis/decision"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let listed = w
+        .api
+        .expect("GET", &format!("/api/v1/approvals/{approval}"), None, 200)
+        .await;
+    assert_eq!(listed["identity"], "a@example.com");
+    w.api
+        .expect(
+            "POST",
+            &format!("/api/v1/approvals/{approval}/approve"),
+            Some(json!({})),
+            200,
+        )
+        .await;
+    let paid = a.call_tool(pay()).await.unwrap();
+    assert_eq!(paid.is_error, Some(false), "{paid:?}");
     a.cancel().await.unwrap();
     b_client.cancel().await.unwrap();
 
@@ -925,6 +954,18 @@ async fn limits_count_per_identity_and_keys_rotate_and_outlive_the_provider() {
             .count(),
         1
     );
+    let page = api
+        .http
+        .get(format!("{}/audit?identity=b%40example.com", w.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<td>b@example.com</td>"), "{page}");
+    assert!(!page.contains("<td>a@example.com</td>"), "{page}");
 
     // The provider rotates its key: a token signed with the new one passes after one refetch.
     let old_kid = idp.kid();
