@@ -13,8 +13,8 @@ use axum::routing::get;
 
 use crate::error::Error;
 use crate::{
-    AppState, accounts, approvals, audit, dashboard, grants, members, openapi, overview, policies,
-    servers, tools,
+    AppState, accounts, approvals, audit, bindings, dashboard, grants, identity_pages,
+    identity_providers, members, openapi, overview, policies, servers, tools,
 };
 
 /// Who may call a route.
@@ -308,6 +308,56 @@ pub const API: &[Route] = &[
     ),
     r(
         "GET",
+        "/api/v1/identity-providers",
+        Viewer,
+        "List identity providers",
+    ),
+    r(
+        "POST",
+        "/api/v1/identity-providers",
+        Admin,
+        "Trust an OpenID provider's tokens",
+    ),
+    r(
+        "GET",
+        "/api/v1/identity-providers/{id}",
+        Viewer,
+        "One identity provider",
+    ),
+    r(
+        "PUT",
+        "/api/v1/identity-providers/{id}",
+        Admin,
+        "Replace an identity provider's settings",
+    ),
+    r(
+        "DELETE",
+        "/api/v1/identity-providers/{id}",
+        Admin,
+        "Stop trusting an identity provider",
+    ),
+    r("GET", "/api/v1/bindings", Viewer, "List policy bindings"),
+    r(
+        "POST",
+        "/api/v1/bindings",
+        Manager,
+        "Bind a policy to verified identities on a server",
+    ),
+    r("GET", "/api/v1/bindings/{id}", Viewer, "One policy binding"),
+    r(
+        "PUT",
+        "/api/v1/bindings/{id}",
+        Manager,
+        "Replace a policy binding",
+    ),
+    r(
+        "DELETE",
+        "/api/v1/bindings/{id}",
+        Manager,
+        "Remove a policy binding",
+    ),
+    r(
+        "GET",
         "/api/v1/audit",
         Viewer,
         "Audit events, filtered, keyset-paginated",
@@ -381,6 +431,31 @@ pub const PAGES: &[Route] = &[
         "/settings/members/{user_id}/remove",
         Admin,
         "Remove a member",
+    ),
+    r(
+        "GET",
+        "/identity-providers",
+        Viewer,
+        "Identity providers and policy bindings",
+    ),
+    r(
+        "POST",
+        "/identity-providers",
+        Admin,
+        "Add an identity provider",
+    ),
+    r(
+        "POST",
+        "/identity-providers/{id}/delete",
+        Admin,
+        "Remove an identity provider",
+    ),
+    r("POST", "/bindings", Manager, "Add a policy binding"),
+    r(
+        "POST",
+        "/bindings/{id}/delete",
+        Manager,
+        "Remove a policy binding",
     ),
     r("GET", "/servers", Viewer, "Servers"),
     r("POST", "/servers", Admin, "Register a server"),
@@ -501,6 +576,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(tools::api())
         .merge(policies::api())
         .merge(grants::api())
+        .merge(identity_providers::api())
+        .merge(bindings::api())
         .merge(audit::api())
         .merge(approvals::api())
         .merge(overview::api())
@@ -513,6 +590,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(tools::pages())
         .merge(policies::pages())
         .merge(grants::pages())
+        .merge(identity_pages::pages())
         .merge(audit::pages())
         .merge(approvals::pages())
         .merge(overview::pages());
