@@ -17,7 +17,7 @@ use cp_support::{Api, Upstream, eventually};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::{Config, Role, Running};
 use portcullis_tests::peers::{free_port, peers_dir};
-use portcullis_tests::{TestDatabase, TestRedis};
+use portcullis_tests::{Mailbox, TestDatabase, TestRedis};
 use rmcp::ServiceExt as _;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -174,6 +174,8 @@ struct World {
     base: String,
     gateway: String,
     api: Api,
+    /// Where the control plane's mail goes (sign-up confirmations).
+    mail: Mailbox,
     _db: TestDatabase,
     _redis: TestRedis,
 }
@@ -187,7 +189,11 @@ async fn world() -> World {
     let keys = portcullis_tests::encryption_keys();
     let session_keys = portcullis_core::Keyring::generate(2).1;
     let (db_url, redis_url) = (db.url(), portcullis_tests::redis_url());
+    let mail = Mailbox::new();
+    let transport = mail.transport();
     let mut args = vec![
+        "--mail-transport",
+        &transport,
         "--database-url",
         &db_url,
         "--redis-url",
@@ -222,26 +228,33 @@ async fn world() -> World {
     let app = portcullis::start(&config, Role::Both).await.unwrap();
     let base = format!("http://{}", app.control_plane.unwrap());
     let http = reqwest::Client::new();
-    let api = signup(&http, &base, "owner@example.com", "Acme").await;
+    let api = signup(&http, &base, &mail, "owner@example.com", "Acme").await;
     World {
         app,
         base,
         gateway,
         api,
+        mail,
         _db: db,
         _redis: redis,
     }
 }
 
-async fn signup(http: &reqwest::Client, base: &str, email: &str, organization: &str) -> Api {
-    let resp = http
-        .post(format!("{base}/api/v1/signup"))
-        .json(&json!({ "email": email, "password": "correct horse battery", "organization": organization }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let body: Value = resp.json().await.unwrap();
+/// Signs up through the mailed confirmation; the new organisation's API client (admin token).
+async fn signup(
+    http: &reqwest::Client,
+    base: &str,
+    mail: &Mailbox,
+    email: &str,
+    organization: &str,
+) -> Api {
+    let body = portcullis_tests::signup(
+        http,
+        base,
+        mail,
+        (email, "correct horse battery", organization),
+    )
+    .await;
     Api {
         base: base.to_owned(),
         http: http.clone(),
@@ -440,7 +453,7 @@ async fn providers_and_bindings_have_a_checked_api() {
     assert_eq!(status, 409);
 
     // Another tenant sees none of it.
-    let stranger = signup(&api.http, &w.base, "other@example.com", "Other").await;
+    let stranger = signup(&api.http, &w.base, &w.mail, "other@example.com", "Other").await;
     let (status, _) = stranger.get(&format!("/api/v1/bindings/{bid}")).await;
     assert_eq!(status, 404);
     let (status, _) = stranger
@@ -720,7 +733,7 @@ async fn identity_tokens_get_their_bound_policy_and_forged_ones_are_refused() {
         .unwrap()
     };
     // Another tenant's server: its tenant trusts no provider.
-    let stranger = signup(&w.api.http, &w.base, "other@example.com", "Other").await;
+    let stranger = signup(&w.api.http, &w.base, &w.mail, "other@example.com", "Other").await;
     let foreign_server = server(&stranger, &upstream, "theirs").await;
     let foreign_policy = policy(&stranger, &foreign_server, "all", five_a_minute(&[])).await;
     stranger
