@@ -64,6 +64,22 @@ async fn world(stack: &Stack, upstream: &Upstream, email: &str, org: &str, secre
         )
         .await;
     let gid = grant["id"].as_str().unwrap().to_owned();
+    let provider = api
+        .expect(
+            "POST",
+            "/api/v1/identity-providers",
+            Some(json!({ "issuer": format!("https://login.{org}.example"), "audience": "https://gateway.example" })),
+            201,
+        )
+        .await;
+    let binding = api
+        .expect(
+            "POST",
+            "/api/v1/bindings",
+            Some(json!({ "server_id": sid, "policy_id": pid, "identity": format!("{org}-agent") })),
+            201,
+        )
+        .await;
     let approval = portcullis_core::ApprovalId::new().to_string();
     sqlx::query(
         "INSERT INTO approvals (id, tenant_id, grant_id, server_id, identity, tool, fingerprint, expires_at)
@@ -130,6 +146,11 @@ async fn world(stack: &Stack, upstream: &Upstream, email: &str, org: &str, secre
     ids.insert("member", joined["user_id"].as_str().unwrap().to_owned());
     ids.insert("token", token["id"].as_str().unwrap().to_owned());
     ids.insert(
+        "identity_provider",
+        provider["id"].as_str().unwrap().to_owned(),
+    );
+    ids.insert("binding", binding["id"].as_str().unwrap().to_owned());
+    ids.insert(
         "invitation_token",
         invitation["token"].as_str().unwrap().to_owned(),
     );
@@ -163,6 +184,10 @@ fn concrete(path: &str, w: &World) -> String {
             "invitation"
         } else if path.contains("/tokens/") {
             "token"
+        } else if path.contains("/identity-providers/") {
+            "identity_provider"
+        } else if path.contains("/bindings/") {
+            "binding"
         } else {
             panic!("no id kind for {path}")
         };
@@ -193,6 +218,12 @@ fn body_for(method: &str, path: &str, w: &World) -> Option<Value> {
         "/api/v1/policies/{id}" => json!({ "document": { "version": "1", "default": "allow" } }),
         "/api/v1/policies/{id}/test" => json!({ "tool": "list_messages", "arguments": {} }),
         "/api/v1/grants/{id}" => json!({ "label": "stolen" }),
+        "/api/v1/identity-providers/{id}" => {
+            json!({ "issuer": "https://login.thief.example", "audience": "https://gateway.example" })
+        }
+        "/api/v1/bindings/{id}" | "/api/v1/bindings" => {
+            json!({ "server_id": w.ids["server"], "policy_id": w.ids["policy"], "group": "thieves" })
+        }
         "/api/v1/members/{user_id}" => json!({ "role": "viewer" }),
         "/api/v1/grants" => {
             json!({ "server_id": w.ids["server"], "policy_id": w.ids["policy"], "identity": "thief" })
@@ -269,7 +300,9 @@ async fn every_route_hides_other_tenants_and_enforces_roles() {
         let body = body_for(route.method, route.path, &b_probe);
         let (status, answer) = a.api.call(route.method, &path, body).await;
         let text = answer.to_string();
-        if route.path.contains('{') || route.path == "/api/v1/grants" && route.method == "POST" {
+        let creates_on_their_server =
+            route.method == "POST" && matches!(route.path, "/api/v1/grants" | "/api/v1/bindings");
+        if route.path.contains('{') || creates_on_their_server {
             assert_eq!(
                 status, 404,
                 "{} {} with another tenant's ids: {text}",

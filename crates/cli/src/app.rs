@@ -212,6 +212,7 @@ pub async fn start_with(
             keys: conns.keys.clone(),
             credentials: conns.credentials.clone(),
             egress: config.upstream_allow.clone(),
+            public_url: config.control_plane.public_gateway_url.clone(),
         };
         let service =
             portcullis_gateway::build(shared, config.gateway.clone(), shutdown.clone()).await?;

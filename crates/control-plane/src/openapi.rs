@@ -131,6 +131,14 @@ fn schemas() -> Value {
                 json!({ "description": "Redacted values, when the policy keeps them" }),
             ),
             ("is_error", json!({ "type": ["boolean", "null"] })),
+            (
+                "issuer",
+                json!({ "type": ["string", "null"], "description": "Identity-bound calls: the token's issuer" }),
+            ),
+            (
+                "jti",
+                json!({ "type": ["string", "null"], "description": "Identity-bound calls: the token's jti" }),
+            ),
         ] {
             fields.insert(name.into(), schema);
         }
@@ -426,6 +434,31 @@ fn schemas() -> Value {
             "configs": { "type": "object" }, "grant": reference("Grant") }))
         }),
         json!({
+        "IdentityProviderInput": object(&["issuer", "audience"], json!({
+            "issuer": { "type": "string", "pattern": http_url(), "maxLength": 2000,
+                "description": "The issuer exactly as tokens name it in `iss`: an http(s) URL Portcullis may reach, without query or fragment",
+                "example": "https://login.example.com/oauth2/default" },
+            "audience": { "type": "string", "pattern": http_url(), "maxLength": 2000,
+                "description": "The gateway's URL as the provider names it; a token for server S must carry `{audience}/mcp/{S}` in `aud`",
+                "example": "https://gateway.example.com" },
+            "identity_claim": { "type": ["string", "null"], "enum": ["sub", "email", "", null], "description": "Default sub" },
+            "groups_claim": { "type": ["string", "null"], "maxLength": 200, "description": "The claim listing the identity's groups; empty: none" } })),
+        "IdentityProvider": object(&["id", "issuer", "audience", "identity_claim", "groups_claim", "created_at", "updated_at"], json!({
+            "id": uuid(), "issuer": { "type": "string" }, "audience": { "type": "string" },
+            "identity_claim": { "type": "string", "enum": ["sub", "email"] },
+            "groups_claim": { "type": ["string", "null"] }, "created_at": time(), "updated_at": time() })),
+        "IdentityProviders": object(&["identity_providers"], json!({ "identity_providers": array(reference("IdentityProvider")) })),
+        "BindingInput": object(&["server_id", "policy_id"], json!({
+            "server_id": uuid(), "policy_id": { "type": "string", "format": "uuid", "description": "One of the server's policies" },
+            "identity": { "type": ["string", "null"], "maxLength": 200, "description": "A verified identity; empty or absent: none" },
+            "group": { "type": ["string", "null"], "maxLength": 200, "description": "A group; empty or absent: none. Neither identity nor group: every verified identity of the organisation" } })),
+        "Binding": object(&["id", "server_id", "policy_id", "identity", "group", "server_name", "policy_name", "created_at"], json!({
+            "id": uuid(), "server_id": uuid(), "policy_id": uuid(),
+            "identity": { "type": ["string", "null"] }, "group": { "type": ["string", "null"] },
+            "server_name": { "type": "string" }, "policy_name": { "type": "string" }, "created_at": time() })),
+        "Bindings": object(&["bindings"], json!({ "bindings": array(reference("Binding")) }))
+        }),
+        json!({
         "AuditPage": object(&["events", "next_cursor"], json!({
             "next_cursor": { "type": ["string", "null"] },
             "events": array(event_summary) })),
@@ -629,6 +662,23 @@ fn grant_links(pointer: &str) -> Vec<(&'static str, String, &'static str, String
         )
     })
     .collect()
+}
+
+fn object_links(
+    pointer: &str,
+    operations: &[(&'static str, &'static str, &'static str)],
+) -> Vec<(&'static str, String, &'static str, String)> {
+    operations
+        .iter()
+        .map(|(name, method, path)| {
+            (
+                *name,
+                operation_id(method, path),
+                "id",
+                format!("$response.body#{pointer}"),
+            )
+        })
+        .collect()
 }
 
 fn with_links(
@@ -882,6 +932,84 @@ fn shapes(route: &Route) -> (Option<Value>, Vec<(String, Value)>) {
             None,
             vec![answer("200", "Rotated", Some("IssuedGrant")), conflict()],
         ),
+        ("GET", "/api/v1/identity-providers") => (
+            None,
+            vec![answer("200", "Providers", Some("IdentityProviders"))],
+        ),
+        ("POST", "/api/v1/identity-providers") => (
+            Some(body("IdentityProviderInput")),
+            vec![
+                with_links(
+                    answer("201", "Added", Some("IdentityProvider")),
+                    object_links(
+                        "/id",
+                        &[
+                            (
+                                "GetIdentityProvider",
+                                "GET",
+                                "/api/v1/identity-providers/{id}",
+                            ),
+                            (
+                                "ReplaceIdentityProvider",
+                                "PUT",
+                                "/api/v1/identity-providers/{id}",
+                            ),
+                            (
+                                "DeleteIdentityProvider",
+                                "DELETE",
+                                "/api/v1/identity-providers/{id}",
+                            ),
+                        ],
+                    ),
+                ),
+                invalid(),
+                conflict(),
+            ],
+        ),
+        ("GET", "/api/v1/identity-providers/{id}") => (
+            None,
+            vec![answer("200", "The provider", Some("IdentityProvider"))],
+        ),
+        ("PUT", "/api/v1/identity-providers/{id}") => (
+            Some(body("IdentityProviderInput")),
+            vec![
+                answer("200", "Replaced", Some("IdentityProvider")),
+                invalid(),
+                conflict(),
+            ],
+        ),
+        ("DELETE", "/api/v1/identity-providers/{id}") => (None, vec![done()]),
+        ("GET", "/api/v1/bindings") => (None, vec![answer("200", "Bindings", Some("Bindings"))]),
+        ("POST", "/api/v1/bindings") => (
+            Some(body("BindingInput")),
+            vec![
+                with_links(
+                    answer("201", "Bound", Some("Binding")),
+                    object_links(
+                        "/id",
+                        &[
+                            ("GetBinding", "GET", "/api/v1/bindings/{id}"),
+                            ("ReplaceBinding", "PUT", "/api/v1/bindings/{id}"),
+                            ("DeleteBinding", "DELETE", "/api/v1/bindings/{id}"),
+                        ],
+                    ),
+                ),
+                invalid(),
+                conflict(),
+            ],
+        ),
+        ("GET", "/api/v1/bindings/{id}") => {
+            (None, vec![answer("200", "The binding", Some("Binding"))])
+        }
+        ("PUT", "/api/v1/bindings/{id}") => (
+            Some(body("BindingInput")),
+            vec![
+                answer("200", "Replaced", Some("Binding")),
+                invalid(),
+                conflict(),
+            ],
+        ),
+        ("DELETE", "/api/v1/bindings/{id}") => (None, vec![done()]),
         ("GET", "/api/v1/audit") => (
             None,
             vec![answer("200", "A page", Some("AuditPage")), invalid()],
@@ -993,6 +1121,11 @@ fn query_parameters(route: &Route) -> Vec<Value> {
             "status",
             trimmed("all|pending|approved|denied|expired|consumed"),
             "Default: all",
+        )],
+        "/api/v1/bindings" => vec![query(
+            "server_id",
+            trimmed(UUID),
+            "Only this server's bindings",
         )],
         "/api/v1/grants" => vec![query(
             "server_id",

@@ -287,19 +287,26 @@ pub async fn update(
     Ok(after)
 }
 
-/// Deletes a policy that no grant uses.
+/// Deletes a policy that no grant or binding uses.
 pub async fn delete(state: &AppState, who: &Tenant, id: PolicyId) -> Result<()> {
     let before = find(state.db(), who.id, id).await?;
     let mut tx = state.db().begin().await?;
-    let in_use: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM grants WHERE tenant_id = $1 AND policy_id = $2")
-            .bind(who.id.0)
-            .bind(id.0)
-            .fetch_one(&mut *tx)
-            .await?;
-    if in_use > 0 {
+    let (grants, bindings): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM grants WHERE tenant_id = $1 AND policy_id = $2),
+                (SELECT count(*) FROM policy_bindings WHERE tenant_id = $1 AND policy_id = $2)",
+    )
+    .bind(who.id.0)
+    .bind(id.0)
+    .fetch_one(&mut *tx)
+    .await?;
+    if grants > 0 {
         return Err(Error::Conflict(format!(
-            "{in_use} grant(s) use this policy; delete them or move them to another policy first"
+            "{grants} grant(s) use this policy; delete them or move them to another policy first"
+        )));
+    }
+    if bindings > 0 {
+        return Err(Error::Conflict(format!(
+            "{bindings} binding(s) use this policy; delete them or move them to another policy first"
         )));
     }
     sqlx::query("DELETE FROM policies WHERE tenant_id = $1 AND id = $2")

@@ -13,8 +13,8 @@ use axum::routing::get;
 
 use crate::error::Error;
 use crate::{
-    AppState, accounts, approvals, audit, dashboard, grants, members, openapi, overview, policies,
-    servers, tools,
+    AppState, accounts, approvals, audit, bindings, dashboard, grants, identity_providers, members,
+    openapi, overview, policies, servers, tools,
 };
 
 /// Who may call a route.
@@ -302,6 +302,56 @@ pub const API: &[Route] = &[
     ),
     r(
         "GET",
+        "/api/v1/identity-providers",
+        Viewer,
+        "List identity providers",
+    ),
+    r(
+        "POST",
+        "/api/v1/identity-providers",
+        Admin,
+        "Trust an OpenID provider's tokens",
+    ),
+    r(
+        "GET",
+        "/api/v1/identity-providers/{id}",
+        Viewer,
+        "One identity provider",
+    ),
+    r(
+        "PUT",
+        "/api/v1/identity-providers/{id}",
+        Admin,
+        "Replace an identity provider's settings",
+    ),
+    r(
+        "DELETE",
+        "/api/v1/identity-providers/{id}",
+        Admin,
+        "Stop trusting an identity provider",
+    ),
+    r("GET", "/api/v1/bindings", Viewer, "List policy bindings"),
+    r(
+        "POST",
+        "/api/v1/bindings",
+        Manager,
+        "Bind a policy to verified identities on a server",
+    ),
+    r("GET", "/api/v1/bindings/{id}", Viewer, "One policy binding"),
+    r(
+        "PUT",
+        "/api/v1/bindings/{id}",
+        Manager,
+        "Replace a policy binding",
+    ),
+    r(
+        "DELETE",
+        "/api/v1/bindings/{id}",
+        Manager,
+        "Remove a policy binding",
+    ),
+    r(
+        "GET",
         "/api/v1/audit",
         Viewer,
         "Audit events, filtered, keyset-paginated",
@@ -525,6 +575,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(tools::api())
         .merge(policies::api())
         .merge(grants::api())
+        .merge(identity_providers::api())
+        .merge(bindings::api())
         .merge(audit::api())
         .merge(approvals::api())
         .merge(overview::api())

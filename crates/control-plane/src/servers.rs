@@ -246,7 +246,8 @@ fn check(input: &ServerInput, creating: bool, egress: &Egress) -> Result<Checked
     }
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+/// Whether `e` is Postgres refusing a duplicate of a unique key.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
 }
 

@@ -103,6 +103,12 @@ pub struct AuditEvent {
     /// The outcome, once known.
     #[serde(default)]
     pub outcome: Option<AuditOutcome>,
+    /// For an identity-bound call: the issuer of the token that verified the identity.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// For an identity-bound call: the token's `jti` (never the token itself).
+    #[serde(default)]
+    pub jti: Option<String>,
 }
 
 /// What happened upstream.
@@ -229,6 +235,10 @@ pub mod stream {
             Some(outcome) => out.outcome(outcome),
             None => out.raw(b"null"),
         }
+        out.raw(b",\"issuer\":");
+        out.opt_clipped(event.issuer.as_deref(), limits::TEXT);
+        out.raw(b",\"jti\":");
+        out.opt_clipped(event.jti.as_deref(), limits::NAME);
         out.raw(b"}");
         out.finish()
     }
@@ -496,6 +506,8 @@ mod stream_tests {
             arg_digest: None,
             arguments: None,
             outcome: None,
+            issuer: None,
+            jti: None,
         }
     }
 
@@ -591,6 +603,8 @@ mod stream_tests {
                 latency_ms: 0.123_456_789,
                 upstream_error: Some("request failed: \"refused\"\n\u{1} é".into()),
             }),
+            issuer: Some("https://login.example.com/\"x\"".into()),
+            jti: Some("jti-1".into()),
         }
     }
 
@@ -610,6 +624,8 @@ mod stream_tests {
         empty.arg_digest = None;
         empty.arguments = None;
         empty.outcome = None;
+        empty.issuer = None;
+        empty.jti = None;
         let mut whole_second = full.clone();
         whole_second.ts = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         whole_second.outcome = Some(AuditOutcome {

@@ -29,6 +29,10 @@ pub enum GatewayError {
     /// all, so a caller cannot probe which; the log line says which.
     #[error("the grant token is invalid, revoked or expired")]
     InvalidToken,
+    /// A verified identity that no policy binding of the server covers. Carries the audit
+    /// event of the refusal until it is written.
+    #[error("no policy binding of this server covers your identity")]
+    NoBinding(Option<Box<portcullis_core::audit::AuditEvent>>),
     /// The message does not follow JSON-RPC or MCP.
     #[error(transparent)]
     Mcp(#[from] portcullis_mcp::Error),
@@ -101,6 +105,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingToken | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::NoBinding(_) => StatusCode::FORBIDDEN,
             Self::Mcp(e) => {
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
@@ -118,7 +123,7 @@ impl GatewayError {
     /// The JSON-RPC error code of this error.
     pub fn code(&self) -> i64 {
         match self {
-            Self::MissingToken | Self::InvalidToken => UNAUTHORIZED_CODE,
+            Self::MissingToken | Self::InvalidToken | Self::NoBinding(_) => UNAUTHORIZED_CODE,
             Self::Mcp(e) => e.code(),
             Self::PayloadTooLarge(_) | Self::UnsupportedMediaType | Self::UnknownEventId => {
                 portcullis_mcp::codes::INVALID_REQUEST

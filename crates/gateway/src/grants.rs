@@ -67,7 +67,9 @@ pub struct PolicyRef {
     pub compiled: Option<Arc<CompiledPolicy>>,
 }
 
-/// A resolved grant: everything a request needs to be decided and forwarded.
+/// A resolved grant: everything a request needs to be decided and forwarded. A caller that
+/// presented a JWT from an identity provider resolves to one too ([`crate::identity`]), so
+/// enforcement, limits and audit are one code path.
 #[derive(Debug)]
 pub struct Grant {
     /// The grant.
@@ -90,8 +92,13 @@ pub struct Grant {
     pub tenant_text: String,
     /// `server.id` as text.
     pub server_text: String,
-    /// The hash of its token, which finds it again ([`Grants::resolve_hash`]).
-    pub token_hash: TokenHash,
+    /// The hash of its token, which finds it again ([`Grants::resolve_hash`]); `None` for an
+    /// identity-bound caller, which has no grant row.
+    pub token_hash: Option<TokenHash>,
+    /// For an identity-bound caller: the issuer of its token.
+    pub issuer: Option<String>,
+    /// For an identity-bound caller: its token's `jti`.
+    pub jti: Option<String>,
 }
 
 impl Grant {
@@ -101,11 +108,54 @@ impl Grant {
     }
 }
 
+/// A tenant's identity provider, as the gateway verifies its tokens.
+#[derive(Debug)]
+pub struct Provider {
+    /// The issuer, exactly as tokens name it.
+    pub issuer: String,
+    /// The gateway's URL as the provider names it: tokens for server S carry
+    /// `{audience}/mcp/{S}` in `aud`.
+    pub audience: String,
+    /// The claim that names the identity (`sub` or `email`).
+    pub identity_claim: String,
+    /// The claim that lists the identity's groups.
+    pub groups_claim: Option<String>,
+}
+
+/// A policy binding of a server.
+#[derive(Debug)]
+pub struct Binding {
+    /// The binding.
+    pub id: uuid::Uuid,
+    /// The identity it is for, if one.
+    pub identity: Option<String>,
+    /// The group it is for, if one.
+    pub group: Option<String>,
+    /// The policy it applies.
+    pub policy: Arc<PolicyRef>,
+}
+
+/// What identity-bound access to one server needs: the server, its tenant's providers and
+/// its bindings (oldest first).
+#[derive(Debug)]
+pub struct Access {
+    /// The server.
+    pub server: Arc<Server>,
+    /// The tenant's identity providers.
+    pub providers: Vec<Provider>,
+    /// The server's bindings, oldest first.
+    pub bindings: Vec<Binding>,
+}
+
 /// The in-memory cache of grant resolutions and compiled policies.
 pub struct Grants {
     db: PgPool,
     credentials: Keyring,
     entries: Cache<TokenHash, Grant, TenantId>,
+    /// Identity-bound access by server.
+    access: Cache<ServerId, Access, TenantId>,
+    /// Server ids that named no server a moment ago.
+    unknown_servers: Cache<ServerId, ()>,
     /// Tokens that resolved to no grant a moment ago.
     unknown: Cache<TokenHash, ()>,
     /// Permits for the misses that query Postgres.
@@ -152,6 +202,8 @@ impl Grants {
     pub fn new(db: PgPool, credentials: Keyring, ttl: Duration, grace: Duration) -> Self {
         Self {
             entries: Cache::with_grace(ttl, grace, MAX_ENTRIES),
+            access: Cache::with_grace(ttl, grace, MAX_ENTRIES),
+            unknown_servers: Cache::new(ttl.min(UNKNOWN_TTL), MAX_UNKNOWN),
             unknown: Cache::new(ttl.min(UNKNOWN_TTL), MAX_UNKNOWN),
             cold_loads: Semaphore::new(cold_load_permits(&db)),
             db,
@@ -271,6 +323,163 @@ impl Grants {
         }
     }
 
+    /// What identity-bound access to `server` needs, from the cache or Postgres; `None` when
+    /// no server has this id. Like a token, a server id is unauthenticated input: unknown ids
+    /// are remembered for a moment and misses share the permits of grant misses.
+    pub async fn access(
+        self: &Arc<Self>,
+        server: ServerId,
+    ) -> Result<Option<Arc<Access>>, sqlx::Error> {
+        match self.access.get(&server) {
+            Lookup::Fresh(access) => return Ok(Some(access)),
+            Lookup::Stale { value, refresh } => {
+                if refresh {
+                    let this = self.clone();
+                    let tenant = value.server.tenant;
+                    tokio::spawn(async move { this.reload_access(server, tenant).await });
+                }
+                return Ok(Some(value));
+            }
+            Lookup::Miss => {}
+        }
+        if matches!(self.unknown_servers.get(&server), Lookup::Fresh(_)) {
+            return Ok(None);
+        }
+        let wait = self.db.options().get_acquire_timeout();
+        let Ok(Ok(_permit)) = tokio::time::timeout(wait, self.cold_loads.acquire()).await else {
+            self.busy.increment(1);
+            return Err(sqlx::Error::PoolTimedOut);
+        };
+        let generation = self.access.generation();
+        let unknown_generation = self.unknown_servers.generation();
+        match self.load_access(server).await {
+            Ok(Some(access)) => {
+                let access = Arc::new(access);
+                self.access
+                    .insert_in(access.server.tenant, server, access.clone(), generation);
+                Ok(Some(access))
+            }
+            Ok(None) => {
+                self.unknown_servers
+                    .insert(server, Arc::new(()), unknown_generation);
+                Ok(None)
+            }
+            Err(e) => match self.access.fallback(&server) {
+                Some(access) => {
+                    tracing::warn!(error = %e, "cannot load a server's bindings; serving them as cached");
+                    Ok(Some(access))
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn reload_access(&self, server: ServerId, tenant: TenantId) {
+        let generation = self.access.generation();
+        match self.load_access(server).await {
+            Ok(Some(access)) => {
+                self.access
+                    .insert_in(access.server.tenant, server, Arc::new(access), generation);
+            }
+            Ok(None) => self.access.remove_in(&tenant, &server),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refresh a server's cached bindings");
+                self.access.refresh_failed(&server);
+            }
+        }
+    }
+
+    async fn load_access(&self, server: ServerId) -> Result<Option<Access>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT s.id AS server_id, s.tenant_id, s.url, s.transport, s.headers_enc, s.block_changed_tools
+               FROM servers s WHERE s.id = $1",
+        )
+        .bind(server.0)
+        .fetch_optional(&self.db)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let server = self.server(&row)?;
+        let providers = sqlx::query(
+            "SELECT issuer, audience, identity_claim, groups_claim FROM identity_providers
+              WHERE tenant_id = $1 ORDER BY created_at, id",
+        )
+        .bind(server.tenant.0)
+        .fetch_all(&self.db)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Provider {
+                issuer: row.try_get("issuer")?,
+                audience: row.try_get("audience")?,
+                identity_claim: row.try_get("identity_claim")?,
+                groups_claim: row.try_get("groups_claim")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+        let bindings = sqlx::query(
+            "SELECT b.id, b.identity, b.group_name, p.id AS policy_id, p.current_version, v.document
+               FROM policy_bindings b
+               JOIN policies p ON p.tenant_id = b.tenant_id AND p.id = b.policy_id
+               LEFT JOIN policy_versions v
+                      ON v.tenant_id = p.tenant_id AND v.policy_id = p.id AND v.version = p.current_version
+              WHERE b.tenant_id = $1 AND b.server_id = $2
+              ORDER BY b.created_at, b.id",
+        )
+        .bind(server.tenant.0)
+        .bind(server.id.0)
+        .fetch_all(&self.db)
+        .await?
+        .iter()
+        .map(|row| {
+            let policy = PolicyId(row.try_get("policy_id")?);
+            let version: i32 = row.try_get("current_version")?;
+            let document: Option<serde_json::Value> = row.try_get("document")?;
+            Ok(Binding {
+                id: row.try_get("id")?,
+                identity: row.try_get("identity")?,
+                group: row.try_get("group_name")?,
+                policy: Arc::new(PolicyRef {
+                    id: policy,
+                    version,
+                    compiled: self.compile(policy, version, document.as_ref()),
+                }),
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Some(Access {
+            server: Arc::new(server),
+            providers,
+            bindings,
+        }))
+    }
+
+    /// The server of a row with its `server_id`, `tenant_id`, `url`, `transport`,
+    /// `headers_enc` and `block_changed_tools`.
+    fn server(&self, row: &sqlx::postgres::PgRow) -> Result<Server, sqlx::Error> {
+        let tenant = TenantId(row.try_get("tenant_id")?);
+        let server_id = ServerId(row.try_get("server_id")?);
+        let url_text: String = row.try_get("url")?;
+        let transport = match row.try_get::<String, _>("transport")?.as_str() {
+            "sse" => Transport::Sse,
+            _ => Transport::StreamableHttp,
+        };
+        let sealed: Option<Vec<u8>> = row.try_get("headers_enc")?;
+        let url = url::Url::parse(&url_text)
+            .map_err(|e| sqlx::Error::Decode(format!("server {server_id} url: {e}").into()))?;
+        let uri = crate::upstream::uri(&url)
+            .map_err(|e| sqlx::Error::Decode(format!("server {server_id} url: {e}").into()))?;
+        let headers = self.open_headers(tenant, server_id, sealed.as_deref());
+        Ok(Server {
+            id: server_id,
+            tenant,
+            url,
+            uri,
+            transport,
+            headers,
+            block_changed_tools: row.try_get("block_changed_tools")?,
+        })
+    }
+
     async fn load(&self, hash: &TokenHash) -> Result<Option<Grant>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT g.id, g.tenant_id, g.identity, g.expires_at, g.revoked_at IS NOT NULL AS revoked,
@@ -289,30 +498,11 @@ impl Grants {
         let Some(row) = row else { return Ok(None) };
         let id = GrantId(row.try_get("id")?);
         let tenant = TenantId(row.try_get("tenant_id")?);
-        let server_id = ServerId(row.try_get("server_id")?);
         let policy_id = PolicyId(row.try_get("policy_id")?);
         let version: i32 = row.try_get("current_version")?;
         let document: Option<serde_json::Value> = row.try_get("document")?;
-        let url_text: String = row.try_get("url")?;
-        let transport = match row.try_get::<String, _>("transport")?.as_str() {
-            "sse" => Transport::Sse,
-            _ => Transport::StreamableHttp,
-        };
-        let sealed: Option<Vec<u8>> = row.try_get("headers_enc")?;
-        let url = url::Url::parse(&url_text)
-            .map_err(|e| sqlx::Error::Decode(format!("server {server_id} url: {e}").into()))?;
-        let uri = crate::upstream::uri(&url)
-            .map_err(|e| sqlx::Error::Decode(format!("server {server_id} url: {e}").into()))?;
-        let headers = self.open_headers(tenant, server_id, sealed.as_deref());
-        let server = Server {
-            id: server_id,
-            tenant,
-            url,
-            uri,
-            transport,
-            headers,
-            block_changed_tools: row.try_get("block_changed_tools")?,
-        };
+        let server = self.server(&row)?;
+        let server_id = server.id;
         let compiled = self.compile(policy_id, version, document.as_ref());
         Ok(Some(Grant {
             id,
@@ -329,7 +519,9 @@ impl Grants {
             }),
             expires_at: row.try_get("expires_at")?,
             revoked: row.try_get("revoked")?,
-            token_hash: *hash,
+            token_hash: Some(*hash),
+            issuer: None,
+            jti: None,
         }))
     }
 
@@ -401,6 +593,15 @@ impl Grants {
     /// token at most).
     pub fn invalidate(&self, message: &Invalidation) {
         self.unknown.clear();
+        self.unknown_servers.clear();
+        self.access.retain_in(&message.tenant(), |a| match message {
+            Invalidation::Grant { .. } => true,
+            Invalidation::Policy { policy_id, .. } => {
+                a.bindings.iter().all(|b| b.policy.id != *policy_id)
+            }
+            Invalidation::Server { server_id, .. } => a.server.id != *server_id,
+            Invalidation::Tenant { .. } => false,
+        });
         self.entries
             .retain_in(&message.tenant(), |g| match message {
                 Invalidation::Grant { grant_id, .. } => g.id != *grant_id,
@@ -415,6 +616,8 @@ impl Grants {
     /// Drops everything (the invalidation feed was interrupted, so anything may be stale).
     pub fn clear(&self) {
         self.entries.clear();
+        self.access.clear();
+        self.unknown_servers.clear();
         self.unknown.clear();
         self.changed();
     }
@@ -504,7 +707,9 @@ mod tests {
             id_text: String::new(),
             tenant_text: String::new(),
             server_text: String::new(),
-            token_hash: token.hash(),
+            token_hash: Some(token.hash()),
+            issuer: None,
+            jti: None,
         };
         let generation = grants.entries.generation();
         grants

@@ -28,6 +28,7 @@ pub mod continuation;
 pub mod enforce;
 pub mod error;
 pub mod grants;
+pub mod identity;
 pub mod invalidation;
 pub mod legacy;
 pub mod lifetime;
@@ -36,6 +37,7 @@ pub mod meters;
 pub mod proxy;
 pub mod relay;
 pub mod replies;
+pub mod resource;
 pub mod sessions;
 pub mod spans;
 pub mod spill;
@@ -106,6 +108,25 @@ pub struct Settings {
     /// looping over arguments cannot flood its approvers, nor Postgres.
     #[arg(long, env = "PORTCULLIS_APPROVALS_PENDING_MAX", default_value = "100", value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub approvals_pending_max: u32,
+
+    /// How far a JWT's `exp` and `nbf` may be off (clock skew between the identity provider
+    /// and the gateway), from 0 to 5m.
+    #[arg(long, env = "PORTCULLIS_JWT_LEEWAY", default_value = "60s", value_parser = jwt_leeway)]
+    pub jwt_leeway: Duration,
+
+    /// The least time between two fetches of an identity provider's keys: a token with an
+    /// unknown `kid` makes the gateway fetch them again, once per this interval at most, so
+    /// forged `kid`s cannot make it hammer the provider.
+    #[arg(long, env = "PORTCULLIS_JWKS_REFETCH_INTERVAL", default_value = "30s", value_parser = positive_duration)]
+    pub jwks_refetch_interval: Duration,
+}
+
+fn jwt_leeway(text: &str) -> Result<Duration, String> {
+    let d = portcullis_core::settings::parse_duration(text)?;
+    if d > Duration::from_secs(300) {
+        return Err("must be at most 5m".into());
+    }
+    Ok(d)
 }
 
 /// A duration above zero.
@@ -147,6 +168,8 @@ impl Default for Settings {
             limiter_timeout: Duration::from_millis(250),
             audit_spill_dir: None,
             approvals_pending_max: 100,
+            jwt_leeway: Duration::from_secs(60),
+            jwks_refetch_interval: Duration::from_secs(30),
         }
     }
 }
@@ -163,8 +186,11 @@ pub struct Shared {
     pub keys: RedisKeys,
     /// Seals and opens upstream credentials at rest.
     pub credentials: Keyring,
-    /// Where upstream connections may go.
+    /// Where upstream connections may go (and identity providers' keys come from).
     pub egress: Egress,
+    /// The gateway's external URL (`PORTCULLIS_PUBLIC_GATEWAY_URL`): server URLs are
+    /// `{public_url}/mcp/{server_id}`, as their protected resource metadata names them.
+    pub public_url: String,
 }
 
 /// The gateway's state, shared by every request of one worker.
@@ -173,6 +199,10 @@ pub struct Gateway {
     pub db: PgPool,
     /// Grant resolution cache (shared by every worker).
     pub grants: Arc<grants::Grants>,
+    /// Identity providers' keys (shared by every worker).
+    pub identities: Arc<identity::Identities>,
+    /// The gateway's external URL, without a trailing `/`.
+    pub public_url: String,
     /// Tool catalogues (shared by every worker).
     pub catalogue: Arc<catalogue::Catalogue>,
     /// Rate limiter.
@@ -198,6 +228,7 @@ pub struct Service {
     shared: Shared,
     settings: Settings,
     grants: Arc<grants::Grants>,
+    identities: Arc<identity::Identities>,
     catalogue: Arc<catalogue::Catalogue>,
     sessions: sessions::SessionKeys,
     /// The upstream client each worker copies with a pool of its own.
@@ -251,6 +282,11 @@ pub async fn build(
         settings.grant_cache_ttl,
         settings.grant_cache_grace,
     ));
+    let identities = Arc::new(identity::Identities::new(
+        shared.egress.clone(),
+        settings.jwt_leeway,
+        settings.jwks_refetch_interval,
+    )?);
     let catalogue = Arc::new(catalogue::Catalogue::new(
         shared.db.clone(),
         settings.grant_cache_ttl,
@@ -271,6 +307,7 @@ pub async fn build(
         shared,
         settings,
         grants,
+        identities,
         catalogue,
         sessions,
         upstream,
@@ -295,6 +332,8 @@ impl Service {
         let gateway = Gateway {
             db: self.shared.db.clone(),
             grants: self.grants.clone(),
+            identities: self.identities.clone(),
+            public_url: self.shared.public_url.trim_end_matches('/').to_owned(),
             catalogue: self.catalogue.clone(),
             limiter: Arc::new(limiter::Limiter::new(
                 redis,
@@ -316,9 +355,14 @@ impl Service {
     }
 }
 
-/// The gateway's routes: the per-grant URL and the per-server URL with a bearer token.
+/// The gateway's routes: the per-grant URL, the per-server URL with a bearer token, and the
+/// per-server URL's protected resource metadata.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource/mcp/{server_id}",
+            axum::routing::get(resource::metadata),
+        )
         .route(
             "/g/{token}/mcp",
             post(proxy::post_by_grant)

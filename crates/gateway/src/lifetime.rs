@@ -11,7 +11,8 @@
 //! change no message announced); a timer ends the stream at the grant's expiry and at its
 //! session's end. A lookup that fails (Postgres unreachable, or no turn to query it) is tried
 //! again within a second; the stream ends once its grant has gone unconfirmed for as long as a
-//! request would trust a cached one ([`Grants::trusted_for`]).
+//! request would trust a cached one ([`Grants::trusted_for`]). An identity-bound caller's
+//! stream ends when its token expires (a new token opens a new stream).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -24,7 +25,9 @@ use crate::grants::{Grant, Grants};
 /// What a stream was opened under.
 pub struct Lifetime {
     grants: Arc<Grants>,
-    hash: TokenHash,
+    /// The grant's token hash; `None` for an identity-bound caller, whose stream ends when
+    /// its token expires.
+    hash: Option<TokenHash>,
     grant: GrantId,
     server: ServerId,
     expires_at: Option<SystemTime>,
@@ -95,7 +98,10 @@ impl Lifetime {
     /// Whether a request under the token would still be let in (after a failed lookup: while
     /// the last confirmation is trusted).
     async fn still_usable(&mut self) -> bool {
-        let found = self.grants.resolve_hash(self.hash).await;
+        let Some(hash) = self.hash else {
+            return true;
+        };
+        let found = self.grants.resolve_hash(hash).await;
         self.failed = found.is_err();
         match found {
             Ok(Some(grant)) => {

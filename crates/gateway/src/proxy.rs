@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
-use portcullis_core::GrantToken;
 use portcullis_core::audit::{AuditDecision, AuditEvent, AuditOutcome};
+use portcullis_core::{GrantToken, ServerId};
 use portcullis_mcp::headers::names as mcp;
 use portcullis_mcp::{Message, MethodKind, MirroredHeaders, ProtocolEra, RequestId};
 
@@ -26,6 +26,7 @@ use crate::continuation::{Round, Sealer};
 use crate::enforce::Verdict;
 use crate::error::{GatewayError, INTERNAL_CODE, Rejection};
 use crate::grants::{Grant, Transport};
+use crate::identity;
 use crate::legacy::{self, Connection};
 use crate::lifetime::Lifetime;
 use crate::relay::{self, ByteStream, Pending, ToolFilter, Watch};
@@ -148,7 +149,8 @@ pub async fn post_by_server(
     let (mut parts, body) = request.into_parts();
     let span = RequestSpan::take(&mut parts.extensions);
     let credential = Credential::Bearer { server: &server };
-    finish(gw.post(credential, parts.headers, body, span).await)
+    let response = finish(gw.post(credential, parts.headers, body, span).await);
+    crate::resource::challenge(response, &gw.public_url, &server)
 }
 
 /// `GET /mcp/{server_id}`.
@@ -159,7 +161,8 @@ pub async fn get_by_server(
 ) -> Response {
     let (headers, span) = head(request);
     let credential = Credential::Bearer { server: &server };
-    finish(gw.stream(credential, headers, Method::GET, span).await)
+    let response = finish(gw.stream(credential, headers, Method::GET, span).await);
+    crate::resource::challenge(response, &gw.public_url, &server)
 }
 
 /// `DELETE /mcp/{server_id}`.
@@ -170,7 +173,8 @@ pub async fn delete_by_server(
 ) -> Response {
     let (headers, span) = head(request);
     let credential = Credential::Bearer { server: &server };
-    finish(gw.stream(credential, headers, Method::DELETE, span).await)
+    let response = finish(gw.stream(credential, headers, Method::DELETE, span).await);
+    crate::resource::challenge(response, &gw.public_url, &server)
 }
 
 /// A bodiless request's headers and trace span.
@@ -255,6 +259,8 @@ fn audit_event(
         arg_digest: None,
         arguments: None,
         outcome: None,
+        issuer: grant.issuer.clone(),
+        jti: grant.jti.clone(),
     }
 }
 
@@ -297,6 +303,9 @@ impl Gateway {
                     })
                     .map(|(_, token)| token.trim())
                     .ok_or(GatewayError::MissingToken)?;
+                if identity::looks_like_jwt(token) {
+                    return self.identity_bound(server, token).await;
+                }
                 (token, Some(server))
             }
         };
@@ -318,6 +327,78 @@ impl Gateway {
         Ok(grant)
     }
 
+    /// Verifies an identity provider's JWT for `server` and resolves it through the binding
+    /// that applies ([`identity`]).
+    async fn identity_bound(&self, server: &str, token: &str) -> Result<Arc<Grant>, GatewayError> {
+        let Ok(id) = server.parse::<ServerId>() else {
+            return Err(GatewayError::InvalidToken);
+        };
+        let Some(access) = self.grants.access(id).await? else {
+            tracing::debug!("refused: identity token for an unknown server");
+            return Err(GatewayError::InvalidToken);
+        };
+        match self.identities.verify(token, &access).await {
+            Ok((verified, Some(binding))) => {
+                Ok(Arc::new(identity::grant(&access, verified, binding)))
+            }
+            Ok((verified, None)) => {
+                let principal = identity::principal(&access, &verified);
+                tracing::info!(server = %id, tenant = %access.server.tenant, identity = %verified.identity, "refused: no binding covers this identity");
+                Err(GatewayError::NoBinding(Some(Box::new(AuditEvent {
+                    id: uuid::Uuid::now_v7(),
+                    ts: Utc::now(),
+                    tenant_id: access.server.tenant,
+                    grant_id: principal,
+                    identity: verified.identity,
+                    server_id: id,
+                    method: String::new(),
+                    tool: None,
+                    decision: AuditDecision::Deny,
+                    rule: Some(identity::NO_BINDING.to_owned()),
+                    message: Some(GatewayError::NoBinding(None).to_string()),
+                    policy_id: None,
+                    policy_version: None,
+                    protocol: None,
+                    session: None,
+                    request_id: None,
+                    arg_keys: Vec::new(),
+                    arg_digest: None,
+                    arguments: None,
+                    outcome: None,
+                    issuer: Some(verified.issuer),
+                    jti: verified.jti,
+                }))))
+            }
+            Err(refused) => {
+                tracing::info!(server = %id, tenant = %access.server.tenant, reason = %refused, "refused: identity token");
+                Err(GatewayError::InvalidToken)
+            }
+        }
+    }
+
+    /// Audits a POST whose verified identity no binding covers, with the method its body
+    /// names, and refuses it.
+    async fn unbound(
+        &self,
+        mut event: AuditEvent,
+        headers: &HeaderMap,
+        body: Body,
+        arrived: Instant,
+        span: &RequestSpan,
+    ) -> Rejection {
+        let bytes = axum::body::to_bytes(body, self.max_body)
+            .await
+            .unwrap_or_default();
+        let message = Message::parse(&bytes).ok();
+        if let Some(method) = message.as_ref().and_then(Message::method) {
+            method.clone_into(&mut event.method);
+        }
+        event.request_id = header_str(headers, "x-request-id").map(str::to_owned);
+        let kind = message.as_ref().and_then(Message::method_kind);
+        self.answered_locally(event, arrived, kind.unwrap_or(MethodKind::Other), span);
+        GatewayError::NoBinding(None).at(message.as_ref().and_then(Message::id))
+    }
+
     async fn post(
         &self,
         credential: Credential<'_>,
@@ -327,7 +408,13 @@ impl Gateway {
     ) -> Result<Response, Rejection> {
         let arrived = Instant::now();
         let ts = Utc::now();
-        let grant = self.authenticate(credential, &headers).await?;
+        let grant = match self.authenticate(credential, &headers).await {
+            Ok(grant) => grant,
+            Err(GatewayError::NoBinding(Some(event))) => {
+                return Err(self.unbound(*event, &headers, body, arrived, &span).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
         span.grant(&grant);
         let read = match self.read(&grant, &headers, body).await {
             Ok(read) => read,

@@ -268,6 +268,8 @@ mod tests {
             arg_digest: None,
             arguments: Some(serde_json::json!({"to": "hunter2"})),
             outcome: None,
+            issuer: None,
+            jti: None,
         };
         span.decided(&event);
         span.upstream_answered(&Err(UpstreamError::CredentialsRefused(403)), span.clock());

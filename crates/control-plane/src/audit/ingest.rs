@@ -499,7 +499,7 @@ async fn write(db: &PgPool, fresh: &[&AuditEvent], updates: &[&AuditEvent]) -> a
 /// The columns an event fills, in the order [`csv_row`] writes them.
 const COPY_STATEMENT: &str = "COPY audit_events (id, ts, tenant_id, grant_id, identity, server_id, method, tool,
     decision, rule, message, policy_id, policy_version, protocol, session, request_id, arg_keys, arg_digest,
-    arguments, upstream_status, is_error, latency_ms, upstream_error) FROM STDIN (FORMAT csv)";
+    arguments, upstream_status, is_error, latency_ms, upstream_error, issuer, jti) FROM STDIN (FORMAT csv)";
 
 /// Inserts a batch of new rows in one `COPY`; fails whole when any row exists already.
 ///
@@ -589,6 +589,8 @@ fn csv_row(e: &AuditEvent, out: &mut String) {
     display(out, o.and_then(|o| o.is_error).as_ref().map(|v| v as _));
     display(out, o.map(|o| &o.latency_ms as _));
     text(out, o.and_then(|o| o.upstream_error.as_deref()));
+    text(out, e.issuer.as_deref());
+    text(out, e.jti.as_deref());
     // The last field's separator becomes the line's end.
     out.pop();
     out.push('\n');
@@ -648,6 +650,8 @@ fn row(event: &AuditEvent) -> Value {
         "is_error": outcome.and_then(|o| o.is_error),
         "latency_ms": outcome.map(|o| o.latency_ms),
         "upstream_error": outcome.and_then(|o| o.upstream_error.as_deref()),
+        "issuer": event.issuer,
+        "jti": event.jti,
     })
 }
 
@@ -660,16 +664,19 @@ pub async fn write_batch(db: &PgPool, events: &[&AuditEvent]) -> anyhow::Result<
     sqlx::query(
         "INSERT INTO audit_events (id, ts, tenant_id, grant_id, identity, server_id, method, tool, decision, rule,
                                    message, policy_id, policy_version, protocol, session, request_id, arg_keys,
-                                   arg_digest, arguments, upstream_status, is_error, latency_ms, upstream_error)
+                                   arg_digest, arguments, upstream_status, is_error, latency_ms, upstream_error,
+                                   issuer, jti)
          SELECT r.id, r.ts, r.tenant_id, r.grant_id, r.identity, r.server_id, r.method, r.tool, r.decision, r.rule,
                 r.message, r.policy_id, r.policy_version, r.protocol, r.session, r.request_id,
                 ARRAY(SELECT jsonb_array_elements_text(coalesce(r.arg_keys, '[]'::jsonb))),
-                r.arg_digest, r.arguments, r.upstream_status, r.is_error, r.latency_ms, r.upstream_error
+                r.arg_digest, r.arguments, r.upstream_status, r.is_error, r.latency_ms, r.upstream_error,
+                r.issuer, r.jti
            FROM jsonb_to_recordset($1::jsonb) AS r(
                 id uuid, ts timestamptz, tenant_id uuid, grant_id uuid, identity text, server_id uuid, method text,
                 tool text, decision text, rule text, message text, policy_id uuid, policy_version integer,
                 protocol text, session text, request_id text, arg_keys jsonb, arg_digest text, arguments jsonb,
-                upstream_status integer, is_error boolean, latency_ms double precision, upstream_error text)
+                upstream_status integer, is_error boolean, latency_ms double precision, upstream_error text,
+                issuer text, jti text)
          ON CONFLICT (ts, id) DO UPDATE SET
                 -- The entry with the outcome carries the call's final decision (see `merge`).
                 decision = CASE WHEN audit_events.latency_ms IS NULL AND EXCLUDED.latency_ms IS NOT NULL
@@ -731,6 +738,8 @@ mod tests {
             arg_digest: None,
             arguments: None,
             outcome,
+            issuer: None,
+            jti: None,
         }
     }
 

@@ -335,12 +335,16 @@ pub struct EventDetail {
     pub arguments: Option<Value>,
     /// Whether the tool answered with an error.
     pub is_error: Option<bool>,
+    /// For an identity-bound call, the issuer of the token that verified the identity.
+    pub issuer: Option<String>,
+    /// For an identity-bound call, the token's `jti`.
+    pub jti: Option<String>,
 }
 
 /// One event of the tenant.
 pub async fn detail(db: &PgPool, tenant: TenantId, id: Uuid) -> Result<EventDetail> {
     let columns = format!(
-        "{SUMMARY}, policy_id, policy_version, protocol, session, request_id, arg_keys, arg_digest, arguments, is_error"
+        "{SUMMARY}, policy_id, policy_version, protocol, session, request_id, arg_keys, arg_digest, arguments, is_error, issuer, jti"
     );
     // Event ids are UUID v7 minted on arrival, so their timestamp brackets `ts`: that lets the
     // lookup use the primary key of one or two partitions instead of scanning all of them.
