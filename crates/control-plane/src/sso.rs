@@ -21,7 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, Validation};
-use portcullis_core::{TenantId, UserId};
+use portcullis_core::{TenantId, UserId, oidc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -41,8 +41,6 @@ const FLOW_COOKIE: &str = "pcsso";
 const FLOW_SECONDS: i64 = 600;
 /// What the flow cookie is sealed for (a sealed credential cannot pass for one).
 const FLOW_CONTEXT: &[u8] = b"sso-flow";
-/// The most a discovery document, a JWKS or a token answer may weigh.
-const MAX_DOCUMENT: usize = 1024 * 1024;
 /// Clock skew accepted on `exp` and `iat`.
 const LEEWAY_SECONDS: u64 = 60;
 /// The algorithms an ID token may be signed with: asymmetric only, so a provider's public key
@@ -155,7 +153,6 @@ fn challenge(verifier: &str) -> String {
 /// What the provider's discovery document says this flow needs.
 #[derive(Debug, Deserialize)]
 struct Endpoints {
-    issuer: String,
     authorization_endpoint: String,
     token_endpoint: String,
     jwks_uri: String,
@@ -175,8 +172,11 @@ async fn get_json<T: DeserializeOwned>(
     let status = response.status();
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > MAX_DOCUMENT {
-            anyhow::bail!("the provider answered more than {MAX_DOCUMENT} bytes");
+        if body.len() + chunk.len() > oidc::MAX_DOCUMENT {
+            anyhow::bail!(
+                "the provider answered more than {} bytes",
+                oidc::MAX_DOCUMENT
+            );
         }
         body.extend_from_slice(&chunk);
     }
@@ -195,15 +195,13 @@ async fn get_json<T: DeserializeOwned>(
 /// The provider's endpoints (OpenID Connect Discovery 1.0 §4): the document must name the
 /// issuer it was asked for, and every endpoint Portcullis calls must pass the egress guard.
 async fn discover(state: &AppState, issuer: &str) -> anyhow::Result<Endpoints> {
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
+    let url = oidc::discovery_url(issuer);
     state.shared.egress.check_url(&url)?;
-    let endpoints: Endpoints = get_json(state, state.http.get(&url)).await?;
-    if endpoints.issuer != issuer {
+    let document: Value = get_json(state, state.http.get(&url)).await?;
+    if !oidc::names_issuer(&document, issuer) {
         anyhow::bail!("the discovery document names another issuer");
     }
+    let endpoints: Endpoints = serde_json::from_value(document)?;
     state.shared.egress.check_url(&endpoints.token_endpoint)?;
     state.shared.egress.check_url(&endpoints.jwks_uri)?;
     if let Some(userinfo) = &endpoints.userinfo_endpoint {
@@ -265,14 +263,7 @@ pub fn verify_id_token(
     if !ALGORITHMS.contains(&header.alg) {
         return Err(TokenRefused::Algorithm(header.alg));
     }
-    let jwk = match header.kid.as_deref() {
-        Some(kid) => keys.find(kid),
-        None => match keys.keys.as_slice() {
-            [only] => Some(only),
-            _ => None,
-        },
-    }
-    .ok_or(TokenRefused::UnknownKey)?;
+    let jwk = oidc::key(keys, header.kid.as_deref()).ok_or(TokenRefused::UnknownKey)?;
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(TokenRefused::Invalid)?;
     let mut validation = Validation::new(header.alg);
     validation.leeway = LEEWAY_SECONDS;
