@@ -279,10 +279,11 @@ async fn policy(api: &Api, server: &str, name: &str, document: Value) -> String 
     created["id"].as_str().unwrap().to_owned()
 }
 
-/// Allows every tool but `hide`, 5 calls a minute per identity.
+/// Allows every tool but `hide`, 5 calls a minute per identity; a payment needs an approval.
 fn five_a_minute(hide: &[&str]) -> Value {
     json!({
         "version": "1", "default": "allow", "hide": hide,
+        "tools": { "create_payment": { "approval": {} } },
         "all_tools": { "limits": [{ "counter": "calls", "window": "minute", "max": 5, "scope": "identity" }] },
     })
 }
@@ -626,6 +627,34 @@ async fn identity_tokens_get_their_bound_policy_and_forged_ones_are_refused() {
     let called = a.call_tool(call("list_messages")).await.unwrap();
     assert_eq!(decision_of(&called), Value::Null, "{called:?}");
     assert_eq!(called.is_error, Some(false));
+    // An approval is A's: approved once, A's same call passes once.
+    let pay = || {
+        let mut params = call("create_payment");
+        params.arguments = Some(json!({ "amount": 5 }).as_object().unwrap().clone());
+        params
+    };
+    let pending = a.call_tool(pay()).await.unwrap();
+    assert_eq!(decision_of(&pending), "approval_required", "{pending:?}");
+    let approval =
+        serde_json::to_value(&pending).unwrap()["_meta"]["portcullis/decision"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let listed = w
+        .api
+        .expect("GET", &format!("/api/v1/approvals/{approval}"), None, 200)
+        .await;
+    assert_eq!(listed["identity"], "a@example.com");
+    w.api
+        .expect(
+            "POST",
+            &format!("/api/v1/approvals/{approval}/approve"),
+            Some(json!({})),
+            200,
+        )
+        .await;
+    let paid = a.call_tool(pay()).await.unwrap();
+    assert_eq!(paid.is_error, Some(false), "{paid:?}");
     a.cancel().await.unwrap();
     b_client.cancel().await.unwrap();
 
@@ -925,6 +954,18 @@ async fn limits_count_per_identity_and_keys_rotate_and_outlive_the_provider() {
             .count(),
         1
     );
+    let page = api
+        .http
+        .get(format!("{}/audit?identity=b%40example.com", w.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<td>b@example.com</td>"), "{page}");
+    assert!(!page.contains("<td>a@example.com</td>"), "{page}");
 
     // The provider rotates its key: a token signed with the new one passes after one refetch.
     let old_kid = idp.kid();
@@ -943,5 +984,96 @@ async fn limits_count_per_identity_and_keys_rotate_and_outlive_the_provider() {
     assert_eq!(status, 200, "a token of the old key: {body}");
     let ready = reqwest::get(format!("{}/readyz", w.gateway)).await.unwrap();
     assert_eq!(ready.status(), 200);
+    w.app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_dashboard_lists_and_changes_providers_and_bindings() {
+    let w = world().await;
+    let api = &w.api;
+    let upstream = Upstream::start("k").await;
+    let srv = server(api, &upstream, "crm").await;
+    let p = policy(api, &srv, "engineers", five_a_minute(&[])).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = || async {
+        let resp = http
+            .get(format!("{}/identity-providers", w.base))
+            .bearer_auth(&api.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    };
+    let post = |path: &str, pairs: Vec<(&'static str, String)>| {
+        let request = http
+            .post(format!("{}{path}", w.base))
+            .bearer_auth(&api.token);
+        async move {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let resp = cp_support::form(request, &pairs).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    assert!(get().await.contains("No provider yet"));
+
+    let (status, page) = post(
+        "/identity-providers",
+        vec![
+            ("issuer", "ftp://x".into()),
+            ("audience", w.gateway.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        page.contains("must be an http:// or https:// URL"),
+        "{page}"
+    );
+    let (status, _) = post(
+        "/identity-providers",
+        vec![
+            ("issuer", "http://127.0.0.1:9".into()),
+            ("audience", w.gateway.clone()),
+            ("identity_claim", "email".into()),
+            ("groups_claim", "groups".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, _) = post(
+        "/bindings",
+        vec![("policy_id", p.clone()), ("group", "eng".into())],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let page = get().await;
+    assert!(page.contains("<code>http://127.0.0.1:9</code>"), "{page}");
+    assert!(
+        page.contains("group eng") && page.contains("engineers"),
+        "{page}"
+    );
+
+    let bindings = api.expect("GET", "/api/v1/bindings", None, 200).await;
+    let bid = bindings["bindings"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = post(&format!("/bindings/{bid}/delete"), vec![]).await;
+    assert_eq!(status, 303);
+    let providers = api
+        .expect("GET", "/api/v1/identity-providers", None, 200)
+        .await;
+    let pid = providers["identity_providers"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = post(&format!("/identity-providers/{pid}/delete"), vec![]).await;
+    assert_eq!(status, 303);
+    let page = get().await;
+    assert!(
+        page.contains("No provider yet") && page.contains("No binding yet"),
+        "{page}"
+    );
     w.app.stop().await.unwrap();
 }

@@ -26,6 +26,7 @@ mod dashboard;
 pub mod discovery;
 mod error;
 mod grants;
+mod identity_pages;
 mod identity_providers;
 mod input;
 pub mod invalidations;

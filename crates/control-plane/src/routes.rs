@@ -13,8 +13,8 @@ use axum::routing::get;
 
 use crate::error::Error;
 use crate::{
-    AppState, accounts, approvals, audit, bindings, dashboard, grants, identity_providers, members,
-    openapi, overview, policies, servers, tools,
+    AppState, accounts, approvals, audit, bindings, dashboard, grants, identity_pages,
+    identity_providers, members, openapi, overview, policies, servers, tools,
 };
 
 /// Who may call a route.
@@ -450,6 +450,31 @@ pub const PAGES: &[Route] = &[
         Admin,
         "Remove a member",
     ),
+    r(
+        "GET",
+        "/identity-providers",
+        Viewer,
+        "Identity providers and policy bindings",
+    ),
+    r(
+        "POST",
+        "/identity-providers",
+        Admin,
+        "Add an identity provider",
+    ),
+    r(
+        "POST",
+        "/identity-providers/{id}/delete",
+        Admin,
+        "Remove an identity provider",
+    ),
+    r("POST", "/bindings", Manager, "Add a policy binding"),
+    r(
+        "POST",
+        "/bindings/{id}/delete",
+        Manager,
+        "Remove a policy binding",
+    ),
     r("GET", "/servers", Viewer, "Servers"),
     r("POST", "/servers", Admin, "Register a server"),
     r("GET", "/servers/{id}", Viewer, "A server and its tools"),
@@ -591,6 +616,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(tools::pages())
         .merge(policies::pages())
         .merge(grants::pages())
+        .merge(identity_pages::pages())
         .merge(audit::pages())
         .merge(approvals::pages())
         .merge(overview::pages());
