@@ -77,6 +77,8 @@ impl Driver {
             "--disable-sync".to_owned(),
             "--disable-dev-shm-usage".to_owned(),
             "--window-size=1360,1100".to_owned(),
+            // Nothing leaves the machine: a peer's page that links a web font fails to load it.
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1".to_owned(),
             format!("--user-data-dir={}", self._profile.0.display()),
         ];
         let mut caps = serde_json::Map::new();
@@ -899,4 +901,68 @@ async fn tool_pages(stack: &Stack, bridge: &TwilioBridge, b: &Client) {
     assert_eq!(resp.status(), 200);
     let html = resp.text().await.unwrap();
     assert!(html.contains("recommended-json") && !html.contains("id=\"add-rule\""));
+}
+
+/// Dashboard sign-in through the organisation's identity provider (a real `oidc-provider` on
+/// loopback): the sign-in page's entry finds the organisation by the email's domain, the
+/// provider's own login and consent pages are filled in, and the dashboard opens as a new
+/// viewer of an allowed domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signs_in_through_the_identity_providers_login_page() {
+    use cp_support::oidc::{self, Provider};
+
+    let (stack, redirect_uri) = oidc::stack().await;
+    let idp = Provider::start(&redirect_uri);
+    let admin = stack.signup("admin@acme.test", "Acme").await;
+    oidc::set_up(&admin, &idp, &["example.org"]).await;
+    let base = stack.base.clone();
+
+    let driver = Driver::start().await;
+    let b = driver.client().await;
+    b.goto(&format!("{base}/login")).await.unwrap();
+    type_into(&b, "#sso input[name=email]", "jo@example.org").await;
+    shot(&b, "sso-01-sign-in-page").await;
+    click(&b, "#sso button[type=submit]").await;
+    wait_text(&b, "Acme signs in through its identity provider").await;
+    click(&b, "#sso-continue").await;
+
+    // The provider's own pages.
+    let login = b
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css("input[name=login]"))
+        .await
+        .unwrap();
+    assert!(
+        b.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .starts_with(&idp.issuer())
+    );
+    login.send_keys("jo@example.org").await.unwrap();
+    type_into(&b, "input[name=password]", "any password").await;
+    shot(&b, "sso-02-provider-login").await;
+    click(&b, "button.login-submit").await;
+    wait_text(&b, "Authorize").await;
+    shot(&b, "sso-03-provider-consent").await;
+    click(&b, "button.login-submit").await;
+
+    // Back in the dashboard, signed in as a new viewer.
+    wait_path(&b, |p| p == "/servers").await;
+    assert!(b.current_url().await.unwrap().as_str().starts_with(&base));
+    shot(&b, "sso-04-signed-in").await;
+    b.goto(&format!("{base}/settings")).await.unwrap();
+    let page = wait_text(&b, "jo@example.org").await;
+    assert!(page.contains("viewer"), "{page}");
+    let members = admin.expect("GET", "/api/v1/members", None, 200).await;
+    let jo = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == "jo@example.org")
+        .cloned()
+        .unwrap();
+    assert_eq!(jo["role"], "viewer");
+    b.close().await.ok();
 }

@@ -65,7 +65,7 @@ async fn signup(state: &AppState, form: &SignupForm, ip: ClientIp) -> Result<Str
     let (Ok(email), Ok(organization), Ok(password)) = (email, organization, password) else {
         return Err(Error::Validation(errors));
     };
-    let existing: Option<(Uuid, String)> =
+    let existing: Option<(Uuid, Option<String>)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
             .bind(&email)
             .fetch_optional(state.db())
@@ -74,7 +74,7 @@ async fn signup(state: &AppState, form: &SignupForm, ip: ClientIp) -> Result<Str
     // existing account (its id); `None` when the password is not the account's.
     let pending = match existing {
         None => Some((Some(passwords::hash(password).await?), None)),
-        Some((id, stored)) => passwords::verify(form.password.clone(), Some(stored))
+        Some((id, stored)) => passwords::verify(form.password.clone(), stored)
             .await?
             .then_some((None, Some(id))),
     };
@@ -312,6 +312,9 @@ pub struct LoginForm {
     pub next: Option<String>,
 }
 
+/// Why a correct password does not open a session.
+const PASSWORD_OFF: &str = "your organisation signs in through its identity provider: use \"Sign in with your organisation's provider\"";
+
 struct LoggedIn {
     tenant: TenantId,
     user: UserId,
@@ -326,13 +329,13 @@ async fn login(
 ) -> Result<LoggedIn> {
     let email = form.email.trim();
     throttle::check(state, Door::Login, email, ip.0).await?;
-    let found: Option<(Uuid, String)> =
+    let found: Option<(Uuid, Option<String>)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
             .bind(email)
             .fetch_optional(state.db())
             .await?;
     let (user, stored) = match found {
-        Some((id, hash)) => (Some(UserId(id)), Some(hash)),
+        Some((id, hash)) => (Some(UserId(id)), hash),
         None => (None, None),
     };
     let ok = passwords::verify(form.password.clone(), stored).await?;
@@ -346,18 +349,34 @@ async fn login(
         .as_deref()
         .filter(|t| !t.is_empty())
         .and_then(|t| t.parse().ok());
-    let tenant: Option<Uuid> = sqlx::query_scalar(
-        "SELECT tenant_id FROM memberships WHERE user_id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)
-          ORDER BY created_at LIMIT 1",
+    // An organisation that signs in through its identity provider only is chosen last, and
+    // refused if it is the only one left. The switch holds only while a provider can sign
+    // people in: removing the last one cannot lock everybody out.
+    let tenant: Option<(Uuid, bool)> = sqlx::query_as(
+        "SELECT m.tenant_id,
+                t.password_sign_in_disabled AND EXISTS (
+                    SELECT 1 FROM identity_providers p
+                     WHERE p.tenant_id = t.id AND p.client_id IS NOT NULL AND p.client_secret_enc IS NOT NULL
+                ) AS password_off
+           FROM memberships m JOIN tenants t ON t.id = m.tenant_id
+          WHERE m.user_id = $1 AND ($2::uuid IS NULL OR m.tenant_id = $2)
+          ORDER BY password_off, m.created_at LIMIT 1",
     )
     .bind(user.0)
     .bind(wanted)
     .fetch_optional(state.db())
     .await?;
-    let Some(tenant) = tenant.map(TenantId) else {
-        return Err(Error::BadRequest(
-            "this account belongs to no organisation".into(),
-        ));
+    let tenant = match tenant {
+        Some((tenant, false)) => TenantId(tenant),
+        Some((_, true)) => {
+            metrics::counter!("portcullis_logins_total", "result" => "password_off").increment(1);
+            return Err(Error::BadRequest(PASSWORD_OFF.into()));
+        }
+        None => {
+            return Err(Error::BadRequest(
+                "this account belongs to no organisation".into(),
+            ));
+        }
     };
     throttle::succeeded(state, email).await;
     let secret = auth::open_session(state, tenant, user, ip.0, user_agent).await?;
@@ -452,14 +471,14 @@ async fn accept(state: &AppState, form: &AcceptForm) -> Result<(TenantId, UserId
     let Some((invitation, tenant, email, role)) = row else {
         return Err(Error::NotFound);
     };
-    let existing: Option<(Uuid, String)> =
+    let existing: Option<(Uuid, Option<String>)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
             .bind(&email)
             .fetch_optional(state.db())
             .await?;
     let user = match existing {
         Some((id, stored)) => {
-            if !passwords::verify(form.password.clone(), Some(stored)).await? {
+            if !passwords::verify(form.password.clone(), stored).await? {
                 return Err(Error::field(
                     "/password",
                     "this is not the password of the existing account",

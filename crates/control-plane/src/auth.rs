@@ -243,6 +243,7 @@ fn is_sign_in_form(path: &str) -> bool {
     matches!(
         path,
         "/login"
+            | "/login/sso"
             | "/signup"
             | "/signup/confirm"
             | "/invite"

@@ -38,6 +38,7 @@ mod passwords;
 mod policies;
 pub mod routes;
 mod servers;
+pub mod sso;
 mod throttle;
 mod tools;
 mod webhooks;

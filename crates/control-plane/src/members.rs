@@ -364,17 +364,21 @@ pub struct TenantSettings {
     pub webhook_url: Option<String>,
     /// Whether a signing secret is set (it is never shown).
     pub webhook_secret_set: bool,
+    /// Whether members must sign in through the organisation's identity provider.
+    pub password_sign_in_disabled: bool,
 }
+
+/// The settings' columns.
+const SETTINGS: &str = "SELECT name, audit_retention_days, webhook_url, webhook_secret_enc IS NOT NULL AS webhook_secret_set,
+        password_sign_in_disabled
+   FROM tenants WHERE id = $1";
 
 /// Reads the tenant's settings.
 pub async fn settings(db: &sqlx::PgPool, tenant: TenantId) -> Result<TenantSettings> {
-    Ok(sqlx::query_as(
-        "SELECT name, audit_retention_days, webhook_url, webhook_secret_enc IS NOT NULL AS webhook_secret_set
-           FROM tenants WHERE id = $1",
-    )
-    .bind(tenant.0)
-    .fetch_one(db)
-    .await?)
+    Ok(sqlx::query_as(SETTINGS)
+        .bind(tenant.0)
+        .fetch_one(db)
+        .await?)
 }
 
 /// A change of settings; absent fields stay as they are.
@@ -388,6 +392,8 @@ pub struct SettingsChange {
     pub webhook_url: Option<String>,
     /// New signing secret; empty text removes it.
     pub webhook_secret: Option<String>,
+    /// Turn password sign-in off (members sign in through the identity provider) or on.
+    pub password_sign_in_disabled: Option<bool>,
 }
 
 /// The context a tenant's webhook secret is sealed under.
@@ -434,6 +440,15 @@ pub async fn update_settings(
             Err(e) => return Err(e),
         },
     };
+    if change.password_sign_in_disabled == Some(true)
+        && !crate::sso::configured(state.db(), who.id).await?
+    {
+        // Nobody, the admin included, could sign in any more.
+        errors.push(crate::error::FieldError::new(
+            "/password_sign_in_disabled",
+            "set up sign-in with an identity provider (its client id and secret) first: without it nobody could sign in",
+        ));
+    }
     if !errors.is_empty() {
         return Err(Error::Validation(errors));
     }
@@ -452,7 +467,8 @@ pub async fn update_settings(
             name = coalesce($2, name),
             audit_retention_days = coalesce($3, audit_retention_days),
             webhook_url = CASE WHEN $4 THEN $5 ELSE webhook_url END,
-            webhook_secret_enc = CASE WHEN $6 THEN $7 ELSE webhook_secret_enc END
+            webhook_secret_enc = CASE WHEN $6 THEN $7 ELSE webhook_secret_enc END,
+            password_sign_in_disabled = coalesce($8, password_sign_in_disabled)
           WHERE id = $1",
     )
     .bind(who.id.0)
@@ -462,15 +478,13 @@ pub async fn update_settings(
     .bind(webhook_url.flatten())
     .bind(secret.is_some())
     .bind(secret.flatten())
+    .bind(change.password_sign_in_disabled)
     .execute(&mut *tx)
     .await?;
-    let after: TenantSettings = sqlx::query_as(
-        "SELECT name, audit_retention_days, webhook_url, webhook_secret_enc IS NOT NULL AS webhook_secret_set
-           FROM tenants WHERE id = $1",
-    )
-    .bind(who.id.0)
-    .fetch_one(&mut *tx)
-    .await?;
+    let after: TenantSettings = sqlx::query_as(SETTINGS)
+        .bind(who.id.0)
+        .fetch_one(&mut *tx)
+        .await?;
     admin_audit::commit(
         tx,
         who,
@@ -662,6 +676,7 @@ struct SettingsPage {
     secret_value: String,
     secret_note: String,
     roles: Vec<&'static str>,
+    sign_in: Vec<crate::sso::SignInSettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -726,6 +741,7 @@ async fn render_settings(
         secret_value,
         secret_note,
         roles: Role::ALL.iter().map(|r| r.as_str()).collect(),
+        sign_in: crate::sso::all_sign_in_settings(state, tenant.id).await?,
     })
 }
 
@@ -747,6 +763,9 @@ struct SettingsForm {
     webhook_url: String,
     #[serde(default)]
     webhook_secret: String,
+    /// A checkbox: present when ticked.
+    #[serde(default)]
+    password_sign_in_disabled: Option<String>,
 }
 
 async fn settings_submit(
@@ -765,6 +784,7 @@ async fn settings_submit(
         webhook_url: Some(form.webhook_url),
         // A blank secret field keeps the current secret; the API can remove it.
         webhook_secret: Some(form.webhook_secret).filter(|s| !s.trim().is_empty()),
+        password_sign_in_disabled: Some(form.password_sign_in_disabled.is_some()),
     };
     update_settings(&state, &tenant, &change).await?;
     Ok(see_other_with("/settings", "Settings saved."))

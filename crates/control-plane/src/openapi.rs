@@ -238,12 +238,14 @@ fn schemas() -> Value {
             "audit_retention_days",
             "webhook_url",
             "webhook_secret_set",
+            "password_sign_in_disabled",
         ],
         json!({
             "name": { "type": "string" },
             "audit_retention_days": { "type": "integer", "minimum": 1, "maximum": 3650 },
             "webhook_url": { "type": ["string", "null"] },
             "webhook_secret_set": { "type": "boolean" },
+            "password_sign_in_disabled": { "type": "boolean", "description": "Members sign in through the identity provider only" },
         }),
     );
     let member = object(
@@ -317,11 +319,26 @@ fn schemas() -> Value {
         "NewApiToken": { "type": "object", "required": new_api_token_required, "properties": new_api_token },
         "ApiTokens": object(&["tokens"], json!({ "tokens": array(reference("ApiToken")) })),
         "Settings": settings,
+        "SignInChange": object(&["client_id"], json!({
+            "client_id": { "type": "string", "minLength": 1, "maxLength": 500, "description": "The OpenID client the dashboard signs in as" },
+            "client_secret": { "type": ["string", "null"], "maxLength": 2000, "writeOnly": true,
+                "description": "The client's secret, sealed at rest and never shown; absent or empty keeps the stored one (required when none is)" },
+            "allowed_email_domains": { "type": ["array", "null"], "maxItems": 50, "items": { "type": "string", "maxLength": 253 },
+                "description": "Email domains whose people become viewers at their first sign-in" } })),
+        "SignInSettings": object(&["identity_provider_id", "issuer", "client_id", "client_secret_set", "allowed_email_domains", "sign_in_url", "redirect_uri"], json!({
+            "identity_provider_id": uuid(), "issuer": { "type": "string" },
+            "client_id": { "type": ["string", "null"], "description": "Null: sign-in through this provider is not set up" },
+            "client_secret_set": { "type": "boolean" },
+            "allowed_email_domains": array(json!({ "type": "string" })),
+            "sign_in_url": { "type": "string", "description": "The organisation's sign-in URL" },
+            "redirect_uri": { "type": "string", "description": "The redirect URI to register with the provider" } })),
         "SettingsChange": object(&[], json!({
             "name": nullable(text(200)),
             "audit_retention_days": { "type": ["integer", "null"], "minimum": 1, "maximum": 3650 },
             "webhook_url": { "type": ["string", "null"], "description": "An http(s) URL; empty text removes the webhook" },
-            "webhook_secret": { "type": ["string", "null"], "description": "Empty text removes it" } }))
+            "webhook_secret": { "type": ["string", "null"], "description": "Empty text removes it" },
+            "password_sign_in_disabled": { "type": ["boolean", "null"],
+                "description": "Turn password sign-in off (refused, 422, unless an identity provider with a client id and secret is set up) or on" } }))
         }),
         json!({
         "ServerInput": object(&["name", "url"], json!({
@@ -798,6 +815,15 @@ fn shapes(route: &Route) -> (Option<Value>, Vec<(String, Value)>) {
                 invalid(),
             ],
         ),
+        ("GET", "/api/v1/identity-providers/{id}/sign-in") => (
+            None,
+            vec![answer("200", "Sign-in settings", Some("SignInSettings"))],
+        ),
+        ("PUT", "/api/v1/identity-providers/{id}/sign-in") => (
+            Some(body("SignInChange")),
+            vec![answer("200", "Saved", Some("SignInSettings")), invalid()],
+        ),
+        ("DELETE", "/api/v1/identity-providers/{id}/sign-in") => (None, vec![done(), conflict()]),
         ("GET", "/api/v1/settings") => (None, vec![answer("200", "Settings", Some("Settings"))]),
         ("PUT", "/api/v1/settings") => (
             Some(body("SettingsChange")),

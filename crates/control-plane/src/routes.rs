@@ -380,6 +380,24 @@ pub const API: &[Route] = &[
     r("GET", "/api/v1/approvals/{id}", Viewer, "One approval"),
     r("POST", "/api/v1/approvals/{id}/approve", Manager, "Approve"),
     r("POST", "/api/v1/approvals/{id}/deny", Manager, "Deny"),
+    r(
+        "GET",
+        "/api/v1/identity-providers/{id}/sign-in",
+        Viewer,
+        "A provider's dashboard sign-in settings (never the secret)",
+    ),
+    r(
+        "PUT",
+        "/api/v1/identity-providers/{id}/sign-in",
+        Admin,
+        "Set up dashboard sign-in through a provider",
+    ),
+    r(
+        "DELETE",
+        "/api/v1/identity-providers/{id}/sign-in",
+        Admin,
+        "Turn dashboard sign-in through a provider off",
+    ),
 ];
 
 /// Every dashboard route.
@@ -401,6 +419,24 @@ pub const PAGES: &[Route] = &[
     ),
     r("GET", "/login", Public, "Sign in"),
     r("POST", "/login", Public, "Sign in"),
+    r(
+        "POST",
+        "/login/sso",
+        Public,
+        "Find the identity provider of an email's domain",
+    ),
+    r(
+        "GET",
+        "/login/sso/{provider_id}",
+        Public,
+        "Sign in through an organisation's identity provider",
+    ),
+    r(
+        "GET",
+        "/login/sso/callback",
+        Public,
+        "The identity provider's answer",
+    ),
     r("POST", "/logout", Public, "Sign out"),
     r("GET", "/invite", Public, "Invitation (?token=)"),
     r("POST", "/invite", Public, "Accept an invitation"),
@@ -518,6 +554,12 @@ pub const PAGES: &[Route] = &[
     r("GET", "/audit/export.csv", Viewer, "Export CSV"),
     r("GET", "/audit/export.jsonl", Viewer, "Export JSONL"),
     r("GET", "/audit/{id}", Viewer, "Audit event"),
+    r(
+        "POST",
+        "/settings/identity-providers/{id}/sign-in",
+        Admin,
+        "Set up sign-in through a provider",
+    ),
     r("GET", "/admin-audit", Admin, "Admin audit"),
     r("GET", "/approvals", Viewer, "Approvals"),
     r("POST", "/approvals/{id}/approve", Manager, "Approve"),
@@ -581,10 +623,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(audit::api())
         .merge(approvals::api())
         .merge(overview::api())
+        .merge(crate::sso::api())
         .route("/api/v1/openapi.json", get(openapi::document));
     let pages = Router::new()
         .merge(dashboard::router())
         .merge(accounts::pages())
+        .merge(crate::sso::pages())
         .merge(members::pages())
         .merge(servers::pages())
         .merge(tools::pages())

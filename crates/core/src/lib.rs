@@ -6,6 +6,7 @@ pub mod crypto;
 pub mod egress;
 pub mod ids;
 pub mod invalidation;
+pub mod oidc;
 pub mod redact;
 pub mod redis_keys;
 pub mod settings;

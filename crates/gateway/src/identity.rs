@@ -20,6 +20,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use portcullis_core::GrantId;
 use portcullis_core::egress::Egress;
+use portcullis_core::oidc;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -27,8 +28,6 @@ use crate::grants::{Access, Binding, Grant, Provider};
 
 /// How long fetched keys are used before they are refetched in the background.
 const KEYS_FRESH_FOR: Duration = Duration::from_secs(600);
-/// The most a discovery document or a JWKS may weigh.
-const MAX_DOCUMENT: usize = 1024 * 1024;
 /// The longest identity, group or `jti` kept (as the control plane bounds binding subjects).
 const MAX_CLAIM: usize = 200;
 
@@ -274,12 +273,8 @@ async fn fetch_keys(
     egress: &Egress,
     issuer: &str,
 ) -> anyhow::Result<JwkSet> {
-    let discovery = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let document: Value = get_json(http, egress, &discovery).await?;
-    if document.get("issuer").and_then(Value::as_str) != Some(issuer) {
+    let document: Value = get_json(http, egress, &oidc::discovery_url(issuer)).await?;
+    if !oidc::names_issuer(&document, issuer) {
         anyhow::bail!("the discovery document names another issuer");
     }
     let jwks_uri = document
@@ -295,8 +290,8 @@ async fn get_json(http: &reqwest::Client, egress: &Egress, url: &str) -> anyhow:
     let mut response = http.get(url).send().await?.error_for_status()?;
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > MAX_DOCUMENT {
-            anyhow::bail!("{url} answered more than {MAX_DOCUMENT} bytes");
+        if body.len() + chunk.len() > oidc::MAX_DOCUMENT {
+            anyhow::bail!("{url} answered more than {} bytes", oidc::MAX_DOCUMENT);
         }
         body.extend_from_slice(&chunk);
     }
@@ -305,13 +300,7 @@ async fn get_json(http: &reqwest::Client, egress: &Egress, url: &str) -> anyhow:
 
 /// The key of `kid` in `set` (the only key when the token names none); `None` when absent.
 fn find(set: &JwkSet, kid: Option<&str>) -> Option<Result<DecodingKey, Refused>> {
-    let jwk = match kid {
-        Some(kid) => set.find(kid)?,
-        None => match set.keys.as_slice() {
-            [only] => only,
-            _ => return None,
-        },
-    };
+    let jwk = oidc::key(set, kid)?;
     Some(DecodingKey::from_jwk(jwk).map_err(Refused::Invalid))
 }
 

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod oidc;
+
 use portcullis::{Config, Role, Running};
 use portcullis_tests::{Mailbox, TestDatabase, TestRedis};
 use reqwest::Method;
@@ -101,6 +103,12 @@ pub async fn start_app_with_keys(
     let session_keys = portcullis_core::Keyring::generate(2).1;
     let db_url = db.url();
     let redis_url = portcullis_tests::redis_url();
+    // A test that needs the dashboard's own URL (a provider's redirect URI) names its address.
+    let address = if extra.contains(&"--control-plane-addr") {
+        &[][..]
+    } else {
+        &["--control-plane-addr", "127.0.0.1:0"][..]
+    };
     let mut args = vec![
         "--database-url",
         &db_url,
@@ -108,8 +116,6 @@ pub async fn start_app_with_keys(
         &redis_url,
         "--redis-prefix",
         redis.prefix(),
-        "--control-plane-addr",
-        "127.0.0.1:0",
         "--gateway-addr",
         "127.0.0.1:0",
         "--shutdown-grace",
@@ -128,6 +134,7 @@ pub async fn start_app_with_keys(
         "--upstream-allow",
         "127.0.0.0/8,::1",
     ];
+    args.extend_from_slice(address);
     args.extend_from_slice(portcullis_tests::redis_flags(&redis_url));
     args.extend_from_slice(extra);
     let config = Config::from_flags(args).unwrap();
